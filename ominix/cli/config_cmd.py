@@ -1,0 +1,67 @@
+"""``ominix config``: show the resolved config, print the JSON Schema, list presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ominix.cli.common import SET_OPTION
+
+app = typer.Typer(help="Inspect configurations and presets.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    source: str = typer.Argument(None, help="YAML file or preset name; omitted = the defaults."),
+    sets: list[str] = SET_OPTION,
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of YAML."),
+) -> None:
+    """Print the resolved config (defaults < FILE < --set).
+
+    Examples:
+
+      ominix config show tiny
+
+      ominix config show llama2-7b --set schedule.micro_batch_size=8 --json
+    """
+    from ominix.config import dump_json, dump_yaml, load_config
+
+    cfg = load_config(source, sets)
+    typer.echo(dump_json(cfg) if as_json else dump_yaml(cfg), nl=False)
+
+
+@app.command("schema")
+def print_schema(
+    out: Path = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+) -> None:
+    """Print the JSON Schema of the config file.
+
+    Example:
+
+      ominix config schema --out ominix-schema.json
+    """
+    from ominix.config import schema
+
+    text = json.dumps(schema(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+@app.command("presets")
+def presets(
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print a JSON list."),
+) -> None:
+    """List the shipped presets.
+
+    Example:
+
+      ominix config presets
+    """
+    from ominix.config import preset_names
+
+    names = preset_names()
+    typer.echo(json.dumps(names) if as_json else "\n".join(names))

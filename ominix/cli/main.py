@@ -1,0 +1,75 @@
+"""The ``ominix`` Typer app: command groups, --version, --debug, and the one error formatter."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ominix import __version__
+from ominix.cli import config_cmd
+from ominix.errors import OminixError
+
+app = typer.Typer(
+    name="ominix",
+    help=(
+        "Open, reproducible pretraining of LLaMA-style models through ColossalAI.\n\n"
+        "Pipeline: data prepare -> train launch -> checkpoint export -> infer / eval -> mof report."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ominix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug/--no-debug", help="Show tracebacks (same as OMINIX_DEBUG=1)."
+    ),
+) -> None:
+    """OminiX command line."""
+    if debug:
+        os.environ["OMINIX_DEBUG"] = "1"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("OMINIX_DEBUG", "") not in ("", "0")
+
+
+def report_error(exc: OminixError) -> int:
+    """Print ``exc`` as two lines on stderr and return its exit code."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    if exc.hint:
+        console.print(f"[bold]hint:[/] {exc.hint}", markup=True)
+    return exc.exit_code
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except OminixError as exc:
+        if debug_enabled():
+            raise
+        sys.exit(report_error(exc))
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

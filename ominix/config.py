@@ -1,0 +1,464 @@
+"""Every configuration model of OminiX, and how a config is loaded, overridden and saved.
+
+Precedence, lowest first: model defaults < YAML file (or preset) < ``--set a.b=c`` < command flags.
+A resolved config is written once into the run directory (``config.yaml``); every later stage
+(worker, checkpoints, export, infer, eval, MOF report) reads that file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ominix.errors import OminixError
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+SLIMPAJAMA = "cerebras/SlimPajama-627B"
+PLUGINS = ("gemini", "gemini_auto", "zero2", "zero2_cpu", "3d", "ddp", "fsdp")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Shape of the LLaMA decoder; names follow ``transformers.LlamaConfig``."""
+
+    name: str = Field("custom", description="Preset or model name, recorded in cards and exports.")
+    vocab_size: int = Field(32000, ge=8, description="Vocabulary size; must cover the tokenizer's ids.")
+    hidden_size: int = Field(4096, ge=8, description="Width of the residual stream.")
+    intermediate_size: int = Field(11008, ge=8, description="Width of the SwiGLU MLP.")
+    num_hidden_layers: int = Field(32, ge=1, description="Number of decoder layers.")
+    num_attention_heads: int = Field(32, ge=1, description="Query heads per layer.")
+    num_key_value_heads: int | None = Field(
+        None, ge=1, description="Key/value heads (grouped-query attention); None = num_attention_heads."
+    )
+    max_position_embeddings: int = Field(4096, ge=8, description="Longest sequence the model serves.")
+    rope_theta: float = Field(10000.0, gt=0, description="Base of the rotary embedding frequencies.")
+    rms_norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm.")
+    tie_word_embeddings: bool = Field(False, description="Share the input embedding with the lm_head.")
+    initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of weights.")
+    attn: Literal["auto", "flash", "sdpa"] = Field(
+        "auto", description="Attention kernel: flash-attn if installed (auto), or torch SDPA."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
+    init_from: str | None = Field(
+        None, description="Hugging Face checkpoint directory to start from (continued pretraining)."
+    )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(
+                f"model.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"model.num_key_value_heads ({self.kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError("model.hidden_size / model.num_attention_heads must be even for rotary")
+        return self
+
+
+class DataConfig(Section):
+    """Where tokens come from (``data prepare``) and where prepared shards live (training)."""
+
+    sources: list[str] = Field(
+        default_factory=lambda: [SLIMPAJAMA],
+        description="Hub dataset ids, local files, directories, globs, or save_to_disk directories.",
+    )
+    split: str = Field("train", description="datasets split expression, e.g. 'train[:10%]'.")
+    text_field: str = Field("text", description="Record field holding the document text.")
+    path: str | None = Field(None, description="Prepared data directory (output of data prepare).")
+    tokenizer: str | None = Field(
+        None, description="Tokenizer directory or tokenizer.json; None with train_tokenizer trains one."
+    )
+    train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the source.")
+    vocab_size: int = Field(32000, ge=260, description="Vocabulary size of a trained tokenizer.")
+    seq_len: int = Field(4096, ge=8, description="Tokens per training sequence (blocks hold seq_len+1).")
+    val_fraction: float = Field(
+        0.005, ge=0.0, lt=1.0, description="Fraction of documents held out for validation."
+    )
+    num_proc: int | None = Field(None, ge=1, description="Tokenizer worker processes; None = all cores.")
+    streaming: bool = Field(False, description="Stream hub data instead of downloading files first.")
+    seed: int = Field(1234, description="Seed of the validation split and of the training order.")
+
+    @model_validator(mode="after")
+    def _tokenizer_choice(self) -> DataConfig:
+        if self.tokenizer and self.train_tokenizer:
+            raise ValueError("set either data.tokenizer or data.train_tokenizer, not both")
+        return self
+
+
+class OptimConfig(Section):
+    """Optimizer settings."""
+
+    optimizer: Literal["auto", "adamw", "hybrid_adam"] = Field(
+        "auto", description="auto = ColossalAI HybridAdam on GPU, torch AdamW on CPU."
+    )
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(3e-5, ge=0, description="Learning rate at the end of the decay.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay (not on norms).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="Adam beta2.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"optim.min_lr ({self.min_lr}) must not exceed optim.lr ({self.lr})")
+        return self
+
+
+class ScheduleConfig(Section):
+    """How big each step is, how many steps, the learning-rate shape and evaluation cadence."""
+
+    global_batch_size: int = Field(
+        16, ge=1, description="Sequences per optimizer step over all data-parallel ranks."
+    )
+    micro_batch_size: int = Field(
+        16, ge=1, description="Sequences per forward/backward on one rank."
+    )
+    max_steps: int | None = Field(1000, ge=1, description="Stop after this many optimizer steps.")
+    max_tokens: int | None = Field(None, ge=1, description="Stop once this many tokens were seen.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
+    eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
+    eval_batches: int = Field(20, ge=1, description="Micro batches per evaluation.")
+    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss stops the run (stop) or skips the update (skip)."
+    )
+
+    @model_validator(mode="after")
+    def _stop_rule(self) -> ScheduleConfig:
+        if self.max_steps is None and self.max_tokens is None:
+            raise ValueError("set schedule.max_steps or schedule.max_tokens")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"schedule.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"schedule.micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"schedule.warmup_steps ({self.warmup_steps}) exceeds schedule.max_steps "
+                f"({self.max_steps})"
+            )
+        return self
+
+
+class ParallelConfig(Section):
+    """The ColossalAI plugin and its degrees of parallelism."""
+
+    plugin: Literal["gemini", "gemini_auto", "zero2", "zero2_cpu", "3d", "ddp", "fsdp"] = Field(
+        "ddp", description="ColossalAI booster plugin."
+    )
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Training precision (fp16 uses dynamic loss scaling)."
+    )
+    tp: int = Field(1, ge=1, description="Tensor-parallel degree (3d plugin).")
+    pp: int = Field(1, ge=1, description="Pipeline-parallel degree (3d plugin).")
+    zero_stage: Literal[0, 1, 2] = Field(0, description="ZeRO stage inside the 3d plugin.")
+    sequence_parallel: bool = Field(False, description="Split activations along sequence (3d, tp>1).")
+    num_microbatches: int | None = Field(
+        None, ge=1, description="Pipeline micro batches per step (3d, pp>1); None = pp."
+    )
+    gemini_placement: Literal["static", "auto"] = Field(
+        "static", description="Gemini placement policy (gemini_auto forces auto)."
+    )
+    offload_optim_frac: float = Field(
+        0.0, ge=0.0, le=1.0, description="Gemini: fraction of optimizer state kept on CPU."
+    )
+    overlap_communication: bool = Field(True, description="Overlap gradient communication (zero).")
+
+    @model_validator(mode="after")
+    def _degrees_need_3d(self) -> ParallelConfig:
+        if self.plugin != "3d" and (self.tp > 1 or self.pp > 1):
+            raise ValueError(
+                f"parallel.tp/pp > 1 needs parallel.plugin=3d (got plugin={self.plugin})"
+            )
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("parallel.sequence_parallel needs parallel.tp > 1")
+        return self
+
+
+class CheckpointConfig(Section):
+    """When checkpoints are written and which are kept."""
+
+    every: int = Field(500, ge=0, description="Save every N steps (and at the end); 0 = only at end.")
+    keep_last: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
+    keep_every: int = Field(
+        0, ge=0, description="Also keep every checkpoint whose step is a multiple of N (0 = none)."
+    )
+    resume: str = Field("auto", description="auto (latest if any), never, or a checkpoint path.")
+    save_optimizer: bool = Field(True, description="Save optimizer state (needed for exact resume).")
+
+
+class LoggingConfig(Section):
+    """Where a run writes and how often it reports."""
+
+    run_dir: str = Field("runs/default", description="Run directory: config, logs, metrics, ckpts.")
+    log_every: int = Field(1, ge=1, description="Log one line every N steps (rank 0).")
+    tensorboard: bool = Field(True, description="Write TensorBoard events under RUN_DIR/tb.")
+
+
+class LaunchConfig(Section):
+    """How processes are started: locally, over SSH on several nodes, or through SLURM."""
+
+    launcher: Literal["ominix", "colossalai", "slurm"] = Field(
+        "ominix", description="ominix (torchrun per node over SSH), colossalai run, or an sbatch file."
+    )
+    nodes: int = Field(1, ge=1, description="Number of nodes (the first N hosts of the hostfile).")
+    nproc_per_node: int | None = Field(
+        None, ge=1, description="Processes per node; None = GPUs found (1 on CPU)."
+    )
+    hostfile: str | None = Field(None, description="Hostfile: 'host', 'user@host:port', 'slots=N'.")
+    master_addr: str | None = Field(None, description="Rendezvous address; None = first host.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port.")
+    rdzv_timeout: int = Field(120, ge=1, description="Seconds to wait for every node to join.")
+    ssh_port: int = Field(22, ge=1, le=65535, description="Default SSH port of hosts without one.")
+    ssh_user: str | None = Field(None, description="Default SSH user; None = ~/.ssh/config or local.")
+    ssh_key: str | None = Field(None, description="Private key file; None = agent and default keys.")
+    known_hosts: str | None = Field(None, description="known_hosts file; None = ~/.ssh/known_hosts.")
+    accept_new_host_keys: bool = Field(False, description="Trust and record unknown host keys.")
+    connect_timeout: float = Field(10.0, gt=0, description="SSH connect timeout in seconds.")
+    workdir: str | None = Field(None, description="Working directory on every node; None = here.")
+    python: str | None = Field(None, description="Python on the nodes; None = this interpreter.")
+    forward_env: list[str] = Field(
+        default_factory=list, description="Variables to forward to every node (e.g. HF_TOKEN)."
+    )
+    node_env: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Per-host variables, e.g. {node1: {NCCL_SOCKET_IFNAME: ib0}}."
+    )
+
+
+class InferConfig(Section):
+    """Text generation settings."""
+
+    max_new_tokens: int = Field(128, ge=1, description="Tokens to generate per prompt.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 = greedy.")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = off.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens; 1 = off.")
+    seed: int = Field(0, description="Sampling seed.")
+    device: str = Field("auto", description="auto (cuda if present), cpu or cuda[:N].")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU."
+    )
+
+
+class LicenseRef(Section):
+    """A license by SPDX id, and where its text lies in the release."""
+
+    name: str | None = Field(None, description="SPDX license id, e.g. Apache-2.0.")
+    path: str | None = Field(None, description="Path of the license text inside the release.")
+
+
+class ReleaseLicenses(Section):
+    """Licenses per content type, as in MOF's release.license."""
+
+    distribution: LicenseRef = Field(default_factory=LicenseRef, description="Fallback license.")
+    code: LicenseRef = Field(default_factory=LicenseRef, description="License of code components.")
+    data: LicenseRef = Field(default_factory=LicenseRef, description="License of data components.")
+    document: LicenseRef = Field(
+        default_factory=LicenseRef, description="License of document components."
+    )
+
+
+class ReleaseConfig(Section):
+    """Release metadata for the MOF bundle (also loadable alone from a release.yaml)."""
+
+    name: str | None = Field(None, description="Model name; None = run directory name.")
+    version: str = Field("1.0", description="Release version.")
+    date: str | None = Field(None, description="Release date YYYY-MM-DD; None = today.")
+    type: str = Field("language", description="MOF model type.")
+    architecture: str = Field("transformer decoder", description="MOF architecture.")
+    origin: str = Field("", description="Base model if fine-tuned; empty for pretraining.")
+    producer: str = Field("", description="Who produced the model.")
+    contact: str = Field("", description="Contact e-mail or URL.")
+    repository: str = Field("", description="Source repository URL.")
+    huggingface: str = Field("", description="Hub location of the weights.")
+    licenses: ReleaseLicenses = Field(
+        default_factory=ReleaseLicenses, description="Licenses per content type."
+    )
+    technical_report: str | None = Field(None, description="Path of the technical report.")
+    research_paper: str | None = Field(None, description="Path of the research paper.")
+
+
+class OminixConfig(Section):
+    """The whole configuration of a run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model shape.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data preparation and input.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Steps and LR.")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig, description="Parallelism.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Run dir and logs.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="Process launch.")
+    infer: InferConfig = Field(default_factory=InferConfig, description="Generation.")
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig, description="MOF release metadata.")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> OminixConfig:
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_position_embeddings "
+                f"({self.model.max_position_embeddings})"
+            )
+        p = self.parallel
+        if p.tp > 1 and self.model.num_attention_heads % p.tp:
+            raise ValueError(
+                f"model.num_attention_heads ({self.model.num_attention_heads}) must be divisible by "
+                f"parallel.tp ({p.tp})"
+            )
+        if p.tp > 1 and self.model.kv_heads % p.tp:
+            raise ValueError(
+                f"model.num_key_value_heads ({self.model.kv_heads}) must be divisible by "
+                f"parallel.tp ({p.tp})"
+            )
+        if p.pp > self.model.num_hidden_layers:
+            raise ValueError(
+                f"parallel.pp ({p.pp}) exceeds model.num_hidden_layers ({self.model.num_hidden_layers})"
+            )
+        return self
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _resolve_source(source: str | Path) -> Path:
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        if not path.is_file():
+            raise OminixError(f"config file not found: {path}", "check the path")
+        return path
+    preset = PRESETS_DIR / f"{source}.yaml"
+    if preset.is_file():
+        return preset
+    raise OminixError(
+        f"no config file or preset named {source!r}",
+        f"use a YAML path or one of the presets: {', '.join(preset_names())}",
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise OminixError(f"{path}:{where} is not valid YAML", "fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise OminixError(f"{path} must hold a mapping of sections", "see `ominix config show`")
+    return data
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parse one ``a.b=c`` override; the value is typed by YAML (``1``, ``true``, ``[a, b]``)."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise OminixError(f"--set {item!r} is not of the form section.key=value", "e.g. --set optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise OminixError(f"--set {item!r}: the value is not valid YAML", "quote strings") from exc
+    return parts, value
+
+
+def _apply(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise OminixError(f"{origin}: {'.'.join(parts)} goes through a non-section", "check the key")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation(exc: ValidationError, origin: str) -> OminixError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return OminixError(
+            f"{origin}: unknown setting {loc!r}",
+            "run `ominix config schema` for the valid keys",
+        )
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":  # a cross-field rule: its message names the settings
+        return OminixError(f"{origin}: {msg}", "change one of the settings named, in the file or with --set")
+    return OminixError(f"{origin}: {loc}: {msg}", f"change {loc} in the file or with --set")
+
+
+def build_config(
+    tree: dict[str, Any], origin: str = "config"
+) -> OminixConfig:
+    try:
+        return OminixConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise _format_validation(exc, origin) from exc
+
+
+def load_config(
+    source: str | Path | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> OminixConfig:
+    """Resolve a config: defaults < ``source`` (YAML path or preset name) < ``sets`` < ``flags``.
+
+    ``flags`` maps dotted keys to values; ``None`` values are ignored so unset CLI options
+    leave lower layers alone.
+    """
+    tree: dict[str, Any] = {}
+    origin = "defaults"
+    if source is not None:
+        path = _resolve_source(source)
+        tree = read_yaml(path)
+        origin = str(path)
+    for item in sets or []:
+        parts, value = parse_set(item)
+        _apply(tree, parts, value, f"--set {item}")
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _apply(tree, key.split("."), value, f"flag for {key}")
+    if sets or flags:
+        origin = f"{origin} with overrides"
+    return build_config(tree, origin)
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def dump_json(cfg: BaseModel) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), indent=2)
+
+
+def save_config(cfg: OminixConfig, path: Path) -> None:
+    """Write ``cfg`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_yaml(cfg))
+    tmp.replace(path)
+
+
+def schema() -> dict[str, Any]:
+    return OminixConfig.model_json_schema()
