@@ -1,0 +1,106 @@
+"""The CLI frame: help of every command, lazy imports, error formatting, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ominix.cli.main import app
+from tests.conftest import run_cli
+
+HEAVY = ("torch", "colossalai", "datasets", "transformers")
+
+
+def _commands() -> list[list[str]]:
+    import click
+
+    root = typer.main.get_command(app)
+    found: list[list[str]] = [[]]
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        if isinstance(cmd, click.Group):
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                found.append([*path, name])
+                walk(sub, [*path, name])
+
+    walk(root, [])
+    return found
+
+
+@pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p) or "ominix")
+def test_every_command_has_help_with_examples(path: list[str]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    leaf = not any(c[: len(path)] == path and len(c) > len(path) for c in _commands())
+    if path and leaf:
+        assert "ominix " in result.output, f"`ominix {' '.join(path)} --help` shows no example"
+
+
+def test_help_imports_nothing_heavy() -> None:
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ominix", "--help"],
+        capture_output=True, text=True, check=True,
+    )
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
+def test_help_is_fast() -> None:
+    run_cli("--help")  # warm the bytecode cache
+    start = time.perf_counter()
+    run_cli("--help")
+    assert time.perf_counter() - start < 1.5  # generous for a loaded CI box; measured ~0.35 s
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("ominix ")
+
+
+def test_bad_input_is_two_lines_and_exit_2() -> None:
+    result = run_cli("config", "show", "tiny", "--set", "model.nope=1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("error:") and "model.nope" in lines[0]
+    assert lines[1].startswith("hint:")
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback() -> None:
+    for args, env in ((["--debug"], {}), ([], {"OMINIX_DEBUG": "1"})):
+        result = run_cli(*args, "config", "show", "no-such-preset", env=env)
+        assert result.returncode != 0
+        assert "Traceback" in result.stderr and "OminixError" in result.stderr
+
+
+def test_config_show_json_and_set() -> None:
+    result = run_cli("config", "show", "tiny", "--json", "--set", "optim.lr=0.01")
+    assert result.returncode == 0, result.stderr
+    cfg = json.loads(result.stdout)
+    assert cfg["optim"]["lr"] == 0.01 and cfg["model"]["name"] == "tiny"
+
+
+def test_config_schema_is_json_schema() -> None:
+    result = run_cli("config", "schema")
+    schema = json.loads(result.stdout)
+    assert set(schema["properties"]) >= {"model", "data", "optim", "schedule", "parallel", "checkpoint",
+                                         "logging", "launch", "infer", "release"}
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    import shutil
+
+    exe = shutil.which("ominix")
+    assert exe, "the console script `ominix` is not installed"
+    a = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    assert a == run_cli("--version").stdout

@@ -1,0 +1,139 @@
+"""Config models: presets, unknown keys, --set typing, precedence, cross-field rules, schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ominix.config import OminixConfig, load_config, parse_set, preset_names, save_config, schema
+from ominix.errors import OminixError
+
+PRESETS = ["llama2-13b", "llama2-70b", "llama2-7b", "tiny", "tinyllama-1.1b"]
+
+
+def test_all_presets_ship() -> None:
+    assert preset_names() == PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_validates(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.model.name == name
+    assert cfg.data.seq_len <= cfg.model.max_position_embeddings
+
+
+def test_reference_run_preset() -> None:
+    cfg = load_config("llama2-7b")
+    assert cfg.parallel.plugin == "gemini"
+    assert cfg.schedule.micro_batch_size == 16
+    assert cfg.data.seq_len == 4096
+    assert cfg.model.gradient_checkpointing and cfg.model.attn == "flash"
+    assert (cfg.launch.nodes, cfg.launch.nproc_per_node) == (4, 8)
+    assert cfg.schedule.global_batch_size == 16 * 4 * 8
+
+
+def test_70b_is_3d_parallel() -> None:
+    cfg = load_config("llama2-70b")
+    assert cfg.parallel.plugin == "3d" and cfg.parallel.tp * cfg.parallel.pp == 32
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  hidden_sise: 64\n")
+    with pytest.raises(OminixError, match=r"unknown setting 'model.hidden_sise'"):
+        load_config(f)
+
+
+def test_unknown_section_is_named() -> None:
+    with pytest.raises(OminixError, match=r"unknown setting 'trainer'"):
+        load_config(None, ["trainer.lr=1"])
+
+
+@pytest.mark.parametrize(
+    ("item", "parts", "value"),
+    [("optim.lr=1e-4", ["optim", "lr"], "1e-4"), ("schedule.max_steps=20", ["schedule", "max_steps"], 20),
+     ("model.gradient_checkpointing=true", ["model", "gradient_checkpointing"], True),
+     ("data.sources=[a.jsonl, b.jsonl]", ["data", "sources"], ["a.jsonl", "b.jsonl"]),
+     ("data.tokenizer=null", ["data", "tokenizer"], None), ("logging.run_dir=a=b", ["logging", "run_dir"], "a=b")],
+)
+def test_set_values_are_typed(item: str, parts: list[str], value: object) -> None:
+    assert parse_set(item) == (parts, value)
+
+
+def test_set_coerces_into_field_types() -> None:
+    cfg = load_config("tiny", ["optim.lr=1e-2", "schedule.max_steps=70", "parallel.tp=1"])
+    assert cfg.optim.lr == pytest.approx(1e-2) and cfg.schedule.max_steps == 70
+
+
+@pytest.mark.parametrize("item", ["optim.lr", "=3", "optim..lr=3", "a.b=[unclosed"])
+def test_malformed_set_is_rejected(item: str) -> None:
+    with pytest.raises(OminixError):
+        parse_set(item)
+
+
+def test_wrongly_typed_set_names_the_setting() -> None:
+    with pytest.raises(OminixError) as err:
+        load_config("tiny", ["schedule.max_steps=many"])
+    assert "schedule.max_steps" in err.value.message
+    assert "schedule.max_steps" in err.value.hint
+
+
+def test_precedence_defaults_yaml_set_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.01\n  min_lr: 0.0\nschedule:\n  max_steps: 10\n  warmup_steps: 0\n")
+    assert OminixConfig().optim.lr == 3e-4
+    assert load_config(f).optim.lr == 0.01
+    assert load_config(f, ["optim.lr=0.02"]).optim.lr == 0.02
+    cfg = load_config(f, ["optim.lr=0.02"], {"optim.lr": 0.03, "schedule.max_steps": None})
+    assert cfg.optim.lr == 0.03
+    assert cfg.schedule.max_steps == 10  # a flag left unset does not override
+
+
+@pytest.mark.parametrize(
+    ("sets", "named"),
+    [(["schedule.micro_batch_size=5"], "schedule.micro_batch_size"),
+     (["model.num_key_value_heads=3"], "model.num_key_value_heads"),
+     (["parallel.tp=2"], "parallel.plugin=3d"),
+     (["parallel.plugin=3d", "parallel.tp=3"], "parallel.tp"),
+     (["data.seq_len=1024"], "model.max_position_embeddings"),
+     (["optim.min_lr=1"], "optim.min_lr"),
+     (["schedule.warmup_steps=500"], "schedule.warmup_steps"),
+     (["data.tokenizer=tok.json"], "data.train_tokenizer")],
+)
+def test_cross_field_rules_name_the_setting(sets: list[str], named: str) -> None:
+    with pytest.raises(OminixError) as err:
+        load_config("tiny", sets)
+    assert named in err.value.message
+
+
+def test_missing_preset_lists_presets() -> None:
+    with pytest.raises(OminixError) as err:
+        load_config("llama9")
+    assert "tiny" in err.value.hint
+
+
+def test_invalid_yaml_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("model: [\n")
+    with pytest.raises(OminixError, match="not valid YAML"):
+        load_config(f)
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config("llama2-70b")
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_every_field_has_a_description() -> None:
+    def walk(node: dict, defs: dict, path: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            assert prop.get("description"), f"{path}{name} has no description"
+            ref = prop.get("$ref") or next((a["$ref"] for a in prop.get("anyOf", []) if "$ref" in a), None)
+            if ref:
+                walk(defs[ref.split("/")[-1]], defs, f"{path}{name}.")
+
+    s = schema()
+    walk(s, s["$defs"], "")
