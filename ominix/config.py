@@ -42,8 +42,13 @@ class ModelConfig(Section):
     rms_norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every RMSNorm.")
     tie_word_embeddings: bool = Field(False, description="Share the input embedding with the lm_head.")
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal init of weights.")
-    attn: Literal["auto", "flash", "sdpa"] = Field(
-        "auto", description="Attention kernel: flash-attn if installed (auto), or torch SDPA."
+    attn: Literal["auto", "flash", "sdpa", "cudnn"] = Field(
+        "auto",
+        description="Attention kernel: flash-attn if installed (auto), torch SDPA, or SDPA's cuDNN backend.",
+    )
+    compile: bool = Field(False, description="torch.compile each decoder layer (fuses norms, rotary, SwiGLU).")
+    loss_chunk: int = Field(
+        8192, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy; 0 = unfused."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
     init_from: str | None = Field(

@@ -31,9 +31,11 @@ def flash_attn_available() -> bool:
 
 
 def resolve_attn(choice: str) -> str:
-    """Map ``model.attn`` (auto|flash|sdpa) to the kernel actually used."""
+    """Map ``model.attn`` (auto|flash|sdpa|cudnn) to the kernel actually used."""
     if choice == "sdpa" or (choice == "auto" and not flash_attn_available()):
         return "sdpa"
+    if choice == "cudnn":
+        return "cudnn" if torch.cuda.is_available() else "sdpa"
     if not flash_attn_available():
         from ominix.errors import OminixError
 
@@ -142,6 +144,8 @@ class LlamaAttention(nn.Module):
 
             out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
             return self.o_proj(out.reshape(b, t, -1))
+        elif self.attn == "cudnn":
+            out = _cudnn_attention(q, k, v)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
@@ -156,6 +160,17 @@ class LlamaAttention(nn.Module):
         total = k.shape[2]
         mask = torch.ones(t, total, dtype=torch.bool, device=q.device).tril(diagonal=past)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal SDPA pinned to the cuDNN backend (fastest on Hopper); it takes no GQA, so expand k/v."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class LlamaMLP(nn.Module):
@@ -232,9 +247,49 @@ class LlamaForCausalLM(nn.Module):
         h = self.model(input_ids, position_ids, cache)
         if labels is None:
             return CausalLMOutput(loss=None, logits=self.lm_head(h))
-        logits = self.lm_head(h).float()
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+        chunk = self.config.loss_chunk
+        if chunk and torch.is_grad_enabled() and h.requires_grad:
+            loss = ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, labels, chunk)
+        else:
+            loss = F.cross_entropy(self.lm_head(h).float(), labels, ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=None)
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T`` without ever holding the full logits.
+
+    Forward walks the tokens in chunks: fp32 logits of one chunk, its loss, and at once its
+    gradients (softmax - one-hot) pushed through the matmuls into grad_h and grad_weight. Backward
+    only scales those by the incoming gradient. Peak memory drops by the [tokens, vocab] fp32
+    logits and their gradient; the math is that of ``F.cross_entropy(lm_head(h).float(), labels)``.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+        valid = labels != -100
+        count = valid.sum().clamp(min=1)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.shape[0], chunk):
+            hc, yc, mask = h[start : start + chunk], labels[start : start + chunk], valid[start : start + chunk]
+            logits = (hc @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            target = yc.clamp(min=0)[:, None]
+            total += ((lse - logits.gather(1, target).squeeze(1)) * mask).sum()
+            grad = torch.softmax(logits, dim=-1).scatter_add_(1, target, -torch.ones_like(lse)[:, None])
+            grad = (grad * mask[:, None]).to(h.dtype)
+            grad_h[start : start + chunk] = grad @ weight
+            grad_w += (grad.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), count)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_out / count
+        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None
 
 
 def init_weights(model: LlamaForCausalLM) -> None:
@@ -269,7 +324,17 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
         model.lm_head.weight = model.model.embed_tokens.weight
     init_weights(model)
     log.info("attention kernel: %s", model.attn)
-    return model.to(dtype)
+    model = model.to(dtype)
+    if cfg.compile:
+        compile_layers(model)
+    return model
+
+
+def compile_layers(model: LlamaForCausalLM) -> None:
+    """torch.compile each decoder layer in place (regional compilation: one graph reused by all
+    layers, fast to compile, and the parameters stay plain module parameters for the plugins)."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
 
 
 def hf_config(cfg: ModelConfig, **extra):

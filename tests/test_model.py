@@ -90,3 +90,19 @@ def test_meta_build_initialises_every_parameter() -> None:
         assert p.device.type == "cpu"
     assert isinstance(model, LlamaForCausalLM)
     assert torch.all(model.model.norm.weight == 1)
+
+
+@pytest.mark.parametrize("chunk", [5, 7, 64])
+def test_chunked_loss_equals_plain_cross_entropy(chunk: int) -> None:
+    cfg = SHAPES["gqa"]
+    ids = torch.randint(0, cfg.vocab_size, (2, 13), generator=torch.Generator().manual_seed(8))
+    labels = ids[:, 1:].clone()
+    labels[0, :3] = -100  # ignored positions (e.g. padding) count in neither
+    results = []
+    for loss_chunk in (0, chunk):
+        model = build_model(cfg.model_copy(update={"loss_chunk": loss_chunk}), seed=9).train()
+        loss = model(ids[:, :-1], labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), model.lm_head.weight.grad.clone(), model.model.embed_tokens.weight.grad.clone()))
+    for a, b in zip(results[0], results[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
