@@ -1,0 +1,251 @@
+"""The prepared-data store: shard files of packed token blocks, their side arrays, the manifest.
+
+Layout of a prepared directory (see docs/ARCHITECTURE.md)::
+
+    DIR/manifest.json                 everything below is described (and checksummed) here
+    DIR/tokenizer/                    Hugging Face tokenizer directory
+    DIR/{train,validation}/NNNNN.bin  raw little-endian uint16/uint32, blocks x (seq_len + 1)
+    DIR/{train,validation}/NNNNN.src  raw little-endian uint16: the source-set index of each block
+
+Every block holds tokens of ONE source set (documents are packed per source set), so evaluation can
+report loss per source set. This module needs only numpy: the training nodes import it without
+``datasets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ominix.errors import OminixError
+
+FORMAT = "ominix-packed-v1"
+MANIFEST = "manifest.json"
+SPLITS = ("train", "validation")
+SOURCE_DTYPE = np.dtype("<u2")
+SHARD_BYTES = 256 * 1024 * 1024  # a new shard file starts past this size
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits, else uint32 (always little-endian)."""
+    if vocab_size <= 1 << 16:
+        return np.dtype("<u2")
+    if vocab_size <= 1 << 32:
+        return np.dtype("<u4")
+    raise OminixError(f"vocabulary of {vocab_size} ids does not fit uint32", "use a smaller tokenizer")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_sha256(path: str | Path) -> str:
+    """sha256 of ``path/manifest.json`` (or of ``path`` itself when it is the manifest file).
+
+    The manifest lists every shard with its sha256, so this one hash identifies the whole
+    prepared dataset (run directories and release cards record it).
+    """
+    path = Path(path)
+    return sha256_file(path if path.is_file() else path / MANIFEST)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared directory; OminixError when it is not one."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise OminixError(
+            f"{path} is not a prepared data directory (no {MANIFEST})",
+            "create one with `ominix data prepare --out DIR`",
+        )
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise OminixError(f"{file} is not valid JSON", "prepare the data again with --force") from exc
+    if manifest.get("format") != FORMAT:
+        raise OminixError(
+            f"{file} has format {manifest.get('format')!r}, expected {FORMAT!r}",
+            "prepare the data again with this OminiX version",
+        )
+    return manifest
+
+
+class ShardWriter:
+    """Appends blocks of one split to shard files, rolling over past ``SHARD_BYTES``.
+
+    ``write(blocks, source)`` takes a ``[n, seq_len + 1]`` array of one source set; ``close()``
+    returns the shard entries for the manifest (file, blocks, sha256 of both files).
+    """
+
+    def __init__(self, root: Path, split: str, seq_len: int, dtype: np.dtype) -> None:
+        self.dir = root / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.width = seq_len + 1
+        self.dtype = np.dtype(dtype)
+        self.shards: list[dict[str, Any]] = []
+        self._tok: Any = None
+        self._src: Any = None
+        self._tok_hash: Any = None
+        self._src_hash: Any = None
+        self._blocks = 0
+
+    def _open(self) -> None:
+        name = f"{len(self.shards):05d}"
+        self._name = name
+        self._tok = open(self.dir / f"{name}.bin", "wb")
+        self._src = open(self.dir / f"{name}.src", "wb")
+        self._tok_hash, self._src_hash = hashlib.sha256(), hashlib.sha256()
+        self._blocks = 0
+
+    def _finish(self) -> None:
+        if self._tok is None:
+            return
+        self._tok.close()
+        self._src.close()
+        self.shards.append({
+            "file": f"{self.split}/{self._name}.bin",
+            "sources_file": f"{self.split}/{self._name}.src",
+            "blocks": self._blocks,
+            "sha256": self._tok_hash.hexdigest(),
+            "sources_sha256": self._src_hash.hexdigest(),
+        })
+        self._tok = None
+
+    def write(self, blocks: np.ndarray, source: int) -> None:
+        if not len(blocks):
+            return
+        if self._tok is None:
+            self._open()
+        data = np.ascontiguousarray(blocks, dtype=self.dtype).tobytes()
+        src = np.full(len(blocks), source, dtype=SOURCE_DTYPE).tobytes()
+        self._tok.write(data)
+        self._src.write(src)
+        self._tok_hash.update(data)
+        self._src_hash.update(src)
+        self._blocks += len(blocks)
+        if self._blocks * self.width * self.dtype.itemsize >= SHARD_BYTES:
+            self._finish()
+
+    def close(self) -> list[dict[str, Any]]:
+        self._finish()
+        return self.shards
+
+
+class PackedDataset:
+    """Random access to the packed blocks of one split of a prepared directory.
+
+    ``ds[i]`` is a numpy int64 array of ``seq_len + 1`` tokens (inputs ``[:-1]``, labels ``[1:]``);
+    ``ds.source_of(i)`` names the source set of block ``i`` (e.g. ``RedPajamaC4``). Token shards
+    are opened as read-only memory maps, so a dataset of any size costs almost no RAM.
+    """
+
+    def __init__(self, path: str | Path, split: str = "train") -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        if split not in self.manifest["splits"]:
+            raise OminixError(
+                f"{self.path} has no split {split!r}",
+                f"choose one of {', '.join(self.manifest['splits'])}",
+            )
+        self.split = split
+        self.seq_len: int = self.manifest["seq_len"]
+        self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
+        self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
+        self.sources: list[str] = list(self.manifest["source_sets"])
+        shards = self.manifest["splits"][split]["shards"]
+        self._shards = [self._open(s) for s in shards]
+        counts = [s["blocks"] for s in shards]
+        self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._source_ids = (
+            np.concatenate([self._read_sources(s) for s in shards])
+            if shards else np.zeros(0, dtype=SOURCE_DTYPE)
+        )
+
+    def _open(self, shard: dict[str, Any]) -> np.memmap:
+        file = self.path / shard["file"]
+        width = self.seq_len + 1
+        expected = shard["blocks"] * width * self.dtype.itemsize
+        size = file.stat().st_size if file.is_file() else -1
+        if size != expected:
+            raise OminixError(
+                f"{file} is missing or has {size} bytes, the manifest says {expected}",
+                f"run `ominix data inspect {self.path} --verify`, or prepare the data again",
+            )
+        return np.memmap(file, dtype=self.dtype, mode="r", shape=(shard["blocks"], width))
+
+    def _read_sources(self, shard: dict[str, Any]) -> np.ndarray:
+        ids = np.fromfile(self.path / shard["sources_file"], dtype=SOURCE_DTYPE)
+        if len(ids) != shard["blocks"]:
+            raise OminixError(
+                f"{self.path / shard['sources_file']} holds {len(ids)} entries, expected {shard['blocks']}",
+                "prepare the data again with --force",
+            )
+        return ids
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"block {index} out of range for {n} blocks")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return shard, index - int(self._starts[shard])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shard, row = self._locate(int(index))
+        return np.asarray(self._shards[shard][row], dtype=np.int64)
+
+    def source_id(self, index: int) -> int:
+        """Index into ``self.sources`` of block ``index``."""
+        return int(self._source_ids[index])
+
+    def source_of(self, index: int) -> str:
+        """Name of the source set of block ``index``."""
+        return self.sources[self.source_id(index)]
+
+    @property
+    def source_ids(self) -> np.ndarray:
+        """Source-set index of every block (uint16, one entry per block)."""
+        return self._source_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self) * (self.seq_len + 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedDataset({str(self.path)!r}, split={self.split!r}, blocks={len(self)}, "
+            f"seq_len={self.seq_len}, sources={self.sources})"
+        )
+
+
+def verify(path: str | Path) -> list[str]:
+    """Check every file the manifest lists against its sha256; return the problems (empty = OK)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    problems: list[str] = []
+    checks: list[tuple[str, str]] = []
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            checks.append((shard["file"], shard["sha256"]))
+            checks.append((shard["sources_file"], shard["sources_sha256"]))
+    checks.append((manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"]))
+    for rel, expected in checks:
+        file = path / rel
+        if not file.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(file) != expected:
+            problems.append(f"{rel}: sha256 mismatch")
+    return problems
