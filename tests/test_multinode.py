@@ -1,0 +1,148 @@
+"""Launch machinery over a real sshd: two "nodes" (127.0.0.1, 127.0.0.2) each running torchrun
+with a gloo all-reduce worker; explicit env, secrets, logs, fail fast, Ctrl-C, nothing left."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ominix.config import LaunchConfig, OminixConfig
+from ominix.train.hosts import Host
+from ominix.train.multinode import node_command, run_nodes
+from ominix.train.ssh import resolve_targets
+from tests.sshd import Sshd, free_port, sshd  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("private_netns")
+
+WORKER = """
+import json, os, sys, time
+import torch, torch.distributed as dist
+out, mode = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+t = torch.tensor([float(rank + 1)])
+dist.all_reduce(t)
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({"sum": t.item(), "pid": os.getpid(), "env": sorted(os.environ),
+               "token_ok": os.environ.get("HF_TOKEN") == "hf_secret_value",
+               "iface": os.environ.get("NCCL_SOCKET_IFNAME")}, f)
+print(f"rank {rank} all-reduce sum {t.item():g}", flush=True)
+if mode == "crash" and rank == 1:
+    sys.exit(3)
+while mode != "ok":  # 'crash', 'hang': keep talking to the peer like a training loop
+    dist.all_reduce(t)
+    time.sleep(0.05)
+dist.destroy_process_group()
+"""
+
+
+def _cfg(server: Sshd, **launch: object) -> OminixConfig:
+    return OminixConfig(launch=LaunchConfig(
+        ssh_key=str(server.client_key), known_hosts=str(server.known_hosts), connect_timeout=5,
+        workdir=str(Path.cwd()), **launch,
+    ))
+
+
+def _nodes(server: Sshd, cfg: OminixConfig, tmp_path: Path, mode: str):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    targets = resolve_targets([Host(a, port=server.port) for a in ("127.0.0.1", "127.0.0.2")], cfg.launch)
+    return [
+        node_command(cfg, rank, t, [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+            "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "--rdzv-conf", "timeout=30", "--max-restarts", "0", str(script), str(tmp_path), mode,
+        ])
+        for rank, t in enumerate(targets)
+    ]
+
+
+def _leftovers(tmp_path: Path, wait_s: float = 15) -> list[int]:
+    """PIDs whose command line still names this test's worker, after waiting for them to exit."""
+    marker = str(tmp_path / "worker.py").encode()
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_two_nodes_run_with_explicit_env_and_logs(sshd: Sshd, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("OMINIX_TEST_LOCAL_ONLY", "must not travel")
+    cfg = _cfg(sshd, forward_env=["HF_TOKEN"],
+               node_env={"*": {"OMP_NUM_THREADS": "1"}, "127.0.0.2": {"NCCL_SOCKET_IFNAME": "lo"}})
+    nodes = _nodes(sshd, cfg, tmp_path, "ok")
+    assert "hf_secret_value" not in nodes[0].command and "HF_TOKEN=****" in nodes[0].shown()
+    start = time.monotonic()
+    assert run_nodes(cfg, nodes, tmp_path / "logs") == 0
+    elapsed = time.monotonic() - start
+    out = capfd.readouterr().out
+    assert f"[127.0.0.1:{sshd.port}] rank 0 all-reduce sum 3" in out
+    assert f"[127.0.0.2:{sshd.port}] rank 1 all-reduce sum 3" in out
+    assert "hf_secret_value" not in out
+    log1 = (tmp_path / "logs" / f"127.0.0.2_{sshd.port}.log").read_text()
+    assert "rank 1 all-reduce sum 3" in log1 and "rank 0" not in log1
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["token_ok"] for r in ranks)
+    assert [r["iface"] for r in ranks] == [None, "lo"]
+    assert not any("OMINIX_TEST_LOCAL_ONLY" in r["env"] for r in ranks)
+    assert "OMP_NUM_THREADS" in ranks[0]["env"] and "PATH" in ranks[0]["env"]
+    print(f"two-node gloo launch over SSH: {elapsed:.1f} s", file=sys.stderr)
+
+
+def test_one_node_failing_stops_the_other(sshd: Sshd, tmp_path: Path,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(sshd)
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "crash"), tmp_path / "logs") == 101
+    err = capfd.readouterr().err
+    assert f"node 1 (127.0.0.2:{sshd.port}) failed first: exit status" in err
+    assert _leftovers(tmp_path) == []
+
+
+def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path,
+                                        capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(sshd)
+
+    def kill_rank1() -> None:
+        pid_file = tmp_path / "rank1.json"
+        while not pid_file.exists():
+            time.sleep(0.1)
+        time.sleep(0.3)
+        os.kill(json.loads(pid_file.read_text())["pid"], 9)
+
+    threading.Thread(target=kill_rank1, daemon=True).start()
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
+    assert "node 1 (127.0.0.2" in capfd.readouterr().err
+    assert _leftovers(tmp_path) == []
+
+
+def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
+    cfg = _cfg(sshd)
+
+    def interrupt() -> None:
+        while not (tmp_path / "rank1.json").exists():
+            time.sleep(0.1)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 130
+    assert _leftovers(tmp_path) == []
