@@ -146,3 +146,52 @@ def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
     threading.Thread(target=interrupt, daemon=True).start()
     assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 130
     assert _leftovers(tmp_path) == []
+
+
+def _dry(cfg: OminixConfig, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    from ominix.train.multinode import launch_multinode
+
+    assert launch_multinode(cfg, run_dir, dry_run=True) == 0
+    return capsys.readouterr().out
+
+
+def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+
+    from ominix.train.slurm import write_sbatch
+
+    monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_value")
+    cfg = OminixConfig(launch=LaunchConfig(
+        launcher="slurm", nodes=4, nproc_per_node=8, forward_env=["WANDB_API_KEY"],
+        node_env={"*": {"NCCL_SOCKET_IFNAME": "ib0"}}, workdir="/scratch/my project"))
+    text = _dry(cfg, tmp_path / "run", capsys)
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    assert write_sbatch(cfg, tmp_path / "run", dry_run=False) == 0
+    script = tmp_path / "run" / "launch.sbatch"
+    assert script.read_text() == text and "wandb_secret_value" not in text
+    assert f"sbatch --export=NONE,WANDB_API_KEY {script}" in capsys.readouterr().out
+    for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "cd '/scratch/my project'",
+                 "export NCCL_SOCKET_IFNAME=ib0", '--node-rank "$SLURM_NODEID" --nproc-per-node 8'):
+        assert line in text
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("OMINIX_TEST_LOCAL_ONLY", "x")
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node1\nnode2 slots=2\nnode3\n")
+    cfg = OminixConfig(launch=LaunchConfig(launcher="colossalai", nodes=2, hostfile=str(hostfile),
+                                           nproc_per_node=2, forward_env=["HF_TOKEN"]))
+    out = _dry(cfg, tmp_path / "run", capsys)
+    assert "#   node1\n#   node2\n" in out and "node3" not in out
+    assert "HF_TOKEN=****" in out and "hf_secret_value" not in out and "OMINIX_TEST_LOCAL_ONLY" not in out
+    assert "colossalai run --hostfile" in out and "--num_nodes 2 --nproc_per_node 2 --master_addr node1" in out
+    from ominix.errors import OminixError
+    from ominix.train.multinode import launch_multinode
+
+    hostfile.write_text("alice@node1\nnode2\n")
+    with pytest.raises(OminixError, match="bare host names"):
+        launch_multinode(cfg, tmp_path / "run", dry_run=True)

@@ -201,32 +201,40 @@ def nproc_per_node(cfg: OminixConfig, targets: list[Target], gpus: list[int] | N
     return counts[0]
 
 
+def checked_gpus(cfg: OminixConfig, targets: list[Target], master: tuple[str, int]) -> list[int]:
+    """Run the host checks, print the table, raise when any host fails; the GPUs of each node."""
+    from ominix.train.hostcheck import check_hosts, print_table
+
+    here, reports = check_hosts(cfg, targets, master)
+    print_table(here, reports)
+    bad = [r.host for r in reports if not r.ok]
+    if bad:
+        raise OminixError(f"{len(bad)} of {len(reports)} hosts failed the checks: {', '.join(bad)}",
+                          "fix what the table shows; `ominix train check-hosts` re-runs the checks",
+                          exit_code=1)
+    return [r.gpus for r in reports]
+
+
 def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
-    to ``colossalai run`` or write an sbatch script); ``dry_run`` prints the commands only."""
-    from ominix.train.hostcheck import check_hosts, cluster, print_table, remote_python
-    from ominix.train.launch import torchrun_argv
+    to ``colossalai run``, or write an sbatch script); ``dry_run`` prints the commands only."""
+    from ominix.train.hostcheck import cluster, remote_python
 
     if cfg.launch.launcher == "slurm":
         from ominix.train.slurm import write_sbatch
 
         return write_sbatch(cfg, run_dir, dry_run=dry_run)
     targets, master = cluster(cfg, cfg.launch.nodes)
+    gpus = None if dry_run else checked_gpus(cfg, targets, master)
+    nproc = nproc_per_node(cfg, targets, gpus)
+    if dry_run and not (cfg.launch.nproc_per_node or targets[0].host.slots):
+        print("# processes per node: 1 in a dry run; a real launch counts each node's GPUs")
     if cfg.launch.launcher == "colossalai":
         from ominix.train.colossalai_launcher import colossalai_run
 
-        return colossalai_run(cfg, run_dir, targets, master, dry_run=dry_run)
-    gpus = None
-    if not dry_run:
-        here, reports = check_hosts(cfg, targets, master)
-        print_table(here, reports)
-        bad = [r.host for r in reports if not r.ok]
-        if bad:
-            raise OminixError(f"{len(bad)} of {len(reports)} hosts failed the checks: {', '.join(bad)}",
-                              "fix what the table shows; `ominix train check-hosts` re-runs the checks",
-                              exit_code=1)
-        gpus = [r.gpus for r in reports]
-    nproc = nproc_per_node(cfg, targets, gpus)
+        return colossalai_run(cfg, run_dir, targets, master, nproc, dry_run=dry_run)
+    from ominix.train.launch import torchrun_argv
+
     nodes = [
         node_command(cfg, rank, t, torchrun_argv(
             remote_python(cfg), len(targets), rank, nproc, master[0], master[1],
@@ -234,8 +242,6 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
         for rank, t in enumerate(targets)
     ]
     if dry_run:
-        if gpus is None and not (cfg.launch.nproc_per_node or targets[0].host.slots):
-            print("# processes per node: 1 here; a real launch counts the GPUs of each node")
         print("\n\n".join(n.shown() for n in nodes))
         return 0
     return run_nodes(cfg, nodes, run_dir / "logs")

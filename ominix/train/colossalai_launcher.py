@@ -1,0 +1,74 @@
+"""``--launcher colossalai``: hand the job to ``colossalai run --hostfile``.
+
+``colossalai run`` exports its whole environment to every node (which breaks on read-only
+variables and leaks secrets), so it is started with an explicit, minimal environment: the
+variables a node needs, ``launch.node_env['*']`` and the ``launch.forward_env`` variables only.
+Its hostfile holds bare host names and one SSH port for all: users come from ~/.ssh/config, and
+per-host variables and the rendezvous timeout are not available through it (use the ominix
+launcher for those).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ominix.errors import OminixError
+from ominix.train.multinode import BASE_ENV, KEEP_ENV, forwarded
+from ominix.train.ssh import Target
+
+if TYPE_CHECKING:
+    from ominix.config import OminixConfig
+
+
+def colossalai_argv(cfg: OminixConfig, run_dir: Path, targets: list[Target], master: tuple[str, int],
+                    nproc: int, hostfile: Path) -> list[str]:
+    users = [str(t.host) for t in targets if t.host.user]
+    if users:
+        raise OminixError(f"colossalai run reads bare host names; the hostfile names users ({users[0]})",
+                          "set User in ~/.ssh/config for those hosts, or use --launcher ominix")
+    ports = {t.port for t in targets}
+    if len(ports) > 1:
+        raise OminixError(f"colossalai run uses one SSH port for all hosts; the hostfile has {sorted(ports)}",
+                          "use one SSH port, or --launcher ominix")
+    if set(cfg.launch.node_env) - {"*"}:
+        raise OminixError("colossalai run cannot set per-host variables (launch.node_env)",
+                          "use --launcher ominix, or only node_env['*']")
+    return [
+        str(Path(sys.executable).with_name("colossalai")), "run", "--hostfile", str(hostfile),
+        "--num_nodes", str(len(targets)), "--nproc_per_node", str(nproc),
+        "--master_addr", master[0], "--master_port", str(master[1]), "--ssh-port", str(ports.pop()),
+        "-m", "ominix.train", "--run-dir", str(run_dir),
+    ]
+
+
+def colossalai_env(cfg: OminixConfig) -> tuple[dict[str, str], list[str]]:
+    """The environment ``colossalai run`` gets (and exports), and the names to mask when shown."""
+    env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    env.update(BASE_ENV)
+    env.update(cfg.launch.node_env.get("*", {}))
+    secrets = forwarded(cfg)
+    return {**env, **secrets}, sorted(secrets)
+
+
+def colossalai_run(cfg: OminixConfig, run_dir: Path, targets: list[Target], master: tuple[str, int],
+                   nproc: int, *, dry_run: bool) -> int:
+    """Write RUN_DIR/colossalai_hosts.txt and run ``colossalai run`` (print it when ``dry_run``)."""
+    from ominix.train.hostcheck import workdir
+
+    hostfile = run_dir / "colossalai_hosts.txt"
+    argv = colossalai_argv(cfg, run_dir, targets, master, nproc, hostfile)
+    env, secrets = colossalai_env(cfg)
+    shown = " ".join(f"{k}={'****' if k in secrets else shlex.quote(v)}" for k, v in sorted(env.items()))
+    hosts = "".join(f"{t.address}\n" for t in targets)
+    if dry_run:
+        print(f"# {hostfile}:\n" + "".join(f"#   {h}\n" for h in hosts.splitlines()), end="")
+        print(f"cd {shlex.quote(workdir(cfg))} && env -i {shown} {shlex.join(argv)}")
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hostfile.write_text(hosts)
+    return subprocess.run(argv, env=env, cwd=workdir(cfg)).returncode
