@@ -1,0 +1,69 @@
+"""``ominix checkpoint``: list a run's checkpoints, export one to the Hugging Face format."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="List checkpoints and export them to the Hugging Face format.", no_args_is_help=True)
+
+
+@app.command("export")
+def export(
+    source: Path = typer.Argument(..., help="Run directory (its latest checkpoint), checkpoint directory, or export."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory; default RUN_DIR/export."),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32; default the run's training precision."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Load the export with transformers and compare logits."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing output directory."),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard (2GB, 500MB...)."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the export metadata as JSON."),
+) -> None:
+    """Export a checkpoint to the Hugging Face format (config.json, generation_config.json,
+    model.safetensors [+ index], tokenizer), loadable by transformers with no custom code.
+
+    Examples:
+
+      ominix checkpoint export runs/tiny
+
+      ominix checkpoint export runs/tiny/checkpoints/step_00000200 --out exports/tiny --dtype bf16
+
+      ominix checkpoint export runs/tinyllama-1.1b --out /models/tl --force --max-shard-size 500MB
+    """
+    from ominix.infer.export import export as do_export, parse_size
+
+    meta = do_export(source, out, dtype=dtype, verify=verify, force=force,
+                     max_shard_size=parse_size(max_shard_size), command=shlex.join(["ominix", *sys.argv[1:]]))
+    if as_json:
+        typer.echo(json.dumps(meta, indent=2))
+        return
+    checked = f", verified (max |logit diff| {meta['verify']['max_abs_logit_diff']:.2g})" if "verify" in meta else ""
+    typer.echo(f"exported {meta['source']} ({meta['dtype']}, {len(meta['files'])} weight file(s){checked})")
+    typer.echo(f"-> {meta['out']}  sha256 {meta['model_sha256'][:16]}")
+
+
+@app.command("list")
+def list_(
+    run_dir: Path = typer.Argument(..., help="Run directory (logging.run_dir)."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print a JSON list."),
+) -> None:
+    """List a run's checkpoints: step, tokens seen, loss, size, and why each is kept.
+
+    Examples:
+
+      ominix checkpoint list runs/tiny
+
+      ominix checkpoint list runs/tiny --json
+    """
+    from ominix.infer.listing import format_table, list_checkpoints
+
+    entries = list_checkpoints(run_dir)
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+    elif not entries:
+        typer.echo(f"{run_dir} has no checkpoints yet")
+    else:
+        typer.echo(format_table(entries))

@@ -1,0 +1,50 @@
+"""``ominix eval``: loss and perplexity on held-out packed data (and optional lm-eval tasks)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+
+def eval_(
+    model: Path = typer.Option(..., "--model", "-m", help="Run directory, checkpoint directory, or export."),
+    data: Path = typer.Option(None, "--data", help="Prepared data directory; default the run's data.path."),
+    split: str = typer.Option("validation", "--split", help="Split of the prepared data."),
+    out: Path = typer.Option(None, "--out", "-o", help="Results file; default RUN_DIR/eval/eval_results.json."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Blocks per forward pass."),
+    max_batches: int = typer.Option(None, "--max-batches", min=1, help="Stop after N batches; default the whole split."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness tasks (needs ominix[eval])."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the results as JSON."),
+) -> None:
+    """Loss and perplexity, overall and per source set; writes eval_results.json (MOF evaluation results).
+
+    Examples:
+
+      ominix eval --model runs/tiny
+
+      ominix eval --model exports/tiny --data data/tiny --split validation --out eval_results.json
+
+      ominix eval --model runs/tiny --max-batches 10 --json
+    """
+    from ominix.eval.run import run_eval
+    from ominix.infer.load import torch_dtype
+
+    if dtype != "auto":
+        torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    results = run_eval(model, data, split, out, batch_size, max_batches, device, dtype,
+                       shlex.join(["ominix", *sys.argv[1:]]), task_list)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    p = results["perplexity"]
+    typer.echo(f"{split}: loss {p['loss']:.4f}  perplexity {p['perplexity']:.2f}  ({p['tokens']:,} tokens)")
+    for name, n in p["per_source"].items():
+        typer.echo(f"  {name}: loss {n['loss']:.4f}  perplexity {n['perplexity']:.2f}  ({n['tokens']:,} tokens)")
+    typer.echo(f"wrote {results['out']}")

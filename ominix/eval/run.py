@@ -1,0 +1,82 @@
+"""``ominix eval``: perplexity of a model on a prepared split, written as ``eval_results.json``.
+
+The file is the MOF "evaluation results" component: which model (path, step, checksum), which data
+(path, split, manifest sha256), the numbers overall and per source set, and the command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ominix.errors import OminixError
+from ominix.infer.load import ModelSource, load_model, model_checksum, resolve
+from ominix.infer.session import pick_device, pick_dtype
+
+
+def default_data(source: ModelSource) -> Path:
+    if source.run_config is None or not source.run_config.data.path:
+        raise OminixError(f"no prepared data known for {source.path}", "pass --data PREPARED_DIR")
+    return Path(source.run_config.data.path)
+
+
+def default_out(source: ModelSource) -> Path:
+    if source.run_dir is not None:
+        return source.run_dir / "eval" / "eval_results.json"
+    return Path("eval_results.json")
+
+
+def run_eval(model_path: str | Path, data: str | Path | None = None, split: str = "validation",
+             out: Path | None = None, batch_size: int = 8, max_batches: int | None = None,
+             device: str = "auto", dtype: str = "auto", command: str | None = None,
+             tasks: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results."""
+    from ominix.data.store import PackedDataset, manifest_sha256
+    from ominix.eval.perplexity import evaluate
+
+    source = resolve(model_path)
+    data = Path(data) if data is not None else default_data(source)
+    out = Path(out) if out is not None else default_out(source)
+    dataset = PackedDataset(data, split)
+    if dataset.vocab_size > source.model.vocab_size:
+        raise OminixError(f"the data in {data} has token ids up to {dataset.vocab_size - 1}, the model's "
+                          f"vocabulary has {source.model.vocab_size}", "evaluate on data prepared with the model's tokenizer")
+    if dataset.seq_len > source.model.max_position_embeddings:
+        raise OminixError(f"the data's blocks have {dataset.seq_len} tokens, the model's context is "
+                          f"{source.model.max_position_embeddings}", "evaluate on data prepared with a shorter seq_len")
+    if len(dataset) == 0:
+        raise OminixError(f"{data} has no blocks in split {split!r}", "prepare more data or choose another --split")
+    if tasks:
+        from ominix.eval.harness import check_installed
+
+        check_installed()
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    model = load_model(source, device, dtype)
+    started = time.time()
+    numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device)
+    results: dict[str, Any] = {
+        "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),
+                  "tokens_seen": source.state.get("tokens_seen"), "sha256": model_checksum(source.weights)},
+        "data": {"path": str(data), "split": split, "manifest_sha256": manifest_sha256(data),
+                 "seq_len": dataset.seq_len, "blocks_available": len(dataset)},
+        "settings": {"batch_size": batch_size, "max_batches": max_batches, "device": device, "dtype": dtype},
+        "perplexity": numbers,
+        "seconds": round(time.time() - started, 3),
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    del model
+    if tasks:
+        from ominix.eval.harness import run_tasks
+
+        results["tasks"] = run_tasks(source, tasks, device, dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
+    results["out"] = str(out)
+    return results

@@ -1,0 +1,178 @@
+"""Export a checkpoint to the Hugging Face format that transformers loads with no custom code.
+
+The directory holds ``config.json`` (LlamaConfig), ``generation_config.json``, ``model.safetensors``
+(or shards with ``model.safetensors.index.json``), the tokenizer files, and ``ominix_export.json``
+(source checkpoint, step, dtype, OminiX model config, sha256 of every weight file). It is written
+under a temporary name and renamed once complete and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ominix.errors import OminixError
+from ominix.infer.load import (
+    EXPORT_META, ModelSource, build_from_state, check_state, file_sha256, load_tokenizer, model_checksum,
+    resolve, source_weights, torch_dtype,
+)
+
+DEFAULT_SHARD = 2 * 1024**3
+
+
+def parse_size(text: str) -> int:
+    """``2GB``, ``500MB``, ``100KB`` or a byte count."""
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    raw = text.strip().upper()
+    for unit, scale in units.items():
+        if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(raw[: -len(unit)]) * scale)
+    if raw.isdigit():
+        return int(raw)
+    raise OminixError(f"--max-shard-size {text!r} is not a size", "e.g. 2GB, 500MB, 100KB")
+
+
+def default_out(source: ModelSource) -> Path:
+    if source.run_dir is None:
+        raise OminixError(f"{source.path} is not part of a run directory", "pass --out DIR")
+    return source.run_dir / "export"
+
+
+def export(path: str | Path, out: Path | None = None, dtype: str | None = None, verify: bool = True,
+           force: bool = False, max_shard_size: int = DEFAULT_SHARD, device: str = "cpu",
+           command: str | None = None) -> dict[str, Any]:
+    """Write the export of ``path`` (run, checkpoint or export) to ``out``; returns its metadata.
+
+    ``dtype`` None keeps the run's training precision. Every input problem is raised before
+    anything is written; a failed verification leaves no output behind.
+    """
+    source = resolve(path)
+    out = Path(out) if out is not None else default_out(source)
+    if dtype is None:
+        dtype = source.run_config.parallel.precision if source.run_config else "fp32"
+    target = torch_dtype(dtype)
+    if out.exists() and not force:
+        raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
+    tokenizer = load_tokenizer(source)
+    if len(tokenizer) > source.model.vocab_size:
+        raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
+                          f"{source.model.vocab_size}", "the tokenizer does not belong to this model")
+    state = source_weights(source)
+    check_state(state, source.model, source.weights)
+    if source.model.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
+    state = {k: v.to(target).contiguous() for k, v in state.items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files = _write_weights(state, tmp, max_shard_size)
+        _write_configs(source, tokenizer, tmp, dtype)
+        tokenizer.save_pretrained(tmp)
+        meta = {
+            "format": "huggingface-llama",
+            "source": str(source.path.resolve()),
+            "source_kind": source.kind,
+            "state": source.state,
+            "dtype": dtype,
+            "model": source.model.model_dump(mode="json"),
+            "files": files,
+            "model_sha256": model_checksum(tmp, files),
+            "command": command,
+        }
+        (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        if verify:
+            meta["verify"] = verify_export(tmp, source.model, state, device)
+            (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta["out"] = str(out)
+    return meta
+
+
+def _write_weights(state: dict[str, Any], out: Path, max_shard_size: int) -> dict[str, str]:
+    """Shard in parameter order, at most ``max_shard_size`` bytes each (a bigger tensor goes alone)."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, Any]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+        }
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for name, shard in zip(names, shards):
+        save_file(shard, out / name, metadata={"format": "pt"})
+    return {name: file_sha256(out / name) for name in names}
+
+
+def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> None:
+    from transformers import GenerationConfig
+
+    from ominix.model import hf_config
+
+    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+    ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    ids = {k: v for k, v in ids.items() if v is not None}
+    config = hf_config(source.model, torch_dtype=names[dtype], **ids)
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(out)
+    infer = source.run_config.infer if source.run_config else None
+    sampling = {}
+    if infer is not None and infer.temperature > 0:
+        sampling = {"do_sample": True, "temperature": infer.temperature, "top_p": infer.top_p}
+        if infer.top_k:
+            sampling["top_k"] = infer.top_k
+    GenerationConfig(**ids, **sampling).save_pretrained(out)
+
+
+def verify_export(out: Path, model_cfg, state: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """Load ``out`` with transformers (no custom code) and compare its logits with OminiX's model
+    holding the same (exported-precision) weights, both computed in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    theirs = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).to(device).eval()
+    ours = build_from_state(model_cfg, {k: v.float() for k, v in state.items()}, device, "fp32")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("OminiX exports a model that transformers can load.", return_tensors="pt").input_ids
+    ids = ids[:, : model_cfg.max_position_embeddings].to(device)
+    with torch.no_grad():
+        a, b = ours(ids).logits, theirs(ids).logits
+    diff = (a - b).abs().max().item()
+    scale = b.abs().max().item()
+    del theirs, ours
+    if not diff <= 1e-4 * max(1.0, scale):
+        raise OminixError(f"verification failed: logits of the export differ from OminiX's by {diff:.3g} "
+                          f"(max |logit| {scale:.3g})", "report this as a bug; --no-verify skips the check",
+                          exit_code=1)
+    return {"tokens": ids.shape[1], "max_abs_logit_diff": diff}
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (only with --force) is moved aside first."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old)

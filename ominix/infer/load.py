@@ -1,0 +1,240 @@
+"""Find and load a model: a run directory, one of its checkpoints, or a Hugging Face export.
+
+A run directory means its newest checkpoint (``checkpoints/latest``). A checkpoint takes its model
+shape from the run's ``config.yaml`` and its tokenizer from the prepared data (``data.path/tokenizer``).
+An export carries both itself (``config.json`` and the tokenizer files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ominix.config import ModelConfig, OminixConfig, load_config
+from ominix.errors import OminixError
+
+EXPORT_META = "ominix_export.json"
+DTYPES = ("bf16", "fp16", "fp32")
+HINT_SOURCES = "pass a run directory, RUN_DIR/checkpoints/step_N, or a directory written by `ominix checkpoint export`"
+
+
+@dataclass
+class ModelSource:
+    """Where a model's weights, shape and tokenizer are."""
+
+    kind: str  # "checkpoint" or "export"
+    path: Path  # the directory the user named
+    weights: Path  # directory of model.safetensors (+ index) or shards
+    model: ModelConfig
+    tokenizer: Path | None
+    run_dir: Path | None = None
+    run_config: OminixConfig | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # state.json of a checkpoint
+
+    @property
+    def label(self) -> str:
+        step = self.state.get("step")
+        return f"{self.path} (step {step})" if step is not None else str(self.path)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name not in table:
+        raise OminixError(f"unknown dtype {name!r}", f"use one of: {', '.join(DTYPES)}")
+    return table[name]
+
+
+def has_weights(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+
+
+def resolve(path: str | Path) -> ModelSource:
+    """Classify ``path`` and read its model shape; raises OminixError for anything else."""
+    from ominix.train.checkpoint import is_checkpoint, resolve_checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise OminixError(f"{path} does not exist", HINT_SOURCES)
+    if (path / "config.json").is_file() and has_weights(path):
+        return _export_source(path)
+    if is_checkpoint(path) or (path / "checkpoints").is_dir():
+        return _checkpoint_source(resolve_checkpoint(path))
+    raise OminixError(f"{path} is not an OminiX run, checkpoint or Hugging Face export", HINT_SOURCES)
+
+
+def _checkpoint_source(ckpt: Path) -> ModelSource:
+    from ominix.train.checkpoint import read_state
+
+    run_dir = ckpt.parent.parent
+    # the checkpoint carries the config of the run that wrote it; older layouts only the run's
+    config_file = next((f for f in (ckpt / "config.yaml", run_dir / "config.yaml") if f.is_file()), None)
+    if config_file is None:
+        raise OminixError(f"{ckpt} has no config.yaml, nor has its run directory {run_dir}",
+                          "checkpoints are read with the config.yaml of their run")
+    cfg = load_config(config_file)
+    return ModelSource(kind="checkpoint", path=ckpt, weights=ckpt / "model", model=cfg.model,
+                       tokenizer=_run_tokenizer(cfg, run_dir), run_dir=run_dir, run_config=cfg,
+                       state=read_state(ckpt))
+
+
+def _run_tokenizer(cfg: OminixConfig, run_dir: Path) -> Path | None:
+    candidates = []
+    if cfg.data.path:
+        candidates.append(Path(cfg.data.path) / "tokenizer")
+    if cfg.data.tokenizer:
+        candidates.append(Path(cfg.data.tokenizer))
+    for cand in candidates:
+        for where in (cand, run_dir.parent / cand):  # relative paths: from the cwd, else beside the run
+            if where.exists():
+                return where
+    return None
+
+
+def _export_source(path: Path) -> ModelSource:
+    meta_file = path / EXPORT_META
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        model = ModelConfig.model_validate(meta["model"])
+        state = meta.get("state", {})
+    else:
+        model, state = model_config_from_hf(json.loads((path / "config.json").read_text()), path), {}
+    return ModelSource(kind="export", path=path, weights=path, model=model, tokenizer=path, state=state)
+
+
+def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
+    """The ModelConfig of a plain Hugging Face LLaMA ``config.json`` (no rope scaling, no biases)."""
+    if hf.get("model_type") != "llama":
+        raise OminixError(f"{path}/config.json is a {hf.get('model_type')!r} model, not llama",
+                          "OminiX serves LLaMA-architecture models only")
+    unsupported = [k for k in ("rope_scaling", "attention_bias", "mlp_bias") if hf.get(k)]
+    if hf.get("hidden_act", "silu") != "silu":
+        unsupported.append("hidden_act")
+    head_dim = hf.get("head_dim")
+    if head_dim and head_dim != hf["hidden_size"] // hf["num_attention_heads"]:
+        unsupported.append("head_dim")
+    if unsupported:
+        raise OminixError(f"{path}/config.json uses {', '.join(unsupported)}, which OminiX does not implement",
+                          "use transformers directly for this model")
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+            "tie_word_embeddings", "initializer_range")
+    return ModelConfig(name=path.name, attn="sdpa", **{k: hf[k] for k in keys if k in hf})
+
+
+def weight_files(weights: Path) -> list[Path]:
+    index = weights / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [weights / name for name in names]
+    if (weights / "model.safetensors").is_file():
+        return [weights / "model.safetensors"]
+    return sorted(weights.glob("*.safetensors"))
+
+
+def read_weights(weights: Path) -> dict[str, Any]:
+    """All tensors of a (sharded) safetensors directory, on the CPU."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for file in weight_files(weights):
+        if not file.is_file():
+            raise OminixError(f"{file} is missing", "the checkpoint or export is incomplete; write it again")
+        state.update(load_file(file))
+    return state
+
+
+def check_state(state: dict[str, Any], model: ModelConfig, source: Path) -> None:
+    """Refuse weights that do not fit ``model`` with one line naming the first offending tensor."""
+    import torch
+
+    from ominix.model import LlamaForCausalLM
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LlamaForCausalLM(model, attn="sdpa").state_dict().items()}
+    if model.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has an unknown tensor {unexpected[0]}"
+        raise OminixError(f"the weights in {source} do not fit the model config: it {what} "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected)",
+                          "the checkpoint belongs to another model shape or is not an OminiX/LLaMA model")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise OminixError(f"the weights in {source} do not fit the model config: {name} has shape "
+                              f"{list(state[name].shape)}, the config says {list(shape)}",
+                              "the checkpoint belongs to another model shape; check config.yaml / config.json")
+
+
+def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str = "cpu", dtype: str = "fp32"):
+    """An eval-mode OminiX model on ``device`` in ``dtype`` holding ``state`` (already checked)."""
+    import torch
+
+    from ominix.model import LlamaForCausalLM
+
+    cfg = model_cfg.model_copy(update={"compile": False, "gradient_checkpointing": False})
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg, attn="sdpa").to(torch_dtype(dtype))
+    model.to_empty(device=device)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb.reset_parameters()  # float32 frequencies, like transformers
+    model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
+    return model.eval().requires_grad_(False)
+
+
+def source_weights(source: ModelSource) -> dict[str, Any]:
+    """All tensors of ``source`` on the CPU."""
+    if source.kind == "checkpoint":
+        from ominix.train.checkpoint import load_model_state
+
+        return load_model_state(source.path)
+    return read_weights(source.weights)
+
+
+def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
+    """Read, check and load the weights of ``source``."""
+    state = source_weights(source)
+    check_state(state, source.model, source.weights)
+    return build_from_state(source.model, state, device, dtype)
+
+
+def load_tokenizer(source: ModelSource):
+    """The Hugging Face tokenizer of ``source``; a clear error when there is none."""
+    tok_dir = source.tokenizer
+    if tok_dir is None or not tok_dir.exists():
+        where = f"({tok_dir} does not exist)" if tok_dir else "(the run config names no data.path)"
+        raise OminixError(f"no tokenizer for {source.path} {where}",
+                          "set data.path in the run's config.yaml to the prepared data directory")
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if tok_dir.is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(tok_dir))
+    if (tok_dir / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(tok_dir)
+    if (tok_dir / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"))
+    raise OminixError(f"no tokenizer files in {tok_dir} (tokenizer.json or tokenizer_config.json)",
+                      "point data.path at a prepared data directory, or export again")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_checksum(weights: Path, files: dict[str, str] | None = None) -> str:
+    """sha256 over the sorted ``name sha256`` lines of the weight files: one id for a sharded model."""
+    files = files or {f.name: file_sha256(f) for f in weight_files(weights)}
+    lines = "".join(f"{name} {files[name]}\n" for name in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()

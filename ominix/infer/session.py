@@ -1,0 +1,175 @@
+"""``ominix infer``: load a model once, then generate for one prompt (streamed) or a prompts file.
+
+A prompts file is JSON Lines with a ``prompt`` field per line (other fields, such as ``id``, are
+carried over). The output file has one record per prompt: the prompt, the completion, the sampling
+settings and the model checksum, so it can be published as the MOF "sample model outputs".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ominix.config import InferConfig
+from ominix.errors import OminixError
+from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
+from ominix.infer.load import ModelSource, load_model, load_tokenizer, model_checksum, resolve, torch_dtype
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OminixError(f"--device {device} but no CUDA device is visible", "use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bf16" if device.startswith("cuda") else "fp32"
+    return dtype
+
+
+@dataclass
+class Session:
+    source: ModelSource
+    tokenizer: Any
+    model: Any
+    device: str
+    dtype: str
+    checksum: str
+    compile: bool
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text).input_ids
+        limit = self.source.model.max_position_embeddings
+        if len(ids) >= limit:
+            raise OminixError(f"the prompt is {len(ids)} tokens, the model's context is {limit}",
+                              "shorten the prompt (it must leave room for at least one new token)")
+        if not ids:
+            raise OminixError("the prompt is empty and the tokenizer adds no BOS token", "give a prompt")
+        return ids
+
+    def decoder(self, longest: int, sampling: Sampling) -> StaticDecoder:
+        max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
+        on_gpu = self.device.startswith("cuda")
+        return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu)
+
+    def record(self, prompt: dict[str, Any], ids: list[int], result: Generation,
+               sampling: Sampling) -> dict[str, Any]:
+        return {
+            **prompt,
+            "completion": self.tokenizer.decode(result.tokens, skip_special_tokens=True),
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(result.tokens),
+            "finish_reason": result.finish_reason,
+            "settings": {**sampling.as_dict(), "device": self.device, "dtype": self.dtype},
+            "model": {"path": str(self.source.path), "kind": self.source.kind,
+                      "step": self.source.state.get("step"), "sha256": self.checksum},
+        }
+
+
+def settings(path: str | Path, flags: dict[str, Any]) -> tuple[ModelSource, Sampling, InferConfig]:
+    """The model at ``path`` and its generation settings: the run's ``infer`` section (defaults for
+    an export) overridden by the ``flags`` that are not None."""
+    source = resolve(path)
+    base = source.run_config.infer if source.run_config is not None else InferConfig()
+    if flags.get("dtype") not in (None, "auto"):
+        torch_dtype(flags["dtype"])  # one line for an unknown dtype
+    try:
+        cfg = InferConfig.model_validate({**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        raise OminixError(f"{flag}: {err['msg']}", f"change {flag}") from exc
+    sampling = Sampling(**{f.name: getattr(cfg, f.name) for f in fields(Sampling)})
+    return source, sampling, cfg
+
+
+def open_session(source: ModelSource, device: str = "auto", dtype: str = "auto", compile: bool = True) -> Session:
+    """Check and load the model and tokenizer of ``source``."""
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, device, dtype)
+    return Session(source, tokenizer, model, device, dtype, model_checksum(source.weights), compile)
+
+
+class TextStream:
+    """Turns tokens into printable text as they come (holds back an incomplete UTF-8 character)."""
+
+    def __init__(self, tokenizer: Any, write: Callable[[str], None]) -> None:
+        self.tokenizer, self.write = tokenizer, write
+        self.tokens: list[int] = []
+        self.shown = 0
+
+    def __call__(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            self.write(text[self.shown :])
+            self.shown = len(text)
+
+
+def complete(session: Session, prompt: str, sampling: Sampling, write: Callable[[str], None]) -> dict[str, Any]:
+    """Generate for one prompt, streaming the text to ``write``; returns the output record."""
+    ids = session.encode(prompt)
+    result = generate(session.decoder(len(ids), sampling), ids, sampling,
+                      session.tokenizer.eos_token_id, TextStream(session.tokenizer, write))
+    return session.record({"prompt": prompt}, ids, result, sampling)
+
+
+def read_prompts(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise OminixError(f"prompts file {path} does not exist", "pass a JSON Lines file")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OminixError(f"{path}:{number} is not valid JSON", "one JSON object per line") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise OminixError(f"{path}:{number} has no string field 'prompt'",
+                              'each line looks like {"prompt": "Once upon a time"}')
+        records.append(record)
+    if not records:
+        raise OminixError(f"{path} holds no prompts", 'add lines like {"prompt": "Once upon a time"}')
+    return records
+
+
+def default_samples_out(source: ModelSource) -> Path:
+    if source.run_dir is None:
+        raise OminixError(f"{source.path} is not part of a run directory", "pass --out FILE.jsonl")
+    return source.run_dir / "samples.jsonl"
+
+
+def complete_file(session: Session, prompts: list[dict[str, Any]], sampling: Sampling, out: Path,
+                  progress: Callable[[int, dict[str, Any]], None] | None = None) -> int:
+    """Generate for every prompt (all checked before the first) into ``out``, written atomically."""
+    encoded = [session.encode(p["prompt"]) for p in prompts]
+    decoder = session.decoder(max(len(ids) for ids in encoded), sampling)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w") as f:
+            for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
+                result = generate(decoder, ids, sampling, session.tokenizer.eos_token_id)
+                record = session.record(prompt, ids, result, sampling)
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if progress is not None:
+                    progress(i, record)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(prompts)
