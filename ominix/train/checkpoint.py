@@ -99,3 +99,143 @@ def load_model_state(ckpt_dir: str | Path) -> dict[str, Any]:
     for file in files:
         state.update(load_file(str(file)))
     return state
+
+
+# --- saving and loading (every rank calls these; rank 0 writes the shared files) -------------------
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config_yaml: str,
+                    keep_last: int, keep_every: int, save_optimizer: bool = True) -> Path:
+    """Write ``checkpoints/step_N`` (temporary name, then rename), point ``latest`` at it, prune."""
+    import torch
+
+    ckpts = checkpoints_dir(run_dir)
+    name = step_name(state["step"])
+    tmp = ckpts / f".{name}.tmp-save"  # the same name on every rank: they all write into it
+    booster, rank = engine.booster, engine.rank
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while saving
+        for sub in ("model", "optimizer", "rng", "data"):
+            (tmp / sub).mkdir(parents=True)
+    _barrier()
+    booster.save_model(engine.model, str(tmp / "model"), shard=True, use_safetensors=True)
+    if save_optimizer:
+        if engine.spec.shard_optimizer:
+            booster.save_optimizer(engine.optimizer, str(tmp / "optimizer"), shard=True)
+        else:  # one file, written by rank 0 (DDP's sharded optimizer cannot be loaded back on CPU)
+            booster.save_optimizer(engine.optimizer, str(tmp / "optimizer" / "optimizer.pt"), shard=False)
+    booster.save_lr_scheduler(engine.scheduler, str(tmp / "scheduler.pt"))
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{rank:05d}.pt")
+    (tmp / "data" / f"rank_{rank:05d}.json").write_text(json.dumps(loader.state_dict()))
+    _barrier()
+    final = ckpts / name
+    if rank == 0:
+        (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
+        (tmp / "config.yaml").write_text(config_yaml)
+        if final.exists():  # the same step saved again (a resumed run that re-reached it)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        pointer = ckpts / f".{LATEST}.tmp"
+        pointer.write_text(name + "\n")
+        os.replace(pointer, ckpts / LATEST)
+        prune(ckpts, keep_last, keep_every)
+    _barrier()
+    return final
+
+
+def prune(ckpts: Path, keep_last: int, keep_every: int) -> list[Path]:
+    """Delete checkpoints that are neither among the newest ``keep_last`` nor at a multiple of
+    ``keep_every``; the one ``latest`` names is always kept."""
+    found = sorted((int(m.group(1)), p) for p in ckpts.iterdir() if (m := STEP_RE.match(p.name)))
+    latest = (ckpts / LATEST).read_text().strip() if (ckpts / LATEST).is_file() else None
+    newest = {p for _, p in found[-keep_last:]}
+    removed = []
+    for step, path in found:
+        if path in newest or path.name == latest or (keep_every and step % keep_every == 0):
+            continue
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
+MODEL_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+
+
+def check_compatible(saved: dict[str, Any], cfg, manifest_sha: str, layout, reshard: bool) -> None:
+    """Refuse a checkpoint of another model shape, other data, another plugin or an unsupported
+    change of the rank layout, saying which setting differs."""
+    ckpt_model = saved["model"]
+    for key in MODEL_SHAPE:
+        now = getattr(cfg.model, key)
+        if ckpt_model.get(key) != now and not (key == "num_key_value_heads" and ckpt_model.get(key) in (None, cfg.model.kv_heads)):
+            raise OminixError(
+                f"the checkpoint has model.{key}={ckpt_model.get(key)}, this run {now}",
+                "resume with the model config the checkpoint was trained with, or --resume never",
+            )
+    if saved["data_manifest_sha256"] != manifest_sha:
+        raise OminixError(
+            "the checkpoint was trained on other prepared data (data manifest sha256 differs)",
+            "resume with the same data.path, or start fresh with --resume never",
+        )
+    if saved["plugin"] != cfg.parallel.plugin:
+        raise OminixError(
+            f"the checkpoint was saved by plugin {saved['plugin']}, this run uses {cfg.parallel.plugin}",
+            f"resume with --plugin {saved['plugin']}, or export the weights and start a new run from them",
+        )
+    layout_then = (saved["world_size"], saved["tp"], saved["pp"])
+    if layout_then != (layout.world_size, layout.tp, layout.pp) and not (
+        reshard and (saved["tp"], saved["pp"]) == (layout.tp, layout.pp)
+    ):
+        raise OminixError(
+            f"the checkpoint was saved on {saved['world_size']} ranks (tp {saved['tp']}, pp {saved['pp']}); "
+            f"plugin {cfg.parallel.plugin} cannot resume it on {layout.world_size} ranks (tp {layout.tp}, "
+            f"pp {layout.pp})",
+            "resume with the same number of processes and tp/pp",
+        )
+
+
+def load_checkpoint(engine, loader, ckpt: Path, load_optimizer: bool = True) -> None:
+    """Restore model, optimizer, scheduler, this rank's RNG and data position from ``ckpt``."""
+    import torch
+
+    booster = engine.booster
+    booster.load_model(engine.model, str(ckpt / "model"))
+    if load_optimizer:
+        opt = ckpt / "optimizer"
+        booster.load_optimizer(engine.optimizer, str(opt if engine.spec.shard_optimizer else opt / "optimizer.pt"))
+    booster.load_lr_scheduler(engine.scheduler, str(ckpt / "scheduler.pt"))
+    rng = ckpt / "rng" / f"rank_{engine.rank:05d}.pt"
+    if rng.is_file() and read_state(ckpt)["world_size"] == engine.layout.world_size:
+        _set_rng_state(torch.load(rng, weights_only=False))
+    data = ckpt / "data" / f"rank_{engine.rank:05d}.json"
+    # every rank's position is the same global one: any rank's file serves under another rank count
+    loader.load_state_dict(json.loads((data if data.is_file() else ckpt / "data" / "rank_00000.json").read_text()))

@@ -1,0 +1,53 @@
+"""``ominix train``: launch a training run (``check-hosts`` is added by ``ominix.cli.hosts_cmd``)."""
+
+from __future__ import annotations
+
+import typer
+
+from ominix.cli import hosts_cmd
+from ominix.cli.common import SET_OPTION
+
+app = typer.Typer(help="Train a model: launch runs, check hosts.", no_args_is_help=True)
+hosts_cmd.register(app)
+
+
+@app.command("launch")
+def launch(
+    source: str = typer.Argument(None, help="Config file or preset (tiny, llama2-7b, ...); omitted = defaults."),
+    plugin: str = typer.Option(
+        None, "--plugin", help="ColossalAI plugin: gemini, gemini_auto, zero2, zero2_cpu, 3d, ddp, fsdp."
+    ),
+    nproc_per_node: int = typer.Option(
+        None, "--nproc-per-node", min=1, help="Processes on this node (default: GPUs found, 1 on CPU)."
+    ),
+    data: str = typer.Option(None, "--data", help="Prepared data directory (from `ominix data prepare`)."),
+    run_dir: str = typer.Option(None, "--run-dir", help="Run directory: config, logs, metrics, checkpoints."),
+    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps."),
+    resume: str = typer.Option(
+        None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
+    ),
+    sets: list[str] = SET_OPTION,
+    dry_run: bool = typer.Option(
+        False, "--dry-run/--no-dry-run", help="Print the resolved config and the command; start nothing."
+    ),
+) -> None:
+    """Train locally: in-process for one process, torchrun for several (multi-node with a hostfile).
+
+    Examples:
+
+      ominix train launch tiny --data data/tiny --run-dir runs/tiny
+
+      ominix train launch tiny --data data/tiny --nproc-per-node 2 --max-steps 50 --set optim.lr=1e-3
+
+      ominix train launch llama2-7b --data data/slimpajama --plugin gemini --dry-run
+
+      ominix train launch tiny --data data/tiny --run-dir runs/tiny --resume auto
+    """
+    from ominix.train.launch import launch_from_cli
+
+    code = launch_from_cli(source, sets, {
+        "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
+        "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
+    }, dry_run=dry_run)
+    if code:
+        raise typer.Exit(code)

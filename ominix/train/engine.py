@@ -1,0 +1,380 @@
+"""The ColossalAI engine: validation of a parallel layout, and the Booster that trains it.
+
+This is the only module that imports ColossalAI plugins, and it does so inside functions (the import
+costs ~7 s). Each plugin is one small builder in ``PLUGINS``; what differs between plugins (GPU-only,
+who clips gradients, which model class, how the optimizer is checkpointed) is data in ``PluginSpec``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ominix.config import OminixConfig
+from ominix.errors import OminixError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a global batch is split: derived in one place, printed at start."""
+
+    world_size: int
+    dp: int
+    tp: int
+    pp: int
+    global_batch: int
+    micro_batch: int
+    accum: int  # micro batches per rank per optimizer step (pipeline: micro batches per step)
+    seq_len: int
+
+    @property
+    def rank_batch(self) -> int:
+        return self.global_batch // self.dp
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    def describe(self) -> str:
+        return (
+            f"world {self.world_size} = dp {self.dp} x tp {self.tp} x pp {self.pp}; global batch "
+            f"{self.global_batch} = micro {self.micro_batch} x accum {self.accum} x dp {self.dp}; "
+            f"{self.tokens_per_step:,} tokens/step (seq {self.seq_len})"
+        )
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    build: Callable[[OminixConfig, Layout], Any]
+    gpu_only: bool
+    clips: bool  # the plugin clips gradients itself (it gets max_norm) and reports the norm
+    hf_model: bool  # shardformer needs transformers' LlamaForCausalLM
+    shard_optimizer: bool  # save the optimizer sharded (False: one file, rank 0)
+    reshard: bool  # its checkpoints load on a different number of ranks
+
+
+def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
+    from colossalai.booster.plugin import GeminiPlugin
+
+    p = cfg.parallel
+    return GeminiPlugin(
+        precision=p.precision,
+        placement_policy=placement or p.gemini_placement,
+        offload_optim_frac=p.offload_optim_frac if (placement or p.gemini_placement) == "static" else 0.0,
+        enable_gradient_accumulation=layout.accum > 1,
+        max_norm=cfg.optim.grad_clip,
+    )
+
+
+def _zero2(cfg: OminixConfig, layout: Layout, cpu_offload: bool = False) -> Any:
+    from colossalai.booster.plugin import LowLevelZeroPlugin
+
+    return LowLevelZeroPlugin(
+        stage=2,
+        precision=cfg.parallel.precision,
+        max_norm=cfg.optim.grad_clip,
+        overlap_communication=cfg.parallel.overlap_communication,
+        cpu_offload=cpu_offload,
+        initial_scale=2**16,
+    )
+
+
+def _hybrid(cfg: OminixConfig, layout: Layout) -> Any:
+    from colossalai.booster.plugin import HybridParallelPlugin
+
+    p = cfg.parallel
+    return HybridParallelPlugin(
+        tp_size=p.tp,
+        pp_size=p.pp,
+        zero_stage=p.zero_stage,
+        precision=p.precision,
+        enable_sequence_parallelism=p.sequence_parallel,
+        sequence_parallelism_mode="split_gather" if p.sequence_parallel else None,
+        enable_flash_attention=cfg.model.attn == "flash",
+        microbatch_size=layout.micro_batch if p.pp > 1 else None,
+        max_norm=cfg.optim.grad_clip,
+        overlap_communication=p.overlap_communication,
+        initial_scale=2**16,
+    )
+
+
+def _ddp(cfg: OminixConfig, layout: Layout) -> Any:
+    from colossalai.booster.plugin import TorchDDPPlugin
+
+    return TorchDDPPlugin()
+
+
+def _fsdp(cfg: OminixConfig, layout: Layout) -> Any:
+    from colossalai.booster.plugin import TorchFSDPPlugin
+
+    return TorchFSDPPlugin()
+
+
+PLUGINS: dict[str, PluginSpec] = {
+    "gemini": PluginSpec(_gemini, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
+    "gemini_auto": PluginSpec(
+        lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
+        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
+    ),
+    "zero2": PluginSpec(_zero2, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
+    "zero2_cpu": PluginSpec(
+        lambda cfg, layout: _zero2(cfg, layout, cpu_offload=True),
+        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
+    ),
+    "3d": PluginSpec(_hybrid, gpu_only=False, clips=True, hf_model=True, shard_optimizer=True, reshard=False),
+    "ddp": PluginSpec(_ddp, gpu_only=False, clips=False, hf_model=False, shard_optimizer=False, reshard=True),
+    "fsdp": PluginSpec(_fsdp, gpu_only=True, clips=False, hf_model=False, shard_optimizer=False, reshard=False),
+}
+
+
+def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
+    """Split the world into dp x tp x pp and the global batch into micro batches, or say what to change."""
+    p, s = cfg.parallel, cfg.schedule
+    if world_size % (p.tp * p.pp):
+        raise OminixError(
+            f"parallel.tp x parallel.pp ({p.tp} x {p.pp}) does not divide the {world_size} processes",
+            "change parallel.tp/pp or --nproc-per-node (x nodes) so that tp x pp x dp = processes",
+        )
+    dp = world_size // (p.tp * p.pp)
+    if s.global_batch_size % (s.micro_batch_size * dp):
+        raise OminixError(
+            f"schedule.global_batch_size ({s.global_batch_size}) is not a multiple of "
+            f"micro_batch_size x data-parallel size ({s.micro_batch_size} x {dp})",
+            f"set schedule.global_batch_size to a multiple of {s.micro_batch_size * dp}",
+        )
+    accum = s.global_batch_size // (s.micro_batch_size * dp)
+    if p.pp > 1 and p.num_microbatches is not None and p.num_microbatches != accum:
+        raise OminixError(
+            f"parallel.num_microbatches ({p.num_microbatches}) must equal global batch / "
+            f"(micro batch x dp) = {accum} with pipeline parallelism",
+            "leave parallel.num_microbatches unset, or change schedule.global_batch_size",
+        )
+    return Layout(world_size, dp, p.tp, p.pp, s.global_batch_size, s.micro_batch_size, accum, cfg.data.seq_len)
+
+
+def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
+    """Check a config against the processes and hardware before anything starts; return the layout."""
+    p = cfg.parallel
+    spec = PLUGINS[p.plugin]
+    where = "a CUDA GPU" if not gpu else ""
+    if not gpu and (spec.gpu_only or p.tp > 1 or p.pp > 1):
+        what = f"parallel.plugin={p.plugin}" if spec.gpu_only else "parallel.tp/pp > 1"
+        raise OminixError(
+            f"{what} needs {where} (this machine has none)",
+            "on CPU use --plugin ddp, or --plugin 3d with tp=pp=1",
+        )
+    if p.plugin.startswith("gemini") and p.precision == "fp32":
+        raise OminixError("gemini trains in bf16 or fp16, not fp32", "set parallel.precision=bf16")
+    if not gpu and cfg.optim.optimizer == "hybrid_adam":
+        raise OminixError("optim.optimizer=hybrid_adam needs a CUDA GPU", "set optim.optimizer=auto or adamw")
+    if p.plugin != "3d" and p.zero_stage:
+        raise OminixError(
+            f"parallel.zero_stage applies to the 3d plugin only (plugin={p.plugin})",
+            "use --plugin zero2 for ZeRO-2, or --plugin 3d with parallel.zero_stage",
+        )
+    if p.pp > 1 and p.zero_stage == 2:
+        raise OminixError("ZeRO stage 2 cannot be combined with pipeline parallelism", "set parallel.zero_stage=1")
+    if p.sequence_parallel and cfg.data.seq_len % p.tp:
+        raise OminixError(
+            f"data.seq_len ({cfg.data.seq_len}) must be divisible by parallel.tp ({p.tp}) "
+            "with sequence parallelism",
+            "change data.seq_len or parallel.tp, or set parallel.sequence_parallel=false",
+        )
+    if p.pp > 1 and cfg.model.tie_word_embeddings:
+        raise OminixError(
+            "tied embeddings cannot be split over pipeline stages", "set parallel.pp=1 or model.tie_word_embeddings=false"
+        )
+    return derive_layout(cfg, world_size)
+
+
+@dataclass
+class Engine:
+    """A boosted model with its optimizer and scheduler, and what the loop needs to know about them."""
+
+    booster: Any
+    plugin: Any
+    spec: PluginSpec
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    layout: Layout
+    device: Any
+    rank: int
+    dp_rank: int
+    amp_dtype: Any  # autocast dtype for plugins that don't control precision (ddp, fsdp), else None
+
+    def autocast(self):
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def no_sync(self, last_micro: bool):
+        """Skip the gradient all-reduce on all but the last micro batch of an accumulated step."""
+        if last_micro or not self.plugin.support_no_sync():
+            return contextlib.nullcontext()
+        return self.booster.no_sync(self.model, self.optimizer)
+
+    def loss(self, block) -> Any:
+        """Mean next-token loss of a [batch, seq_len + 1] block of tokens."""
+        inputs = block[:, :-1]
+        if self.spec.hf_model:  # transformers shifts labels itself: the last target is dropped
+            return self.model(input_ids=inputs, labels=inputs).loss
+        return self.model(inputs, labels=block[:, 1:]).loss
+
+    def clip_and_step(self, max_norm: float) -> Any:
+        """Clip gradients (here, or inside the plugin that was given max_norm), step; return the norm."""
+        if self.spec.clips:
+            self.optimizer.step()
+            return self.optimizer.get_grad_norm()
+        import torch
+
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if hasattr(self.optimizer, "scaler"):  # fp16 under torch AMP: clip the true gradients
+            self.optimizer.unscale_grad()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        self.optimizer.step()
+        return norm
+
+    def evaluate(self, dataset, max_batches: int) -> dict[str, Any]:
+        """Validation loss and perplexity over ``max_batches`` micro batches per data-parallel rank."""
+        import math
+
+        import torch
+        import torch.distributed as dist
+
+        layout = self.layout
+        self.model.eval()
+        if not self.spec.hf_model:
+            from ominix.eval.perplexity import evaluate
+
+            with self.autocast():
+                return evaluate(self.model, dataset, layout.micro_batch, max_batches, self.device,
+                                self.dp_rank, layout.dp)
+        from ominix.data.loader import eval_batches
+
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss x blocks, blocks]
+        with torch.no_grad():
+            for block, _ in eval_batches(dataset, layout.micro_batch, self.dp_rank, layout.dp, max_batches):
+                block = block.to(self.device)
+                if layout.pp > 1:
+                    inputs = block[:, :-1]
+                    out = self.booster.execute_pipeline(
+                        iter([{"input_ids": inputs, "labels": inputs}]), self.model,
+                        lambda outputs, _inputs: outputs.loss, None, return_loss=True,
+                    )
+                    loss = out["loss"] if self.plugin.stage_manager.is_last_stage() else torch.zeros(())
+                else:
+                    loss = self.loss(block)
+                sums += torch.stack([loss.double().to(self.device) * len(block), torch.tensor(len(block), device=self.device, dtype=torch.float64)])
+        if layout.pp > 1:
+            dist.all_reduce(sums, group=self.plugin.pp_group)
+        dist.all_reduce(sums, group=self.plugin.dp_group)
+        mean = (sums[0] / sums[1]).item()
+        return {"loss": mean, "perplexity": math.exp(mean)}
+
+    def pipeline_loss(self, block) -> Any:
+        """One pipelined step over the rank's whole batch; the loss (last stage) is shared to all stages."""
+        import torch
+        import torch.distributed as dist
+
+        inputs = block[:, :-1]
+        out = self.booster.execute_pipeline(
+            iter([{"input_ids": inputs, "labels": inputs}]), self.model,
+            lambda outputs, _inputs: outputs.loss, self.optimizer, return_loss=True,
+        )
+        loss = out["loss"] if self.plugin.stage_manager.is_last_stage() else None
+        shared = torch.zeros((), device=self.device) if loss is None else loss.detach().float().clone()
+        dist.all_reduce(shared, group=self.plugin.pp_group)
+        return shared
+
+
+def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and embeddings; never norms or biases (1-d parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _optimizer(cfg: OminixConfig, model, gpu: bool):
+    import torch
+
+    o = cfg.optim
+    groups = _param_groups(model, o.weight_decay)
+    if o.optimizer == "hybrid_adam" or (o.optimizer == "auto" and gpu):
+        from colossalai.nn.optimizer import HybridAdam
+
+        return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+
+def _build_model(cfg: OminixConfig, spec: PluginSpec, device):
+    """Our decoder built straight on the device (meta first), or, for shardformer, transformers'
+    LlamaForCausalLM of the same shape under ColossalAI's lazy init so each rank materialises only
+    its shard. Both are initialised by ``init_weights`` from the same seed."""
+    import torch
+
+    from ominix.model import build_model, hf_config, init_weights, resolve_attn
+
+    m = cfg.model
+    if not spec.hf_model:
+        return build_model(m, device=device, dtype=torch.float32, seed=cfg.schedule.seed)
+    from colossalai.lazy import LazyInitContext
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(cfg.schedule.seed)
+    hf = hf_config(m, attn_implementation="sdpa" if resolve_attn(m.attn) != "flash" else "flash_attention_2")
+    with LazyInitContext(default_device=device):
+        model = LlamaForCausalLM(hf)
+        init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def init_distributed(seed: int) -> None:
+    """Join the process group torchrun set up (or a one-process group when run in-process)."""
+    import colossalai
+
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    colossalai.launch_from_torch(seed=seed, verbose=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float]) -> Engine:
+    """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up)."""
+    import torch
+    import torch.distributed as dist
+    from colossalai.booster import Booster
+
+    gpu = torch.cuda.is_available()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    layout = validate(cfg, world, gpu)
+    spec = PLUGINS[cfg.parallel.plugin]
+    device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
+    plugin = spec.build(cfg, layout)
+    precision = cfg.parallel.precision
+    controls = plugin.control_precision()
+    booster = Booster(plugin=plugin, mixed_precision="fp16" if precision == "fp16" and not controls else None)
+    amp_dtype = torch.bfloat16 if precision == "bf16" and not controls else None
+
+    model = _build_model(cfg, spec, device)
+    optimizer = _optimizer(cfg, model, gpu)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
+    model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
+    dp_group = getattr(plugin, "dp_group", None)
+    dp_rank = dist.get_rank(dp_group) if dp_group is not None else rank
+    return Engine(booster, plugin, spec, model, optimizer, scheduler, layout, device, rank, dp_rank, amp_dtype)

@@ -1,0 +1,215 @@
+"""The training loop: what every rank runs. ``train`` reads top to bottom.
+
+Loss bookkeeping: each micro batch's mean loss is divided by the number of accumulated micro batches
+before backward, so the accumulated gradient is that of the mean loss over the rank's batch; the
+plugin then averages gradients over data-parallel ranks. The logged loss is the mean over all ranks
+and over the steps since the last log line, read from the device once per log window.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ominix.config import OminixConfig, dump_yaml, load_config
+from ominix.errors import OminixError
+
+
+@dataclass
+class LoopState:
+    """Where training stands; saved as JSON inside each checkpoint's state.json."""
+
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens consumed by all ranks together
+    last_loss: float | None = None
+    skipped_steps: int = 0  # updates skipped for a non-finite loss (schedule.on_nan=skip)
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can save a checkpoint at a step boundary and exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def _agree(flag: bool, engine) -> bool:
+    """True on every rank when ``flag`` is true on any (all ranks must stop at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(float(flag), device=engine.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _mean_over_dp(values: list, engine) -> list[float]:
+    """Per-step losses averaged over the data-parallel ranks: one collective, one host sync."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.stack([v.float() for v in values])
+    dist.all_reduce(t, group=getattr(engine.plugin, "dp_group", None))
+    return (t / engine.layout.dp).tolist()
+
+
+def _resume_from(cfg: OminixConfig, run_dir: Path) -> Path | None:
+    from ominix.train.checkpoint import latest_checkpoint, resolve_checkpoint
+
+    choice = cfg.checkpoint.resume
+    if choice == "never":
+        return None
+    if choice == "auto":
+        return latest_checkpoint(run_dir)
+    return resolve_checkpoint(choice)
+
+
+def _open_data(cfg: OminixConfig):
+    from ominix.data.store import PackedDataset, manifest_sha256, read_manifest
+
+    if not cfg.data.path:
+        raise OminixError("no prepared data: data.path is not set", "pass --data DIR (from `ominix data prepare`)")
+    manifest = read_manifest(cfg.data.path)
+    if manifest["seq_len"] != cfg.data.seq_len:
+        raise OminixError(
+            f"{cfg.data.path} holds blocks of seq_len {manifest['seq_len']}, the config asks for {cfg.data.seq_len}",
+            f"set data.seq_len={manifest['seq_len']} or prepare the data again",
+        )
+    train, val = PackedDataset(cfg.data.path, "train"), PackedDataset(cfg.data.path, "validation")
+    return train, val, manifest_sha256(cfg.data.path)
+
+
+def train(cfg: OminixConfig, run_dir: Path) -> int:
+    """Train ``cfg`` on this rank until max steps/tokens, a SIGTERM, or a non-finite loss; return 0."""
+    import torch
+
+    from ominix.data.loader import BlockLoader
+    from ominix.flops import device_name, flops_per_token, num_params, peak_flops
+    from ominix.train import checkpoint as ckpt
+    from ominix.train.engine import build_engine, derive_layout, init_distributed
+    from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
+    from ominix.train.schedule import lr_multiplier, total_steps
+
+    s, c = cfg.schedule, cfg.checkpoint
+    init_distributed(s.seed)
+    world = torch.distributed.get_world_size()
+    layout = derive_layout(cfg, world)
+    total = total_steps(cfg, layout.tokens_per_step)
+    train_set, val_set, data_sha = _open_data(cfg)
+    engine = build_engine(cfg, lr_multiplier(cfg, total))
+    loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
+    out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging.tensorboard)
+    config_yaml = dump_yaml(cfg)
+
+    state = LoopState()
+    resume = _resume_from(cfg, run_dir)
+    if resume is not None:
+        saved = ckpt.read_state(resume)
+        ckpt.check_compatible(saved, cfg, data_sha, layout, engine.spec.reshard)
+        ckpt.load_checkpoint(engine, loader, resume, load_optimizer=c.save_optimizer and saved["has_optimizer"])
+        state = LoopState(**saved["loop"])
+        out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens)")
+    elif cfg.model.init_from:
+        engine.booster.load_model(engine.model, cfg.model.init_from)
+        out.line(f"initialised from {cfg.model.init_from}")
+
+    name = device_name()
+    meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
+    out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
+    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; {total} steps; "
+             f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
+
+    def save() -> None:
+        info = {
+            "loop": asdict(state), "step": state.step, "tokens": state.tokens, "last_loss": state.last_loss,
+            "world_size": world, "dp": layout.dp, "tp": layout.tp, "pp": layout.pp,
+            "plugin": cfg.parallel.plugin, "has_optimizer": c.save_optimizer,
+            "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
+        }
+        path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
+                                    c.save_optimizer)
+        out.line(f"saved checkpoint {path}")
+        meter.restart()
+
+    preempt = _Preemption()
+    window: list = []  # per-step loss tensors since the last log line (kept on the device)
+    last_norm = None
+    engine.model.train()
+    while state.step < total:
+        batch = next(loader).to(engine.device)
+        if layout.pp > 1:  # the plugin splits the batch into micro batches and runs the pipeline
+            loss = engine.pipeline_loss(batch)
+        else:
+            loss = torch.zeros((), device=engine.device)
+            for i, micro in enumerate(batch.split(layout.micro_batch)):
+                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast():
+                    micro_loss = engine.loss(micro)
+                engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
+                loss += micro_loss.detach().float() / layout.accum
+        if s.on_nan == "skip" and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # one sync per step
+            engine.optimizer.zero_grad()
+            state.skipped_steps += 1
+            out.line(f"step {state.step + 1}: non-finite loss, update skipped (schedule.on_nan=skip)")
+        else:
+            last_norm = engine.clip_and_step(cfg.optim.grad_clip)
+        lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
+        engine.scheduler.step()
+        engine.optimizer.zero_grad()
+        state.step += 1
+        state.tokens += layout.tokens_per_step
+        window.append(loss)
+
+        done = state.step >= total
+        saving = done or (c.every and state.step % c.every == 0)
+        if state.step % cfg.logging.log_every == 0 or saving or done:
+            losses = _mean_over_dp(window, engine)
+            bad = [state.step - len(losses) + 1 + i for i, v in enumerate(losses) if not math.isfinite(v)]
+            if bad and s.on_nan == "stop":
+                raise OminixError(
+                    f"loss became {losses[bad[0] - state.step + len(losses) - 1]} at step {bad[0]}",
+                    "lower optim.lr, raise schedule.warmup_steps, use bf16, or resume from the last "
+                    "checkpoint with --set schedule.on_nan=skip",
+                    exit_code=1,
+                )
+            state.last_loss = losses[-1]
+            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr,
+                      "grad_norm": float(last_norm) if last_norm is not None else float("nan"),
+                      "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
+            out.line(format_step(record, total))
+            out.record("train", record)
+            window = []
+        if s.eval_every and (state.step % s.eval_every == 0 or done):
+            result = engine.evaluate(val_set, s.eval_batches)
+            record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
+            out.line(format_eval(record))
+            out.record("eval", record)
+            engine.model.train()
+            meter.restart()
+        stop = state.step % cfg.logging.log_every == 0 and _agree(preempt.requested, engine)
+        if saving or stop:
+            save()
+        if stop and not done:
+            out.line(f"SIGTERM: stopped at step {state.step}; resume with --resume auto")
+            break
+    out.close()
+    return 0
+
+
+def main(run_dir: str) -> int:
+    """Worker entry point (``python -m ominix.train --run-dir RUN_DIR``): train RUN_DIR/config.yaml."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise OminixError(f"{path} not found", "start runs with `ominix train launch`, which writes it")
+    cfg = load_config(path)
+    try:
+        return train(cfg, Path(run_dir))
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,124 @@
+"""Step metrics: one log line per logged step on rank 0, the same numbers in ``metrics.jsonl`` and
+TensorBoard (``RUN_DIR/tb``).
+
+Throughput is measured over the window since the previous log line, so the host waits for the
+device once per window, not once per step. TFLOP/s and MFU use ``ominix.flops``:
+
+    model FLOPs per token = 6 x (non-embedding params + lm_head params) + 12 x layers x hidden x seq
+    MFU = tokens/s per device x model FLOPs per token / peak FLOP/s of the device
+
+recomputation (activation checkpointing) not counted; MFU is n/a on a device without a known peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ominix.flops import format_mfu, mfu
+
+
+def memory_gib() -> float:
+    """Peak memory of this process: allocated on the GPU, else the resident set size (CPU)."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+class Throughput:
+    """Tokens/s, TFLOP/s per device and MFU over the window since the last ``measure``."""
+
+    def __init__(self, tokens_per_step: int, devices: int, flops_per_token: float, peak: float | None):
+        self.tokens_per_step, self.devices = tokens_per_step, devices
+        self.flops_per_token, self.peak = flops_per_token, peak
+        self.mark = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start a new window (after an evaluation or a checkpoint, which are not training time)."""
+        self.mark = time.perf_counter()
+
+    def measure(self, steps: int, remaining_steps: int) -> dict[str, Any]:
+        now = time.perf_counter()
+        elapsed, self.mark = max(now - self.mark, 1e-9), now
+        tokens_s = steps * self.tokens_per_step / elapsed
+        per_device = tokens_s / self.devices
+        util = mfu(per_device, self.flops_per_token, self.peak)
+        return {
+            "tokens_per_s": tokens_s,
+            "tokens_per_s_per_device": per_device,
+            "tflops_per_device": per_device * self.flops_per_token / 1e12,
+            "mfu": util,
+            "step_time_s": elapsed / max(steps, 1),
+            "eta_s": remaining_steps * elapsed / max(steps, 1),
+            "memory_gib": memory_gib(),
+        }
+
+
+def format_step(r: dict[str, Any], total: int) -> str:
+    return (
+        f"step {r['step']:>6}/{total} | loss {r['loss']:.4f} | lr {r['lr']:.3e} | grad norm "
+        f"{r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/dev) | "
+        f"{r['tflops_per_device']:.2f} TFLOP/s/dev | MFU {format_mfu(r['mfu'])} | mem "
+        f"{r['memory_gib']:.2f} GiB | ETA {_eta(r['eta_s'])}"
+    )
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    return f"eval  step {r['step']:>6} | val loss {r['val_loss']:.4f} | val ppl {r['val_perplexity']:.2f}"
+
+
+class MetricsWriter:
+    """Rank 0 writes; on other ranks every method does nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        self.log_file = (run_dir / "train.log").open("a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+            self.log_file.write(text + "\n")
+            self.log_file.flush()
+
+    def record(self, kind: str, values: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl and its numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"kind": kind, **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    self.tb.add_scalar(f"{kind}/{key}", value, values["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.log_file.close()
+            if self.tb is not None:
+                self.tb.close()

@@ -1,0 +1,42 @@
+"""The learning-rate schedule: linear warmup, then cosine, linear or constant decay to ``min_lr``."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from ominix.config import OminixConfig
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int, decay: str) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) out of ``total``.
+
+    Warmup rises linearly from lr/warmup at step 0 to lr at step ``warmup - 1``; the decay then
+    goes from lr to min_lr at the last step (``constant`` stays at lr).
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if decay == "constant":
+        return lr
+    span = max(total - warmup - 1, 1)
+    progress = min((step - warmup) / span, 1.0)
+    if decay == "linear":
+        return lr - (lr - min_lr) * progress
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def total_steps(cfg: OminixConfig, tokens_per_step: int) -> int:
+    """Steps of the run: max_steps, or the steps that max_tokens needs, whichever comes first."""
+    s = cfg.schedule
+    by_tokens = math.ceil(s.max_tokens / tokens_per_step) if s.max_tokens else None
+    return min(x for x in (s.max_steps, by_tokens) if x is not None)
+
+
+def lr_multiplier(cfg: OminixConfig, total: int) -> Callable[[int], float]:
+    """The factor on the peak learning rate that ``torch.optim.lr_scheduler.LambdaLR`` expects."""
+    o, s = cfg.optim, cfg.schedule
+
+    def factor(step: int) -> float:
+        return lr_at(step, o.lr, o.min_lr, s.warmup_steps, total, s.decay) / o.lr
+
+    return factor
