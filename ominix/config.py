@@ -249,8 +249,17 @@ class LaunchConfig(Section):
         default_factory=list, description="Variables to forward to every node (e.g. HF_TOKEN)."
     )
     node_env: dict[str, dict[str, str]] = Field(
-        default_factory=dict, description="Per-host variables, e.g. {node1: {NCCL_SOCKET_IFNAME: ib0}}."
+        default_factory=dict,
+        description="Variables per host ('*' = every node), e.g. {node1: {NCCL_SOCKET_IFNAME: ib0}}.",
     )
+
+    @model_validator(mode="after")
+    def _env_names(self) -> LaunchConfig:
+        names = [*self.forward_env, *(k for env in self.node_env.values() for k in env)]
+        bad = [n for n in names if not n.isidentifier() or not n.isascii()]
+        if bad:
+            raise ValueError(f"launch.forward_env/node_env: {bad[0]!r} is not a variable name")
+        return self
 
 
 class InferConfig(Section):

@@ -43,10 +43,13 @@ dist.destroy_process_group()
 """
 
 
-def _cfg(server: Sshd, **launch: object) -> OminixConfig:
+def _cfg(server: Sshd, tmp_path: Path, node_env: dict | None = None, **launch: object) -> OminixConfig:
+    node_env = node_env or {}
+    # torchrun leaves /tmp/torchelastic_* behind: keep them in the test's directory
+    node_env["*"] = {**node_env.get("*", {}), "TMPDIR": str(tmp_path)}
     return OminixConfig(launch=LaunchConfig(
         ssh_key=str(server.client_key), known_hosts=str(server.known_hosts), connect_timeout=5,
-        workdir=str(Path.cwd()), **launch,
+        workdir=str(Path.cwd()), node_env=node_env, **launch,
     ))
 
 
@@ -88,7 +91,7 @@ def test_two_nodes_run_with_explicit_env_and_logs(sshd: Sshd, tmp_path: Path,
                                                   capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setenv("OMINIX_TEST_LOCAL_ONLY", "must not travel")
-    cfg = _cfg(sshd, forward_env=["HF_TOKEN"],
+    cfg = _cfg(sshd, tmp_path, forward_env=["HF_TOKEN"],
                node_env={"*": {"OMP_NUM_THREADS": "1"}, "127.0.0.2": {"NCCL_SOCKET_IFNAME": "lo"}})
     nodes = _nodes(sshd, cfg, tmp_path, "ok")
     assert "hf_secret_value" not in nodes[0].command and "HF_TOKEN=****" in nodes[0].shown()
@@ -111,7 +114,7 @@ def test_two_nodes_run_with_explicit_env_and_logs(sshd: Sshd, tmp_path: Path,
 
 def test_one_node_failing_stops_the_other(sshd: Sshd, tmp_path: Path,
                                           capfd: pytest.CaptureFixture[str]) -> None:
-    cfg = _cfg(sshd)
+    cfg = _cfg(sshd, tmp_path)
     assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "crash"), tmp_path / "logs") == 101
     err = capfd.readouterr().err
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first: exit status" in err
@@ -120,7 +123,7 @@ def test_one_node_failing_stops_the_other(sshd: Sshd, tmp_path: Path,
 
 def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path,
                                         capfd: pytest.CaptureFixture[str]) -> None:
-    cfg = _cfg(sshd)
+    cfg = _cfg(sshd, tmp_path)
 
     def kill_rank1() -> None:
         pid_file = tmp_path / "rank1.json"
@@ -135,8 +138,42 @@ def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path,
     assert _leftovers(tmp_path) == []
 
 
+def _guard_of_node1(tmp_path: Path) -> int:
+    marker = str(tmp_path / "worker.py").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ominix.train.nodeguard" in cmd and marker in cmd and b"--node-rank\x001\x00" in cmd:
+                return int(entry.name)
+    raise AssertionError("node 1's guard is not running")
+
+
+@pytest.mark.parametrize("victim", ["sshd-session", "guard"])
+def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str,
+                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL node 1's sshd session (its TCP connection dies like a dropped host) or its guard
+    (torchrun then gets SIGTERM from the kernel): the job stops, nothing is left running."""
+    cfg = _cfg(sshd, tmp_path)
+
+    def drop_node1() -> None:
+        while not (tmp_path / "rank1.json").exists():
+            time.sleep(0.1)
+        guard = _guard_of_node1(tmp_path)
+        parent = int(Path(f"/proc/{guard}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(parent if victim == "sshd-session" else guard, 9)
+
+    threading.Thread(target=drop_node1, daemon=True).start()
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
+    err = capfd.readouterr().err
+    assert "node 1 (127.0.0.2" in err and "no exit status came back" in err
+    assert _leftovers(tmp_path) == []
+
+
 def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
-    cfg = _cfg(sshd)
+    cfg = _cfg(sshd, tmp_path)
 
     def interrupt() -> None:
         while not (tmp_path / "rank1.json").exists():

@@ -74,7 +74,11 @@ def test_mismatches_are_reported(sshd: Sshd, tmp_path: Path, monkeypatch: pytest
     finally:
         busy.close()
     assert code == 1
-    problems = [[p["message"] for p in h["problems"]] for h in json.loads(out)["hosts"]]
+    from ominix.data.store import manifest_sha256
+
+    doc = json.loads(out)
+    assert doc["here"]["manifest"] == manifest_sha256(here / "prepared")  # the data store's checksum
+    problems = [[p["message"] for p in h["problems"]] for h in doc["hosts"]]
     data = "prepared/manifest.json differs from here"
     assert problems == [[data, "port 29731 is already in use on the master node"], [data]]
     system_python = shutil.which("python3", path="/usr/bin")

@@ -3,7 +3,8 @@
 One combined remote command per host (a shell start costs 0.1-0.25 s): a stdlib-only Python probe
 reports versions, GPUs, the working directory, the prepared dataset's manifest checksum, free disk
 under the run directory and whether the master address answers on the master port. The same probe
-runs here, so "same as here" compares values computed by the same code.
+runs here, so "same as here" compares values computed by the same code. The manifest checksum is
+``ominix.data.store.manifest_sha256`` (sha256 of manifest.json), computed without numpy.
 """
 
 from __future__ import annotations
