@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ominix import __version__
-from ominix.cli import checkpoint_cmd, config_cmd, eval_cmd, infer_cmd
+from ominix.cli import checkpoint_cmd, config_cmd, eval_cmd, infer_cmd, train_cmd
 from ominix.errors import OminixError
 
 app = typer.Typer(
