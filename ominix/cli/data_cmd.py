@@ -1,0 +1,105 @@
+"""``ominix data``: prepare a corpus into packed token shards, and inspect a prepared directory."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from ominix.cli.common import SET_OPTION
+
+app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=True)
+
+
+@app.command("prepare")
+def prepare(
+    sources: list[str] = typer.Argument(
+        None, help="Hub dataset ids, files, directories, globs, save_to_disk dirs or @embedded "
+        "(default: data.sources, cerebras/SlimPajama-627B).", show_default=False,
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
+    config: str = typer.Option(None, "--config", "-c", help="Config file or preset whose data section to use."),
+    sets: list[str] = SET_OPTION,
+    split: str = typer.Option(None, "--split", help="datasets split expression, e.g. 'train[:10%]'."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer directory or tokenizer.json."),
+    train_tokenizer: bool = typer.Option(
+        None, "--train-tokenizer/--no-train-tokenizer", help="Train a byte-level BPE on the source."
+    ),
+    vocab_size: int = typer.Option(None, "--vocab-size", help="Vocabulary size of a trained tokenizer."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per training sequence (blocks hold seq_len+1)."),
+    text_field: str = typer.Option(None, "--text-field", help="Record field holding the text [default: text]."),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Fraction of documents held out."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the validation split."),
+    num_proc: int = typer.Option(None, "--num-proc", min=1, help="Tokenizer threads [default: all cores]."),
+    streaming: bool = typer.Option(
+        None, "--streaming/--no-streaming", help="Stream hub files instead of downloading them to the cache."
+    ),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing prepared OUT."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the manifest as JSON."),
+) -> None:
+    """Tokenize a corpus and pack it into checksummed shards of seq_len+1 token blocks.
+
+    Writes OUT/manifest.json, DATA_CARD.md, tokenizer/, train/ and validation/.
+
+    Examples:
+
+      ominix data prepare @embedded --train-tokenizer --vocab-size 2048 --seq-len 128 --out data/tiny
+
+      ominix data prepare --config tiny --out data/tiny
+
+      ominix data prepare cerebras/SlimPajama-627B --split 'train[:1%]' --tokenizer ./llama2-tokenizer --out data/sp1
+
+      ominix data prepare 'corpus/*.jsonl.zst' --text-field content --train-tokenizer --vocab-size 32000 --out data/c
+    """
+    from ominix.config import load_config
+    from ominix.data.prepare import prepare as run_prepare
+    from ominix.data.report import print_summary
+
+    cfg = load_config(config, sets, {
+        "data.sources": sources or None, "data.split": split, "data.tokenizer": tokenizer,
+        "data.train_tokenizer": train_tokenizer, "data.vocab_size": vocab_size, "data.seq_len": seq_len,
+        "data.text_field": text_field, "data.val_fraction": val_fraction, "data.seed": seed,
+        "data.num_proc": num_proc, "data.streaming": streaming,
+    }).data
+    if tokenizer and train_tokenizer is None and cfg.train_tokenizer:
+        cfg.train_tokenizer = False  # --tokenizer on the command line wins over a config's train_tokenizer
+    log = (lambda line: typer.echo(line, err=True))
+    manifest = run_prepare(
+        cfg, out, force=force, progress=not as_json and sys.stderr.isatty(), log=log,
+        command=shlex.join(["ominix", *sys.argv[1:]]),
+    )
+    if as_json:
+        typer.echo(json.dumps({"path": str(out), **manifest}, indent=2))
+    else:
+        print_summary(manifest, str(out))
+
+
+@app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="A prepared data directory."),
+    verify: bool = typer.Option(False, "--verify/--no-verify", help="Check every file's sha256."),
+    sample: int = typer.Option(1, "--sample", min=0, help="Decode this many random training blocks."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON."),
+) -> None:
+    """Show the sizes of a prepared directory, check its checksums, decode a sample. Exits 1 when
+    --verify finds a problem.
+
+    Examples:
+
+      ominix data inspect data/tiny
+
+      ominix data inspect data/sp1 --verify --json
+    """
+    from ominix.data.inspect import inspect as run_inspect
+    from ominix.data.inspect import print_report
+
+    report = run_inspect(path, verify=verify, samples=sample)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    if verify and report["problems"]:
+        raise typer.Exit(1)

@@ -1,0 +1,83 @@
+"""``ominix data inspect``: sizes, checksum verification and decoded samples of a prepared directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ominix.data.store import PackedDataset, manifest_sha256, read_manifest
+from ominix.data.store import verify as verify_checksums
+
+
+def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: int = 0) -> dict[str, Any]:
+    """A JSON-ready report; ``problems`` lists checksum failures when verifying (else None)."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    m = read_manifest(path)
+    problems = verify_checksums(path) if verify else None
+    splits = {}
+    for name, info in m["splits"].items():
+        files = [path / s["file"] for s in info["shards"]]
+        splits[name] = {
+            "documents": info["documents"], "tokens": info["tokens"], "blocks": info["blocks"],
+            "shards": len(files), "bytes": sum(f.stat().st_size for f in files if f.is_file()),
+            "per_source": {k: {"documents": v["documents"], "tokens": v["tokens"], "blocks": v["blocks"]}
+                           for k, v in info["per_source"].items()},
+        }
+    decoded = []
+    if samples and not problems:
+        tok = Tokenizer.from_file(str(path / m["tokenizer"]["file"]))
+        ds = PackedDataset(path, "train")
+        rng = np.random.default_rng(seed)
+        for i in rng.choice(len(ds), size=min(samples, len(ds)), replace=False):
+            ids = ds[int(i)].tolist()
+            decoded.append({"block": int(i), "source_set": ds.source_of(int(i)),
+                            "text": tok.decode(ids, skip_special_tokens=False)})
+    return {
+        "path": str(path),
+        "manifest_sha256": manifest_sha256(path),
+        "created": m["created"],
+        "command": m["command"],
+        "ominix_version": m["ominix_version"],
+        "sources": [f"{s['source']} [{s.get('requested_split', s['split'])}]" for s in m["sources"]],
+        "tokenizer": {k: m["tokenizer"][k] for k in ("vocab_size", "eos_token", "sha256", "origin")},
+        "seq_len": m["seq_len"],
+        "dtype": m["dtype"],
+        "splits": splits,
+        "verified": None if problems is None else not problems,
+        "problems": problems or [],
+        "samples": decoded,
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"[bold]{r['path']}[/]  manifest sha256 {r['manifest_sha256']}")
+    console.print(f"created {r['created']} by ominix {r['ominix_version']}: {r['command']}", markup=False)
+    console.print(f"sources: {', '.join(r['sources'])}", markup=False)
+    t = r["tokenizer"]
+    console.print(f"seq_len {r['seq_len']}, {r['dtype']}, tokenizer vocab {t['vocab_size']:,} "
+                  f"eos {t['eos_token']!r} ({t['origin']}), sha256 {t['sha256'][:12]}")
+    table = Table()
+    for col in ("split", "source set", "documents", "tokens", "blocks"):
+        table.add_column(col, justify="left" if col in ("split", "source set") else "right")
+    for split, info in r["splits"].items():
+        for name, c in info["per_source"].items():
+            table.add_row(split, name, f"{c['documents']:,}", f"{c['tokens']:,}", f"{c['blocks']:,}")
+        table.add_row(split, f"all ({info['shards']} shards, {info['bytes']:,} bytes)",
+                      f"{info['documents']:,}", f"{info['tokens']:,}", f"{info['blocks']:,}", style="bold")
+    console.print(table)
+    if r["verified"] is not None:
+        if r["verified"]:
+            console.print("[green]verified:[/] every file matches its sha256")
+        for problem in r["problems"]:
+            console.print(f"[red]problem:[/] {problem}")
+    for s in r["samples"]:
+        console.print(f"[bold]train block {s['block']}[/] ({s['source_set']}):")
+        console.print(s["text"], markup=False)

@@ -1,0 +1,191 @@
+"""``prepare``: sources -> tokenizer -> packed, checksummed shards + manifest + data card, atomically.
+
+The output is built under ``.OUT.tmp-PID`` next to ``OUT`` and renamed into place only when
+complete; any error (bad input found mid-stream included) or an interrupt removes the temporary
+directory, so nothing that looks valid is ever left half-written. Stale temporaries of dead runs
+are removed on the next run, which then starts over.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ominix.config import DataConfig
+from ominix.errors import OminixError
+
+TOKENIZER_TRAIN_CHARS = 1 << 30  # a trained tokenizer sees at most the first ~1 GB of training text
+
+
+def _documents(parts: list[Any], text_field: str) -> Iterator[tuple[str, str]]:
+    for part in parts:
+        yield from part.documents(text_field)
+
+
+def _training_texts(parts: list[Any], cfg: DataConfig, budget: list[int]) -> Iterator[str]:
+    from ominix.data.pack import is_validation
+
+    for text, _ in _documents(parts, cfg.text_field):
+        if budget[0] >= TOKENIZER_TRAIN_CHARS:
+            return
+        if not is_validation(text, cfg.seed, cfg.val_fraction):
+            budget[0] += len(text)
+            yield text
+
+
+def _check_out(out: Path, force: bool) -> None:
+    from ominix.data.store import MANIFEST
+
+    if not out.exists():
+        return
+    if not force:
+        raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
+    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise OminixError(
+            f"{out} exists and is not a prepared data directory; refusing to replace it",
+            "choose another --out",
+        )
+
+
+def _remove_stale(out: Path) -> None:
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user
+
+
+def _install(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def _check_result(manifest: dict[str, Any], cfg: DataConfig) -> None:
+    splits = manifest["splits"]
+    docs = sum(s["documents"] for s in splits.values())
+    if docs == 0:
+        raise OminixError("the corpus is empty: no document with text was found",
+                          f"check the sources, --split {cfg.split!r} and --text-field {cfg.text_field!r}")
+    if splits["train"]["blocks"] == 0:
+        raise OminixError(
+            f"too little text: {splits['train']['tokens']} training tokens make no block of "
+            f"{cfg.seq_len + 1}", "add text or lower --seq-len",
+        )
+    if cfg.val_fraction > 0 and splits["validation"]["blocks"] == 0:
+        raise OminixError(
+            f"the validation split is empty ({splits['validation']['documents']} documents, "
+            f"{splits['validation']['tokens']} tokens, fewer than one block of {cfg.seq_len + 1})",
+            "raise --val-fraction, add documents, or pass --val-fraction 0",
+        )
+
+
+def prepare(
+    cfg: DataConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Prepare ``cfg``'s sources into the directory ``out``; returns its manifest (also in ``out``).
+
+    ``progress`` shows rich progress bars on stderr; ``log`` receives one-line notes (download
+    sizes, phases); ``command`` is recorded in the manifest (default: this process's argv).
+    """
+    from ominix import __version__
+    from ominix.data import card, pack, sources, store, tokenizer
+    from ominix.data.report import PrepareProgress
+
+    out = Path(out).expanduser().absolute()
+    _check_out(out, force)
+    if not cfg.tokenizer and not cfg.train_tokenizer:
+        raise OminixError("no tokenizer chosen", "pass --tokenizer PATH, or --train-tokenizer --vocab-size N")
+    if cfg.num_proc:
+        os.environ["RAYON_RS_NUM_CPUS"] = str(cfg.num_proc)  # tokenizers' thread pool, read at first use
+    parts = sources.plan(cfg.sources, cfg.split, streaming=cfg.streaming, log=log)
+    tok = tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    started = time.time()
+    try:
+        with PrepareProgress(enabled=progress) as bar:
+            trained_chars = [0]
+            if tok is None:
+                bar.phase(f"training tokenizer (byte-level BPE, {cfg.vocab_size} ids)")
+                tok = tokenizer.train_bpe(_training_texts(parts, cfg, trained_chars), cfg.vocab_size)
+            tok_file = tokenizer.save(tok, tmp / "tokenizer", cfg.seq_len)
+            dtype = store.token_dtype(tok.vocab_size)
+            packer = pack.Packer(tmp, cfg.seq_len, dtype, [])
+            bar.phase("tokenizing and packing")
+            seconds = pack.run(_documents(parts, cfg.text_field), tok.tokenizer, tok.eos_id, packer,
+                               cfg.seed, cfg.val_fraction, bar.update)
+        shards = packer.close()
+        manifest: dict[str, Any] = {
+            "format": store.FORMAT,
+            "ominix_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command or shlex.join(sys.argv),
+            "config": cfg.model_dump(mode="json"),
+            "split": cfg.split,
+            "text_field": cfg.text_field,
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+            "sources": [p.describe() for p in parts],
+            "tokenizer": {
+                "dir": "tokenizer",
+                "file": "tokenizer/tokenizer.json",
+                "sha256": store.sha256_file(tok_file),
+                "vocab_size": tok.vocab_size,
+                "eos_token": tok.eos,
+                "eos_id": tok.eos_id,
+                "bos_token": tok.bos,
+                "bos_id": tok.bos_id,
+                "origin": tok.origin,
+                **({"trained_on_characters": trained_chars[0]} if tok.origin == "trained" else {}),
+            },
+            "seq_len": cfg.seq_len,
+            "block_tokens": cfg.seq_len + 1,
+            "dtype": dtype.name,
+            "source_sets": packer.sets,
+            "splits": {},
+        }
+        for split, split_shards in shards.items():
+            per_source = {
+                packer.sets[sid]: c.as_dict() for (s, sid), c in sorted(packer.counts.items()) if s == split
+            }
+            totals = {k: sum(c[k] for c in per_source.values()) for k in pack.Counts().as_dict()}
+            manifest["splits"][split] = {**totals, "per_source": per_source, "shards": split_shards}
+        tokens = sum(s["tokens"] for s in manifest["splits"].values())
+        documents = sum(s["documents"] for s in manifest["splits"].values())
+        manifest["timing"] = {
+            "seconds": round(time.time() - started, 3),
+            "tokenize_pack_seconds": round(seconds, 3),
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+            "documents_per_second": round(documents / seconds, 1) if seconds else None,
+            "num_proc": cfg.num_proc or os.cpu_count(),
+        }
+        _check_result(manifest, cfg)
+        card.write(tmp, manifest)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
