@@ -68,6 +68,7 @@ class Session:
         return {
             **prompt,
             "completion": self.tokenizer.decode(result.tokens, skip_special_tokens=True),
+            "completion_ids": result.tokens,
             "prompt_tokens": len(ids),
             "completion_tokens": len(result.tokens),
             "finish_reason": result.finish_reason,

@@ -1,0 +1,152 @@
+"""`ominix checkpoint export` / `list`: a real tokenizer, real safetensors checkpoints, real transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+CORPUS = (
+    "Once upon a time there was a small model that learned to tell stories. "
+    "It read the same few sentences again and again, and every time it was a little less surprised. "
+    "The quick brown fox jumps over the lazy dog. OminiX exports a model that transformers can load. "
+) * 4
+
+
+def make_tokenizer(out: Path, vocab_size: int = 320) -> Path:
+    """A byte-level BPE trained with `tokenizers`, saved as a Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([CORPUS], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(out)
+    return out
+
+
+def make_run(root: Path, seed: int = 0, steps: tuple[int, ...] = (10,), **model: object) -> Path:
+    """A run directory in the documented layout: config.yaml, checkpoints/step_N/{model,state.json,
+    config.yaml}, checkpoints/latest, and a prepared-data tokenizer that data.path points at."""
+    from safetensors.torch import save_file
+
+    from ominix.config import load_config, save_config
+    from ominix.model import build_model
+
+    data = root / "data"
+    if not (data / "tokenizer").exists():
+        make_tokenizer(data / "tokenizer")
+    run = root / "run"
+    flags = {"data.path": str(data), "logging.run_dir": str(run), "model.vocab_size": 384,
+             **{f"model.{k}": v for k, v in model.items()}}
+    cfg = load_config("tiny", flags=flags)
+    save_config(cfg, run / "config.yaml")
+    for i, step in enumerate(steps):
+        ckpt = run / "checkpoints" / f"step_{step:08d}"
+        (ckpt / "model").mkdir(parents=True)
+        state = {k: v.contiguous() for k, v in build_model(cfg.model, seed=seed + i).state_dict().items()}
+        save_file(state, ckpt / "model" / "model.safetensors", metadata={"format": "pt"})
+        (ckpt / "state.json").write_text(json.dumps({"step": step, "tokens_seen": step * 2048, "loss": 7.0 - i}))
+        save_config(cfg, ckpt / "config.yaml")
+        (run / "checkpoints" / "latest").write_text(ckpt.name)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("export"))
+
+
+def _fail(result, text: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_loads_in_transformers_with_same_logits_and_tokenizer(run_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ominix.infer.load import load_model, resolve
+
+    out = tmp_path / "hf"
+    result = run_cli("checkpoint", "export", str(run_dir), "--out", str(out), "--dtype", "fp32",
+                     "--max-shard-size", "300KB", "--json")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads(result.stdout)
+    assert meta["verify"]["max_abs_logit_diff"] < 1e-4
+    assert len(meta["files"]) > 1 and (out / "model.safetensors.index.json").is_file()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert not list(tmp_path.glob(".hf.tmp-*"))
+
+    theirs = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ours = load_model(resolve(run_dir))
+    ids = tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+    assert tokenizer.decode(ids[0]) == "The quick brown fox"
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tokenizer.eos_token_id
+
+
+def test_bf16_export_is_half_the_bytes_and_default_out_is_run_export(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    result = run_cli("checkpoint", "export", str(run), "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr
+    out = run / "export"
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == "bfloat16" and config["architectures"] == ["LlamaForCausalLM"]
+    fp32 = (run / "checkpoints/step_00000010/model/model.safetensors").stat().st_size
+    assert abs((out / "model.safetensors").stat().st_size - fp32 / 2) < 0.01 * fp32
+    again = run_cli("checkpoint", "export", str(run))
+    _fail(again, "already exists")
+    assert run_cli("checkpoint", "export", str(run), "--force", "--no-verify").returncode == 0
+
+
+@pytest.mark.parametrize("case", ["not-a-checkpoint", "shape", "tokenizer", "dtype"])
+def test_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    source, flags, expect = run, [], ""
+    if case == "not-a-checkpoint":
+        (tmp_path / "empty").mkdir()
+        source, expect = tmp_path / "empty", "is not an OminiX run, checkpoint or Hugging Face export"
+    elif case == "shape":  # the run config now says 6 layers; the weights have 4
+        text = (run / "checkpoints/step_00000010/config.yaml").read_text()
+        (run / "checkpoints/step_00000010/config.yaml").write_text(
+            text.replace("num_hidden_layers: 4", "num_hidden_layers: 6"))
+        expect = "do not fit the model config"
+    elif case == "tokenizer":
+        for f in (tmp_path / "data" / "tokenizer").iterdir():
+            f.unlink()
+        expect = "no tokenizer files"
+    else:
+        flags, expect = ["--dtype", "int8"], "unknown dtype 'int8'"
+    out = tmp_path / "out"
+    result = run_cli("checkpoint", "export", str(source), "--out", str(out), *flags)
+    _fail(result, expect)
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_checkpoint_list_shows_steps_tokens_loss_and_retention(tmp_path: Path) -> None:
+    run = make_run(tmp_path, steps=(50, 100, 150))  # tiny preset: keep_last 2, keep_every 100
+    result = run_cli("checkpoint", "list", str(run), "--json")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    assert [e["step"] for e in entries] == [50, 100, 150]
+    assert [e["tokens_seen"] for e in entries] == [50 * 2048, 100 * 2048, 150 * 2048]
+    assert entries[2]["kept"] == "latest, last 2"
+    assert entries[1]["kept"] == "last 2, every 100"
+    assert entries[0]["kept"] == ""
+    assert all(e["bytes"] > 0 for e in entries)
+    table = run_cli("checkpoint", "list", str(run))
+    assert "step_00000150" in table.stdout and "removed at next save" in table.stdout
+    _fail(run_cli("checkpoint", "list", str(tmp_path / "data")), "is not a run directory")

@@ -1,0 +1,129 @@
+"""`ominix infer`: greedy decoding equals transformers generate token for token; sampling, files, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+from tests.test_export import make_run
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # a wider init than training's makes the random model's logits far apart: no near-ties in argmax
+    return make_run(tmp_path_factory.mktemp("infer"), initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def export_dir(run_dir: Path) -> Path:
+    out = run_dir.parent / "export"
+    result = run_cli("checkpoint", "export", str(run_dir), "--out", str(out), "--dtype", "fp32", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _infer(model: Path, *flags: str) -> dict:
+    result = run_cli("infer", "--model", str(model), "--prompt", PROMPT, "--json", *flags)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_greedy_matches_transformers_generate_token_for_token(export_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = _infer(export_dir, "--temperature", "0", "--max-new-tokens", "40")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    model = AutoModelForCausalLM.from_pretrained(export_dir).eval()
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        theirs = model.generate(ids, max_new_tokens=40, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert record["completion_ids"] == theirs
+    assert record["completion"] == tokenizer.decode(theirs, skip_special_tokens=True)
+    assert record["prompt_tokens"] == ids.shape[1]
+
+
+def test_run_checkpoint_and_export_give_the_same_greedy_text(run_dir: Path, export_dir: Path) -> None:
+    a = _infer(run_dir, "--temperature", "0", "--max-new-tokens", "12")
+    b = _infer(run_dir / "checkpoints" / "step_00000010", "--temperature", "0", "--max-new-tokens", "12")
+    c = _infer(export_dir, "--temperature", "0", "--max-new-tokens", "12")
+    assert a["completion_ids"] == b["completion_ids"] == c["completion_ids"]
+    assert a["model"]["step"] == 10 and a["model"]["kind"] == "checkpoint"
+
+
+def test_sampling_is_reproducible_per_seed() -> None:
+    from ominix.config import ModelConfig
+    from ominix.infer.generate import Sampling, StaticDecoder, generate
+    from ominix.model import build_model
+
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, attn="sdpa")
+    decoder = StaticDecoder(build_model(cfg, seed=0).eval(), 64)
+
+    def run(**kw) -> list[int]:
+        return generate(decoder, [1, 2, 3], Sampling(max_new_tokens=20, **kw)).tokens
+
+    sampled = dict(temperature=1.0, top_p=0.9, repetition_penalty=1.2)
+    assert run(seed=1, **sampled) == run(seed=1, **sampled)
+    assert run(seed=1, **sampled) != run(seed=2, **sampled)
+    assert run(temperature=1.0, top_k=1, seed=5) == run(temperature=0)
+    assert len(run(temperature=0.7, top_k=5)) == 20
+
+
+def test_static_decode_steps_equal_the_full_forward() -> None:
+    from ominix.config import ModelConfig
+    from ominix.infer.generate import StaticDecoder
+    from ominix.model import build_model
+
+    cfg = ModelConfig(vocab_size=61, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32, attn="sdpa")
+    model = build_model(cfg, seed=1).eval()
+    ids = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(0))
+    decoder = StaticDecoder(model, 20)
+    steps = [decoder.prefill(ids[:, :5])] + [decoder.step(int(ids[0, i]), i) for i in range(5, 12)]
+    with torch.no_grad():
+        full = model(ids).logits[0, 4:]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_prompt_and_completion_on_stdout(run_dir: Path) -> None:
+    result = run_cli("infer", "--model", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "8", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(PROMPT)
+    assert "tokens in" in result.stderr
+
+
+def test_prompts_file_writes_samples_with_settings_and_checksum(run_dir: Path, tmp_path: Path) -> None:
+    from ominix.infer.load import model_checksum
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"id": i, "prompt": p}) for i, p in enumerate(["The", "It read"])))
+    result = run_cli("infer", "--model", str(run_dir), "--prompts-file", str(prompts), "--max-new-tokens", "6",
+                     "--temperature", "0.7", "--top-k", "20")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [0, 1] and [r["prompt"] for r in records] == ["The", "It read"]
+    checksum = model_checksum(run_dir / "checkpoints" / "step_00000010" / "model")
+    for r in records:
+        assert r["model"]["sha256"] == checksum
+        assert r["settings"]["temperature"] == 0.7 and r["settings"]["top_k"] == 20
+        assert r["settings"]["max_new_tokens"] == 6 and 1 <= r["completion_tokens"] <= 6
+
+
+@pytest.mark.parametrize("case", ["too-long", "dtype", "top-p"])
+def test_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    out = tmp_path / "samples.jsonl"
+    long = "fox " * 400  # tiny preset context: 256 tokens
+    prompts.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": long}) + "\n")
+    flags = {"too-long": [], "dtype": ["--dtype", "fp8"], "top-p": ["--top-p", "0"]}[case]
+    expect = {"too-long": "the model's context is 256", "dtype": "unknown dtype 'fp8'", "top-p": "--top-p"}[case]
+    result = run_cli("infer", "--model", str(run_dir), "--prompts-file", str(prompts), "--out", str(out), *flags)
+    assert result.returncode == 2, result.stderr
+    assert expect in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".samples*"))
