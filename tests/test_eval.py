@@ -1,0 +1,105 @@
+"""`ominix eval` and `evaluate`: loss/perplexity overall and per source set, written as eval_results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import run_cli
+from tests.test_export import CORPUS, make_run
+
+SEQ = 32
+
+
+def make_prepared(root: Path, tokenizer_dir: Path) -> Path:
+    """A prepared directory in the store's format: validation blocks of two source sets."""
+    from transformers import AutoTokenizer
+
+    from ominix.data.store import FORMAT, ShardWriter, sha256_file
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = np.array(tokenizer(CORPUS * 3).input_ids, dtype=np.int64)
+    blocks = ids[: len(ids) // (SEQ + 1) * (SEQ + 1)].reshape(-1, SEQ + 1)
+    splits = {}
+    for split in ("train", "validation"):
+        writer = ShardWriter(root, split, SEQ, np.dtype("<u2"))
+        writer.write(blocks[::2], 0)
+        writer.write(blocks[1::2], 1)
+        splits[split] = {"shards": writer.close()}
+    tok_file = "tokenizer/tokenizer.json"
+    manifest = {
+        "format": FORMAT, "seq_len": SEQ, "dtype": "<u2", "source_sets": ["books", "web"], "splits": splits,
+        "tokenizer": {"vocab_size": len(tokenizer), "file": tok_file, "sha256": sha256_file(root / tok_file)},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    run = make_run(root)
+    make_prepared(root / "data", root / "data" / "tokenizer")
+    return run
+
+
+def test_evaluate_equals_the_model_loss_and_splits_by_source(run_dir: Path) -> None:
+    from ominix.data.store import PackedDataset
+    from ominix.eval.perplexity import evaluate
+    from ominix.infer.load import load_model, resolve
+
+    model = load_model(resolve(run_dir))
+    data = PackedDataset(run_dir.parent / "data", "validation")
+    result = evaluate(model, data, batch_size=3)
+    blocks = torch.stack([torch.as_tensor(data[i]) for i in range(len(data))])
+    with torch.no_grad():
+        loss = model(blocks[:, :-1], labels=blocks[:, 1:]).loss.item()
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+    assert result["tokens"] == len(data) * SEQ
+    per = result["per_source"]
+    assert set(per) == {"books", "web"}
+    assert per["books"]["blocks"] + per["web"]["blocks"] == len(data)
+    weighted = sum(p["loss"] * p["tokens"] for p in per.values()) / result["tokens"]
+    assert weighted == pytest.approx(result["loss"], rel=1e-9)
+    capped = evaluate(model, data, batch_size=2, max_batches=1)
+    assert capped["blocks"] == 2
+
+
+def test_eval_cli_writes_results_with_manifest_checksum(run_dir: Path) -> None:
+    from ominix.data.store import manifest_sha256
+
+    result = run_cli("eval", "--model", str(run_dir), "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    assert "perplexity" in result.stdout and "books" in result.stdout
+    results = json.loads((run_dir / "eval" / "eval_results.json").read_text())
+    assert results["data"]["manifest_sha256"] == manifest_sha256(run_dir.parent / "data")
+    assert results["data"]["split"] == "validation"
+    assert results["model"]["step"] == 10 and len(results["model"]["sha256"]) == 64
+    assert results["command"].startswith("ominix eval --model")
+    assert results["perplexity"]["per_source"]["web"]["tokens"] > 0
+    assert math.isclose(results["perplexity"]["perplexity"], math.exp(results["perplexity"]["loss"]))
+
+
+@pytest.mark.parametrize("case", ["split", "data", "dtype", "tasks"])
+def test_eval_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    if case == "tasks" and importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-evaluation-harness is installed here")
+    out = tmp_path / "r.json"
+    flags, expect = {
+        "split": (["--split", "test"], "has no split 'test'"),
+        "data": (["--data", str(tmp_path)], "is not a prepared data directory"),
+        "dtype": (["--dtype", "int4"], "unknown dtype 'int4'"),
+        "tasks": (["--tasks", "hellaswag"], "lm-evaluation-harness, which is not installed"),
+    }[case]
+    result = run_cli("eval", "--model", str(run_dir), "--out", str(out), *flags)
+    assert result.returncode == 2, result.stderr
+    assert expect in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
