@@ -13,8 +13,10 @@ lost connection), the others having been stopped; 130 after Ctrl-C.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import queue
 import shlex
 import sys
@@ -34,9 +36,11 @@ if TYPE_CHECKING:
 
 # Variables a node keeps from its own login environment; everything else is set explicitly.
 KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
-BASE_ENV = {"PYTHONUNBUFFERED": "1"}
+# torchrun gives its workers this long after SIGTERM before SIGKILL; the node guard waits longer
+# (GRACE_S) before killing torchrun, and the launcher longer still for the guards to report.
+BASE_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "15"}
 EXIT_NODE_FAILED = 100
-STOP_GRACE_S = 30.0
+STOP_GRACE_S = 35.0
 
 
 @dataclass
@@ -58,8 +62,10 @@ class NodeCommand:
 
 
 def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
-    """BASE_ENV < node_env['*'] < node_env[hostname] < node_env[host:port] (for one node)."""
-    env = dict(BASE_ENV)
+    """BASE_ENV and launch.GPU_ENV < node_env['*'] < node_env[hostname] < node_env[host:port]."""
+    from ominix.train.launch import GPU_ENV
+
+    env = {**BASE_ENV, **GPU_ENV}
     for key in ("*", target.host.hostname, target.label):
         env.update(cfg.launch.node_env.get(key, {}))
     return env
@@ -94,6 +100,7 @@ class _Node:
     def __init__(self, node: NodeCommand, client: paramiko.SSHClient, log: Path,
                  events: queue.Queue, print_lock: threading.Lock) -> None:
         self.node, self.client = node, client
+        self.tail: collections.deque[str] = collections.deque(maxlen=80)
         self.channel = client.get_transport().open_session()
         self.channel.set_combine_stderr(True)
         self.channel.exec_command(node.command)
@@ -111,10 +118,12 @@ class _Node:
                 *lines, pending = (pending + chunk).split(b"\n")
                 with print_lock:
                     for line in lines:
-                        print(prefix + line.decode(errors="replace"), flush=True)
+                        self.tail.append(line.decode(errors="replace"))
+                        print(prefix + self.tail[-1], flush=True)
             if pending:
+                self.tail.append(pending.decode(errors="replace"))
                 with print_lock:
-                    print(prefix + pending.decode(errors="replace"), flush=True)
+                    print(prefix + self.tail[-1], flush=True)
         # -1: the channel closed without an exit status (host or network dropped)
         status = self.channel.recv_exit_status()
         events.put((self.node.rank, status))
@@ -127,6 +136,18 @@ class _Node:
     def close(self) -> None:
         self.channel.close()
         self.client.close()
+
+
+def _cause(tail: collections.abc.Iterable[str]) -> str:
+    """The reason a node gave: the worker's own error line, or torchrun's root-cause summary."""
+    lines = [line.strip() for line in tail if line.strip()]
+    ours = [line for line in lines if line.startswith("error (rank")]
+    if ours:
+        return ours[-1]
+    fields = dict(re.findall(r"^(rank|exitcode|traceback)\s*:\s*(.+)$", "\n".join(lines), re.M))
+    if fields:
+        return "; ".join(f"{k} {v}" for k, v in fields.items() if v != "<N/A>")
+    return lines[-1] if lines else ""
 
 
 def _describe(status: int) -> str:
@@ -171,7 +192,9 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
         return 0
     rank, status = failed
     label = nodes[rank].target.label
-    print(f"error: node {rank} ({label}) failed first: {_describe(status)}; stopped the other nodes\n"
+    cause = _cause(started[rank].tail)
+    print(f"error: node {rank} ({label}) failed first: {_describe(status)}"
+          f"{f' ({cause})' if cause else ''}; stopped the other nodes\n"
           f"hint: see {log_dir / log_name(nodes[rank].target)}", file=sys.stderr, flush=True)
     return EXIT_NODE_FAILED + rank
 

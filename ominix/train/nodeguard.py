@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 
-GRACE_S = 20.0
+GRACE_S = 25.0  # > TORCH_ELASTIC_SHUTDOWN_TIMEOUT set by the launcher: torchrun stops its workers first
 _PR_SET_PDEATHSIG = 1
 
 

@@ -1,0 +1,124 @@
+"""The real thing: `ominix train launch` on two "nodes" (127.0.0.1 and 127.0.0.2) over a real sshd,
+one CPU process per node: it trains, checkpoints and resumes; killing a node's worker stops all."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from tests.sshd import Sshd, free_port, sshd  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("private_netns")
+
+SEQ = 32
+
+
+def _prepared(root: Path) -> Path:
+    """A small prepared directory written with the data store (random tokens, two source sets)."""
+    from ominix.data.store import FORMAT, ShardWriter, token_dtype
+
+    rng = np.random.default_rng(0)
+    dtype = token_dtype(256)
+    splits = {}
+    for split, n in (("train", 64), ("validation", 8)):
+        writer = ShardWriter(root, split, SEQ, dtype)
+        for source in (0, 1):
+            writer.write(rng.integers(0, 256, size=(n // 2, SEQ + 1)), source)
+        shards = writer.close()
+        splits[split] = {"shards": shards, "blocks": n, "tokens": n * SEQ}
+    manifest = {"format": FORMAT, "seq_len": SEQ, "dtype": dtype.name, "source_sets": ["a", "b"],
+                "tokenizer": {"vocab_size": 256}, "splits": splits}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str):
+    hostfile = server.hostfile(tmp_path / "hosts.txt")
+    sets = [
+        *server.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
+        f"launch.master_port={free_port()}", "launch.rdzv_timeout=60",
+        f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}', OMP_NUM_THREADS: '1'}}}}",
+        f"data.path={tmp_path / 'data'}", f"data.seq_len={SEQ}", "model.vocab_size=256",
+        "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.max_position_embeddings=64", "schedule.global_batch_size=4", "schedule.micro_batch_size=2",
+        f"schedule.max_steps={max_steps}", "schedule.warmup_steps=1", "schedule.eval_every=0",
+        "checkpoint.every=2", "logging.log_every=1", "logging.tensorboard=false",
+        f"logging.run_dir={tmp_path / 'run'}",
+    ]
+    return run_cli("train", "launch", "tiny", *[a for s in sets for a in ("--set", s)], *extra,
+                   env={"COLUMNS": "200"}, timeout=300)
+
+
+def _leftovers(run_dir: Path, wait_s: float = 30) -> list[int]:
+    marker = str(run_dir).encode()
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and entry.name != str(os.getpid()):
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"ominix.train" in cmd and marker in cmd:
+                    found.append(int(entry.name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_two_node_training_checkpoints_and_resumes(sshd: Sshd, tmp_path: Path) -> None:
+    _prepared(tmp_path / "data")
+    start = time.monotonic()
+    first = _launch(sshd, tmp_path, 4)
+    took = time.monotonic() - start
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "run"
+    assert "host checks" in first.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip().endswith("4")
+    logs = sorted(p.name for p in (run / "logs").iterdir())
+    assert logs == [f"127.0.0.1_{sshd.port}.log", f"127.0.0.2_{sshd.port}.log"]
+    assert f"[127.0.0.1:{sshd.port}]" in first.stdout
+    second = _launch(sshd, tmp_path, 6, "--resume", "auto")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at step 4" in second.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip().endswith("6")
+    assert _leftovers(run) == []
+    print(f"two-node tiny training over SSH, 4 steps: {took:.1f} s")
+
+
+def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path) -> None:
+    _prepared(tmp_path / "data")
+    run = tmp_path / "run"
+
+    def kill_node1_worker() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                    env = (entry / "environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                # a worker (LOCAL_RANK set by torchrun) of node 1 of this run, once it trains
+                if (b"ominix.train" in cmd and str(run).encode() in cmd and b"GROUP_RANK=1" in env
+                        and b"LOCAL_RANK=0" in env and (run / "metrics.jsonl").exists()):
+                    os.kill(int(entry.name), 9)
+                    return
+            time.sleep(0.2)
+
+    threading.Thread(target=kill_node1_worker, daemon=True).start()
+    result = _launch(sshd, tmp_path, 100000)
+    assert result.returncode == 101, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in result.stderr
+    assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
+    assert _leftovers(run) == []
