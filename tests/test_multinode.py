@@ -232,3 +232,38 @@ def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
     hostfile.write_text("alice@node1\nnode2\n")
     with pytest.raises(OminixError, match="bare host names"):
         launch_multinode(cfg, tmp_path / "run", dry_run=True)
+
+
+def test_remote_arguments_are_quoted(sshd: Sshd, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A working directory and arguments full of shell syntax arrive verbatim; nothing runs."""
+    weird = tmp_path / "work dir $(touch pwned) ; touch pwned2 'q\""
+    weird.mkdir()
+    cfg = _cfg(sshd, tmp_path, node_env={"127.0.0.2": {"OMINIX_NOTE": "a;b $(touch pwned3) `x`"}})
+    cfg.launch.workdir = str(weird)
+    targets = resolve_targets([Host(a, port=sshd.port) for a in ("127.0.0.1", "127.0.0.2")], cfg.launch)
+    probe = "import os, sys; print('cwd=' + os.getcwd(), 'arg=' + sys.argv[1], os.environ.get('OMINIX_NOTE'))"
+    nodes = [node_command(cfg, r, t, [sys.executable, "-c", probe, "$HOME;`id`"]) for r, t in enumerate(targets)]
+    assert run_nodes(cfg, nodes, tmp_path / "logs") == 0
+    out = capfd.readouterr().out
+    assert out.count(f"cwd={weird} arg=$HOME;`id`") == 2
+    assert "a;b $(touch pwned3) `x`" in out
+    assert not list(tmp_path.rglob("pwned*")) and not list(Path.home().glob("pwned*"))
+
+
+def test_dry_run_of_the_train_command(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("# two nodes\nalice@node-a:2222 slots=1\nnode-b:2222 slots=1\nnode-c\n")
+    result = run_cli("train", "launch", "tiny", "--dry-run", "--set", f"launch.hostfile={hostfile}",
+                     "--set", "launch.nodes=2", "--set", "launch.forward_env=[HF_TOKEN]",
+                     env={"HF_TOKEN": "hf_secret_value"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "# node 0: ssh -p 2222 alice@node-a" in out and "# node 1: ssh -p 2222" in out
+    assert "--node-rank=1 --master-addr=node-a" in out and "node-c" not in out
+    assert out.count("# on stdin: HF_TOKEN=****") == 2 and "hf_secret_value" not in out
+    hostfile.write_text("node-a\nnode-b;reboot\n")
+    result = run_cli("train", "launch", "tiny", "--dry-run", "--set", f"launch.hostfile={hostfile}",
+                     "--set", "launch.nodes=2")
+    assert result.returncode == 2 and "line 2" in result.stderr

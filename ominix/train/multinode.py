@@ -250,8 +250,14 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master)
     nproc = nproc_per_node(cfg, targets, gpus)
-    if dry_run and not (cfg.launch.nproc_per_node or targets[0].host.slots):
-        print("# processes per node: 1 in a dry run; a real launch counts each node's GPUs")
+    from ominix.train.engine import validate
+    from ominix.train.launch import summary
+
+    validate(cfg, len(targets) * nproc, dry_run or any(gpus or []))
+    if dry_run:
+        print(summary(cfg, nproc))
+        if not (cfg.launch.nproc_per_node or targets[0].host.slots):
+            print("# processes per node: 1 in a dry run; a real launch counts each node's GPUs")
     if cfg.launch.launcher == "colossalai":
         from ominix.train.colossalai_launcher import colossalai_run
 
