@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from ominix.cli.hosts_cmd import register
-from tests.sshd import Sshd, sshd  # noqa: F401  (fixture)
+from tests.conftest import run_cli
+from tests.sshd import Sshd, keygen, sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("private_netns")
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command("noop", hidden=True)
-    def noop() -> None:  # a second command keeps `check-hosts` a named sub-command
-        pass
-
-    return app
-
-
-def _check(sshd: Sshd, tmp_path: Path, *extra: str) -> tuple[int, str]:
-    hostfile = sshd.hostfile(tmp_path / "hosts.txt")
-    sets = [a for s in sshd.launch_sets() for a in ("--set", s)]
-    result = CliRunner().invoke(
-        _app(), ["check-hosts", "tiny", "--hostfile", str(hostfile), *sets,
-                 "--set", f"logging.run_dir={tmp_path / 'run'}", "--master-port", "29731", *extra],
-        env={"COLUMNS": "160"},
+def _check(sshd: Sshd, tmp_path: Path, *extra: str, cwd: Path | None = None,
+           env: dict[str, str] | None = None, hostfile: Path | None = None,
+           sets: list[str] | None = None) -> tuple[int, str]:
+    """Run `ominix train check-hosts` as a user would; return (exit code, stdout + stderr)."""
+    hostfile = hostfile or sshd.hostfile(tmp_path / "hosts.txt")
+    sets = sshd.launch_sets() if sets is None else sets
+    result = run_cli(
+        "train", "check-hosts", "tiny", "--hostfile", str(hostfile), *[a for s in sets for a in ("--set", s)],
+        "--set", f"logging.run_dir={tmp_path / 'run'}", "--master-port", "29731", *extra,
+        cwd=cwd, env={"COLUMNS": "160", **(env or {})}, timeout=120,
     )
-    return result.exit_code, result.output
+    return result.returncode, result.stdout + result.stderr
 
 
 def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
@@ -58,19 +52,17 @@ def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:
     assert "127.0.0.2" not in out
 
 
-def test_mismatches_are_reported(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
+def test_mismatches_are_reported(sshd: Sshd, tmp_path: Path) -> None:
     import socket
 
     here, there = tmp_path / "here", tmp_path / "there"
     for root, body in ((here, '{"seed": 1}'), (there, '{"seed": 2}')):
         (root / "prepared").mkdir(parents=True)
         (root / "prepared" / "manifest.json").write_text(body)
-    monkeypatch.chdir(here)
     busy = socket.create_server(("127.0.0.1", 29731))  # the master port, taken
     try:
         code, out = _check(sshd, tmp_path, "--set", "data.path=prepared", "--set", f"launch.workdir={there}",
-                           "--json")
+                           "--json", cwd=here)
     finally:
         busy.close()
     assert code == 1
@@ -85,3 +77,40 @@ def test_mismatches_are_reported(sshd: Sshd, tmp_path: Path, monkeypatch: pytest
     if system_python:  # a node whose interpreter lacks the stack
         code, out = _check(sshd, tmp_path, "--set", f"launch.python={system_python}", "--nodes", "1")
         assert code == 1 and ("torch missing there" in out or "failed on" in out), out
+
+
+def test_ssh_config_alias_agent_and_default_known_hosts(sshd: Sshd, tmp_path: Path) -> None:
+    """No launch.* SSH settings at all: ~/.ssh/config names the address, port and user, the key
+    sits (passphrase-protected) in ssh-agent, and ~/.ssh/known_hosts holds the host key."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    shutil.copy(sshd.known_hosts, home / ".ssh" / "known_hosts")
+    (home / ".ssh" / "config").write_text(
+        f"Host gpu-*\n  User {sshd.user}\n  Port {sshd.port}\n"
+        "Host gpu-a\n  HostName 127.0.0.1\nHost gpu-b\n  HostName 127.0.0.2\n"
+    )
+    key = keygen(tmp_path / "agent_key", passphrase="agent only")
+    authorized = Path(sshd.root / "authorized_keys")
+    authorized.write_text(authorized.read_text() + Path(str(key) + ".pub").read_text())
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.run(["ssh-agent", "-a", str(sock)], capture_output=True, text=True, check=True)
+    agent_pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock),
+                       "SSH_ASKPASS": str(_askpass(tmp_path)), "SSH_ASKPASS_REQUIRE": "force",
+                       "DISPLAY": ":0"}, check=True, capture_output=True)
+        hostfile = tmp_path / "aliases.txt"
+        hostfile.write_text("gpu-a\ngpu-b\n")
+        code, out = _check(sshd, tmp_path, "--json", hostfile=hostfile, sets=[],
+                           env={"HOME": str(home), "SSH_AUTH_SOCK": str(sock)})
+    finally:
+        os.kill(agent_pid, signal.SIGTERM)
+    assert code == 0, out
+    assert [h["host"] for h in json.loads(out)["hosts"]] == ["gpu-a", "gpu-b"]
+
+
+def _askpass(tmp_path: Path) -> Path:
+    script = tmp_path / "askpass.sh"
+    script.write_text("#!/bin/sh\necho 'agent only'\n")
+    script.chmod(0o755)
+    return script
