@@ -238,3 +238,22 @@ def test_killed_run_leaves_nothing_valid_and_rerun_starts_clean(tmp_path: Path) 
     result = run_cli("data", "prepare", str(small), "--out", str(out), *COMMON)
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob(".out.tmp-*")) and (out / "manifest.json").is_file()
+
+
+def test_long_documents_are_encoded_in_pieces_with_the_same_tokens(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenizers import Tokenizer
+
+    from ominix.data import pack
+
+    src = _jsonl(tmp_path / "c.jsonl", _records(40))
+    whole = prepare(_cfg(src, val_fraction=0.0), tmp_path / "whole", progress=False)
+    book = "\n".join(r["text"] for r in _records(400, seed=5))
+    _jsonl(tmp_path / "book.jsonl", [{"text": book}])
+    monkeypatch.setattr(pack, "PIECE_CHARS", 5_000)
+    tok = str(tmp_path / "whole" / "tokenizer")
+    m = prepare(_cfg(tmp_path / "book.jsonl", val_fraction=0.0, train_tokenizer=False, tokenizer=tok),
+                tmp_path / "pieces", progress=False)
+    assert m["splits"]["train"]["documents"] == 1 and whole["splits"]["train"]["documents"] == 40
+    expected = len(Tokenizer.from_file(tok + "/tokenizer.json").encode(book, add_special_tokens=False).ids) + 1
+    assert m["splits"]["train"]["tokens"] == expected

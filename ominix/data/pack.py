@@ -25,7 +25,8 @@ import numpy as np
 
 from ominix.data.store import ShardWriter
 
-BATCH_CHARS = 4 << 20
+BATCH_CHARS = 1 << 20  # text per encode_batch call: enough work for every thread, little memory
+PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces cut after a newline
 QUEUE_BATCHES = 3
 
 
@@ -55,19 +56,35 @@ class Batch:
     texts: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
     val: list[bool] = field(default_factory=list)
+    last: list[bool] = field(default_factory=list)  # False for a piece that its document continues
     chars: int = 0
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, cut after a newline where there is one, so
+    that a book-sized document never needs its whole encoding in memory."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start + size // 2, start + size) + 1 or start + size
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def batches(docs: Iterator[tuple[str, str]], seed: int, val_fraction: float) -> Iterator[Batch]:
     batch = Batch()
     for text, set_name in docs:
-        batch.texts.append(text)
-        batch.sets.append(set_name)
-        batch.val.append(is_validation(text, seed, val_fraction))
-        batch.chars += len(text)
-        if batch.chars >= BATCH_CHARS:
-            yield batch
-            batch = Batch()
+        val = is_validation(text, seed, val_fraction)
+        parts = [text] if len(text) <= PIECE_CHARS else list(pieces(text))
+        for i, part in enumerate(parts):
+            batch.texts.append(part)
+            batch.sets.append(set_name)
+            batch.val.append(val)
+            batch.last.append(i == len(parts) - 1)
+            batch.chars += len(part)
+            if batch.chars >= BATCH_CHARS:
+                yield batch
+                batch = Batch()
     if batch.texts:
         yield batch
 
@@ -120,15 +137,21 @@ class Packer:
             self.sets.append(name)
         return self.sets.index(name)
 
-    def add(self, split: str, set_name: str, docs: list[list[int]], characters: int, eos: int) -> None:
+    def add(self, split: str, set_name: str, docs: list[list[int]], ends: list[bool], characters: int,
+            eos: int) -> int:
+        """Append encoded documents (EOS after each whose ``ends`` is True); returns the token count."""
         key = (split, self.set_id(set_name))
-        total = sum(map(len, docs)) + len(docs)
+        n_docs = sum(ends)
+        total = sum(map(len, docs)) + n_docs
+        tail = ((eos,), ())
         flat = np.fromiter(
-            itertools.chain.from_iterable(itertools.chain.from_iterable((ids, (eos,)) for ids in docs)),
+            itertools.chain.from_iterable(
+                itertools.chain.from_iterable((ids, tail[not end]) for ids, end in zip(docs, ends))
+            ),
             dtype=self.dtype, count=total,
         )
         counts = self.counts.setdefault(key, Counts())
-        counts.documents += len(docs)
+        counts.documents += n_docs
         counts.tokens += total
         counts.characters += characters
         buf = self.buffers.get(key)
@@ -138,6 +161,7 @@ class Packer:
             self.writers[split].write(buf[: full * self.width].reshape(full, self.width), key[1])
             counts.blocks += full
         self.buffers[key] = buf[full * self.width :]
+        return total
 
     def close(self) -> dict[str, list[dict[str, Any]]]:
         for key, buf in self.buffers.items():
@@ -158,15 +182,14 @@ def run(
     start = time.perf_counter()
     for batch in background(batches(docs, seed, val_fraction)):
         encodings = tokenizer.encode_batch_fast(batch.texts, add_special_tokens=False)
-        groups: dict[tuple[str, str], tuple[list[list[int]], list[int]]] = {}
-        for enc, set_name, val, text in zip(encodings, batch.sets, batch.val, batch.texts):
-            ids_list, nbytes = groups.setdefault(("validation" if val else "train", set_name), ([], [0]))
+        groups: dict[tuple[str, str], tuple[list[list[int]], list[bool], list[int]]] = {}
+        for enc, set_name, val, last, text in zip(encodings, batch.sets, batch.val, batch.last, batch.texts):
+            ids_list, ends, chars = groups.setdefault(("validation" if val else "train", set_name), ([], [], [0]))
             ids_list.append(enc.ids)
-            nbytes[0] += len(text)
-        tokens = 0
-        for (split, set_name), (ids_list, nchars) in groups.items():
-            packer.add(split, set_name, ids_list, nchars[0], eos)
-            tokens += sum(map(len, ids_list)) + len(ids_list)
+            ends.append(last)
+            chars[0] += len(text)
+        tokens = sum(packer.add(split, set_name, ids_list, ends, chars[0], eos)
+                     for (split, set_name), (ids_list, ends, chars) in groups.items())
         if on_batch is not None:
-            on_batch(len(batch.texts), tokens)
+            on_batch(sum(batch.last), tokens)
     return time.perf_counter() - start

@@ -1,0 +1,210 @@
+"""Benchmark of ``ominix data prepare`` against raw ``tokenizers`` and a ``datasets.map`` baseline.
+
+All three tokenize the same corpus with the same tokenizer, in the same run, each in its own process:
+
+  (a) raw: the texts already in memory, ``Tokenizer.encode_batch`` over batches of 1,000 documents
+      (the limit: no reading, no packing, no writing);
+  (b) baseline: ``load_dataset("json")`` + ``map(batched=True, num_proc=2)`` with the Hugging Face
+      fast tokenizer, then packing into seq_len+1 blocks written to one .bin file;
+  (c) ``ominix data prepare`` end to end (CLI process start to exit), on the corpus and on a corpus
+      twice as large, for peak RSS.
+
+The corpus is real text: the Python sources (code, comments, docstrings) of the installed packages,
+written as SlimPajama-style ``.jsonl.zst`` files. Results go to BENCHMARKS.md by hand and to
+``bench/results/data_prepare_cpu.json`` by this script.
+
+    python bench/data_prepare.py --mb 50 --out bench/results/data_prepare_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import sysconfig
+import time
+from datetime import date
+from pathlib import Path
+
+SEQ_LEN = 2048
+VOCAB = 32000
+FILE_MB = 8
+
+
+def make_corpus(root: Path, megabytes: int) -> int:
+    """Write ``megabytes`` of Python source text as .jsonl.zst files; returns the text bytes."""
+    import zstandard
+
+    if (root / "done").is_file():
+        return int((root / "done").read_text())
+    roots = [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["stdlib"])]
+    files = sorted(p for r in roots for p in r.rglob("*.py"))
+    out = root / "train" / "chunk1"
+    out.mkdir(parents=True, exist_ok=True)
+    total, part, lines = 0, 0, []
+    cctx = zstandard.ZstdCompressor(level=3)
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if len(text) < 200:
+            continue
+        lines.append(json.dumps({"text": text, "meta": {"redpajama_set_name": "RedPajamaGithub"}}))
+        total += len(text.encode())
+        if sum(map(len, lines)) > FILE_MB << 20 or total >= megabytes << 20:
+            (out / f"part_{part:03d}.jsonl.zst").write_bytes(cctx.compress(("\n".join(lines) + "\n").encode()))
+            part, lines = part + 1, []
+        if total >= megabytes << 20:
+            break
+    (root / "done").write_text(str(total))
+    return total
+
+
+def texts(root: Path) -> list[str]:
+    from ominix.data import readers
+
+    return [t for f in sorted(root.rglob("*.jsonl.zst")) for t, _ in readers.read(f)]
+
+
+def stage_raw(corpus: Path, tokenizer: Path) -> dict:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
+    docs = texts(corpus)
+    result = {}
+    for method in ("encode_batch", "encode_batch_fast"):
+        encode = getattr(tok, method)
+        start = time.perf_counter()
+        tokens = 0
+        for i in range(0, len(docs), 1000):
+            tokens += sum(len(e.ids) + 1 for e in encode(docs[i : i + 1000], add_special_tokens=False))
+        result[method] = {"seconds": time.perf_counter() - start, "tokens": tokens}
+    return result
+
+
+def stage_datasets(corpus: Path, tokenizer: Path, work: Path) -> dict:
+    import numpy as np
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer))
+    eos = tok.eos_token_id
+    start = time.perf_counter()
+    ds = load_dataset("json", data_files=[str(f) for f in sorted(corpus.rglob("*.jsonl.zst"))],
+                      split="train", cache_dir=str(work / "hf-cache"))
+
+    def encode(batch: dict) -> dict:
+        return {"input_ids": [ids + [eos] for ids in tok(batch["text"], add_special_tokens=False)["input_ids"]]}
+
+    ds = ds.map(encode, batched=True, num_proc=2, remove_columns=ds.column_names)
+    width = SEQ_LEN + 1
+    with open(work / "baseline.bin", "wb") as fh:
+        buf = np.zeros(0, dtype=np.uint16)
+        tokens = 0
+        for batch in ds.iter(batch_size=1000):
+            flat = np.fromiter((t for ids in batch["input_ids"] for t in ids), dtype=np.uint16)
+            tokens += len(flat)
+            buf = np.concatenate([buf, flat])
+            full = len(buf) // width
+            fh.write(buf[: full * width].tobytes())
+            buf = buf[full * width :]
+    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def measured(cmd: list[str]) -> dict:
+    """Run ``cmd`` in a fresh wrapper process; wall seconds and peak RSS of the largest process."""
+    wrapper = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'rc': r.returncode, 'stdout': r.stdout,\n"
+        "  'stderr': r.stderr[-2000:], 'peak_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    if result["rc"] != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{result['stderr']}")
+    return result
+
+
+def stage(name: str, *args: str) -> list[str]:
+    return [sys.executable, __file__, "--stage", name, *args]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=50, help="corpus size in MB of text (doubled for RSS)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ominix-bench-data"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/data_prepare_cpu.json"))
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        fn = {"raw": stage_raw, "datasets": stage_datasets}[args.stage]
+        print(json.dumps(fn(*map(Path, args.rest))))
+        return
+
+    work = args.work
+    corpus, big = work / f"corpus-{args.mb}", work / f"corpus-{2 * args.mb}"
+    size = make_corpus(corpus, args.mb)
+    big_size = make_corpus(big, 2 * args.mb)
+    tokenizer = work / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file():
+        from ominix.data import tokenizer as tk
+
+        sample = texts(corpus)[:2000]
+        tk.save(tk.train_bpe(sample, VOCAB), tokenizer, SEQ_LEN)
+    print(f"corpus {size / 1e6:.1f} MB and {big_size / 1e6:.1f} MB of text, tokenizer {VOCAB}", flush=True)
+
+    raw = json.loads(measured(stage("raw", str(corpus), str(tokenizer)))["stdout"])
+    print("raw", raw, flush=True)
+    base_run = measured(stage("datasets", str(corpus), str(tokenizer), str(work)))
+    base = json.loads(base_run["stdout"])
+    print("datasets", base, flush=True)
+    ours = {}
+    for name, src in (("x1", corpus), ("x2", big)):
+        cmd = [sys.executable, "-m", "ominix", "data", "prepare", str(src), "--tokenizer", str(tokenizer),
+               "--seq-len", str(SEQ_LEN), "--out", str(work / f"out-{name}"), "--force", "--json"]
+        run = measured(cmd)
+        m = json.loads(run["stdout"])
+        tokens = sum(s["tokens"] for s in m["splits"].values())
+        ours[name] = {"seconds": run["seconds"], "tokens": tokens, "peak_rss_mb": run["peak_rss_mb"],
+                      "tokens_per_s": tokens / run["seconds"]}
+        print("ominix", name, ours[name], flush=True)
+
+    raw_tps = raw["encode_batch"]["tokens"] / raw["encode_batch"]["seconds"]
+    fast_tps = raw["encode_batch_fast"]["tokens"] / raw["encode_batch_fast"]["seconds"]
+    base_tps = base["tokens"] / base["seconds"]
+    ours_tps = ours["x1"]["tokens_per_s"]
+    common = {"card": "cpu", "date": date.today().isoformat(), "command": f"python bench/data_prepare.py --mb {args.mb}",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
+              "corpus_text_bytes": size, "seq_len": SEQ_LEN, "vocab_size": VOCAB}
+    results = [
+        {**common, "name": "data_prepare_vs_raw_encode_batch", "value": round(ours_tps), "unit": "tokens/s",
+         "baseline": round(raw_tps), "baseline_name": "tokenizers encode_batch, text in memory",
+         "ratio": round(ours_tps / raw_tps, 3)},
+        {**common, "name": "data_prepare_vs_raw_encode_batch_fast", "value": round(ours_tps), "unit": "tokens/s",
+         "baseline": round(fast_tps), "baseline_name": "tokenizers encode_batch_fast, text in memory",
+         "ratio": round(ours_tps / fast_tps, 3)},
+        {**common, "name": "data_prepare_vs_datasets_map", "value": round(ours_tps), "unit": "tokens/s",
+         "baseline": round(base_tps), "baseline_name": "datasets load_dataset + map(batched, num_proc=2) + packing",
+         "ratio": round(ours_tps / base_tps, 3), "baseline_peak_rss_mb": round(base_run["peak_rss_mb"])},
+        {**common, "name": "data_prepare_peak_rss_when_corpus_doubles", "value": round(ours["x2"]["peak_rss_mb"]),
+         "unit": "MB", "baseline": round(ours["x1"]["peak_rss_mb"]),
+         "baseline_name": f"same command on the {args.mb} MB corpus",
+         "ratio": round(ours["x2"]["peak_rss_mb"] / ours["x1"]["peak_rss_mb"], 3),
+         "corpus_text_bytes": big_size},
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    for r in results:
+        print(f"{r['name']}: {r['value']:,} {r['unit']} vs {r['baseline']:,} ({r['baseline_name']}): x{r['ratio']}")
+
+
+if __name__ == "__main__":
+    main()
