@@ -39,7 +39,7 @@ def _prepared(root: Path) -> Path:
     return root
 
 
-def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str):
+def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str, env: dict | None = None):
     hostfile = server.hostfile(tmp_path / "hosts.txt")
     sets = [
         *server.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
@@ -53,7 +53,7 @@ def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str):
         f"logging.run_dir={tmp_path / 'run'}",
     ]
     return run_cli("train", "launch", "tiny", *[a for s in sets for a in ("--set", s)], *extra,
-                   env={"COLUMNS": "200"}, timeout=300)
+                   env={"COLUMNS": "200", **(env or {})}, timeout=300)
 
 
 def _leftovers(run_dir: Path, wait_s: float = 30) -> list[int]:
@@ -121,4 +121,24 @@ def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path) -> N
     assert result.returncode == 101, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in result.stderr
     assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
+    assert _leftovers(run) == []
+
+
+def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
+    """`--launcher colossalai` hands the same job to `colossalai run --hostfile` (fabric reads
+    ~/.ssh/config for the user and key); it gets only the minimal environment."""
+    _prepared(tmp_path / "data")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "config").write_text(
+        f"Host 127.0.0.*\n  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+        f"  UserKnownHostsFile {sshd.known_hosts}\n")
+    hostfile = tmp_path / "bare_hosts.txt"
+    hostfile.write_text(f"127.0.0.1:{sshd.port}\n127.0.0.2:{sshd.port}\n")
+    result = _launch(sshd, tmp_path, 2, "--set", "launch.launcher=colossalai",
+                     "--set", f"launch.hostfile={hostfile}", env={"HOME": str(home), "OMINIX_LEAK": "x"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "colossalai_hosts.txt").read_text() == "127.0.0.1\n127.0.0.2\n"
+    assert (run / "checkpoints" / "latest").read_text().strip().endswith("2")
     assert _leftovers(run) == []

@@ -3,9 +3,11 @@
 ``colossalai run`` exports its whole environment to every node (which breaks on read-only
 variables and leaks secrets), so it is started with an explicit, minimal environment: the
 variables a node needs, ``launch.node_env['*']`` and the ``launch.forward_env`` variables only.
-Its hostfile holds bare host names and one SSH port for all: users come from ~/.ssh/config, and
-per-host variables and the rendezvous timeout are not available through it (use the ominix
-launcher for those).
+Its hostfile holds bare host names and one SSH port for all: users and keys come from
+~/.ssh/config (fabric reads it), and per-host variables and the rendezvous timeout are not available
+through it. It sends every variable as ``export K="V"`` on the remote command line, so forwarded
+secrets are visible in the nodes' process lists while it runs: the ominix launcher sends them on
+stdin instead.
 """
 
 from __future__ import annotations
