@@ -313,6 +313,16 @@ class ReleaseConfig(Section):
     )
     technical_report: str | None = Field(None, description="Path of the technical report.")
     research_paper: str | None = Field(None, description="Path of the research paper.")
+    intended_use: str = Field(
+        "Research on language-model pretraining and a base for fine-tuning; not tuned to follow "
+        "instructions or for any deployment.",
+        description="Intended use, written into the model card.",
+    )
+    limitations: str = Field(
+        "A base model: it continues text, may produce wrong, biased or offensive output and has no "
+        "safety tuning; its knowledge is limited to the training data.",
+        description="Known limitations, written into the model card.",
+    )
 
 
 class OminixConfig(Section):

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ominix import __version__
-from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, train_cmd
+from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.errors import OminixError
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(checkpoint_cmd.app, name="checkpoint")
 app.add_typer(train_cmd.app, name="train")
+app.add_typer(mof_cmd.app, name="mof")
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_)
 

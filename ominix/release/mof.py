@@ -144,10 +144,15 @@ class Classification:
         return {
             "class": self.mof_class,
             "label": self.label,
-            "progress": {str(c): self.progress[c] for c in (1, 2, 3)},
+            # MOT prints whole percentages as integers (100, 60) and the rest as floats.
+            "progress": {str(c): _number(self.progress[c]) for c in (1, 2, 3)},
             "missing": {str(c): self.missing[c] for c in (1, 2, 3)},
             "components": [_component_json(c) for c in self.components],
         }
+
+
+def _number(value: float) -> float | int:
+    return int(value) if value == int(value) else value
 
 
 def _component_json(res: ComponentResult) -> dict[str, Any]:

@@ -1,0 +1,123 @@
+"""``ominix mof``: classify a MOF model file, write a run's MOF release bundle, write release.yaml."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Model Openness Framework: the release bundle of a run and its MOF class (as MOT rates it).",
+    no_args_is_help=True,
+)
+
+STYLE = {"type-appropriate": "green", "open": "yellow", "unlicensed": "red", "invalid": "red", "absent": "dim"}
+
+
+def _print(result, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ominix.release.cards import STATUS_TEXT, missing_reasons
+    from ominix.release.mof import ROMAN
+
+    console = Console(highlight=False)
+    table = Table(title=f"MOF components of {title}", title_justify="left")
+    for col in ("component", "class", "required", "present", "license", "acceptable"):
+        table.add_column(col)
+    for c in result.components:
+        style = STYLE[c.status]
+        table.add_row(c.name, ROMAN[c.mof_class], "yes" if c.required else "optional",
+                      "yes" if c.present else "no", c.license or "-", f"[{style}]{STATUS_TEXT[c.status]}[/]")
+    console.print(table)
+    progress = "  ".join(f"Class {ROMAN[c]}: {result.progress[c]:.1f} %" for c in (3, 2, 1))
+    console.print(f"[bold]{result.label}[/]   {progress}")
+    nxt = result.next_class()
+    if nxt is not None:
+        console.print(f"Missing for Class {ROMAN[nxt]}:")
+        for name, why in missing_reasons(result, nxt):
+            console.print(f"  - {name}: {why}", markup=False)
+    for c in result.components:
+        if c.status == "open":
+            console.print(f"[yellow]warning:[/] {c.name}: {c.license} is open but not a type-appropriate "
+                          f"{c.content_type} license", highlight=False)
+
+
+@app.command("check")
+def check(
+    file: Path = typer.Argument(..., help="MOF model file (YAML or JSON), e.g. a bundle's mof.yaml."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print MOT's classification shape as JSON."),
+) -> None:
+    """Classify an existing MOF model file the way the Model Openness Tool does.
+
+    Examples:
+
+      ominix mof check runs/tiny/release/mof.yaml
+
+      ominix mof check model.yml --json
+    """
+    from ominix.release.mof import check_file, load_model_file
+
+    document = load_model_file(file)
+    result = check_file(file)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print(result, document["release"]["name"])
+
+
+@app.command("report")
+def report(
+    run_dir: Path = typer.Argument(..., help="Run directory (logging.run_dir of a training run)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Bundle directory; default RUN_DIR/release."),
+    release: Path = typer.Option(None, "--release", help="release.yaml (see `ominix mof init`); "
+                                 "default: the release section of the run's config."),
+    name: str = typer.Option(None, "--name", help="Model name (overrides the release file)."),
+    producer: str = typer.Option(None, "--producer", help="Producer (overrides the release file)."),
+    data: Path = typer.Option(None, "--data", help="Prepared data directory; default: the run's data.path."),
+    copy_checkpoints: bool = typer.Option(
+        False, "--copy-checkpoints/--no-copy-checkpoints",
+        help="Copy final and intermediate weights and the optimizer state into the bundle instead of "
+             "referencing them by path and sha256."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing bundle."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the classification as JSON."),
+) -> None:
+    """Write the MOF release bundle of a run and print its class and what the next class needs.
+
+    Examples:
+
+      ominix mof report runs/tiny --release release.yaml --out release-tiny
+
+      ominix mof report runs/tiny --copy-checkpoints --force --json
+    """
+    from ominix.release.bundle import make_bundle
+
+    result, bundle = make_bundle(run_dir, out, release, name=name, producer=producer, data_dir=data,
+                                 copy_checkpoints=copy_checkpoints, force=force,
+                                 command=shlex.join(["ominix", *sys.argv[1:]]))
+    if as_json:
+        typer.echo(json.dumps({**result.to_json(), "bundle": str(bundle)}, indent=2))
+    else:
+        _print(result, str(bundle))
+        typer.echo(f"wrote {bundle} (verify with: cd {shlex.quote(str(bundle))} && sha256sum -c SHA256SUMS)")
+
+
+@app.command("init")
+def init(
+    out: Path = typer.Option(Path("release.yaml"), "--out", "-o", help="Where to write the template."),
+    force: bool = typer.Option(False, "--force/--no-force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented release.yaml template (release metadata for `mof report`).
+
+    Examples:
+
+      ominix mof init
+
+      ominix mof init --out configs/release.yaml --force
+    """
+    from ominix.release.template import write
+
+    typer.echo(f"wrote {write(out, force)}")

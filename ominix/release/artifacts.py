@@ -1,0 +1,181 @@
+"""What a run directory holds, found by the documented layout (docs/ARCHITECTURE.md), and checksums.
+
+```
+RUN_DIR/config.yaml                         resolved config (required)
+RUN_DIR/checkpoints/step_XXXXXXXX/          model/, optimizer/, state.json, ... (at least one required)
+RUN_DIR/checkpoints/latest                  name of the newest complete checkpoint
+RUN_DIR/metrics.jsonl, export/, samples.jsonl, eval/eval_results.json     optional
+DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokenizer/, validation/
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ominix.errors import OminixError
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_under(path: Path) -> list[Path]:
+    """Every regular file under ``path`` (or ``path`` itself), sorted; temporary names skipped."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and ".tmp" not in p.name)
+
+
+def checksums(path: Path, base: Path) -> dict[str, str]:
+    """``{path relative to base: sha256}`` of every file under ``path``."""
+    return {str(p.relative_to(base)): sha256_file(p) for p in files_under(path)}
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OminixError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})",
+                          "regenerate it with the ominix command that wrote it") from exc
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def optimizer_dir(self) -> Path:
+        return self.path / "optimizer"
+
+    def has_optimizer(self) -> bool:
+        return self.optimizer_dir.is_dir() and any(files_under(self.optimizer_dir))
+
+
+@dataclass
+class RunArtifacts:
+    run_dir: Path
+    config: Any  # OminixConfig
+    config_text: str
+    checkpoints: list[Checkpoint]  # oldest first; the last is the final one
+    data_dir: Path | None
+    manifest: dict[str, Any] | None
+    export_dir: Path | None
+    eval_results: Path | None
+    samples: Path | None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> Checkpoint:
+        return self.checkpoints[-1]
+
+    @property
+    def intermediate(self) -> list[Checkpoint]:
+        return self.checkpoints[:-1]
+
+    def validation_split(self) -> dict[str, Any] | None:
+        split = (self.manifest or {}).get("splits", {}).get("validation")
+        return split if split and split.get("blocks") else None
+
+
+def _checkpoints(run_dir: Path) -> list[Checkpoint]:
+    ckpts = run_dir / "checkpoints"
+    found = []
+    for path in sorted(ckpts.glob("step_*")) if ckpts.is_dir() else []:
+        match = STEP_RE.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        if not (path / "state.json").is_file() or not any(files_under(path / "model")):
+            raise OminixError(f"checkpoint {path} is incomplete (no state.json or no model/ files)",
+                              "delete it, or resume training so that it is written again")
+        found.append(Checkpoint(path, int(match.group(1)), read_json(path / "state.json")))
+    latest = ckpts / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        # Checkpoints newer than `latest` are leftovers of a run that never finished saving them.
+        found = [c for c in found if c.path.name <= name]
+        if not found or found[-1].path.name != name:
+            raise OminixError(f"{latest} names {name!r}, which is not a complete checkpoint",
+                              "point it at an existing step_* directory")
+    if not found:
+        raise OminixError(f"{run_dir} has no checkpoint (checkpoints/step_*/ with model/ and state.json)",
+                          "train first (`ominix train launch`) or pass the run directory that holds the checkpoints")
+    return found
+
+
+def _data_dir(cfg: Any, run_dir: Path, override: Path | None) -> Path | None:
+    if override is not None:
+        if not (override / "manifest.json").is_file():
+            raise OminixError(f"--data {override} is not a prepared data directory (no manifest.json)",
+                              "pass the directory `ominix data prepare --out` wrote")
+        return override
+    if not cfg.data.path:
+        return None
+    path = Path(cfg.data.path).expanduser()
+    # A relative data.path is relative to where training started; try there and beside the run dir.
+    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, run_dir.parent / path]):
+        if (candidate / "manifest.json").is_file():
+            return candidate.absolute()
+    return None
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise OminixError(f"{path}:{number} is not valid JSON", "the run's metrics file is damaged") from exc
+    return rows
+
+
+def collect(run_dir: str | Path, data_dir: Path | None = None) -> RunArtifacts:
+    """Find the artifacts of ``run_dir``; raise a clear error when the run is unusable."""
+    from ominix.config import build_config, read_yaml
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not run_dir.is_dir():
+        raise OminixError(f"run directory {run_dir} does not exist", "pass the logging.run_dir of a training run")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise OminixError(f"{run_dir} has no config.yaml, so it is not a run directory",
+                          "pass the directory `ominix train launch` wrote (logging.run_dir)")
+    cfg = build_config(read_yaml(config_path), str(config_path))
+    checkpoints = _checkpoints(run_dir)
+    data = _data_dir(cfg, run_dir, Path(data_dir).expanduser().absolute() if data_dir else None)
+    export = run_dir / "export"
+    eval_results = run_dir / "eval" / "eval_results.json"
+    samples = run_dir / "samples.jsonl"
+    return RunArtifacts(
+        run_dir=run_dir,
+        config=cfg,
+        config_text=config_path.read_text(),
+        checkpoints=checkpoints,
+        data_dir=data,
+        manifest=read_json(data / "manifest.json") if data else None,
+        export_dir=export if export.is_dir() and any(export.glob("*.safetensors")) else None,
+        eval_results=eval_results if eval_results.is_file() else None,
+        samples=samples if samples.is_file() and samples.stat().st_size else None,
+        metrics=_metrics(run_dir / "metrics.jsonl"),
+    )

@@ -1,0 +1,145 @@
+"""MODEL_CARD.md from the run's config, checkpoints, metrics, data manifest and evaluation, and the
+Markdown form of a MOF classification (MOF_REPORT.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ominix.release.mof import ROMAN, Classification
+
+STATUS_TEXT = {
+    "type-appropriate": "yes",
+    "open": "yes (open, not type-appropriate)",
+    "unlicensed": "no license",
+    "invalid": "license not open",
+    "absent": "-",
+}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+
+
+def _compute(metrics: list[dict[str, Any]], world: int) -> dict[str, Any]:
+    """Training wall time (from step times in metrics.jsonl) and device-hours."""
+    train = [m for m in metrics if m.get("kind") == "train" and "step_time_s" in m]
+    seconds, previous = 0.0, 0
+    for row in train:
+        seconds += row["step_time_s"] * (row["step"] - previous)
+        previous = row["step"]
+    last = train[-1] if train else {}
+    return {"seconds": seconds, "device_hours": seconds * world / 3600, "last": last}
+
+
+def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> str:
+    from ominix.flops import num_params
+
+    cfg, state = art.config, art.final.state
+    m, o, s, p = cfg.model, cfg.optim, cfg.schedule, cfg.parallel
+    world = state.get("world_size") or 1
+    compute = _compute(art.metrics, world)
+    out = [
+        f"# {release.name} (version {release.version})",
+        "",
+        f"A LLaMA-style decoder-only language model pretrained from scratch with OminiX"
+        f"{' (continued from ' + m.init_from + ')' if m.init_from else ''}. "
+        f"Produced by {release.producer or 'an unnamed producer'}"
+        f"{'; contact ' + release.contact if release.contact else ''}.",
+        "",
+        "## Architecture",
+        "",
+        *_table(["setting", "value"], [
+            ["parameters", f"{num_params(m):,}"],
+            ["layers", m.num_hidden_layers], ["hidden size", m.hidden_size],
+            ["MLP size (SwiGLU)", m.intermediate_size], ["attention heads", m.num_attention_heads],
+            ["key/value heads", m.kv_heads], ["vocabulary", m.vocab_size],
+            ["context length", m.max_position_embeddings], ["RoPE theta", m.rope_theta],
+            ["tied embeddings", m.tie_word_embeddings],
+        ]),
+        "",
+        "## Training data",
+        "",
+    ]
+    manifest = art.manifest
+    if manifest:
+        train = manifest["splits"].get("train", {})
+        out += [f"Prepared data `{art.data_dir}` (see DATA_CARD.md): sources "
+                + ", ".join(f"`{src['source']}`" for src in manifest.get("sources", []))
+                + f"; {train.get('documents', 0):,} training documents, {train.get('tokens', 0):,} training "
+                f"tokens in blocks of {manifest.get('seq_len')}; tokenizer vocabulary "
+                f"{manifest.get('tokenizer', {}).get('vocab_size')}.", ""]
+    else:
+        out += ["The prepared data directory was not found, so the training data is not described.", ""]
+    out += [
+        f"Tokens seen in training: {state.get('tokens', 0):,} over {state.get('step')} optimizer steps.",
+        "",
+        "## Hyper-parameters",
+        "",
+        *_table(["setting", "value"], [
+            ["optimizer", f"{o.optimizer} (beta1 {o.beta1}, beta2 {o.beta2}, eps {o.eps})"],
+            ["learning rate", f"{o.lr} peak, {o.min_lr} final, {s.warmup_steps} warmup steps, {s.decay} decay"],
+            ["weight decay", o.weight_decay], ["gradient clipping", o.grad_clip],
+            ["global batch", f"{s.global_batch_size} sequences x {cfg.data.seq_len} tokens"],
+            ["micro batch", s.micro_batch_size], ["seed", s.seed],
+            ["precision", p.precision], ["plugin", f"{p.plugin} (tp {p.tp}, pp {p.pp})"],
+        ]),
+        "",
+        "## Compute",
+        "",
+        f"{world} device(s) (world size), {compute['seconds']:.1f} s of measured step time, "
+        f"{compute['device_hours']:.4f} device-hours.",
+    ]
+    last = compute["last"]
+    if last:
+        mfu = last.get("mfu")
+        out.append(f"Last logged throughput: {last.get('tokens_per_s', 0):,.0f} tokens/s, "
+                   f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f} %'}, "
+                   f"peak memory {last.get('memory_gib', 0):.2f} GiB per process.")
+    out += ["", "## Evaluation", ""]
+    if eval_results:
+        ppl = eval_results.get("perplexity", {})
+        overall = ppl.get("overall", ppl)
+        data = eval_results.get("data", {})
+        out.append(f"On split `{data.get('split')}` of `{data.get('path')}`: loss {overall.get('loss')}, "
+                   f"perplexity {overall.get('perplexity')} (eval/eval_results.json has every number).")
+    else:
+        out.append("No evaluation results were found (run `ominix eval --model RUN_DIR`).")
+    out += ["", "## Intended use", "", release.intended_use, "", "## Limitations", "", release.limitations, ""]
+    return "\n".join(out)
+
+
+def report_markdown(result: Classification, title: str) -> str:
+    """The classification as Markdown: class, progress per class, each component, what is missing."""
+    out = [f"# MOF classification of {title}", "", f"**{result.label}**", "",
+           "Progress: " + ", ".join(f"Class {ROMAN[c]} {result.progress[c]:.1f} %" for c in (3, 2, 1)), ""]
+    rows = [[c.name, ROMAN[c.mof_class], "required" if c.required else "optional",
+             "yes" if c.present else "no", c.license or "", STATUS_TEXT[c.status], c.path or ""]
+            for c in result.components]
+    out += _table(["component", "class", "", "present", "license", "acceptable", "path"], rows)
+    nxt = result.next_class()
+    if nxt is not None:
+        out += ["", f"## Missing for Class {ROMAN[nxt]}", ""]
+        out += [f"- {name}: {why}" for name, why in missing_reasons(result, nxt)]
+    warnings = [c for c in result.components if c.status == "open"]
+    if warnings:
+        out += ["", "## Warnings", ""]
+        out += [f"- {c.name}: {c.license} is open but not a type-appropriate {c.content_type} license"
+                for c in warnings]
+    return "\n".join(out) + "\n"
+
+
+def missing_reasons(result: Classification, cls: int) -> list[tuple[str, str]]:
+    """``(component, why)`` for each required component of class ``cls`` that is not included."""
+    by_name = {c.name: c for c in result.components}
+    reasons = []
+    for name in result.missing[cls]:
+        c = by_name[name]
+        if not c.present:
+            why = "not in the release"
+        elif c.status == "unlicensed":
+            why = f"present but has no license (declare a {c.content_type} license)"
+        else:
+            why = f"license {c.license} is not open (use an open {c.content_type} license)"
+        reasons.append((name, why))
+    return reasons
