@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ominix.config import LaunchConfig, OminixConfig
+from ominix.config import LaunchConfig, OminixConfig, ScheduleConfig
 from ominix.train.hosts import Host
 from ominix.train.multinode import node_command, run_nodes
 from ominix.train.ssh import resolve_targets
@@ -221,7 +221,8 @@ def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
     hostfile = tmp_path / "hosts.txt"
     hostfile.write_text("node1\nnode2 slots=2\nnode3\n")
     cfg = OminixConfig(launch=LaunchConfig(launcher="colossalai", nodes=2, hostfile=str(hostfile),
-                                           nproc_per_node=2, forward_env=["HF_TOKEN"]))
+                                           nproc_per_node=2, forward_env=["HF_TOKEN"]),
+                       schedule=ScheduleConfig(global_batch_size=16, micro_batch_size=4))
     out = _dry(cfg, tmp_path / "run", capsys)
     assert "#   node1\n#   node2\n" in out and "node3" not in out
     assert "HF_TOKEN=****" in out and "hf_secret_value" not in out and "OMINIX_TEST_LOCAL_ONLY" not in out

@@ -16,8 +16,8 @@ from __future__ import annotations
 import collections
 import json
 import os
-import re
 import queue
+import re
 import shlex
 import sys
 import threading
@@ -99,7 +99,7 @@ class _Node:
 
     def __init__(self, node: NodeCommand, client: paramiko.SSHClient, log: Path,
                  events: queue.Queue, print_lock: threading.Lock) -> None:
-        self.node, self.client = node, client
+        self.node = node
         self.tail: collections.deque[str] = collections.deque(maxlen=80)
         self.channel = client.get_transport().open_session()
         self.channel.set_combine_stderr(True)
@@ -133,10 +133,6 @@ class _Node:
         if not self.channel.closed:
             self.channel.shutdown_write()
 
-    def close(self) -> None:
-        self.channel.close()
-        self.client.close()
-
 
 def _cause(tail: collections.abc.Iterable[str]) -> str:
     """The reason a node gave: the worker's own error line, or torchrun's root-cause summary."""
@@ -167,10 +163,13 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
         clients = list(pool.map(lambda n: connect(n.target, cfg.launch), nodes))
     events: queue.Queue = queue.Queue()
     lock = threading.Lock()
-    started = [_Node(n, c, log_dir / log_name(n.target), events, lock) for n, c in zip(nodes, clients)]
-    running = {n.node.rank for n in started}
+    started: list[_Node] = []
+    running: set[int] = set()
     failed: tuple[int, int] | None = None
     try:
+        for node, client in zip(nodes, clients):
+            started.append(_Node(node, client, log_dir / log_name(node.target), events, lock))
+            running.add(node.rank)
         while running:
             try:
                 rank, status = events.get(timeout=0.5)
@@ -185,9 +184,9 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
         print("interrupted: stopping every node", file=sys.stderr, flush=True)
         _stop_all(started, running, events)
         return 130
-    finally:
-        for n in started:
-            n.close()
+    finally:  # closing the connections is also what stops a guard if anything above raised
+        for client in clients:
+            client.close()
     if failed is None:
         return 0
     rank, status = failed
@@ -241,7 +240,9 @@ def checked_gpus(cfg: OminixConfig, targets: list[Target], master: tuple[str, in
 def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
     to ``colossalai run``, or write an sbatch script); ``dry_run`` prints the commands only."""
+    from ominix.train.engine import validate
     from ominix.train.hostcheck import cluster, remote_python
+    from ominix.train.launch import summary, torchrun_argv
 
     if cfg.launch.launcher == "slurm":
         from ominix.train.slurm import write_sbatch
@@ -250,9 +251,6 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master)
     nproc = nproc_per_node(cfg, targets, gpus)
-    from ominix.train.engine import validate
-    from ominix.train.launch import summary
-
     validate(cfg, len(targets) * nproc, dry_run or any(gpus or []))
     if dry_run:
         print(summary(cfg, nproc))
@@ -262,8 +260,6 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
         from ominix.train.colossalai_launcher import colossalai_run
 
         return colossalai_run(cfg, run_dir, targets, master, nproc, dry_run=dry_run)
-    from ominix.train.launch import torchrun_argv
-
     nodes = [
         node_command(cfg, rank, t, torchrun_argv(
             remote_python(cfg), len(targets), rank, nproc, master[0], master[1],
