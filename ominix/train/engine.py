@@ -326,7 +326,7 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(cfg.schedule.seed)
-    hf = hf_config(m, attn_implementation="sdpa" if resolve_attn(m.attn) != "flash" else "flash_attention_2")
+    hf = hf_config(m, use_cache=False, attn_implementation="sdpa" if resolve_attn(m.attn) != "flash" else "flash_attention_2")
     with LazyInitContext(default_device=device):
         model = LlamaForCausalLM(hf)
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too

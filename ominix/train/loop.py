@@ -91,7 +91,7 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
     from ominix.train import checkpoint as ckpt
-    from ominix.train.engine import build_engine, derive_layout, init_distributed
+    from ominix.train.engine import PLUGINS, build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.schedule import lr_multiplier, total_steps
 
@@ -101,16 +101,17 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     layout = derive_layout(cfg, world)
     total = total_steps(cfg, layout.tokens_per_step)
     train_set, val_set, data_sha = _open_data(cfg)
+    resume = _resume_from(cfg, run_dir)
+    if resume is not None:  # refuse a mismatching checkpoint before building anything
+        saved = ckpt.read_state(resume)
+        ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
     engine = build_engine(cfg, lr_multiplier(cfg, total))
     loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
     out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging.tensorboard)
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
-    resume = _resume_from(cfg, run_dir)
     if resume is not None:
-        saved = ckpt.read_state(resume)
-        ckpt.check_compatible(saved, cfg, data_sha, layout, engine.spec.reshard)
         ckpt.load_checkpoint(engine, loader, resume, load_optimizer=c.save_optimizer and saved["has_optimizer"])
         state = LoopState(**saved["loop"])
         out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens)")

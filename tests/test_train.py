@@ -1,0 +1,251 @@
+"""`ominix train launch` on CPU with real ColossalAI: validation before anything starts, 2-process
+gloo runs with ddp and 3d (tp=pp=1) that train, write metrics and resume bit-exactly, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ominix.config import load_config
+from ominix.errors import OminixError
+from tests.conftest import REPO, run_cli
+
+QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3", "schedule.eval_every=3",
+         "schedule.eval_batches=2", "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real text, prepared in the documented format: the embedded corpus (Python documentation) as
+    UTF-8 bytes (ids < 256 of the tiny preset's 2048), seq_len 128, 5% held out for validation."""
+    import numpy as np
+
+    from ominix.data.embedded import documents
+    from ominix.data.store import FORMAT, ShardWriter
+
+    out, seq = tmp_path_factory.mktemp("data"), 128
+    text = "\n".join(d["text"] for d in documents()).encode("utf-8")
+    tokens = np.frombuffer(text, dtype=np.uint8)
+    n = len(tokens) // (seq + 1)
+    blocks = tokens[: n * (seq + 1)].reshape(n, seq + 1)
+    held = n // 20
+    splits = {}
+    for split, rows in (("train", blocks[held:]), ("validation", blocks[:held])):
+        writer = ShardWriter(out, split, seq, np.dtype("<u2"))
+        writer.write(rows, 0)
+        splits[split] = {"shards": writer.close(), "blocks": len(rows), "tokens": len(rows) * seq}
+    manifest = {"format": FORMAT, "seq_len": seq, "dtype": "<u2", "source_sets": ["python-docs"],
+                "tokenizer": {"vocab_size": 2048}, "splits": splits}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _launch(data: Path, run_dir: Path, *args: str, sets: list[str] = QUICK, timeout: float = 300):
+    flags = [a for s in sets for a in ("--set", s)]
+    return run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run_dir), *args, *flags,
+                   env={"COLUMNS": "200", "OMP_NUM_THREADS": "1"}, timeout=timeout)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# --- validation: no process is started ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("sets, nproc, gpu, needle", [
+    (["parallel.plugin=gemini", "parallel.precision=bf16"], 1, False, "parallel.plugin=gemini needs a CUDA GPU"),
+    (["parallel.plugin=3d", "parallel.tp=2"], 2, False, "parallel.tp/pp > 1 needs a CUDA GPU"),
+    (["parallel.plugin=3d", "parallel.tp=2"], 3, True, r"tp x parallel.pp \(2 x 1\) does not divide the 3"),
+    (["schedule.global_batch_size=8", "schedule.micro_batch_size=8"], 2, False, "micro_batch_size x data-parallel"),
+    (["optim.optimizer=hybrid_adam"], 1, False, "optim.optimizer=hybrid_adam needs a CUDA GPU"),
+    (["parallel.zero_stage=1"], 1, False, "parallel.zero_stage applies to the 3d plugin only"),
+    (["parallel.plugin=gemini", "parallel.precision=fp32"], 1, True, "gemini trains in bf16 or fp16"),
+    (["parallel.plugin=3d", "parallel.pp=2", "parallel.zero_stage=2"], 2, True, "ZeRO stage 2 cannot"),
+    (["parallel.plugin=3d", "parallel.pp=2", "parallel.num_microbatches=4"], 2, True, "num_microbatches"),
+])
+def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
+    from ominix.train.engine import validate
+
+    with pytest.raises(OminixError, match=needle) as info:
+        validate(load_config("tiny", sets), nproc, gpu=gpu)
+    assert info.value.hint
+
+
+def test_layout_is_derived_in_one_place() -> None:
+    from ominix.train.engine import validate
+
+    layout = validate(load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"]), 4, gpu=True)
+    assert (layout.dp, layout.accum, layout.rank_batch, layout.tokens_per_step) == (2, 1, 8, 16 * 128)
+    layout = validate(load_config("tiny", ["schedule.global_batch_size=64"]), 2, gpu=False)
+    assert "global batch 64 = micro 8 x accum 4 x dp 2" in layout.describe()
+
+
+def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, tmp_path: Path) -> None:
+    result = _launch(data_dir, tmp_path / "run", "--plugin", "gemini", sets=["parallel.precision=bf16"], timeout=60)
+    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "hint:" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
+    result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", timeout=60)
+    _ok(result)
+    assert "global batch 16 = micro 8 x accum 1 x dp 2" in result.stdout
+    assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m ominix.train --run-dir" in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_argv_for_one_node_of_several() -> None:
+    from ominix.train.launch import torchrun_argv
+
+    argv = torchrun_argv("/usr/bin/python3", 4, 2, 8, "10.0.0.1", 29500, 90, "runs/x")
+    assert argv == ["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=4",
+                    "--node-rank=2", "--master-addr=10.0.0.1", "--master-port=29500", "--rdzv-conf=timeout=90",
+                    "-m", "ominix.train", "--run-dir", "runs/x"]
+
+
+def test_schedule_warms_up_then_decays_to_min_lr() -> None:
+    from ominix.train.schedule import lr_at
+
+    lrs = [lr_at(s, 1.0, 0.1, 2, 6, "cosine") for s in range(6)]
+    assert lrs[:3] == [0.5, 1.0, 1.0] and lrs[-1] == pytest.approx(0.1) and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+    assert [lr_at(s, 1.0, 0.1, 0, 3, "linear") for s in range(3)] == [1.0, pytest.approx(0.55), pytest.approx(0.1)]
+    assert lr_at(5, 1.0, 0.1, 2, 6, "constant") == 1.0
+
+
+def test_prune_keeps_last_k_every_nth_and_latest(tmp_path: Path) -> None:
+    from ominix.train.checkpoint import prune, step_name
+
+    for step in (10, 20, 30, 40, 50):
+        (tmp_path / step_name(step)).mkdir()
+    (tmp_path / "latest").write_text("step_00000050\n")
+    prune(tmp_path, keep_last=2, keep_every=20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000020", "step_00000040", "step_00000050"]
+
+
+def test_no_prepared_data_is_one_error(tmp_path: Path) -> None:
+    result = run_cli("train", "launch", "tiny", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r"))
+    assert result.returncode == 2 and "no prepared data" in result.stderr
+
+
+# --- real runs: two gloo processes -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddp_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 steps of ddp on 2 processes, checkpoints at steps 2 and 4, evaluation at both."""
+    from tests.conftest import in_private_netns
+
+    if not in_private_netns():
+        pytest.fail("this test starts torchrun: run it via `make test` (private network namespace)")
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    _ok(_launch(data_dir, run, "--nproc-per-node", "2", "--max-steps", "4", sets=SETS))
+    return run
+
+
+SETS = [*QUICK, "checkpoint.every=2", "schedule.eval_every=2", "checkpoint.keep_last=2"]
+
+
+def test_ddp_trains_and_writes_metrics_tensorboard_and_checkpoints(ddp_run: Path) -> None:
+    losses = _losses(ddp_run)
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert losses[4] < losses[1] - 1.0  # real text: the tiny model learns byte statistics at once
+    evals = [json.loads(x) for x in (ddp_run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["step"] for e in evals] == [2, 4] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    assert list((ddp_run / "tb").glob("events.out.tfevents.*"))
+    log = (ddp_run / "train.log").read_text()
+    assert "global batch 16 = micro 8 x accum 1 x dp 2" in log and "MFU n/a" in log and "tok/s" in log
+
+    ckpts = ddp_run / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step_00000004"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000002", "step_00000004"]
+    state = json.loads((ckpts / "step_00000004" / "state.json").read_text())
+    assert (state["step"], state["tokens"], state["world_size"]) == (4, 4 * 16 * 128, 2)
+    assert state["last_loss"] == losses[4] and not list(ckpts.glob(".*tmp*"))
+
+    from ominix.train.checkpoint import load_model_state, resolve_checkpoint
+
+    weights = load_model_state(resolve_checkpoint(ddp_run))
+    assert "model.layers.0.self_attn.q_proj.weight" in weights and "lm_head.weight" in weights
+
+
+def test_ddp_resume_is_bit_exact(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    result = _launch(data_dir, again, "--nproc-per-node", "2", "--max-steps", "4",
+                     "--resume", str(ddp_run / "checkpoints" / "step_00000002"), sets=SETS)
+    _ok(result)
+    assert "resumed from" in result.stdout
+    assert _losses(again) == {s: _losses(ddp_run)[s] for s in (3, 4)}  # bit-identical, not approximately
+
+
+def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    """ddp keeps full weights and optimizer state: a 2-rank checkpoint resumes on 1 rank."""
+    one = tmp_path / "one"
+    _ok(_launch(data_dir, one, "--max-steps", "3", "--resume", str(ddp_run / "checkpoints" / "step_00000002"),
+                sets=[*SETS, "schedule.eval_every=0"]))
+    assert sorted(_losses(one)) == [3]
+    assert _losses(one)[3] == pytest.approx(_losses(ddp_run)[3], rel=1e-4)  # another reduction order
+
+
+def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    ckpt = str(ddp_run / "checkpoints" / "step_00000004")
+    bigger = _launch(data_dir, tmp_path / "x", "--resume", ckpt, sets=[*QUICK, "model.intermediate_size=512"])
+    assert bigger.returncode == 2 and "model.intermediate_size=352, this run 512" in bigger.stderr
+
+    other = tmp_path / "other-data"
+    other.mkdir()
+    for item in data_dir.iterdir():
+        if item.name != "manifest.json":
+            (other / item.name).symlink_to(item)
+    (other / "manifest.json").write_text((data_dir / "manifest.json").read_text() + "\n")
+    refused = _launch(other, tmp_path / "y", "--resume", ckpt)
+    assert refused.returncode == 2 and "other prepared data" in refused.stderr
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_3d_plugin_trains_and_resumes_bit_exactly(data_dir: Path, tmp_path: Path) -> None:
+    """HybridParallelPlugin (tp=pp=1, dp=2) over transformers' LlamaForCausalLM with our weights."""
+    full, again = tmp_path / "full", tmp_path / "again"
+    sets = [*SETS, "schedule.eval_every=4"]
+    _ok(_launch(data_dir, full, "--plugin", "3d", "--nproc-per-node", "2", "--max-steps", "4", sets=sets))
+    losses = _losses(full)
+    assert losses[4] < losses[1]
+    _ok(_launch(data_dir, again, "--plugin", "3d", "--nproc-per-node", "2", "--max-steps", "4",
+                "--resume", str(full / "checkpoints" / "step_00000002"), sets=sets))
+    assert _losses(again) == {3: losses[3], 4: losses[4]}
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    sets = [*QUICK, "checkpoint.every=0", "schedule.eval_every=0"]
+    cmd = [sys.executable, "-m", "ominix", "train", "launch", "tiny", "--data", str(data_dir), "--run-dir", str(run),
+           "--max-steps", "40", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("step      2/40"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, out
+    stopped = json.loads((run / "checkpoints" / "latest").parent.joinpath(
+        (run / "checkpoints" / "latest").read_text().strip(), "state.json").read_text())["step"]
+    assert 2 <= stopped < 40 and f"SIGTERM: stopped at step {stopped}" in out
+    t0 = time.time()
+    result = _launch(data_dir, run, "--max-steps", str(stopped + 1), "--resume", "auto", sets=sets)
+    _ok(result)
+    assert f"at step {stopped}" in result.stdout and time.time() - t0 < 120
+    assert max(_losses(run)) == stopped + 1
