@@ -1,0 +1,101 @@
+"""MOF: packaged facts against MOT's reference data, MOT's classification of its own test releases,
+and the release bundle of a run directory built from real files in the documented layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ominix.cli.mof_cmd import app
+from ominix.release import mof
+from tests.conftest import REPO, run_cli
+
+SHARED_MOF = REPO.parent / "shared" / "mof"
+TEST_DATA = SHARED_MOF / "test_data"
+RELEASES = sorted(TEST_DATA.glob("*.yml"))
+pytestmark = pytest.mark.skipif(not SHARED_MOF.is_dir(), reason="needs ../shared/mof beside the repository")
+
+
+def _types(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def test_packaged_components_and_licenses_match_mot() -> None:
+    settings = yaml.safe_load((SHARED_MOF / "mof.settings.yml").read_text())["components"]
+    assert len(mof.components()) == 17
+    packaged = {c.name: c for c in mof.components()}
+    for ref in settings:
+        c = packaged[ref["name"]]
+        assert (c.id, c.description, c.content_type, c.mof_class, c.required) == (
+            ref["id"], ref["description"], ref["content_type"], ref["class"], ref["required"])
+    facts = mof.license_facts()
+    for lic in json.loads((SHARED_MOF / "mof-licenses.json").read_text())["licenses"]:
+        for kind in _types(lic["ContentType"]):
+            assert lic["licenseId"] in facts["type_appropriate"][kind]
+    n_appropriate = sum(len(v) for v in facts["type_appropriate"].values())
+    assert n_appropriate == sum(len(_types(lic["ContentType"])) for lic in
+                                json.loads((SHARED_MOF / "mof-licenses.json").read_text())["licenses"])
+    spdx = json.loads((SHARED_MOF / "licenses.json").read_text())["licenses"]
+    assert facts["osi_or_fsf"] == {x["licenseId"] for x in spdx if x.get("isOsiApproved") or x.get("isFsfLibre")}
+    assert {x["licenseId"] for x in spdx} <= facts["known"]
+    assert mof.schema() == json.loads((SHARED_MOF / "mof_schema.json").read_text())
+    # Small enough to ship: the three data files together stay far below the 300 kB SPDX list.
+    assert sum(p.stat().st_size for p in (REPO / "ominix/release/data").glob("*.json")) < 25_000
+
+
+def test_license_status_rules() -> None:
+    assert mof.license_status("MIT", "code") == "type-appropriate"
+    assert mof.license_status("MIT", "document") == "open"  # OSI-approved, not a document license
+    assert mof.license_status("CC-BY-2.5-AU", "data") == "open"  # an open-data family
+    assert mof.license_status("OpenMDW-1.0", "document") == "type-appropriate"
+    assert mof.license_status("unlicensed", "code") == "unlicensed"
+    assert mof.license_status("CC-BY-NC-4.0", "data") == "invalid"
+
+
+@pytest.mark.parametrize("path", RELEASES, ids=[p.stem[:48] for p in RELEASES])
+def test_check_gives_mots_class_and_progress(path: Path) -> None:
+    expected = json.loads((TEST_DATA / "expected_classification.json").read_text())
+    name = yaml.safe_load(path.read_text())["release"]["name"]
+    result = CliRunner().invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    assert {k: got[k] for k in ("class", "label", "progress")} == expected[name]
+    assert len(got["components"]) == 17
+
+
+def test_every_mot_test_release_is_covered() -> None:
+    names = {yaml.safe_load(p.read_text())["release"]["name"] for p in RELEASES}
+    assert names == set(json.loads((TEST_DATA / "expected_classification.json").read_text()))
+
+
+def test_check_table_names_what_the_next_class_needs() -> None:
+    path = next(p for p in RELEASES if p.name.startswith("Class2RTestFile"))
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 0
+    assert "Class II - Open Tooling Model" in result.output
+    assert "Missing for Class I" in result.output
+    for name in ("Data preprocessing code", "Model parameters (Intermediate)", "Datasets"):
+        assert f"{name}: not in the release" in result.output
+
+
+@pytest.mark.parametrize("text,match", [
+    ("framework: [unclosed", "is not valid YAML"),
+    ("framework:\n  name: Model Openness Framework\n  version: '1.0'\n  date: '2024-12-15'\n"
+     "release:\n  name: x\n  producer: p\n  license: {}\n  components:\n  - name: Model weights\n",
+     "unknown component name 'Model weights'"),
+    ("framework:\n  name: Model Openness Framework\n  version: '1.0'\n  date: '2024-12-15'\n"
+     "release:\n  name: x\n  license: {}\n  components: []\n", "'producer' is a required property"),
+])
+def test_check_rejects_bad_files_in_one_line(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    proc = run_cli("mof", "check", str(path))
+    assert proc.returncode == 2
+    assert match in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 2
