@@ -39,18 +39,24 @@ def _prepared(root: Path) -> Path:
     return root
 
 
+def _small(tmp_path: Path) -> list[str]:
+    """A tiny model on the prepared data, run directory under tmp_path."""
+    return [
+        f"data.path={tmp_path / 'data'}", f"data.seq_len={SEQ}", "model.vocab_size=256",
+        "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.max_position_embeddings=64", "schedule.global_batch_size=4", "schedule.micro_batch_size=2",
+        "schedule.warmup_steps=1", "schedule.eval_every=0", "logging.log_every=1",
+        "logging.tensorboard=false", f"logging.run_dir={tmp_path / 'run'}",
+    ]
+
+
 def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str, env: dict | None = None):
     hostfile = server.hostfile(tmp_path / "hosts.txt")
     sets = [
         *server.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
         f"launch.master_port={free_port()}", "launch.rdzv_timeout=60",
         f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}', OMP_NUM_THREADS: '1'}}}}",
-        f"data.path={tmp_path / 'data'}", f"data.seq_len={SEQ}", "model.vocab_size=256",
-        "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.max_position_embeddings=64", "schedule.global_batch_size=4", "schedule.micro_batch_size=2",
-        f"schedule.max_steps={max_steps}", "schedule.warmup_steps=1", "schedule.eval_every=0",
-        "checkpoint.every=2", "logging.log_every=1", "logging.tensorboard=false",
-        f"logging.run_dir={tmp_path / 'run'}",
+        *_small(tmp_path), f"schedule.max_steps={max_steps}", "checkpoint.every=2",
     ]
     return run_cli("train", "launch", "tiny", *[a for s in sets for a in ("--set", s)], *extra,
                    env={"COLUMNS": "200", **(env or {})}, timeout=300)
@@ -141,4 +147,32 @@ def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path) -> None
     run = tmp_path / "run"
     assert (run / "colossalai_hosts.txt").read_text() == "127.0.0.1\n127.0.0.2\n"
     assert (run / "checkpoints" / "latest").read_text().strip().endswith("2")
+    assert _leftovers(run) == []
+
+
+def test_ctrl_c_stops_every_node_after_a_checkpoint(sshd: Sshd, tmp_path: Path) -> None:
+    """SIGINT to `ominix train launch`: every node gets SIGTERM, saves at a step boundary, exits."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _prepared(tmp_path / "data")
+    run = tmp_path / "run"
+    hostfile = sshd.hostfile(tmp_path / "hosts.txt")
+    sets = [*sshd.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
+            f"launch.master_port={free_port()}", f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}'}}}}",
+            *_small(tmp_path), "schedule.max_steps=100000", "checkpoint.every=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ominix", "train", "launch", "tiny", *[a for s in sets for a in ("--set", s)]],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted: stopping every node" in out and "resume with --resume auto" in out
+    assert (run / "checkpoints" / "latest").is_file()
     assert _leftovers(run) == []
