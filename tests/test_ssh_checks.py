@@ -39,7 +39,7 @@ def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
     for host in doc["hosts"]:
         facts = host["facts"]
         assert facts["versions"] == doc["here"]["versions"] and facts["gpus"] == []
-        assert facts["master"] == "refused"  # reachable, nothing listens before the launch
+        assert facts["master"] == "open"  # a listener on node 0 answered on the master port
 
 
 def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:
@@ -72,7 +72,13 @@ def test_mismatches_are_reported(sshd: Sshd, tmp_path: Path) -> None:
     assert doc["here"]["manifest"] == manifest_sha256(here / "prepared")  # the data store's checksum
     problems = [[p["message"] for p in h["problems"]] for h in doc["hosts"]]
     data = "prepared/manifest.json differs from here"
-    assert problems == [[data, "port 29731 is already in use on the master node"], [data]]
+    assert problems[1] == [data] and problems[0][0] == data
+    assert problems[0][1].startswith("port 29731 is in use on the master node (busy: Address already in use")
+    code, out = _check(sshd, tmp_path, "--master-addr", "10.255.255.1", "--json")  # no route there
+    assert code == 1
+    for host in json.loads(out)["hosts"]:
+        assert [p["message"] for p in host["problems"]] == [
+            "cannot reach the master at 10.255.255.1:29731: unreachable: Network is unreachable"]
     system_python = shutil.which("python3", path="/usr/bin")
     if system_python:  # a node whose interpreter lacks the stack
         code, out = _check(sshd, tmp_path, "--set", f"launch.python={system_python}", "--nodes", "1")

@@ -64,6 +64,24 @@ print(json.dumps(r))
 """
 
 
+# Runs on node 0 during the checks, where torchrun's store will listen (on every interface), so
+# that "reachable" means a connection really got through, not just a refusal a firewall can send.
+LISTENER = r"""
+import socket, sys, threading
+try:
+    server = socket.create_server(("", int(sys.argv[1])))
+except OSError as e:
+    print("busy: " + (e.strerror or str(e)), flush=True)
+    sys.exit(0)
+print("listening", flush=True)
+def serve():
+    while True:
+        server.accept()[0].close()
+threading.Thread(target=serve, daemon=True).start()
+sys.stdin.read()
+"""
+
+
 @dataclass
 class Problem:
     check: str
@@ -121,6 +139,30 @@ def checkpoint_bytes(cfg: OminixConfig) -> int:
     return 16 * num_params(cfg.model) * (cfg.checkpoint.keep_last + 1)
 
 
+class MasterListener:
+    """Listen on the master port of node 0 while the probes run; ``state`` is ``listening``,
+    ``busy: REASON`` (the port is taken there) or None (node 0 could not be reached)."""
+
+    def __init__(self, cfg: OminixConfig, target: Target, port: int, accept_new: bool | None) -> None:
+        self.state: str | None = None
+        self.client = self.channel = None
+        try:
+            self.client = connect(target, cfg.launch, accept_new)
+        except SSHError:
+            return  # node 0's own probe reports why
+        self.channel = self.client.get_transport().open_session()
+        self.channel.settimeout(60)
+        self.channel.exec_command(shlex.join([remote_python(cfg), "-c", LISTENER, str(port)]))
+        try:
+            self.state = self.channel.makefile("r").readline().strip() or None
+        except TimeoutError:
+            pass  # node 0's probe hangs as well and reports it
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()  # EOF on the listener's stdin: it exits
+
+
 def check_host(cfg: OminixConfig, node: int, target: Target, master: tuple[str, int],
                here: dict[str, Any], accept_new: bool | None = None) -> HostReport:
     report = HostReport(node, target.label)
@@ -145,11 +187,11 @@ def check_host(cfg: OminixConfig, node: int, target: Target, master: tuple[str, 
         ))
         return report
     report.facts.update(json.loads(out))
-    _compare(cfg, report, here, node == 0)
+    _compare(cfg, report, here)
     return report
 
 
-def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any], is_master: bool) -> None:
+def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any]) -> None:
     f = r.facts
     mine, theirs = here["python"].rsplit(".", 1)[0], f["python"].rsplit(".", 1)[0]
     if mine != theirs:
@@ -160,8 +202,12 @@ def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any], is_master: 
         if got != want:
             r.problems.append(Problem("versions", f"{name} {got or 'missing'} there, {want} here",
                                       f"install {name}=={want} on every node (see README, Install)"))
+    want = cfg.launch.nproc_per_node
     if f["gpus"] is None:
         r.problems.append(Problem("gpus", "nvidia-smi failed", "check the NVIDIA driver on that node"))
+    elif want and f["gpus"] and want > len(f["gpus"]):
+        r.problems.append(Problem("gpus", f"{want} processes per node asked, {len(f['gpus'])} GPUs there",
+                                  f"pass --nproc-per-node {len(f['gpus'])} or less"))
     if not f["workdir"]:
         r.problems.append(Problem("workdir", f"working directory {workdir(cfg)} is missing",
                                   "use a shared file system or set launch.workdir"))
@@ -177,13 +223,15 @@ def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any], is_master: 
         r.problems.append(Problem(
             "disk", f"{f['disk_free'] / 2**30:.1f} GiB free under {cfg.logging.run_dir}, "
             f"checkpoints need ~{need / 2**30:.1f} GiB", "free space or point logging.run_dir elsewhere"))
-    master = f["master"] or ""
-    if master.startswith("unreachable"):
-        r.problems.append(Problem("master", f"master address {master}", "check launch.master_addr and "
-                                  "that the master port is open between nodes (firewall)"))
-    elif master == "open" and is_master:
-        r.problems.append(Problem("master", f"port {cfg.launch.master_port} is already in use on the "
-                                  "master node", "stop what uses it or pick another --master-port"))
+    listener = here.get("listener")
+    if listener and listener.startswith("busy"):
+        if r.node == 0:
+            r.problems.append(Problem("master", f"port {cfg.launch.master_port} is in use on the master "
+                                      f"node ({listener})", "stop what uses it or pick another --master-port"))
+    elif listener == "listening" and f["master"] != "open":
+        why = "refused (a firewall rejects it)" if f["master"] == "refused" else f["master"]
+        r.problems.append(Problem("master", f"cannot reach the master at {here['master']}: {why}",
+                                  "check launch.master_addr and that the master port is open between nodes"))
 
 
 def cluster(cfg: OminixConfig, nodes: int | None) -> tuple[list[Target], tuple[str, int]]:
@@ -204,10 +252,15 @@ def check_hosts(cfg: OminixConfig, targets: list[Target], master: tuple[str, int
                 accept_new: bool | None = None) -> tuple[dict[str, Any], list[HostReport]]:
     """Check every target in parallel; return the facts here and one report per host, in order."""
     here = probe_here(cfg)
-    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
-        futures = [pool.submit(check_host, cfg, i, t, master, here, accept_new)
-                   for i, t in enumerate(targets)]
-        return here, [f.result() for f in futures]
+    listener = MasterListener(cfg, targets[0], master[1], accept_new)
+    here.update(master=f"{master[0]}:{master[1]}", listener=listener.state)
+    try:
+        with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
+            futures = [pool.submit(check_host, cfg, i, t, master, here, accept_new)
+                       for i, t in enumerate(targets)]
+            return here, [f.result() for f in futures]
+    finally:
+        listener.close()
 
 
 def reports_json(here: dict[str, Any], reports: list[HostReport]) -> str:
@@ -243,7 +296,8 @@ def print_table(here: dict[str, Any], reports: list[HostReport]) -> None:
             str(r.node), r.host, "ok", _cell(r, "versions", "same"),
             _cell(r, "gpus", f"{r.gpus} {', '.join(names)}".strip()),
             _cell(r, "workdir", "ok"), _cell(r, "data", "same" if f.get("manifest") else "n/a"),
-            _cell(r, "disk", f"{f['disk_free'] / 2**30:.0f} GiB"), _cell(r, "master", "reachable" if f["master"] in ("open", "refused") else "-"),
+            _cell(r, "disk", f"{f['disk_free'] / 2**30:.0f} GiB"),
+            _cell(r, "master", "reachable" if f["master"] == "open" else "-"),
         )
     console = Console(highlight=False, soft_wrap=True)
     console.print(table)
