@@ -125,7 +125,9 @@ def test_eval_batches_fixed_order_split_over_ranks(prepared: Path) -> None:
     assert torch.equal(whole[0][0][1], torch.from_numpy(ds[1]))
     assert whole[0][1][0] == ds.source_of(0)
     r1 = list(eval_batches(ds, 2, rank=1, world_size=2, max_batches=1))
-    assert len(r1) == 1 and torch.equal(r1[0][0][0], torch.from_numpy(ds[1]))
+    assert len(r1) == 1 and torch.equal(r1[0][0][0], torch.from_numpy(ds[len(ds) // 4]))
+    capped = [s for _, names in eval_batches(ds, 2, max_batches=len(ds) // 4) for s in names]
+    assert set(capped) == set(ds.sources)  # a capped evaluation still sees every source set
 
 
 def test_manifest_sha256_and_corruption_detected(prepared: Path, tmp_path: Path) -> None:

@@ -129,14 +129,17 @@ def eval_batches(
     world_size: int = 1,
     max_batches: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Blocks in index order (the same every time), rank ``r`` taking every ``world_size``-th one.
+    """Blocks in a fixed order (the same every time), rank ``r`` taking every ``world_size``-th one.
 
-    Yields ``(LongTensor[b, seq_len + 1], source set names of the b rows)``; ``max_batches`` caps
-    the batches per rank (None = the whole split).
+    Yields ``(LongTensor[b, seq_len + 1], source set names of the b rows)``. ``max_batches`` caps
+    the batches per rank (None = the whole split); the capped subset is spread evenly over the
+    split rather than its first blocks, so every source set is represented.
     """
-    ids = np.arange(rank, len(dataset), world_size)
-    if max_batches is not None:
-        ids = ids[: max_batches * batch_size]
+    ids = np.arange(len(dataset))
+    if max_batches is not None and max_batches * batch_size * world_size < len(dataset):
+        limit = max_batches * batch_size * world_size
+        ids = np.arange(limit) * len(dataset) // limit
+    ids = ids[rank::world_size]
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
         batch = torch.from_numpy(np.stack([dataset[int(i)] for i in chunk]))
