@@ -56,8 +56,9 @@ def main(argv: list[str]) -> None:
     (OUT / "licenses.json").write_text(json.dumps(licenses(mof), separators=(",", ":")) + "\n")
     shutil.copyfile(mof / "mof_schema.json", OUT / "mof_schema.json")
     commit = (mof / "SOURCE_COMMIT").read_text().split()[0] if (mof / "SOURCE_COMMIT").is_file() else "unknown"
-    (OUT / "SOURCE").write_text(f"Model Openness Tool data (MIT license), commit {commit}; "
-                                "regenerate with scripts/update_mof_data.py\n")
+    (OUT / "SOURCE").write_text(f"components.json, licenses.json, mof_schema.json: Model Openness Tool data "
+                                f"(MIT license), commit {commit}; regenerate with scripts/update_mof_data.py.\n"
+                                "Apache-2.0.txt: the text of OminiX's own license (its code components).\n")
     print(f"wrote {OUT} from {mof}")
 
 

@@ -4,8 +4,6 @@ and the release bundle of a run directory built from real files in the documente
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest

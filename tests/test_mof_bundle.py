@@ -68,6 +68,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "step_time_s": 0.5, "memory_gib": 0.3}) + "\n" for s in (2, 4)))
     _weights(run / "export", 4)
     (run / "export" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (run / "export" / "ominix_export.json").write_text(json.dumps({"format": "huggingface-llama",
+                                                                   "state": {"step": 4}}))
     (run / "eval").mkdir()
     (run / "eval" / "eval_results.json").write_text(json.dumps(
         {"data": {"path": str(root / "prepared"), "split": "validation"},
@@ -140,8 +142,18 @@ def test_removed_artifact_is_named_in_the_report(run_dir: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert "Unclassified" in proc.stdout
     assert "Missing for Class III" in proc.stdout
-    assert "Evaluation results: not in the release" in proc.stdout
+    assert f"Evaluation results: not in the release (run `ominix eval --model {run}`)" in proc.stdout
     assert "Evaluation results: not in the release" in (tmp_path / "b" / "MOF_REPORT.md").read_text()
+
+
+def test_stale_export_is_not_taken_for_the_final_weights(run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "export" / "ominix_export.json").write_text(json.dumps({"state": {"step": 2}}))
+    make_bundle(run, tmp_path / "b", _release(tmp_path))
+    final = json.loads((tmp_path / "b" / "model" / "final.json").read_text())
+    assert final["path"] == str(run / "checkpoints" / "step_00000004" / "model")
+    assert final["format"] == "checkpoint"
 
 
 def test_undeclared_data_license_leaves_data_components_unlicensed(run_dir: Path, tmp_path: Path) -> None:

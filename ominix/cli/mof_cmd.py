@@ -34,16 +34,16 @@ def _print(result, title: str) -> None:
                       "yes" if c.present else "no", c.license or "-", f"[{style}]{STATUS_TEXT[c.status]}[/]")
     console.print(table)
     progress = "  ".join(f"Class {ROMAN[c]}: {result.progress[c]:.1f} %" for c in (3, 2, 1))
-    console.print(f"[bold]{result.label}[/]   {progress}")
+    console.print(f"[bold]{result.label}[/]   {progress}", soft_wrap=True)
     nxt = result.next_class()
     if nxt is not None:
         console.print(f"Missing for Class {ROMAN[nxt]}:")
         for name, why in missing_reasons(result, nxt):
-            console.print(f"  - {name}: {why}", markup=False)
+            console.print(f"  - {name}: {why}", markup=False, soft_wrap=True)
     for c in result.components:
         if c.status == "open":
             console.print(f"[yellow]warning:[/] {c.name}: {c.license} is open but not a type-appropriate "
-                          f"{c.content_type} license", highlight=False)
+                          f"{c.content_type} license", soft_wrap=True)
 
 
 @app.command("check")
@@ -59,10 +59,10 @@ def check(
 
       ominix mof check model.yml --json
     """
-    from ominix.release.mof import check_file, load_model_file
+    from ominix.release.mof import classify, load_model_file
 
     document = load_model_file(file)
-    result = check_file(file)
+    result = classify(document["release"])
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:

@@ -137,6 +137,14 @@ def _data_dir(cfg: Any, run_dir: Path, override: Path | None) -> Path | None:
     return None
 
 
+def _export(run_dir: Path, final: Checkpoint) -> Path | None:
+    """RUN_DIR/export when it was exported from the final checkpoint (a stale export is ignored)."""
+    meta = run_dir / "export" / "ominix_export.json"
+    if not meta.is_file():
+        return None
+    return meta.parent if read_json(meta).get("state", {}).get("step") == final.step else None
+
+
 def _metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -164,7 +172,6 @@ def collect(run_dir: str | Path, data_dir: Path | None = None) -> RunArtifacts:
     cfg = build_config(read_yaml(config_path), str(config_path))
     checkpoints = _checkpoints(run_dir)
     data = _data_dir(cfg, run_dir, Path(data_dir).expanduser().absolute() if data_dir else None)
-    export = run_dir / "export"
     eval_results = run_dir / "eval" / "eval_results.json"
     samples = run_dir / "samples.jsonl"
     return RunArtifacts(
@@ -174,7 +181,7 @@ def collect(run_dir: str | Path, data_dir: Path | None = None) -> RunArtifacts:
         checkpoints=checkpoints,
         data_dir=data,
         manifest=read_json(data / "manifest.json") if data else None,
-        export_dir=export if export.is_dir() and any(export.glob("*.safetensors")) else None,
+        export_dir=_export(run_dir, checkpoints[-1]),
         eval_results=eval_results if eval_results.is_file() else None,
         samples=samples if samples.is_file() and samples.stat().st_size else None,
         metrics=_metrics(run_dir / "metrics.jsonl"),

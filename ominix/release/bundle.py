@@ -218,7 +218,8 @@ class _Builder:
         (tmp / "code").mkdir(parents=True)
         provenance.copy_source(tmp / "code")
         (tmp / "code" / "requirements.txt").write_text(provenance.requirements_txt(provenance.package_versions()))
-        _write_json(tmp / "code" / "PROVENANCE.json", provenance.provenance(art, command))
+        _write_json(tmp / "code" / "PROVENANCE.json",
+                    {**provenance.provenance(art, command), "resolved_config": "model/metadata/config.yaml"})
         self._weights(tmp)
         self._data(tmp)
         if self.eval_results is not None:
@@ -234,12 +235,27 @@ class _Builder:
         (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results))
         (tmp / "mof.yaml").write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
         result = mof.classify(document["release"])
+        result.hints = _hints(art)
         (tmp / "MOF_REPORT.md").write_text(cards.report_markdown(result, f"{release.name} {release.version}"))
         _write_json(tmp / "mof_classification.json", result.to_json())
         (tmp / "EXTERNAL_SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sorted(self.external.items())))
         sums = checksums(tmp, tmp)
         (tmp / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
         return result
+
+
+def _hints(art: RunArtifacts) -> dict[str, str]:
+    """How to provide each component a run can lack."""
+    data = ("the prepared data directory (config data.path) was not found: pass --data DIR"
+            if art.manifest is None else "the prepared data has no DATA_CARD.md or no validation split")
+    return {
+        "Evaluation results": f"run `ominix eval --model {art.run_dir}`",
+        "Sample model outputs": f"run `ominix infer --model {art.run_dir} --prompts-file PROMPTS.jsonl`",
+        "Model parameters (Intermediate)": "only one checkpoint is left: keep more with checkpoint.keep_every",
+        "Datasets": data, "Data card": data, "Evaluation data": data,
+        "Technical report": "set technical_report in the release file",
+        "Research paper": "set research_paper in the release file",
+    }
 
 
 def _write_json(path: Path, value: Any) -> None:

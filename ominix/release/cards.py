@@ -136,7 +136,7 @@ def missing_reasons(result: Classification, cls: int) -> list[tuple[str, str]]:
     for name in result.missing[cls]:
         c = by_name[name]
         if not c.present:
-            why = "not in the release"
+            why = "not in the release" + (f" ({result.hints[name]})" if name in result.hints else "")
         elif c.status == "unlicensed":
             why = f"present but has no license (declare a {c.content_type} license)"
         else:

@@ -130,6 +130,7 @@ class Classification:
     components: list[ComponentResult]
     required: dict[int, list[str]]
     missing: dict[int, list[str]] = field(default_factory=dict)
+    hints: dict[str, str] = field(default_factory=dict)  # component -> how to provide it (mof report)
 
     @property
     def label(self) -> str:
@@ -250,7 +251,6 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise OminixError(f"MOF file {path} does not exist", "pass the path of a MOF model file (.yml)")
     try:
-        # BaseLoader-like strictness is not wanted, but dates must stay strings as the schema says.
         document = yaml.load(path.read_text(), Loader=_StringDateLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -271,7 +271,3 @@ _StringDateLoader.yaml_implicit_resolvers = {
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
-
-def check_file(path: str | Path) -> Classification:
-    """Classify the MOF model file at ``path``."""
-    return classify(load_model_file(path)["release"])

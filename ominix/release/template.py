@@ -17,7 +17,11 @@ HEADER = """\
 #   code:     Apache-2.0, MIT, BSD-style, ...      (OminiX itself is Apache-2.0: the code default)
 #   data:     CDLA-Permissive-2.0, CC0-1.0, PDDL-1.0, ...
 #   document: CC-BY-4.0, CC-BY-SA-4.0, CC0-1.0, ...
-# Paths (license texts, technical report, research paper) are relative to this file.
+# The data license covers what this release distributes as data (weights, checkpoints, datasets as
+# prepared); it must be compatible with the licenses of the sources, which DATA_CARD.md lists.
+# A research paper is needed for Class I; it also stands in for a missing technical report.
+# Paths (license texts, technical report, research paper) are relative to this file; a license
+# without a path gets a file naming its SPDX id (Apache-2.0 ships with its full text).
 """
 
 EXAMPLES = {
