@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     status = child.wait()
-    if done.is_set():
-        child.wait()
     return status if status >= 0 else 128 - status
 
 
