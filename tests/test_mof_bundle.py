@@ -126,7 +126,7 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert (out / "DATA_CARD.md").read_text() == (run_dir.parent / "prepared" / "DATA_CARD.md").read_text()
     card = (out / "MODEL_CARD.md").read_text()
     for part in ("# tiny-mof", "## Architecture", "## Training data", "## Hyper-parameters", "## Compute",
-                 "perplexity 90.0", "## Intended use", "## Limitations", "Tokens seen in training: 256"):
+                 "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256"):
         assert part in card
     # mof check on the bundle's own file gives the same classification.
     check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")
@@ -178,6 +178,7 @@ def test_copy_checkpoints_puts_weights_and_optimizer_in_the_bundle(run_dir: Path
 def test_existing_bundle_needs_force_and_is_replaced_whole(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
     release = _release(tmp_path)
+    (tmp_path / ".b.tmp-999999999").mkdir()  # left by a killed report (no such PID)
     make_bundle(run_dir, out, release)
     (out / "stale.txt").write_text("old")
     with pytest.raises(OminixError, match="already exists"):

@@ -258,6 +258,18 @@ def _hints(art: RunArtifacts) -> dict[str, str]:
     }
 
 
+def _remove_stale(out: Path) -> None:
+    """Delete temporary bundles left by killed ``mof report`` processes (their PID is gone)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user
+
+
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
@@ -279,8 +291,8 @@ def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file
     base = release_path.parent if release_path else Path.cwd()
     builder = _Builder(art, release, base, copy_checkpoints)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         result = builder.write(tmp, command)
         if out.exists():

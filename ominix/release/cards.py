@@ -32,6 +32,12 @@ def _compute(metrics: list[dict[str, Any]], world: int) -> dict[str, Any]:
     return {"seconds": seconds, "device_hours": seconds * world / 3600, "last": last}
 
 
+def _ppl(numbers: dict[str, Any]) -> list[str]:
+    loss, ppl = numbers.get("loss"), numbers.get("perplexity")
+    return [f"{loss:.4f}" if isinstance(loss, float) else str(loss),
+            f"{ppl:.2f}" if isinstance(ppl, float) else str(ppl), f"{numbers.get('tokens', 0):,}"]
+
+
 def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> str:
     from ominix.flops import num_params
 
@@ -99,10 +105,15 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
     out += ["", "## Evaluation", ""]
     if eval_results:
         ppl = eval_results.get("perplexity", {})
-        overall = ppl.get("overall", ppl)
         data = eval_results.get("data", {})
-        out.append(f"On split `{data.get('split')}` of `{data.get('path')}`: loss {overall.get('loss')}, "
-                   f"perplexity {overall.get('perplexity')} (eval/eval_results.json has every number).")
+        out += [f"Perplexity on split `{data.get('split')}` of `{data.get('path')}` "
+                "(eval/eval_results.json has every number):", ""]
+        rows = [["all", *_ppl(ppl)]] + [[name, *_ppl(v)] for name, v in ppl.get("per_source", {}).items()]
+        out += _table(["source set", "loss", "perplexity", "tokens"], rows)
+        out += [""] if eval_results.get("tasks") else []
+        for task, metrics in (eval_results.get("tasks") or {}).items():  # lm-eval: {task: {metric: value}}
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            out.append(f"- lm-eval `{task}`: {shown}")
     else:
         out.append("No evaluation results were found (run `ominix eval --model RUN_DIR`).")
     out += ["", "## Intended use", "", release.intended_use, "", "## Limitations", "", release.limitations, ""]
