@@ -7,12 +7,13 @@ A resolved config is written once into the run directory (``config.yaml``); ever
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ominix.errors import OminixError
 
@@ -323,6 +324,12 @@ class ReleaseConfig(Section):
         "safety tuning; its knowledge is limited to the training data.",
         description="Known limitations, written into the model card.",
     )
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _date_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2025-01-31 as a date; MOF wants the text.
+        return value.isoformat() if isinstance(value, datetime.date) else value
 
 
 class OminixConfig(Section):

@@ -113,8 +113,12 @@ class _Builder:
         found["Model card"] = "MODEL_CARD.md"
         for name, path in self.docs.items():
             if path:
-                found[name] = f"docs/{path.name}"
+                found[name] = self._doc_name(name, path)
         return found
+
+    @staticmethod
+    def _doc_name(component: str, path: Path) -> str:
+        return f"docs/{component.lower().replace(' ', '_')}{''.join(path.suffixes)}"
 
     def mof_document(self) -> dict[str, Any]:
         r = self.release
@@ -228,9 +232,10 @@ class _Builder:
         if art.samples:
             (tmp / "samples").mkdir()
             shutil.copyfile(art.samples, tmp / "samples" / "samples.jsonl")
-        for path in filter(None, self.docs.values()):
-            (tmp / "docs").mkdir(exist_ok=True)
-            shutil.copyfile(path, tmp / "docs" / path.name)
+        for name, path in self.docs.items():
+            if path:
+                (tmp / "docs").mkdir(exist_ok=True)
+                shutil.copyfile(path, tmp / self._doc_name(name, path))
         self._licenses(tmp)
         (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results))
         (tmp / "mof.yaml").write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
