@@ -208,16 +208,16 @@ def test_hub_source_offline_is_a_clear_error(tmp_path: Path) -> None:
 def test_hub_plan_fetches_only_the_chunks_the_split_needs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planning on SlimPajama's real layout (the listing is what the Hub returns; no network here)."""
     from ominix.data import hub
+    from ominix.data.splits import parse_split
 
-    listing = {f"train/chunk{c}/example_train_{i}.jsonl.zst": 15_000_000 for c in range(1, 11) for i in range(50)}
-    listing.update({f"validation/chunk{c}/example_holdout_{i}.jsonl.zst": 1_000 for c in range(1, 6) for i in range(4)})
-    listing["README.md"] = 10
-    monkeypatch.setattr(hub, "list_files", lambda repo, revision=None: ({k: v for k, v in listing.items()
-                                                                         if k.endswith(".zst")}, "abc123"))
+    listing = {f"train/chunk{c}/example_train_{i}.jsonl.zst": 15_000_000
+               for c in range(1, 11) for i in range(50)}
+    listing.update({f"validation/chunk{c}/example_holdout_{i}.jsonl.zst": 1_000
+                    for c in range(1, 6) for i in range(4)})
+    monkeypatch.setattr(hub, "list_files", lambda repo, revision=None: (listing, "abc123"))
     monkeypatch.setattr(hub, "_cached", lambda *a: False)
     lines: list[str] = []
-    (part,) = hub.plan("cerebras/SlimPajama-627B", __import__("ominix.data.splits", fromlist=["x"])
-                       .parse_split("train[:10%]"), log=lines.append)
+    (part,) = hub.plan("cerebras/SlimPajama-627B", parse_split("train[:10%]"), log=lines.append)
     assert all(f.startswith("train/chunk1/") for f in part.files) and len(part.files) == 50
     assert part.split.whole and sum(part.sizes) == 750_000_000
     assert lines == ["cerebras/SlimPajama-627B train[:10%]: 50 of 500 files; will download 750.0 MB"]
@@ -257,3 +257,24 @@ def test_long_documents_are_encoded_in_pieces_with_the_same_tokens(tmp_path: Pat
     assert m["splits"]["train"]["documents"] == 1 and whole["splits"]["train"]["documents"] == 40
     expected = len(Tokenizer.from_file(tok + "/tokenizer.json").encode(book, add_special_tokens=False).ids) + 1
     assert m["splits"]["train"]["tokens"] == expected
+
+
+def test_hub_source_end_to_end_past_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub dataset through plan -> per-file fetch -> read -> pack, the fetch answered from disk."""
+    from ominix.data import hub
+
+    root = tmp_path / "hub"
+    for c in (1, 2):
+        _jsonl(root / "train" / f"chunk{c}" / "example_train_0.jsonl.zst", _records(30, c, 30 * (c - 1)), zst=True)
+    listing = {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*.zst")}
+    monkeypatch.setattr(hub, "list_files", lambda repo, revision=None: (listing, "abc123"))
+    monkeypatch.setattr(hub, "_cached", lambda *a: False)
+    monkeypatch.setattr(hub.HubPart, "_local", lambda self, path: str(root / path))
+    lines: list[str] = []
+    m = prepare(_cfg("cerebras/SlimPajama-627B", split="train[:50%]", val_fraction=0.0), tmp_path / "out",
+                progress=False, log=lines.append)
+    assert m["splits"]["train"]["documents"] == 30
+    assert m["sources"][0]["kind"] == "hub" and m["sources"][0]["revision"] == "abc123"
+    assert [f["path"] for f in m["sources"][0]["files"]] == ["train/chunk1/example_train_0.jsonl.zst"]
+    assert "1 of 2 files; will download" in lines[0]
+    assert "SlimPajama-627B by Cerebras" in (tmp_path / "out" / "DATA_CARD.md").read_text()

@@ -85,8 +85,8 @@ class HubPart(Part):
         ds = load_dataset(self.source, data_files=[path], split="train", streaming=True,
                           revision=self.extra["revision"])
         for record in ds:
-            text = readers._text(record, text_field, f"{self.source}/{path}")
-            yield text or "", readers._set_name(record)
+            text = readers.text_of(record, text_field, f"{self.source}/{path}")
+            yield text or "", readers.set_name_of(record)
 
     def records(self, text_field: str) -> Iterator[tuple[str, str | None]]:
         if self.extra["streaming"]:

@@ -78,7 +78,7 @@ def _decode(raw: bytes, where: str) -> str:
         ) from exc
 
 
-def _set_name(record: dict[str, Any]) -> str | None:
+def set_name_of(record: dict[str, Any]) -> str | None:
     meta = record.get("meta")
     if isinstance(meta, str) and meta.startswith("{"):
         meta = json.loads(meta)
@@ -88,7 +88,7 @@ def _set_name(record: dict[str, Any]) -> str | None:
     return None
 
 
-def _text(record: Any, text_field: str, where: str) -> str | None:
+def text_of(record: Any, text_field: str, where: str) -> str | None:
     if not isinstance(record, dict):
         raise OminixError(f"{where}: a record is a {type(record).__name__}, not an object", "one JSON object per record")
     if text_field not in record:
@@ -115,7 +115,7 @@ def _jsonl(path: Path, text_field: str) -> Iterator[Doc]:
             record = json.loads(_decode(raw, where))
         except json.JSONDecodeError as exc:
             raise OminixError(f"{where}: not valid JSON ({exc.msg})", "one JSON object per line") from exc
-        yield _text(record, text_field, where) or "", _set_name(record)
+        yield text_of(record, text_field, where) or "", set_name_of(record)
 
 
 def _json_records(path: Path) -> list[Any]:
@@ -131,7 +131,7 @@ def _json_records(path: Path) -> list[Any]:
 
 def _json(path: Path, text_field: str) -> Iterator[Doc]:
     for number, record in enumerate(_json_records(path)):
-        yield _text(record, text_field, f"{path} record {number}") or "", _set_name(record)
+        yield text_of(record, text_field, f"{path} record {number}") or "", set_name_of(record)
 
 
 def _table_batches(path: Path, text_field: str) -> Iterator[Any]:
@@ -164,7 +164,8 @@ def _table(path: Path, text_field: str) -> Iterator[Doc]:
         texts = batch.column(text_field).to_pylist()
         metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * len(texts)
         for number, (text, meta) in enumerate(zip(texts, metas)):
-            yield _text({text_field: text}, text_field, f"{path} row {number}") or "", _set_name({"meta": meta})
+            where = f"{path} row {number}"
+            yield text_of({text_field: text}, text_field, where) or "", set_name_of({"meta": meta})
 
 
 def _txt(path: Path, text_field: str) -> Iterator[Doc]:

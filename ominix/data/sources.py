@@ -46,7 +46,7 @@ class Part:
     def documents(self, text_field: str) -> Iterator[tuple[str, str]]:
         """Non-empty ``(text, source_set)`` of the selected records, in order."""
         for text, set_name in self.records(text_field):
-            if text.strip():
+            if text and not text.isspace():
                 yield text, set_name or self.name
 
     def records(self, text_field: str) -> Iterator[tuple[str, str | None]]:
