@@ -97,3 +97,20 @@ def test_check_rejects_bad_files_in_one_line(tmp_path: Path, text: str, match: s
     assert proc.returncode == 2
     assert match in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 2
+
+
+def test_check_explains_unknown_and_closed_licenses(tmp_path: Path) -> None:
+    path = tmp_path / "m.yml"
+    path.write_text(yaml.safe_dump({
+        "framework": {"name": "Model Openness Framework", "version": "1.0", "date": "2024-12-15"},
+        "release": {"name": "m", "producer": "p", "license": {}, "components": [
+            {"name": "Model architecture", "license": "MIT"},
+            {"name": "Model parameters (Final)", "license": "CC-BY-NC-4.0"},
+            {"name": "Model card", "license": "My-Own-License"},
+            {"name": "Data card"}]}}))
+    result = CliRunner().invoke(app, ["check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "Model parameters (Final): license CC-BY-NC-4.0 is not open" in result.output
+    assert "Model card: license 'My-Own-License' is not an SPDX id MOT knows" in result.output
+    assert "Data card: present but has no license" in result.output
+    assert "Technical report: not in the release" in result.output

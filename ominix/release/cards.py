@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ominix.release.mof import ROMAN, Classification
+from ominix.release.mof import ROMAN, Classification, license_facts
 
 STATUS_TEXT = {
     "type-appropriate": "yes",
@@ -150,6 +150,8 @@ def missing_reasons(result: Classification, cls: int) -> list[tuple[str, str]]:
             why = "not in the release" + (f" ({result.hints[name]})" if name in result.hints else "")
         elif c.status == "unlicensed":
             why = f"present but has no license (declare a {c.content_type} license)"
+        elif c.license not in license_facts()["known"]:
+            why = f"license {c.license!r} is not an SPDX id MOT knows (use an open {c.content_type} license)"
         else:
             why = f"license {c.license} is not open (use an open {c.content_type} license)"
         reasons.append((name, why))
