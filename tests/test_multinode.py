@@ -268,3 +268,35 @@ def test_dry_run_of_the_train_command(tmp_path: Path) -> None:
     result = run_cli("train", "launch", "tiny", "--dry-run", "--set", f"launch.hostfile={hostfile}",
                      "--set", "launch.nodes=2")
     assert result.returncode == 2 and "line 2" in result.stderr
+
+
+def test_a_hung_host_is_detected_by_heartbeat(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capfd: pytest.CaptureFixture[str]) -> None:
+    """SIGSTOP node 1's sshd session: its TCP connection stays open but nothing answers, as with a
+    hung host. The heartbeat notices, the other node is stopped; after SIGCONT, node 1's guard
+    sees its connection closed and stops too."""
+    import signal
+
+    from ominix.train import multinode
+
+    monkeypatch.setattr(multinode, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(multinode, "HEARTBEAT_TIMEOUT_S", 3.0)
+    cfg = _cfg(sshd, tmp_path)
+    session: list[int] = []
+
+    def hang_node1() -> None:
+        while not (tmp_path / "rank1.json").exists():
+            time.sleep(0.1)
+        guard = _guard_of_node1(tmp_path)
+        session.append(int(Path(f"/proc/{guard}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+        os.kill(session[0], signal.SIGSTOP)
+
+    threading.Thread(target=hang_node1, daemon=True).start()
+    try:
+        assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
+    finally:
+        if session:
+            os.kill(session[0], signal.SIGCONT)
+    err = capfd.readouterr().err
+    assert "node 1 (127.0.0.2" in err and "stopped answering for 3 s" in err
+    assert _leftovers(tmp_path, wait_s=60) == []

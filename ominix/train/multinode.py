@@ -41,6 +41,11 @@ KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_L
 BASE_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "15"}
 EXIT_NODE_FAILED = 100
 STOP_GRACE_S = 35.0
+# A host that hangs or vanishes from the network keeps its TCP connection "open" for many minutes;
+# a node whose sshd has not answered a keepalive request for HEARTBEAT_TIMEOUT_S counts as dropped.
+HEARTBEAT_S = 5.0
+HEARTBEAT_TIMEOUT_S = 60.0
+LOST = -2  # the status of a node that stopped answering
 
 
 @dataclass
@@ -105,8 +110,19 @@ class _Node:
         self.channel.set_combine_stderr(True)
         self.channel.exec_command(node.command)
         self.channel.sendall((json.dumps(node.secrets) + "\n").encode())
-        self.thread = threading.Thread(target=self._pump, args=(log, events, print_lock), daemon=True)
-        self.thread.start()
+        self.last_reply = time.monotonic()
+        threading.Thread(target=self._pump, args=(log, events, print_lock), daemon=True).start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        transport = self.channel.get_transport()
+        while transport.is_active() and not self.channel.closed:
+            transport.global_request("keepalive@openssh.com", wait=True)  # any reply will do
+            self.last_reply = time.monotonic()
+            time.sleep(HEARTBEAT_S)
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_reply
 
     def _pump(self, log: Path, events: queue.Queue, print_lock: threading.Lock) -> None:
         prefix = f"[{self.node.target.label}] "
@@ -147,6 +163,8 @@ def _cause(tail: collections.abc.Iterable[str]) -> str:
 
 
 def _describe(status: int) -> str:
+    if status == LOST:
+        return f"its SSH connection stopped answering for {HEARTBEAT_TIMEOUT_S:g} s (host hung or network lost)"
     if status == -1:
         return "no exit status came back (its node guard was killed, or the host or network dropped)"
     if status > 128:
@@ -174,7 +192,11 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
             try:
                 rank, status = events.get(timeout=0.5)
             except queue.Empty:
-                continue
+                lost = [n.node.rank for n in started if n.node.rank in running
+                        and n.silent_for() > HEARTBEAT_TIMEOUT_S]
+                if not lost:
+                    continue
+                rank, status = lost[0], LOST
             running.discard(rank)
             if status != 0 and failed is None:
                 failed = (rank, status)
