@@ -212,6 +212,11 @@ def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                  "export NCCL_SOCKET_IFNAME=ib0", '--node-rank "$SLURM_NODEID" --nproc-per-node 8'):
         assert line in text
     subprocess.run(["bash", "-n", str(script)], check=True)
+    from ominix.errors import OminixError
+
+    cfg.launch.node_env = {"*": {"HF_TOKEN": "hf_x"}}
+    with pytest.raises(OminixError, match="would write HF_TOKEN into the sbatch file"):
+        write_sbatch(cfg, tmp_path / "run", dry_run=True)
 
 
 def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
@@ -239,15 +244,19 @@ def test_remote_arguments_are_quoted(sshd: Sshd, tmp_path: Path, capfd: pytest.C
     """A working directory and arguments full of shell syntax arrive verbatim; nothing runs."""
     weird = tmp_path / "work dir $(touch pwned) ; touch pwned2 'q\""
     weird.mkdir()
-    cfg = _cfg(sshd, tmp_path, node_env={"127.0.0.2": {"OMINIX_NOTE": "a;b $(touch pwned3) `x`"}})
+    cfg = _cfg(sshd, tmp_path, node_env={"127.0.0.2": {"OMINIX_NOTE": "a;b $(touch pwned3) `x`",
+                                                       "MY_API_KEY": "key_value_123"}})
     cfg.launch.workdir = str(weird)
     targets = resolve_targets([Host(a, port=sshd.port) for a in ("127.0.0.1", "127.0.0.2")], cfg.launch)
-    probe = "import os, sys; print('cwd=' + os.getcwd(), 'arg=' + sys.argv[1], os.environ.get('OMINIX_NOTE'))"
+    probe = ("import os, sys; print('cwd=' + os.getcwd(), 'arg=' + sys.argv[1], os.environ.get('OMINIX_NOTE'),"
+             " os.environ.get('MY_API_KEY', '')[::-1])")
     nodes = [node_command(cfg, r, t, [sys.executable, "-c", probe, "$HOME;`id`"]) for r, t in enumerate(targets)]
+    # a secret-looking node_env variable travels on stdin, like forward_env
+    assert "key_value_123" not in nodes[1].command and "MY_API_KEY=****" in nodes[1].shown()
     assert run_nodes(cfg, nodes, tmp_path / "logs") == 0
     out = capfd.readouterr().out
     assert out.count(f"cwd={weird} arg=$HOME;`id`") == 2
-    assert "a;b $(touch pwned3) `x`" in out
+    assert "a;b $(touch pwned3) `x` 321_eulav_yek" in out
     assert not list(tmp_path.rglob("pwned*")) and not list(Path.home().glob("pwned*"))
 
 

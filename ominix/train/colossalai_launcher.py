@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.train.multinode import BASE_ENV, KEEP_ENV, forwarded
+from ominix.train.multinode import BASE_ENV, KEEP_ENV, forwarded, is_secret
 from ominix.train.ssh import Target
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ def colossalai_env(cfg: OminixConfig) -> tuple[dict[str, str], list[str]]:
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
     env.update(BASE_ENV)
     env.update(cfg.launch.node_env.get("*", {}))
-    secrets = forwarded(cfg)
-    return {**env, **secrets}, sorted(secrets)
+    env.update(forwarded(cfg))
+    return env, sorted(k for k in env if k in cfg.launch.forward_env or is_secret(k))
 
 
 def colossalai_run(cfg: OminixConfig, run_dir: Path, targets: list[Target], master: tuple[str, int],

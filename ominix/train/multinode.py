@@ -76,6 +76,11 @@ def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
     return env
 
 
+def is_secret(name: str) -> bool:
+    """Names such as HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY: never on a command line."""
+    return re.search(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", name.upper()) is not None
+
+
 def forwarded(cfg: OminixConfig) -> dict[str, str]:
     missing = [k for k in cfg.launch.forward_env if k not in os.environ]
     if missing:
@@ -89,10 +94,14 @@ def node_command(cfg: OminixConfig, rank: int, target: Target, argv: list[str]) 
     from ominix.train.hostcheck import remote_python, workdir
 
     guard = [remote_python(cfg), "-m", "ominix.train.nodeguard", "--keep", ",".join(KEEP_ENV)]
+    secrets = forwarded(cfg)
     for key, value in node_env(cfg, target).items():
-        guard += ["--env", f"{key}={value}"]
+        if is_secret(key):
+            secrets[key] = value
+        else:
+            guard += ["--env", f"{key}={value}"]
     command = f"cd {shlex.quote(workdir(cfg))} && exec {shlex.join([*guard, '--', *argv])}"
-    return NodeCommand(rank, target, command, forwarded(cfg))
+    return NodeCommand(rank, target, command, secrets)
 
 
 def log_name(target: Target) -> str:

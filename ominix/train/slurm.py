@@ -13,7 +13,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ominix.train.multinode import BASE_ENV
+from ominix.errors import OminixError
+from ominix.train.multinode import BASE_ENV, is_secret
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -28,6 +29,10 @@ def sbatch_script(cfg: OminixConfig, run_dir: Path) -> str:
     from ominix.train.hostcheck import remote_python, workdir
 
     launch = cfg.launch
+    secret = [k for k in launch.node_env.get("*", {}) if is_secret(k)]
+    if secret:
+        raise OminixError(f"launch.node_env would write {secret[0]} into the sbatch file",
+                          "export it before sbatch and list it in launch.forward_env instead")
     nproc = str(launch.nproc_per_node) if launch.nproc_per_node else '"${SLURM_GPUS_ON_NODE:-1}"'
     master = shlex.quote(launch.master_addr) if launch.master_addr else (
         '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"')
