@@ -100,7 +100,9 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.005, ge=0.0, lt=1.0, description="Fraction of documents held out for validation."
     )
-    num_proc: int | None = Field(None, ge=1, description="Tokenizer worker processes; None = all cores.")
+    num_proc: int | None = Field(
+        None, ge=1, description="Tokenizer threads (the Rust pool of tokenizers); None = all cores."
+    )
     streaming: bool = Field(False, description="Stream hub data instead of downloading files first.")
     seed: int = Field(1234, description="Seed of the validation split and of the training order.")
 
