@@ -69,13 +69,15 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
 
 
 def _zero2(cfg: OminixConfig, layout: Layout, cpu_offload: bool = False) -> Any:
+    import torch
     from colossalai.booster.plugin import LowLevelZeroPlugin
 
     return LowLevelZeroPlugin(
         stage=2,
         precision=cfg.parallel.precision,
         max_norm=cfg.optim.grad_clip,
-        overlap_communication=cfg.parallel.overlap_communication,
+        # overlapping needs CUDA streams; on a CPU every collective is synchronous anyway
+        overlap_communication=cfg.parallel.overlap_communication and torch.cuda.is_available(),
         cpu_offload=cpu_offload,
         initial_scale=2**16,
     )
@@ -118,7 +120,7 @@ PLUGINS: dict[str, PluginSpec] = {
         lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
         gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
     ),
-    "zero2": PluginSpec(_zero2, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
+    "zero2": PluginSpec(_zero2, gpu_only=False, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
     "zero2_cpu": PluginSpec(
         lambda cfg, layout: _zero2(cfg, layout, cpu_offload=True),
         gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
@@ -158,12 +160,10 @@ def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
     """Check a config against the processes and hardware before anything starts; return the layout."""
     p = cfg.parallel
     spec = PLUGINS[p.plugin]
-    where = "a CUDA GPU" if not gpu else ""
-    if not gpu and (spec.gpu_only or p.tp > 1 or p.pp > 1):
-        what = f"parallel.plugin={p.plugin}" if spec.gpu_only else "parallel.tp/pp > 1"
+    if not gpu and spec.gpu_only:
         raise OminixError(
-            f"{what} needs {where} (this machine has none)",
-            "on CPU use --plugin ddp, or --plugin 3d with tp=pp=1",
+            f"parallel.plugin={p.plugin} needs a CUDA GPU (this machine has none)",
+            "on CPU use --plugin ddp, zero2 or 3d",
         )
     if p.plugin.startswith("gemini") and p.precision == "fp32":
         raise OminixError("gemini trains in bf16 or fp16, not fp32", "set parallel.precision=bf16")
@@ -257,34 +257,30 @@ class Engine:
         from ominix.data.loader import eval_batches
 
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss x blocks, blocks]
+        # the pipeline schedule keeps one batch size for good: evaluate in whole rank batches
+        size = layout.rank_batch if layout.pp > 1 else layout.micro_batch
         with torch.no_grad():
-            for block, _ in eval_batches(dataset, layout.micro_batch, self.dp_rank, layout.dp, max_batches):
+            for block, _ in eval_batches(dataset, size, self.dp_rank, layout.dp, max_batches):
                 block = block.to(self.device)
-                if layout.pp > 1:
-                    inputs = block[:, :-1]
-                    out = self.booster.execute_pipeline(
-                        iter([{"input_ids": inputs, "labels": inputs}]), self.model,
-                        lambda outputs, _inputs: outputs.loss, None, return_loss=True,
-                    )
-                    loss = out["loss"] if self.plugin.stage_manager.is_last_stage() else torch.zeros(())
-                else:
-                    loss = self.loss(block)
-                sums += torch.stack([loss.double().to(self.device) * len(block), torch.tensor(len(block), device=self.device, dtype=torch.float64)])
-        if layout.pp > 1:
-            dist.all_reduce(sums, group=self.plugin.pp_group)
+                if layout.pp > 1 and len(block) < size:
+                    break
+                loss = self.pipeline_loss(block, train=False) if layout.pp > 1 else self.loss(block)
+                sums += torch.tensor([loss.item() * len(block), len(block)], dtype=torch.float64, device=self.device)
         dist.all_reduce(sums, group=self.plugin.dp_group)
         mean = (sums[0] / sums[1]).item()
         return {"loss": mean, "perplexity": math.exp(mean)}
 
-    def pipeline_loss(self, block) -> Any:
-        """One pipelined step over the rank's whole batch; the loss (last stage) is shared to all stages."""
+    def pipeline_loss(self, block, train: bool = True) -> Any:
+        """One pipelined pass over the rank's whole batch (forward and backward, or forward only
+        with ``train=False``); the loss lives on the last stage and is shared with all stages."""
         import torch
         import torch.distributed as dist
 
         inputs = block[:, :-1]
         out = self.booster.execute_pipeline(
             iter([{"input_ids": inputs, "labels": inputs}]), self.model,
-            lambda outputs, _inputs: outputs.loss, self.optimizer, return_loss=True,
+            lambda outputs, _inputs: outputs.loss, self.optimizer if train else None,
+            return_loss=True,
         )
         loss = out["loss"] if self.plugin.stage_manager.is_last_stage() else None
         shared = torch.zeros((), device=self.device) if loss is None else loss.detach().float().clone()
@@ -311,10 +307,11 @@ def _optimizer(cfg: OminixConfig, model, gpu: bool):
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
-def _build_model(cfg: OminixConfig, spec: PluginSpec, device):
+def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
     """Our decoder built straight on the device (meta first), or, for shardformer, transformers'
-    LlamaForCausalLM of the same shape under ColossalAI's lazy init so each rank materialises only
-    its shard. Both are initialised by ``init_weights`` from the same seed."""
+    LlamaForCausalLM of the same shape under ColossalAI's lazy init, so each rank materialises only
+    its shard. Both get ``init_weights`` from the same seed; with tp = pp = 1 the weights are
+    identical, otherwise the plugin materialises in its own order (same distribution, other draws)."""
     import torch
 
     from ominix.model import build_model, hf_config, init_weights, resolve_attn
@@ -324,11 +321,16 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device):
         return build_model(m, device=device, dtype=torch.float32, seed=cfg.schedule.seed)
     from colossalai.lazy import LazyInitContext
     from transformers import LlamaForCausalLM
+    from transformers.modeling_utils import no_init_weights
 
-    torch.manual_seed(cfg.schedule.seed)
-    hf = hf_config(m, use_cache=False, attn_implementation="sdpa" if resolve_attn(m.attn) != "flash" else "flash_attention_2")
+    # Pipeline stages materialise only their own layers, each from the start of its RNG stream:
+    # give every stage its own seed so that stages do not repeat each other's random draws.
+    stage = plugin.stage_manager.stage if cfg.parallel.pp > 1 else 0
+    torch.manual_seed(cfg.schedule.seed + 1_000_003 * stage)
+    kernel = "flash_attention_2" if resolve_attn(m.attn) == "flash" else "sdpa"
     with LazyInitContext(default_device=device):
-        model = LlamaForCausalLM(hf)
+        with no_init_weights():  # skip transformers' own init: it would consume the RNG first
+            model = LlamaForCausalLM(hf_config(m, use_cache=False, attn_implementation=kernel))
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -360,7 +362,12 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float]) -> Engi
     import torch.distributed as dist
     from colossalai.booster import Booster
 
+    from ominix.train import cpu_shims
+
     gpu = torch.cuda.is_available()
+    cpu_shims.torch_compat()
+    if not gpu:
+        cpu_shims.apply()
     world, rank = dist.get_world_size(), dist.get_rank()
     layout = validate(cfg, world, gpu)
     spec = PLUGINS[cfg.parallel.plugin]
@@ -371,7 +378,7 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float]) -> Engi
     booster = Booster(plugin=plugin, mixed_precision="fp16" if precision == "fp16" and not controls else None)
     amp_dtype = torch.bfloat16 if precision == "bf16" and not controls else None
 
-    model = _build_model(cfg, spec, device)
+    model = _build_model(cfg, spec, device, plugin)
     optimizer = _optimizer(cfg, model, gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
     model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
