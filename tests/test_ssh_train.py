@@ -3,13 +3,11 @@ one CPU process per node: it trains, checkpoints and resumes; killing a node's w
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -18,31 +16,23 @@ from tests.sshd import Sshd, free_port, sshd  # noqa: F401  (fixture)
 pytestmark = pytest.mark.usefixtures("private_netns")
 
 SEQ = 32
+VOCAB = 512
 
 
-def _prepared(root: Path) -> Path:
-    """A small prepared directory written with the data store (random tokens, two source sets)."""
-    from ominix.data.store import FORMAT, ShardWriter, token_dtype
-
-    rng = np.random.default_rng(0)
-    dtype = token_dtype(256)
-    splits = {}
-    for split, n in (("train", 64), ("validation", 8)):
-        writer = ShardWriter(root, split, SEQ, dtype)
-        for source in (0, 1):
-            writer.write(rng.integers(0, 256, size=(n // 2, SEQ + 1)), source)
-        shards = writer.close()
-        splits[split] = {"shards": shards, "blocks": n, "tokens": n * SEQ}
-    manifest = {"format": FORMAT, "seq_len": SEQ, "dtype": dtype.name, "source_sets": ["a", "b"],
-                "tokenizer": {"vocab_size": 256}, "splits": splits}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny prepared dataset, made by `ominix data prepare` from the embedded corpus."""
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    result = run_cli("data", "prepare", "@embedded", "--train-tokenizer", "--vocab-size", str(VOCAB),
+                     "--seq-len", str(SEQ), "--val-fraction", "0.1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
 
 
-def _small(tmp_path: Path) -> list[str]:
+def _small(tmp_path: Path, data: Path) -> list[str]:
     """A tiny model on the prepared data, run directory under tmp_path."""
     return [
-        f"data.path={tmp_path / 'data'}", f"data.seq_len={SEQ}", "model.vocab_size=256",
+        f"data.path={data}", f"data.seq_len={SEQ}", f"model.vocab_size={VOCAB}",
         "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
         "model.max_position_embeddings=64", "schedule.global_batch_size=4", "schedule.micro_batch_size=2",
         "schedule.warmup_steps=1", "schedule.eval_every=0", "logging.log_every=1",
@@ -50,13 +40,14 @@ def _small(tmp_path: Path) -> list[str]:
     ]
 
 
-def _launch(server: Sshd, tmp_path: Path, max_steps: int, *extra: str, env: dict | None = None):
+def _launch(server: Sshd, tmp_path: Path, data: Path, max_steps: int, *extra: str,
+            env: dict | None = None):
     hostfile = server.hostfile(tmp_path / "hosts.txt")
     sets = [
         *server.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
         f"launch.master_port={free_port()}", "launch.rdzv_timeout=60",
         f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}', OMP_NUM_THREADS: '1'}}}}",
-        *_small(tmp_path), f"schedule.max_steps={max_steps}", "checkpoint.every=2",
+        *_small(tmp_path, data), f"schedule.max_steps={max_steps}", "checkpoint.every=2",
     ]
     return run_cli("train", "launch", "tiny", *[a for s in sets for a in ("--set", s)], *extra,
                    env={"COLUMNS": "200", **(env or {})}, timeout=300)
@@ -80,19 +71,18 @@ def _leftovers(run_dir: Path, wait_s: float = 30) -> list[int]:
         time.sleep(0.3)
 
 
-def test_two_node_training_checkpoints_and_resumes(sshd: Sshd, tmp_path: Path) -> None:
-    _prepared(tmp_path / "data")
+def test_two_node_training_checkpoints_and_resumes(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
     start = time.monotonic()
-    first = _launch(sshd, tmp_path, 4)
+    first = _launch(sshd, tmp_path, prepared, 4)
     took = time.monotonic() - start
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = tmp_path / "run"
-    assert "host checks" in first.stdout
+    assert "host checks" in first.stdout and "same" in first.stdout  # versions, data manifest
     assert (run / "checkpoints" / "latest").read_text().strip().endswith("4")
     logs = sorted(p.name for p in (run / "logs").iterdir())
     assert logs == [f"127.0.0.1_{sshd.port}.log", f"127.0.0.2_{sshd.port}.log"]
     assert f"[127.0.0.1:{sshd.port}]" in first.stdout
-    second = _launch(sshd, tmp_path, 6, "--resume", "auto")
+    second = _launch(sshd, tmp_path, prepared, 6, "--resume", "auto")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resumed from" in second.stdout and "at step 4" in second.stdout
     assert (run / "checkpoints" / "latest").read_text().strip().endswith("6")
@@ -100,8 +90,7 @@ def test_two_node_training_checkpoints_and_resumes(sshd: Sshd, tmp_path: Path) -
     print(f"two-node tiny training over SSH, 4 steps: {took:.1f} s")
 
 
-def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path) -> None:
-    _prepared(tmp_path / "data")
+def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
     run = tmp_path / "run"
 
     def kill_node1_worker() -> None:
@@ -123,17 +112,16 @@ def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path) -> N
             time.sleep(0.2)
 
     threading.Thread(target=kill_node1_worker, daemon=True).start()
-    result = _launch(sshd, tmp_path, 100000)
+    result = _launch(sshd, tmp_path, prepared, 100000)
     assert result.returncode == 101, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in result.stderr
     assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
     assert _leftovers(run) == []
 
 
-def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path) -> None:
+def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
     """`--launcher colossalai` hands the same job to `colossalai run --hostfile` (fabric reads
     ~/.ssh/config for the user and key); it gets only the minimal environment."""
-    _prepared(tmp_path / "data")
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     (home / ".ssh" / "config").write_text(
@@ -141,7 +129,7 @@ def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path) -> None
         f"  UserKnownHostsFile {sshd.known_hosts}\n")
     hostfile = tmp_path / "bare_hosts.txt"
     hostfile.write_text(f"127.0.0.1:{sshd.port}\n127.0.0.2:{sshd.port}\n")
-    result = _launch(sshd, tmp_path, 2, "--set", "launch.launcher=colossalai",
+    result = _launch(sshd, tmp_path, prepared, 2, "--set", "launch.launcher=colossalai",
                      "--set", f"launch.hostfile={hostfile}", env={"HOME": str(home), "OMINIX_LEAK": "x"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = tmp_path / "run"
@@ -150,7 +138,7 @@ def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path) -> None
     assert _leftovers(run) == []
 
 
-def test_ctrl_c_stops_every_node_after_a_checkpoint(sshd: Sshd, tmp_path: Path) -> None:
+def test_ctrl_c_stops_every_node_after_a_checkpoint(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
     """SIGINT to `ominix train launch`: every node gets SIGTERM, saves at a step boundary, exits."""
     import signal
     import subprocess
@@ -158,12 +146,11 @@ def test_ctrl_c_stops_every_node_after_a_checkpoint(sshd: Sshd, tmp_path: Path) 
 
     from tests.conftest import REPO
 
-    _prepared(tmp_path / "data")
     run = tmp_path / "run"
     hostfile = sshd.hostfile(tmp_path / "hosts.txt")
     sets = [*sshd.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
             f"launch.master_port={free_port()}", f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}'}}}}",
-            *_small(tmp_path), "schedule.max_steps=100000", "checkpoint.every=0"]
+            *_small(tmp_path, prepared), "schedule.max_steps=100000", "checkpoint.every=0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "ominix", "train", "launch", "tiny", *[a for s in sets for a in ("--set", s)]],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
