@@ -18,7 +18,9 @@ def check_hosts(
     nodes: int = typer.Option(None, "--nodes", min=1, help="Check only the first N hosts (default: all)."),
     sets: list[str] = SET_OPTION,
     ssh_key: str = typer.Option(None, "--ssh-key", help="Private key file (default: agent, ~/.ssh)."),
-    known_hosts: str = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+    known_hosts: str = typer.Option(
+        None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."
+    ),
     accept_new: bool = typer.Option(
         None, "--accept-new-host-keys/--no-accept-new-host-keys",
         help="Trust and record host keys not yet in known_hosts (a changed key is always refused).",

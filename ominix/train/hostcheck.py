@@ -227,7 +227,8 @@ def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any]) -> None:
     if listener and listener.startswith("busy"):
         if r.node == 0:
             r.problems.append(Problem("master", f"port {cfg.launch.master_port} is in use on the master "
-                                      f"node ({listener})", "stop what uses it or pick another --master-port"))
+                                      f"node ({listener})",
+                                      "stop what uses it or pick another --master-port"))
     elif listener == "listening" and f["master"] != "open":
         why = "refused (a firewall rejects it)" if f["master"] == "refused" else f["master"]
         r.problems.append(Problem("master", f"cannot reach the master at {here['master']}: {why}",

@@ -173,7 +173,8 @@ def _cause(tail: collections.abc.Iterable[str]) -> str:
 
 def _describe(status: int) -> str:
     if status == LOST:
-        return f"its SSH connection stopped answering for {HEARTBEAT_TIMEOUT_S:g} s (host hung or network lost)"
+        return (f"its SSH connection stopped answering for {HEARTBEAT_TIMEOUT_S:g} s "
+                "(host hung or network lost)")
     if status == -1:
         return "no exit status came back (its node guard was killed, or the host or network dropped)"
     if status > 128:
