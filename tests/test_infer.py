@@ -75,7 +75,8 @@ def test_sampling_is_reproducible_per_seed() -> None:
     assert len(run(temperature=0.7, top_k=5)) == 20
 
 
-def test_static_decode_steps_equal_the_full_forward() -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "dot"])
+def test_static_decode_steps_equal_the_full_forward(attention: str) -> None:
     from ominix.config import ModelConfig
     from ominix.infer.generate import StaticDecoder
     from ominix.model import build_model
@@ -84,7 +85,7 @@ def test_static_decode_steps_equal_the_full_forward() -> None:
                       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32, attn="sdpa")
     model = build_model(cfg, seed=1).eval()
     ids = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(0))
-    decoder = StaticDecoder(model, 20)
+    decoder = StaticDecoder(model, 20, attention=attention)
     steps = [decoder.prefill(ids[:, :5])] + [decoder.step(int(ids[0, i]), i) for i in range(5, 12)]
     with torch.no_grad():
         full = model(ids).logits[0, 4:]
