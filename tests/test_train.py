@@ -141,6 +141,46 @@ def test_no_prepared_data_is_one_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no prepared data" in result.stderr
 
 
+def test_max_tokens_stops_at_the_step_that_reaches_it() -> None:
+    from ominix.train.schedule import total_steps
+
+    cfg = load_config("tiny", ["schedule.max_steps=null", "schedule.max_tokens=10000", "schedule.warmup_steps=1"])
+    assert total_steps(cfg, 16 * 128) == 5  # ceil(10000 / 2048)
+    cfg = load_config("tiny", ["schedule.max_steps=3", "schedule.max_tokens=10000", "schedule.warmup_steps=1"])
+    assert total_steps(cfg, 16 * 128) == 3
+
+
+def test_3d_checkpoint_is_refused_on_another_rank_count() -> None:
+    from ominix.train.checkpoint import check_compatible
+    from ominix.train.engine import validate
+
+    cfg = load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"])
+    saved = {"model": cfg.model.model_dump(), "data_manifest_sha256": "x", "plugin": "3d",
+             "world_size": 2, "tp": 2, "pp": 1}
+    check_compatible(saved, cfg, "x", validate(cfg, 2, gpu=True), reshard=False)
+    with pytest.raises(OminixError, match="cannot resume it on 4 ranks"):
+        check_compatible(saved, cfg, "x", validate(cfg, 4, gpu=True), reshard=False)
+    with pytest.raises(OminixError, match="saved by plugin 3d, this run uses ddp"):
+        check_compatible(saved, load_config("tiny"), "x", validate(load_config("tiny"), 2, gpu=False), reshard=True)
+
+
+@pytest.mark.parametrize("on_nan", ["stop", "skip"])
+def test_nonfinite_training_stops_with_the_step_or_skips(on_nan: str, data_dir: Path, tmp_path: Path) -> None:
+    """Weights of std 1e30 overflow float32: the gradient is NaN from the first step."""
+    sets = ["model.initializer_range=1e30", "schedule.warmup_steps=1", "logging.log_every=1",
+            "schedule.eval_every=0", f"schedule.on_nan={on_nan}", "logging.tensorboard=false"]
+    result = _launch(data_dir, tmp_path / "run", "--max-steps", "2", sets=sets)
+    if on_nan == "stop":
+        assert result.returncode == 1
+        assert "error: gradient norm became nan at step 1" in result.stderr and "on_nan=skip" in result.stderr
+        assert not (tmp_path / "run" / "checkpoints").exists()  # nothing NaN was saved
+    else:
+        _ok(result)
+        assert result.stdout.count("update skipped (schedule.on_nan=skip)") == 2
+        state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").read_text())
+        assert state["loop"]["skipped_steps"] == 2
+
+
 # --- real runs: two gloo processes -------------------------------------------------------------
 
 
@@ -198,6 +238,17 @@ def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path,
                 sets=[*SETS, "schedule.eval_every=0"]))
     assert sorted(_losses(one)) == [3]
     assert _losses(one)[3] == pytest.approx(_losses(ddp_run)[3], rel=1e-4)  # another reduction order
+
+
+def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    """model.init_from takes a Hugging Face weights directory (a checkpoint's model/ is one)."""
+    weights = ddp_run / "checkpoints" / "step_00000004" / "model"
+    run = tmp_path / "cont"
+    result = _launch(data_dir, run, "--max-steps", "1", "--resume", "never",
+                     sets=[*QUICK, "schedule.eval_every=0", f"model.init_from={weights}", "schedule.warmup_steps=0"])
+    _ok(result)
+    assert "initialised from" in result.stdout
+    assert _losses(run)[1] < _losses(ddp_run)[1] - 1.0  # starts where the first run ended, not from scratch
 
 
 def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:

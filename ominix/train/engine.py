@@ -225,19 +225,23 @@ class Engine:
             return self.model(input_ids=inputs, labels=inputs).loss
         return self.model(inputs, labels=block[:, 1:]).loss
 
-    def clip_and_step(self, max_norm: float) -> Any:
-        """Clip gradients (here, or inside the plugin that was given max_norm), step; return the norm."""
-        if self.spec.clips:
-            self.optimizer.step()
-            return self.optimizer.get_grad_norm()
+    def clip_and_step(self, max_norm: float, skip_nonfinite: bool = False) -> tuple[Any, bool]:
+        """Clip gradients (here, or inside the plugin that was given max_norm) and step; return the
+        gradient norm and whether the update was made (not when ``skip_nonfinite`` and the norm is
+        not finite: that costs a host sync; plugins that clip inside see the norm only after)."""
         import torch
 
+        if self.spec.clips:
+            self.optimizer.step()
+            return self.optimizer.get_grad_norm(), True
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if hasattr(self.optimizer, "scaler"):  # fp16 under torch AMP: clip the true gradients
             self.optimizer.unscale_grad()
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if skip_nonfinite and not torch.isfinite(norm).item():
+            return norm, False
         self.optimizer.step()
-        return norm
+        return norm, True
 
     def evaluate(self, dataset, max_batches: int) -> dict[str, Any]:
         """Validation loss and perplexity over ``max_batches`` micro batches per data-parallel rank."""

@@ -58,6 +58,21 @@ def _mean_over_dp(values: list, engine) -> list[float]:
     return (t / engine.layout.dp).tolist()
 
 
+def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: int, fp16: bool) -> None:
+    """Raise at the first step whose loss (or, outside fp16 loss scaling, whose gradient norm) is not
+    finite. Under fp16 an infinite gradient norm is the loss scaler's business: it skips that step."""
+    for i, (loss, norm) in enumerate(zip(losses, norms)):
+        bad_norm = norm is not None and not math.isfinite(norm) and not fp16
+        if not math.isfinite(loss) or bad_norm:
+            what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+            raise OminixError(
+                f"{what} at step {first + i}",
+                "lower optim.lr, raise schedule.warmup_steps, use bf16, or resume from the last checkpoint "
+                "with --set schedule.on_nan=skip",
+                exit_code=1,
+            )
+
+
 def _resume_from(cfg: OminixConfig, run_dir: Path) -> Path | None:
     from ominix.train.checkpoint import latest_checkpoint, resolve_checkpoint
 
@@ -138,8 +153,7 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
         meter.restart()
 
     preempt = _Preemption()
-    window: list = []  # per-step loss tensors since the last log line (kept on the device)
-    last_norm = None
+    window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
     while state.step < total:
         batch = next(loader).to(engine.device)
@@ -152,34 +166,31 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
                     micro_loss = engine.loss(micro)
                 engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
                 loss += micro_loss.detach().float() / layout.accum
-        if s.on_nan == "skip" and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # one sync per step
-            engine.optimizer.zero_grad()
-            state.skipped_steps += 1
-            out.line(f"step {state.step + 1}: non-finite loss, update skipped (schedule.on_nan=skip)")
+        skip = s.on_nan == "skip"
+        if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
+            norm, stepped = torch.tensor(float("nan")), False
         else:
-            last_norm = engine.clip_and_step(cfg.optim.grad_clip)
+            norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
+        if not stepped:
+            state.skipped_steps += 1
+            out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
         lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
         engine.scheduler.step()
         engine.optimizer.zero_grad()
         state.step += 1
         state.tokens += layout.tokens_per_step
-        window.append(loss)
+        window.append((loss, norm))
 
         done = state.step >= total
         saving = done or (c.every and state.step % c.every == 0)
         if state.step % cfg.logging.log_every == 0 or saving or done:
-            losses = _mean_over_dp(window, engine)
-            bad = [state.step - len(losses) + 1 + i for i, v in enumerate(losses) if not math.isfinite(v)]
-            if bad and s.on_nan == "stop":
-                raise OminixError(
-                    f"loss became {losses[bad[0] - state.step + len(losses) - 1]} at step {bad[0]}",
-                    "lower optim.lr, raise schedule.warmup_steps, use bf16, or resume from the last "
-                    "checkpoint with --set schedule.on_nan=skip",
-                    exit_code=1,
-                )
+            first = state.step - len(window) + 1
+            losses = _mean_over_dp([w[0] for w in window], engine)
+            norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
+            if s.on_nan == "stop":
+                _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
             state.last_loss = losses[-1]
-            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr,
-                      "grad_norm": float(last_norm) if last_norm is not None else float("nan"),
+            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1] if norms[-1] is not None else float("nan"),
                       "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
             out.line(format_step(record, total))
             out.record("train", record)
