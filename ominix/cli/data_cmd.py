@@ -30,10 +30,10 @@ def prepare(
     ),
     vocab_size: int = typer.Option(None, "--vocab-size", help="Vocabulary size of a trained tokenizer."),
     seq_len: int = typer.Option(None, "--seq-len", help="Tokens per training sequence (blocks hold seq_len+1)."),
-    text_field: str = typer.Option(None, "--text-field", help="Record field holding the text [default: text]."),
+    text_field: str = typer.Option(None, "--text-field", help="Record field holding the text (default: text)."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Fraction of documents held out."),
     seed: int = typer.Option(None, "--seed", help="Seed of the validation split."),
-    num_proc: int = typer.Option(None, "--num-proc", min=1, help="Tokenizer threads [default: all cores]."),
+    num_proc: int = typer.Option(None, "--num-proc", min=1, help="Tokenizer threads (default: all cores)."),
     streaming: bool = typer.Option(
         None, "--streaming/--no-streaming", help="Stream hub files instead of downloading them to the cache."
     ),
