@@ -80,3 +80,4 @@ def print_summary(manifest: dict[str, Any], path: str) -> None:
         f"{timing.get('tokens_per_second') or 0:,.0f} tokens/s, {timing.get('seconds', 0):.1f} s",
         highlight=False,
     )
+    console.print(f"next: ominix train launch PRESET --data {path}", highlight=False, markup=False)
