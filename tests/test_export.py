@@ -54,7 +54,7 @@ def make_run(root: Path, seed: int = 0, steps: tuple[int, ...] = (10,), **model:
         (ckpt / "model").mkdir(parents=True)
         state = {k: v.contiguous() for k, v in build_model(cfg.model, seed=seed + i).state_dict().items()}
         save_file(state, ckpt / "model" / "model.safetensors", metadata={"format": "pt"})
-        (ckpt / "state.json").write_text(json.dumps({"step": step, "tokens_seen": step * 2048, "loss": 7.0 - i}))
+        (ckpt / "state.json").write_text(json.dumps({"step": step, "tokens": step * 2048, "last_loss": 7.0 - i}))
         save_config(cfg, ckpt / "config.yaml")
         (run / "checkpoints" / "latest").write_text(ckpt.name)
     return run
@@ -150,3 +150,40 @@ def test_checkpoint_list_shows_steps_tokens_loss_and_retention(tmp_path: Path) -
     table = run_cli("checkpoint", "list", str(run))
     assert "step_00000150" in table.stdout and "removed at next save" in table.stdout
     _fail(run_cli("checkpoint", "list", str(tmp_path / "data")), "is not a run directory")
+
+
+def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_path: Path) -> None:
+    """The real producers: `ominix data prepare` (embedded corpus, trained tokenizer) and two steps
+    of `ominix train launch tiny`, then export, greedy infer equal to transformers, and eval."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ominix.config import load_config
+    from ominix.data.prepare import prepare
+    from ominix.data.store import manifest_sha256
+
+    data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
+    prepare(load_config("tiny").data, data, progress=False)
+    sets = ["checkpoint.every=2", "schedule.eval_every=2", "schedule.eval_batches=1", "schedule.warmup_steps=1"]
+    train = run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), "--max-steps", "2",
+                    "--nproc-per-node", "1", *[a for s in sets for a in ("--set", s)], env={"OMP_NUM_THREADS": "1"})
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+
+    listed = json.loads(run_cli("checkpoint", "list", str(run), "--json").stdout)
+    assert [(e["step"], e["tokens_seen"], e["kept"]) for e in listed] == [(2, 2 * 2048, "latest, last 2")]
+    assert listed[0]["loss"] > 0
+
+    exported = run_cli("checkpoint", "export", str(run), "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    record = json.loads(run_cli("infer", "--model", str(out), "--prompt", "The function", "--temperature", "0",
+                                "--max-new-tokens", "12", "--json").stdout)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("The function", return_tensors="pt").input_ids
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(out).generate(ids, max_new_tokens=12, do_sample=False)
+    assert record["completion_ids"] == theirs[0, ids.shape[1]:].tolist()
+
+    evaluated = run_cli("eval", "--model", str(run), "--max-batches", "2", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((run / "eval" / "eval_results.json").read_text())
+    assert results["data"]["manifest_sha256"] == manifest_sha256(data)
+    assert results["model"]["step"] == 2 and 0 < results["perplexity"]["loss"] < 10

@@ -60,7 +60,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device)
     results: dict[str, Any] = {
         "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),
-                  "tokens_seen": source.state.get("tokens_seen"), "sha256": model_checksum(source.weights)},
+                  "tokens_seen": source.state.get("tokens"), "sha256": model_checksum(source.weights)},
         "data": {"path": str(data), "split": split, "manifest_sha256": manifest_sha256(data),
                  "seq_len": dataset.seq_len, "blocks_available": len(dataset)},
         "settings": {"batch_size": batch_size, "max_batches": max_batches, "device": device, "dtype": dtype},

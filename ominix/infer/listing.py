@@ -49,8 +49,8 @@ def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
             "name": path.name,
             "path": str(path),
             "step": state.get("step", step),
-            "tokens_seen": state.get("tokens_seen"),
-            "loss": state.get("loss"),
+            "tokens_seen": state.get("tokens"),
+            "loss": state.get("last_loss"),
             "bytes": _size(path),
             "kept": ", ".join(reasons),
         })
