@@ -92,24 +92,22 @@ class StaticDecoder:
         return self._out[0].to(torch.float32, copy=True)  # the graph's buffer is reused by the next replay
 
     @torch.no_grad()
-    def greedy(self, token: int, pos: int, count: int) -> Iterator[int]:
-        """Yield ``count`` greedy tokens following ``token`` at ``pos``, one graph replay ahead of
-        the host (the caller may stop early; at most one extra step was computed)."""
+    def greedy(self, token: int, pos: int, count: int, ahead: int = 2) -> Iterator[int]:
+        """Yield ``count`` greedy tokens following ``token`` at ``pos``, keeping ``ahead`` graph
+        replays queued in front of the host (a caller that stops early wasted at most that many)."""
         self._token.fill_(token)
         self._pos.fill_(pos)
         host = torch.empty(count, dtype=torch.long, pin_memory=True)
         done = []
-        for i in range(count):
-            self._graph.replay()
-            host[i : i + 1].copy_(self._out[1], non_blocking=True)
-            done.append(torch.cuda.Event())
-            done[-1].record()
-            if i:
-                done[i - 1].synchronize()
-                yield int(host[i - 1])
-        if count:
-            done[-1].synchronize()
-            yield int(host[count - 1])
+        for i in range(count + ahead):
+            if i < count:
+                self._graph.replay()
+                host[i : i + 1].copy_(self._out[1], non_blocking=True)
+                done.append(torch.cuda.Event())
+                done[-1].record()
+            if i >= ahead:
+                done[i - ahead].synchronize()
+                yield int(host[i - ahead])
 
     def _capture(self) -> None:
         stream = torch.cuda.Stream()
