@@ -187,18 +187,20 @@ def prune(ckpts: Path, keep_last: int, keep_every: int) -> list[Path]:
 
 
 MODEL_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")
+               "num_attention_heads", "kv_heads", "tie_word_embeddings")
 
 
 def check_compatible(saved: dict[str, Any], cfg, manifest_sha: str, layout, reshard: bool) -> None:
     """Refuse a checkpoint of another model shape, other data, another plugin or an unsupported
     change of the rank layout, saying which setting differs."""
-    ckpt_model = saved["model"]
+    from ominix.config import ModelConfig
+
+    then = ModelConfig.model_validate(saved["model"])
     for key in MODEL_SHAPE:
-        now = getattr(cfg.model, key)
-        if ckpt_model.get(key) != now and not (key == "num_key_value_heads" and ckpt_model.get(key) in (None, cfg.model.kv_heads)):
+        if getattr(then, key) != getattr(cfg.model, key):
+            name = "num_key_value_heads" if key == "kv_heads" else key
             raise OminixError(
-                f"the checkpoint has model.{key}={ckpt_model.get(key)}, this run {now}",
+                f"the checkpoint has model.{name}={getattr(then, key)}, this run {getattr(cfg.model, key)}",
                 "resume with the model config the checkpoint was trained with, or --resume never",
             )
     if saved["data_manifest_sha256"] != manifest_sha:

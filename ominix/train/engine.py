@@ -237,7 +237,12 @@ class Engine:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if hasattr(self.optimizer, "scaler"):  # fp16 under torch AMP: clip the true gradients
             self.optimizer.unscale_grad()
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        limit = max_norm if max_norm > 0 else float("inf")
+        inner = getattr(self.model, "module", None)
+        if hasattr(inner, "clip_grad_norm_"):  # FSDP: the norm over every rank's shard
+            norm = inner.clip_grad_norm_(limit)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, limit)
         if skip_nonfinite and not torch.isfinite(norm).item():
             return norm, False
         self.optimizer.step()

@@ -105,6 +105,7 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
 
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
+    from ominix.model import resolve_attn
     from ominix.train import checkpoint as ckpt
     from ominix.train.engine import PLUGINS, build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
@@ -137,8 +138,12 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     name = device_name()
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
-    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; {total} steps; "
+    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
+             f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
+    if state.step >= total:
+        out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
+                 "(raise --max-steps to continue)")
 
     def save() -> None:
         info = {
