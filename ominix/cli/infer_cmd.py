@@ -14,7 +14,7 @@ def infer(
     model: Path = typer.Option(..., "--model", "-m", help="Run directory, checkpoint directory, or export."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="One prompt; the completion is streamed."),
     prompts_file: Path = typer.Option(None, "--prompts-file", help='JSON Lines, one {"prompt": ...} per line.'),
-    out: Path = typer.Option(None, "--out", "-o", help="Output JSONL for --prompts-file; default RUN_DIR/samples.jsonl."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output JSONL (with --prompts-file default RUN_DIR/samples.jsonl)."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Tokens to generate (infer.max_new_tokens)."),
     temperature: float = typer.Option(None, "--temperature", min=0.0, help="0 = greedy (infer.temperature)."),
     top_k: int = typer.Option(None, "--top-k", min=0, help="Keep the k most likely tokens; 0 = off."),
@@ -49,6 +49,8 @@ def infer(
              "repetition_penalty": repetition_penalty, "seed": seed, "device": device, "dtype": dtype}
     source, sampling, settings = s.settings(model, flags)
     prompts = s.read_prompts(prompts_file) if prompts_file is not None else None
+    if prompts is None and out is not None:  # one prompt, recorded in a file instead of streamed
+        prompts = [{"prompt": prompt}]
     target = (out or s.default_samples_out(source)) if prompts is not None else None
     session = s.open_session(source, settings.device, settings.dtype, compile)
     if prompts is not None:
@@ -61,8 +63,6 @@ def infer(
         return
     started = time.perf_counter()
     write = (lambda text: None) if as_json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    if not as_json:
-        write(prompt)
     record = s.complete(session, prompt, sampling, write)
     seconds = time.perf_counter() - started
     if as_json:

@@ -49,7 +49,7 @@ class Session:
     compile: bool
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text).input_ids
+        ids = self.tokenizer(text, verbose=False).input_ids  # the length is checked here, not warned about
         limit = self.source.model.max_position_embeddings
         if len(ids) >= limit:
             raise OminixError(f"the prompt is {len(ids)} tokens, the model's context is {limit}",
@@ -121,8 +121,10 @@ class TextStream:
 
 
 def complete(session: Session, prompt: str, sampling: Sampling, write: Callable[[str], None]) -> dict[str, Any]:
-    """Generate for one prompt, streaming the text to ``write``; returns the output record."""
+    """Generate for one prompt, streaming the prompt and then the completion to ``write``;
+    returns the output record."""
     ids = session.encode(prompt)
+    write(prompt)
     result = generate(session.decoder(len(ids), sampling), ids, sampling,
                       session.tokenizer.eos_token_id, TextStream(session.tokenizer, write))
     return session.record({"prompt": prompt}, ids, result, sampling)
