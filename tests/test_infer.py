@@ -128,3 +128,9 @@ def test_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Pa
     assert result.returncode == 2, result.stderr
     assert expect in result.stderr and "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".samples*"))
+
+
+def test_too_long_single_prompt_prints_nothing_on_stdout(run_dir: Path) -> None:
+    result = run_cli("infer", "--model", str(run_dir), "--prompt", "fox " * 400)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "the model's context is 256" in result.stderr
