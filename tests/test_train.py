@@ -23,27 +23,11 @@ QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3",
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real text, prepared in the documented format: the embedded corpus (Python documentation) as
-    UTF-8 bytes (ids < 256 of the tiny preset's 2048), seq_len 128, 5% held out for validation."""
-    import numpy as np
-
-    from ominix.data.embedded import documents
-    from ominix.data.store import FORMAT, ShardWriter
-
-    out, seq = tmp_path_factory.mktemp("data"), 128
-    text = "\n".join(d["text"] for d in documents()).encode("utf-8")
-    tokens = np.frombuffer(text, dtype=np.uint8)
-    n = len(tokens) // (seq + 1)
-    blocks = tokens[: n * (seq + 1)].reshape(n, seq + 1)
-    held = n // 20
-    splits = {}
-    for split, rows in (("train", blocks[held:]), ("validation", blocks[:held])):
-        writer = ShardWriter(out, split, seq, np.dtype("<u2"))
-        writer.write(rows, 0)
-        splits[split] = {"shards": writer.close(), "blocks": len(rows), "tokens": len(rows) * seq}
-    manifest = {"format": FORMAT, "seq_len": seq, "dtype": "<u2", "source_sets": ["python-docs"],
-                "tokenizer": {"vocab_size": 2048}, "splits": splits}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    """The tiny preset's data, prepared for real: the embedded corpus, a trained byte-level BPE
+    tokenizer of 2048 ids, seq_len 128, 5% held out."""
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    result = run_cli("data", "prepare", "--config", "tiny", "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr
     return out
 
 
@@ -202,7 +186,7 @@ SETS = [*QUICK, "checkpoint.every=2", "schedule.eval_every=2", "checkpoint.keep_
 def test_ddp_trains_and_writes_metrics_tensorboard_and_checkpoints(ddp_run: Path) -> None:
     losses = _losses(ddp_run)
     assert sorted(losses) == [1, 2, 3, 4]
-    assert losses[4] < losses[1] - 1.0  # real text: the tiny model learns byte statistics at once
+    assert losses[4] < losses[1] - 0.3  # the tiny model starts learning the token statistics at once
     evals = [json.loads(x) for x in (ddp_run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [e["step"] for e in evals] == [2, 4] and evals[1]["val_loss"] < evals[0]["val_loss"]
     assert list((ddp_run / "tb").glob("events.out.tfevents.*"))
@@ -248,7 +232,7 @@ def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: P
                      sets=[*QUICK, "schedule.eval_every=0", f"model.init_from={weights}", "schedule.warmup_steps=0"])
     _ok(result)
     assert "initialised from" in result.stdout
-    assert _losses(run)[1] < _losses(ddp_run)[1] - 1.0  # starts where the first run ended, not from scratch
+    assert _losses(run)[1] < _losses(ddp_run)[1] - 0.3  # starts where the first run ended, not from scratch
 
 
 def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -278,9 +262,9 @@ def test_sharding_plugins_train_and_resume_bit_exactly(plugin: str, sets: list[s
     sets = [*SETS, "schedule.eval_every=3", *sets]
     _ok(_launch(data_dir, full, "--plugin", plugin, "--nproc-per-node", "2", "--max-steps", "3", sets=sets))
     losses = _losses(full)
-    assert losses[3] < losses[1] - 0.5
+    assert losses[3] < losses[1] - 0.2
     evals = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
-    assert evals[0]["val_loss"] < losses[1] - 0.5  # held-out text agrees that the model learned
+    assert evals[0]["val_loss"] < losses[1] - 0.2  # held-out text agrees that the model learned
     _ok(_launch(data_dir, again, "--plugin", plugin, "--nproc-per-node", "2", "--max-steps", "3",
                 "--resume", str(full / "checkpoints" / "step_00000002"), sets=sets))
     assert _losses(again) == {3: losses[3]}

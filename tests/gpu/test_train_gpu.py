@@ -44,7 +44,7 @@ def test_plugin_trains_and_resumes_on_gpu(plugin: str, nproc: int, sets: list[st
     args = ["--plugin", plugin, "--nproc-per-node", str(nproc), "--max-steps", "6"]
     _ok(_launch(data_dir, full, *args, sets=[*SETS, *sets]))
     losses = _losses(full)
-    assert losses[6] < losses[1] - 1.0
+    assert losses[6] < losses[1] - 0.5
     rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert all(r["mfu"] is not None and r["mfu"] > 0 for r in rows if r["kind"] == "train")  # known card
     assert "MFU n/a" not in (full / "train.log").read_text()
