@@ -85,8 +85,10 @@ def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, t
 
 
 def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
-    result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", timeout=60)
+    result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", "--attn", "sdpa",
+                     "--gradient-checkpointing", timeout=60)
     _ok(result)
+    assert "  attn: sdpa\n" in result.stdout and "  gradient_checkpointing: true\n" in result.stdout
     assert "global batch 16 = micro 8 x accum 1 x dp 2" in result.stdout
     assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m ominix.train --run-dir" in result.stdout
     assert not (tmp_path / "run").exists()

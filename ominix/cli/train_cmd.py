@@ -23,6 +23,10 @@ def launch(
     data: str = typer.Option(None, "--data", help="Prepared data directory (from `ominix data prepare`)."),
     run_dir: str = typer.Option(None, "--run-dir", help="Run directory: config, logs, metrics, checkpoints."),
     max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps."),
+    attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), flash, sdpa, cudnn."),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward."
+    ),
     resume: str = typer.Option(
         None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
     ),
@@ -48,6 +52,7 @@ def launch(
     code = launch_from_cli(source, sets, {
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
         "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
+        "model.attn": attn, "model.gradient_checkpointing": gradient_checkpointing,
     }, dry_run=dry_run)
     if code:
         raise typer.Exit(code)
