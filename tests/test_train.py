@@ -252,6 +252,7 @@ def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir:
     assert refused.returncode == 2 and "other prepared data" in refused.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("private_netns")
 @pytest.mark.parametrize("plugin, sets", [
     ("zero2", []),  # LowLevelZero through the CPU shims (ominix/train/cpu_shims.py)
