@@ -88,10 +88,12 @@ class HubPart(Part):
             text = readers.text_of(record, text_field, f"{self.source}/{path}")
             yield text or "", readers.set_name_of(record)
 
-    def records(self, text_field: str) -> Iterator[tuple[str, str | None]]:
+    def records(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str | None]]:
         if self.extra["streaming"]:
-            return sliced(self.files, self.split, lambda f: self._stream(f, text_field), None)
-        return sliced(self.files, self.split, lambda f: readers.read(self._local(f), text_field), None)
+            read = self._reporting(lambda f: self._stream(f, text_field), on_file)
+        else:
+            read = self._reporting(lambda f: readers.read(self._local(f), text_field), on_file)
+        return sliced(self.files, self.split, read, None)
 
 
 def _cached(repo: str, path: str, revision: str | None) -> bool:

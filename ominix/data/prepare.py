@@ -24,15 +24,15 @@ from ominix.errors import OminixError
 TOKENIZER_TRAIN_CHARS = 1 << 30  # a trained tokenizer sees at most the first ~1 GB of training text
 
 
-def _documents(parts: list[Any], text_field: str) -> Iterator[tuple[str, str]]:
+def _documents(parts: list[Any], text_field: str, on_file: Any = None) -> Iterator[tuple[str, str]]:
     for part in parts:
-        yield from part.documents(text_field)
+        yield from part.documents(text_field, on_file)
 
 
-def _training_texts(parts: list[Any], cfg: DataConfig, budget: list[int]) -> Iterator[str]:
+def _training_texts(parts: list[Any], cfg: DataConfig, budget: list[int], on_file: Any) -> Iterator[str]:
     from ominix.data.pack import is_validation
 
-    for text, _ in _documents(parts, cfg.text_field):
+    for text, _ in _documents(parts, cfg.text_field, on_file):
         if budget[0] >= TOKENIZER_TRAIN_CHARS:
             return
         if not is_validation(text, cfg.seed, cfg.val_fraction):
@@ -126,17 +126,20 @@ def prepare(
     tmp.mkdir()
     started = time.time()
     try:
+        total_bytes = sum(sum(p.sizes) for p in parts)
         with PrepareProgress(enabled=progress) as bar:
             trained_chars = [0]
             if tok is None:
-                bar.phase(f"training tokenizer (byte-level BPE, {cfg.vocab_size} ids)")
-                tok = tokenizer.train_bpe(_training_texts(parts, cfg, trained_chars), cfg.vocab_size)
+                bar.phase(f"training tokenizer (byte-level BPE, {cfg.vocab_size} ids)", total_bytes)
+                texts = _training_texts(parts, cfg, trained_chars, bar.file_done)
+                tok = tokenizer.train_bpe(texts, cfg.vocab_size)
             tok_file = tokenizer.save(tok, tmp / "tokenizer", cfg.seq_len)
             dtype = store.token_dtype(tok.vocab_size)
             packer = pack.Packer(tmp, cfg.seq_len, dtype, [])
-            bar.phase("tokenizing and packing")
-            seconds = pack.run(_documents(parts, cfg.text_field), tok.tokenizer, tok.eos_id, packer,
-                               cfg.seed, cfg.val_fraction, bar.update)
+            bar.phase("tokenizing and packing", total_bytes)
+            seconds = pack.run(_documents(parts, cfg.text_field, bar.file_done), tok.tokenizer, tok.eos_id,
+                               packer, cfg.seed, cfg.val_fraction, bar.update)
+            bar.finish()
         shards = packer.close()
         manifest: dict[str, Any] = {
             "format": store.FORMAT,

@@ -7,7 +7,7 @@ from typing import Any
 
 
 class PrepareProgress:
-    """A rich progress line on stderr: phase, documents, tokens and their rates, elapsed time."""
+    """A rich progress bar on stderr: phase, input bytes read, documents, tokens and their rates."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -19,28 +19,48 @@ class PrepareProgress:
     def __enter__(self) -> PrepareProgress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                SpinnerColumn(),
                 TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 console=Console(stderr=True),
-                transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task("starting", stats="")
+            self._task = self._progress.add_task("starting", stats="", total=None)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.stop()
 
-    def phase(self, description: str) -> None:
+    def phase(self, description: str, total_bytes: int | None = None) -> None:
+        """Start a pass over the input (``total_bytes`` of source files)."""
         self._start = time.perf_counter()
+        self.docs = self.tokens = 0
         if self._progress is not None:
-            self._progress.update(self._task, description=description, stats="")
+            self._progress.reset(self._task, description=description, stats="", total=total_bytes)
+
+    def file_done(self, nbytes: int) -> None:
+        """One source file of ``nbytes`` read through (called from the reader thread)."""
+        if self._progress is not None:
+            self._progress.advance(self._task, nbytes)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            task = self._progress.tasks[0]
+            self._progress.update(self._task, completed=task.total or task.completed)
 
     def update(self, docs: int, tokens: int) -> None:
         self.docs += docs

@@ -43,14 +43,27 @@ class Part:
     license: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def documents(self, text_field: str) -> Iterator[tuple[str, str]]:
-        """Non-empty ``(text, source_set)`` of the selected records, in order."""
-        for text, set_name in self.records(text_field):
+    def documents(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str]]:
+        """Non-empty ``(text, source_set)`` of the selected records, in order; ``on_file(bytes)``
+        is called after each file is read through."""
+        for text, set_name in self.records(text_field, on_file):
             if text and not text.isspace():
                 yield text, set_name or self.name
 
-    def records(self, text_field: str) -> Iterator[tuple[str, str | None]]:
-        return sliced(self.files, self.split, lambda f: readers.read(f, text_field), readers.count)
+    def records(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str | None]]:
+        read = self._reporting(lambda f: readers.read(f, text_field), on_file)
+        return sliced(self.files, self.split, read, readers.count)
+
+    def _reporting(self, read: Any, on_file: Any) -> Any:
+        if on_file is None:
+            return read
+        sizes = dict(zip(map(str, self.files), self.sizes))
+
+        def read_and_report(f: Any) -> Iterator[Any]:
+            yield from read(f)
+            on_file(sizes[str(f)])
+
+        return read_and_report
 
     def describe(self) -> dict[str, Any]:
         return {
