@@ -249,7 +249,10 @@ class LlamaForCausalLM(nn.Module):
             return CausalLMOutput(loss=None, logits=self.lm_head(h))
         h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
         chunk = self.config.loss_chunk
-        if chunk and torch.is_grad_enabled() and h.requires_grad:
+        # Gemini's ColoParameter rejects a custom autograd Function on its weights (its gradient
+        # hooks need the weight used by ordinary ops): plugins that wrap parameters get plain CE.
+        plain_weight = type(self.lm_head.weight) in (torch.Tensor, nn.Parameter)
+        if chunk and plain_weight and torch.is_grad_enabled() and h.requires_grad:
             loss = ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, labels, chunk)
         else:
             loss = F.cross_entropy(self.lm_head(h).float(), labels, ignore_index=-100)
