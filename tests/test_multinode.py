@@ -309,3 +309,21 @@ def test_a_hung_host_is_detected_by_heartbeat(sshd: Sshd, tmp_path: Path, monkey
     err = capfd.readouterr().err
     assert "node 1 (127.0.0.2" in err and "stopped answering for 3 s" in err
     assert _leftovers(tmp_path, wait_s=60) == []
+
+
+def test_multinode_flags_of_the_train_command(tmp_path: Path) -> None:
+    """The issue's command line: --plugin gemini --nodes N --hostfile F, plus --launcher/--forward-env."""
+    from tests.conftest import run_cli
+
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text("node-a\nnode-b\nnode-c\nnode-d\nnode-e\n")
+    result = run_cli("train", "launch", "tiny", "--dry-run", "--plugin", "ddp", "--nodes", "4",
+                     "--hostfile", str(hostfile), "--master-port", "29611", "--rdzv-timeout", "30",
+                     "--forward-env", "HF_TOKEN", "--set", "schedule.global_batch_size=32", env={"HF_TOKEN": "hf_secret_value"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert all(f"# node {i}:" in out for i in range(4)) and "node-e" not in out
+    assert "--master-port=29611" in out and "hf_secret_value" not in out
+    result = run_cli("train", "launch", "tiny", "--dry-run", "--nodes", "2", "--hostfile", str(hostfile),
+                     "--launcher", "slurm", "--set", f"logging.run_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr

@@ -30,6 +30,24 @@ def launch(
     resume: str = typer.Option(
         None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
     ),
+    nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes to use: the first N hosts of the hostfile."),
+    hostfile: str = typer.Option(
+        None, "--hostfile", help="One host per line: 'host', 'user@host:port', optional 'slots=N'."
+    ),
+    launcher: str = typer.Option(
+        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (sbatch)."
+    ),
+    master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: the first host)."),
+    master_port: int = typer.Option(None, "--master-port", min=1, max=65535, help="Rendezvous port."),
+    rdzv_timeout: int = typer.Option(None, "--rdzv-timeout", min=1, help="Seconds to wait for every node."),
+    ssh_key: str = typer.Option(None, "--ssh-key", help="Private key file (default: agent and ~/.ssh)."),
+    accept_new_host_keys: bool = typer.Option(
+        None, "--accept-new-host-keys/--no-accept-new-host-keys",
+        help="Trust and record unknown host keys (a changed key is always refused).",
+    ),
+    forward_env: list[str] = typer.Option(
+        None, "--forward-env", help="Forward this variable to every node, e.g. HF_TOKEN (repeatable; never printed)."
+    ),
     sets: list[str] = SET_OPTION,
     dry_run: bool = typer.Option(
         False, "--dry-run/--no-dry-run", help="Print the resolved config and the command; start nothing."
@@ -46,6 +64,8 @@ def launch(
       ominix train launch llama2-7b --data data/slimpajama --plugin gemini --dry-run
 
       ominix train launch tiny --data data/tiny --run-dir runs/tiny --resume auto
+
+      ominix train launch llama2-7b --plugin gemini --nodes 4 --hostfile hosts.txt --data data/slimpajama --dry-run
     """
     from ominix.train.launch import launch_from_cli
 
@@ -53,6 +73,10 @@ def launch(
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
         "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
         "model.attn": attn, "model.gradient_checkpointing": gradient_checkpointing,
+        "launch.nodes": nodes, "launch.hostfile": hostfile, "launch.launcher": launcher,
+        "launch.master_addr": master_addr, "launch.master_port": master_port,
+        "launch.rdzv_timeout": rdzv_timeout, "launch.ssh_key": ssh_key,
+        "launch.accept_new_host_keys": accept_new_host_keys, "launch.forward_env": forward_env or None,
     }, dry_run=dry_run)
     if code:
         raise typer.Exit(code)
