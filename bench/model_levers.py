@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
 
 import torch
@@ -106,8 +107,12 @@ def main() -> None:
     base = results[0]["tokens_per_s"]
     for row in results:
         row["ratio_vs_baseline"] = round(row["tokens_per_s"] / base, 3)
-    summary = {"bench": "model_levers", "card": device_name(), "date": time.strftime("%Y-%m-%d"),
-               "preset": args.preset, "batch": args.batch, "seq": args.seq, "results": results}
+    best = max(results, key=lambda r: r["tokens_per_s"])
+    summary = {"name": f"model levers, plain PyTorch step, {args.preset} shape, seq {args.seq}, batch {args.batch}, bf16",
+               "card": device_name(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+               "value": best["tokens_per_s"], "unit": "tokens/s", "variant": best["variant"],
+               "baseline": base, "baseline_name": results[0]["variant"], "ratio": best["ratio_vs_baseline"],
+               "mfu": best["mfu"], "baseline_mfu": results[0]["mfu"], "results": results}
     print(json.dumps(summary, indent=1))
     if args.out:
         with open(args.out, "w") as f:
