@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ominix.config import OminixConfig
@@ -341,6 +341,8 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
         with no_init_weights():  # skip transformers' own init: it would consume the RNG first
             model = LlamaForCausalLM(hf_config(m, use_cache=False, attn_implementation=kernel))
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
+    if cfg.parallel.plugin in ("ddp", "fsdp"):  # torch's wrappers take no lazy tensors: materialise here
+        LazyInitContext.materialize(model)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -365,8 +367,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float]) -> Engine:
-    """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up)."""
+def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_baseline: bool = False) -> Engine:
+    """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up).
+
+    ``hf_baseline`` trains transformers' LlamaForCausalLM instead of OminiX's decoder through the same
+    plugin and optimizer: ColossalAI's own LLaMA path, the baseline of ``bench/train_throughput.py``."""
     import torch
     import torch.distributed as dist
     from colossalai.booster import Booster
@@ -380,6 +385,8 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float]) -> Engi
     world, rank = dist.get_world_size(), dist.get_rank()
     layout = validate(cfg, world, gpu)
     spec = PLUGINS[cfg.parallel.plugin]
+    if hf_baseline:
+        spec = replace(spec, hf_model=True)
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
     plugin = spec.build(cfg, layout)
     precision = cfg.parallel.precision

@@ -1,0 +1,136 @@
+"""Training throughput of OminiX's real training path against ColossalAI's own LLaMA path, same run.
+
+Both sides go through ``ominix.train.engine.build_engine``: the same ColossalAI plugin, optimizer
+(HybridAdam on GPU), precision and micro-batch loop as ``ominix train launch``. The baseline swaps
+OminiX's decoder for transformers' LlamaForCausalLM (4.51.3) of the same shape - what ColossalAI's
+``examples/language/llama`` benchmark trains. Random tokens, ``--warmup`` untimed then ``--steps``
+timed steps each. Prints tokens/s (total and per GPU), TFLOP/s per GPU, MFU and peak memory, and
+saves the figures to ``bench/results/`` (``--out``).
+
+    torchrun --standalone --nproc-per-node 1 bench/train_throughput.py tinyllama-1.1b --plugin gemini \\
+        --micro-batch 4 --set model.compile=true --out bench/results/train_1.1b_gemini_1gpu.json
+    torchrun --standalone --nproc-per-node 4 bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16
+    python bench/train_throughput.py tiny --plugin ddp --steps 2      # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _measure(cfg, hf_baseline: bool, warmup: int, steps: int) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from ominix.train.engine import build_engine
+
+    engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
+    layout = engine.layout
+    gen = torch.Generator().manual_seed(engine.rank)
+    seq = cfg.data.seq_len
+    cuda = engine.device.type == "cuda"
+
+    def step() -> None:
+        batch = torch.randint(0, cfg.model.vocab_size, (layout.rank_batch, seq + 1), generator=gen)
+        batch = batch.to(engine.device, non_blocking=True)
+        if layout.pp > 1:
+            engine.pipeline_loss(batch)
+        else:
+            for i, micro in enumerate(batch.split(layout.micro_batch)):
+                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast():
+                    loss = engine.loss(micro)
+                engine.booster.backward(loss / layout.accum, engine.optimizer)
+        engine.clip_and_step(cfg.optim.grad_clip)
+        engine.optimizer.zero_grad()
+
+    engine.model.train()
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    dist.barrier()
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    del engine
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"seconds_per_step": seconds, "tokens_per_step": layout.tokens_per_step, "peak_mem_gib": peak}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset", help="config file or preset")
+    ap.add_argument("--plugin", default=None)
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per GPU per step")
+    ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--no-baseline", action="store_true", help="measure OminiX only")
+    ap.add_argument("--out", help="JSON results file")
+    args = ap.parse_args()
+
+    import torch.distributed as dist
+
+    from ominix.config import load_config
+    from ominix.flops import device_name, flops_per_token, mfu, peak_flops
+    from ominix.train.engine import init_distributed
+
+    init_distributed(seed=0)
+    world = dist.get_world_size()
+    sets = list(args.sets)
+    if args.micro_batch:
+        sets += [f"schedule.micro_batch_size={args.micro_batch}",
+                 f"schedule.global_batch_size={args.micro_batch * world}"]
+    if args.seq:
+        sets += [f"data.seq_len={args.seq}"]
+    cfg = load_config(args.preset, sets, {"parallel.plugin": args.plugin})
+    # the global batch is per GPU x GPUs: recompute it for this world size
+    micro = cfg.schedule.micro_batch_size
+    cfg.schedule.global_batch_size = micro * world // (cfg.parallel.tp * cfg.parallel.pp) or micro
+
+    fpt = flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = peak_flops(device_name())
+    rows = []
+    for name, hf in (("ominix", False), ("baseline: transformers LlamaForCausalLM", True)):
+        if hf and args.no_baseline:
+            continue
+        r = _measure(cfg, hf, args.warmup, args.steps)
+        tps = r["tokens_per_step"] / r["seconds_per_step"]
+        row = {"model": name, "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
+               "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),
+               "peak_mem_gib": None if r["peak_mem_gib"] is None else round(r["peak_mem_gib"], 1)}
+        rows.append(row)
+        if dist.get_rank() == 0:
+            print(json.dumps(row), flush=True)
+    if dist.get_rank() == 0:
+        ours, base = rows[0], rows[-1]
+        result = {
+            "name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro} "
+                    f"{cfg.parallel.plugin} x{world}",
+            "card": device_name(), "gpus": world, "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
+            "value": ours["tokens_per_s"], "unit": "tokens/s", "mfu": ours["mfu"],
+            "baseline": base["tokens_per_s"], "baseline_mfu": base["mfu"],
+            "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 3), "rows": rows,
+        }
+        print(json.dumps(result, indent=1))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
