@@ -61,10 +61,17 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int) -> dict:
     dist.barrier()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    del engine
-    if cuda:
-        torch.cuda.empty_cache()
     return {"seconds_per_step": seconds, "tokens_per_step": layout.tokens_per_step, "peak_mem_gib": peak}
+
+
+def free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main() -> int:
@@ -106,6 +113,7 @@ def main() -> int:
         if hf and args.no_baseline:
             continue
         r = _measure(cfg, hf, args.warmup, args.steps)
+        free_memory()  # the engine of the first measurement is gone: give its memory back
         tps = r["tokens_per_step"] / r["seconds_per_step"]
         row = {"model": name, "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
                "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ominix.atomic import publish, remove_stale, staging_path
 from ominix.config import DataConfig
 from ominix.errors import OminixError
 
@@ -54,25 +55,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-def _remove_stale(out: Path) -> None:
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass  # a live process of another user
-
-
-def _install(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def _check_result(manifest: dict[str, Any], cfg: DataConfig) -> None:
@@ -121,8 +103,8 @@ def prepare(
     parts = sources.plan(cfg.sources, cfg.split, streaming=cfg.streaming, log=log)
     tok = tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale(out)
+    tmp = staging_path(out)
     tmp.mkdir()
     started = time.time()
     try:
@@ -187,7 +169,7 @@ def prepare(
         }
         _check_result(manifest, cfg)
         card.write(tmp, manifest)
-        _install(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

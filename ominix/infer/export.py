@@ -9,11 +9,11 @@ under a temporary name and renamed once complete and verified.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from ominix.atomic import publish, staging_path
 from ominix.errors import OminixError
 from ominix.infer.load import (
     EXPORT_META, ModelSource, build_from_state, check_state, file_sha256, load_tokenizer, model_checksum,
@@ -67,7 +67,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     state = {k: v.to(target).contiguous() for k, v in state.items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = staging_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -89,7 +89,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         if verify:
             meta["verify"] = verify_export(tmp, source.model, state, device)
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -167,12 +167,3 @@ def verify_export(out: Path, model_cfg, state: dict[str, Any], device: str = "cp
     return {"tokens": ids.shape[1], "max_abs_logit_diff": diff}
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (only with --force) is moved aside first."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)

@@ -27,7 +27,6 @@ The bundle is written under a temporary name and renamed, so it never exists hal
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import date
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ominix.atomic import publish, remove_stale, staging_path
 from ominix.errors import OminixError
 from ominix.release import cards, mof, provenance
 from ominix.release.artifacts import RunArtifacts, checksums, collect, files_under, read_json, sha256_file
@@ -263,17 +263,6 @@ def _hints(art: RunArtifacts) -> dict[str, str]:
     }
 
 
-def _remove_stale(out: Path) -> None:
-    """Delete temporary bundles left by killed ``mof report`` processes (their PID is gone)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass  # a live process of another user
-
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
@@ -296,17 +285,11 @@ def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file
     base = release_path.parent if release_path else Path.cwd()
     builder = _Builder(art, release, base, copy_checkpoints)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_stale(out)
+    tmp = staging_path(out)
     try:
         result = builder.write(tmp, command)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
