@@ -18,14 +18,12 @@ HEAVY = ("torch", "colossalai", "datasets", "transformers")
 
 
 def _commands() -> list[list[str]]:
-    import click
-
     root = typer.main.get_command(app)
     found: list[list[str]] = [[]]
 
-    def walk(cmd: click.Command, path: list[str]) -> None:
-        if isinstance(cmd, click.Group):
-            ctx = click.Context(cmd)
+    def walk(cmd, path: list[str]) -> None:
+        if hasattr(cmd, "list_commands"):  # a group (typer vendors its own click)
+            ctx = typer.Context(cmd)
             for name in cmd.list_commands(ctx):
                 sub = cmd.get_command(ctx, name)
                 found.append([*path, name])
