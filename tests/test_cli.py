@@ -96,9 +96,9 @@ def test_config_schema_is_json_schema() -> None:
 
 
 def test_python_dash_m_and_console_script_agree() -> None:
-    import shutil
+    from pathlib import Path
 
-    exe = shutil.which("ominix")
-    assert exe, "the console script `ominix` is not installed"
-    a = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    exe = Path(sys.executable).parent / "ominix"  # the venv's script, whether or not the venv is on PATH
+    assert exe.is_file(), "the console script `ominix` is not installed"
+    a = subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout
     assert a == run_cli("--version").stdout
