@@ -9,6 +9,7 @@ import typer
 
 from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
+from ominix.cli import quickstart_cmd
 from ominix.errors import OminixError
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(train_cmd.app, name="train")
 app.add_typer(mof_cmd.app, name="mof")
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_)
+app.command("quickstart")(quickstart_cmd.quickstart)
 
 
 def _version(value: bool) -> None:
