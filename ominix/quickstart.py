@@ -139,7 +139,7 @@ checkpoint. Training loss {curve[0]:.3f} -> {curve[-1]:.3f}.
 ## Evaluation
 Validation loss {facts['eval_loss']:.4f} nats/token (perplexity {facts['eval_perplexity']:.1f}), against
 a unigram entropy of {facts['unigram_entropy']:.4f} nats/token on the training tokens: the model uses
-context. Greedy samples:
+context. Greedy samples (repetition penalty 1.3):
 
 {samples}
 
@@ -221,8 +221,9 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     samples_path = run_dir / "samples.jsonl"
     with stage("infer", f"ominix infer --model {run_dir} --prompts-file {prompts} --temperature 0 "
-                        f"--out {samples_path}"):
-        source, sampling, settings = infer_session.settings(run_dir, {"temperature": 0.0, "device": "cpu"})
+                        f"--repetition-penalty 1.3 --out {samples_path}"):
+        source, sampling, settings = infer_session.settings(run_dir, {"temperature": 0.0, "repetition_penalty": 1.3,
+                                                                       "device": "cpu"})
         session = infer_session.open_session(source, settings.device, settings.dtype, compile=False)
         infer_session.complete_file(session, infer_session.read_prompts(prompts), sampling, samples_path)
         samples = [json.loads(line) for line in samples_path.read_text().splitlines()]

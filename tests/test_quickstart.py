@@ -1,0 +1,98 @@
+"""`ominix quickstart` end to end (real data prepare, 2-process torchrun + ColossalAI ddp, resume,
+export verified with transformers, infer, eval, MOF bundle), plus its directory rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ominix.errors import OminixError
+from ominix.quickstart import MARKER, PROMPTS, SUMMARY, claim_out, sparkline, unigram_entropy
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
+    out = tmp_path / "qs"
+    result = run_cli("quickstart", "--out", str(out), "--json", timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)  # --json: stdout holds only the summary, torchrun logs went to stderr
+    assert summary == json.loads((out / SUMMARY).read_text())
+    art = summary["artifacts"]
+
+    # Class I bundle with the licenses the quickstart declares, as MOT would rate its mof.yaml.
+    assert summary["mof"]["class"] == 1
+    bundle = Path(art["bundle"])
+    check = run_cli("mof", "check", str(bundle / "mof.yaml"), "--json")
+    assert check.returncode == 0 and json.loads(check.stdout)["class"] == 1
+    licenses = yaml.safe_load((bundle / "mof.yaml").read_text())["release"]["license"]
+    assert {k: v["name"] for k, v in licenses.items()} == {
+        "code": "Apache-2.0", "data": "Python-2.0", "document": "CC-BY-4.0"}
+
+    # The model learned from context: eval loss well below the unigram entropy of the train tokens.
+    entropy = unigram_entropy(out / "data")
+    assert summary["unigram_entropy"] == pytest.approx(entropy)
+    results = json.loads(Path(art["eval_results"]).read_text())
+    assert results["perplexity"]["loss"] == pytest.approx(summary["eval_loss"])
+    assert summary["eval_loss"] < entropy - 0.5, (summary["eval_loss"], entropy)
+    assert summary["loss_curve"]["last"] < summary["loss_curve"]["first"] - 1.5
+
+    samples = [json.loads(line) for line in Path(art["samples"]).read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == PROMPTS
+    assert all(s["completion"].strip() for s in samples)
+
+    # Resumed from the step-150 checkpoint and continued to 200; the step-100 checkpoint is kept.
+    assert summary["resumed"]["from_step"] == 150 and len(summary["resumed"]["log"]) == 1
+    assert "step_00000150" in summary["resumed"]["log"][0]
+    steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 200
+    listing = json.loads(run_cli("checkpoint", "list", str(out / "run"), "--json").stdout)
+    assert [e["step"] for e in listing] == [100, 150, 200]
+    assert Path(art["export"], "config.json").is_file()
+    assert summary["mfu"] is None and summary["mfu_note"].startswith("n/a")
+
+    # A second run into the same directory is refused and leaves the finished one alone.
+    again = run_cli("quickstart", "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+    assert json.loads((out / SUMMARY).read_text()) == summary
+
+
+def test_claim_out_rules(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    claim_out(fresh, force=False)
+    assert (fresh / MARKER).is_file()
+    (fresh / "leftover").write_text("x")
+    with pytest.raises(OminixError, match="already exists"):
+        claim_out(fresh, force=False)
+    claim_out(fresh, force=True)  # an earlier quickstart's directory is replaced
+    assert not (fresh / "leftover").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(OminixError, match="not a quickstart directory"):
+        claim_out(foreign, force=True)
+    assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_unigram_entropy_and_sparkline(tmp_path: Path) -> None:
+    tokens = np.array([0, 1, 1, 2, 2, 2, 2, 3], dtype=np.uint16)
+    (tmp_path / "train").mkdir()
+    tokens.tofile(tmp_path / "train" / "00000.bin")
+    manifest = {"dtype": "uint16", "tokenizer": {"vocab_size": 8},
+                "splits": {"train": {"shards": [{"file": "train/00000.bin"}]}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    p = np.array([1, 2, 4, 1]) / 8
+    assert unigram_entropy(tmp_path) == pytest.approx(float(-(p * np.log(p)).sum()))
+    assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"
+    assert len(sparkline([float(i) for i in range(100)], width=20)) == 20
+
+
+def test_quickstart_refuses_too_few_steps(tmp_path: Path) -> None:
+    result = run_cli("quickstart", "--out", str(tmp_path / "qs"), "--steps", "10")
+    assert result.returncode == 2 and "--steps" in result.stderr
+    assert not (tmp_path / "qs").exists()
