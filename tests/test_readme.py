@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_cli
 
 SKIP = re.compile(r"^(make|pip|python3 -m venv)\b")
@@ -55,6 +57,7 @@ def test_readme_console_commands_parse() -> None:
         assert result.returncode == 0, f"{line}\n{result.stderr}"
 
 
+@pytest.mark.slow
 def test_readme_bash_examples_run(tmp_path: Path, private_netns: None) -> None:
     script = "set -euo pipefail\n" + "\n".join(f"echo '+ '{shlex.quote(line)}\n{line}" for line in bash_lines())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
