@@ -4,6 +4,11 @@ export verified with transformers, infer, eval, MOF bundle), plus its directory 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,24 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     again = run_cli("quickstart", "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
     assert json.loads((out / SUMMARY).read_text()) == summary
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_nothing_that_looks_complete(tmp_path: Path, private_netns: None) -> None:
+    out = tmp_path / "qs"
+    proc = subprocess.Popen([sys.executable, "-m", "ominix", "quickstart", "--out", str(out)], text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out / "run" / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground process group
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert not (out / SUMMARY).exists() and not (out / "release").exists()
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):  # torchrun and its workers are gone too
+        os.killpg(proc.pid, 0)
 
 
 def test_claim_out_rules(tmp_path: Path) -> None:
