@@ -15,8 +15,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ominix.errors import OminixError
 
@@ -33,11 +34,11 @@ PROMPTS = [
 ]
 SPARK = "▁▂▃▄▅▆▇█"
 GPU_COMMANDS = [
-    "ominix data prepare --config llama2-7b cerebras/SlimPajama-627B --tokenizer ./llama2-tokenizer "
-    "--out /shared/data/slimpajama",
+    ("ominix data prepare --config llama2-7b cerebras/SlimPajama-627B --tokenizer ./llama2-tokenizer "
+     "--out /shared/data/slimpajama"),
     "ominix train check-hosts llama2-7b --hostfile hosts.txt --nodes 4",
-    "ominix train launch llama2-7b --data /shared/data/slimpajama --run-dir /shared/runs/llama2-7b "
-    "--hostfile hosts.txt --nodes 4 --nproc-per-node 8",
+    ("ominix train launch llama2-7b --data /shared/data/slimpajama --run-dir /shared/runs/llama2-7b "
+     "--hostfile hosts.txt --nodes 4 --nproc-per-node 8"),
     "ominix mof report /shared/runs/llama2-7b --release release.yaml --out /shared/release/llama2-7b",
 ]
 
@@ -133,8 +134,9 @@ packed into blocks of {facts['seq_len']} tokens: {facts['train_tokens']:,} train
 LLaMA decoder `tiny`: hidden {m['hidden_size']}, {m['num_hidden_layers']} layers,
 {m['num_attention_heads']} heads, {facts['params']:,} parameters. Trained for {facts['steps']} steps of
 {facts['global_batch_size']} sequences with AdamW and a cosine schedule, on {NPROC} CPU processes
-through ColossalAI's ddp plugin; stopped at step {facts['resumed_from_step']} and resumed from that
-checkpoint. Training loss {curve[0]:.3f} -> {curve[-1]:.3f}.
+through ColossalAI's ddp plugin: a first launch to step {facts['resumed_from_step']}, then a relaunch that
+resumed from that checkpoint (cosine schedule stretched to {facts['steps']} steps). Training loss
+{curve[0]:.3f} -> {curve[-1]:.3f}.
 
 ## Evaluation
 Validation loss {facts['eval_loss']:.4f} nats/token (perplexity {facts['eval_perplexity']:.1f}), against
@@ -155,7 +157,7 @@ class Stages:
     def __init__(self, console: Any, total: int) -> None:
         self.console, self.total, self.n, self.times = console, total, 0, {}
 
-    def __call__(self, name: str, command: str) -> "Stages":
+    def __call__(self, name: str, command: str) -> Stages:
         self.n += 1
         self.name = name
         self.console.rule(f"[bold]{self.n}/{self.total} {name}")
@@ -165,7 +167,7 @@ class Stages:
     def __enter__(self) -> None:
         self.started = time.perf_counter()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.times[self.name] = round(time.perf_counter() - self.started, 1)
 
 
@@ -198,19 +200,16 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
         entropy = unigram_entropy(data)
         console.print(f"unigram entropy of the training tokens: {entropy:.4f} nats/token")
 
-    flags = {"data.path": str(data), "logging.run_dir": str(run_dir), "launch.nproc_per_node": NPROC,
-             "schedule.max_steps": steps}
+    flags = {"data.path": str(data), "logging.run_dir": str(run_dir), "launch.nproc_per_node": NPROC}
     first = steps - RESUME_STEPS
-    cfg = load_config("tiny", [], flags)
-    stop_tokens = first * cfg.schedule.global_batch_size * cfg.data.seq_len
-    launch_cmd = f"ominix train launch tiny --data {data} --run-dir {run_dir} --nproc-per-node {NPROC} --max-steps {steps}"
-    with stage(f"train to step {first} ({NPROC} processes, ddp)",
-               f"{launch_cmd} --set schedule.max_tokens={stop_tokens}"):
-        # Same schedule as the full run (max_steps), stopped early by max_tokens: the resumed
-        # launch continues exactly the curve an uninterrupted run would follow.
-        _check(launch(load_config("tiny", [f"schedule.max_tokens={stop_tokens}"], flags)), "training")
-    with stage(f"resume to step {steps}", f"{launch_cmd} --resume auto"):
-        _check(launch(load_config("tiny", [], {**flags, "checkpoint.resume": "auto"})), "the resumed training")
+    launch_cmd = f"ominix train launch tiny --data {data} --run-dir {run_dir} --nproc-per-node {NPROC}"
+    with stage(f"train to step {first} ({NPROC} processes, ddp)", f"{launch_cmd} --max-steps {first}"):
+        _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": first})), "training")
+    # A relaunch with more steps resumes model, optimizer, data position and RNG from the latest
+    # checkpoint; its learning-rate schedule is stretched to the new max_steps.
+    with stage(f"resume to step {steps}", f"{launch_cmd} --max-steps {steps} --resume auto"):
+        _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": steps, "checkpoint.resume": "auto"})),
+               "the resumed training")
 
     with stage("checkpoint export (verified with transformers)", f"ominix checkpoint export {run_dir}"):
         meta = export(run_dir, verify=True, command=f"ominix checkpoint export {run_dir}")
@@ -313,7 +312,8 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else summary["mfu_note"]
     console.print(f"MFU         {mfu}" + (f" ({tf:.3f} TFLOP/s per process measured)" if tf else ""), soft_wrap=True)
     console.print(f"MOF         [bold]{summary['mof']['label']}[/]")
-    console.print("stages      " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["stage_seconds"].items()), soft_wrap=True)
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in summary["stage_seconds"].items())
+    console.print(f"stages      {times}", soft_wrap=True)
     console.print("\nThe same on a GPU cluster (llama2-7b preset, 4 nodes x 8 GPUs; add --dry-run to see the plan):")
     for cmd in summary["gpu_cluster"]:
         console.print(f"  {cmd}", highlight=False, soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from ominix.errors import OminixError
-from ominix.quickstart import MARKER, PROMPTS, SUMMARY, claim_out, sparkline, unigram_entropy
+from ominix.quickstart import GPU_COMMANDS, MARKER, PROMPTS, SUMMARY, claim_out, sparkline, unigram_entropy
 from tests.conftest import run_cli
 
 
@@ -119,3 +120,14 @@ def test_quickstart_refuses_too_few_steps(tmp_path: Path) -> None:
     result = run_cli("quickstart", "--out", str(tmp_path / "qs"), "--steps", "10")
     assert result.returncode == 2 and "--steps" in result.stderr
     assert not (tmp_path / "qs").exists()
+
+
+def test_gpu_cluster_commands_of_the_summary_are_valid(tmp_path: Path) -> None:
+    for command in GPU_COMMANDS:  # every command and flag exists
+        result = run_cli(*shlex.split(command)[1:], "--help")
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+    (tmp_path / "hosts.txt").write_text("node1\nnode2\nnode3\nnode4\n")
+    launch = next(c for c in GPU_COMMANDS if c.startswith("ominix train launch"))
+    plan = run_cli(*shlex.split(launch)[1:], "--dry-run", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    assert "world 32" in plan.stdout and plan.stdout.count("--nnodes=4") == 4
