@@ -54,6 +54,10 @@ def colossalai_env(cfg: OminixConfig) -> tuple[dict[str, str], list[str]]:
     env.update(BASE_ENV)
     env.update(cfg.launch.node_env.get("*", {}))
     env.update(forwarded(cfg))
+    # colossalai run starts `torchrun` by name on every node: the nodes' interpreter's bin directory
+    # comes first on the PATH it exports (a venv is rarely on a non-interactive shell's PATH)
+    bin_dir = str(Path(cfg.launch.python or sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", os.defpath)])
     return env, sorted(k for k in env if k in cfg.launch.forward_env or is_secret(k))
 
 
