@@ -2,7 +2,7 @@
 
 ```
 RUN_DIR/config.yaml                         resolved config (required)
-RUN_DIR/checkpoints/step_XXXXXXXX/          model/, optimizer/, state.json, ... (at least one required)
+RUN_DIR/checkpoints/step_NNNNNNNN/          model/, optimizer/, state.json, ... (at least one required)
 RUN_DIR/checkpoints/latest                  name of the newest complete checkpoint
 RUN_DIR/metrics.jsonl, export/, samples.jsonl, eval/eval_results.json     optional
 DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokenizer/, validation/
