@@ -47,7 +47,13 @@ class ModelConfig(Section):
         "auto",
         description="Attention kernel: flash-attn if installed (auto), torch SDPA, or SDPA's cuDNN backend.",
     )
-    compile: bool = Field(False, description="torch.compile each decoder layer (fuses norms, rotary, SwiGLU).")
+    compile: bool = Field(False, description="torch.compile the decoder (fuses norms, rotary, SwiGLU).")
+    compile_scope: Literal["auto", "layers", "ops"] = Field(
+        "auto",
+        description="What model.compile compiles: whole decoder layers, or only the parameter-free "
+        "kernels (norm, rotary, SwiGLU) - the scope that works under plugins that wrap parameters "
+        "(Gemini's hooks run on every op that touches a weight). auto: ops under gemini, else layers.",
+    )
     loss_chunk: int = Field(
         8192, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy; 0 = unfused."
     )

@@ -69,17 +69,37 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its weight, computed in fp32 and returned in the input's dtype."""
+    dtype = x.dtype
+    x = x.float()
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+class Kernels:
+    """The parameter-free pieces of a decoder layer, shared by all its modules. ``compile_ops``
+    swaps them for ``torch.compile``d versions: fused kernels that never see a parameter, so they
+    work under plugins whose parameters run hooks on every op (Gemini)."""
+
+    def __init__(self) -> None:
+        self.rms = rms_normalize
+        self.rotary = apply_rotary_qk
+        self.swiglu = swiglu
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, kernels: Kernels | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels = kernels or Kernels()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return self.weight * self.kernels.rms(x, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -116,9 +136,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, kernels: Kernels) -> None:
         super().__init__()
+        self.kernels = kernels
         self.layer_idx = layer_idx
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
         self.attn = attn
@@ -134,7 +160,7 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = self.kernels.rotary(q, k, cos, sin)
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
@@ -174,23 +200,24 @@ def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
         super().__init__()
+        self.kernels = kernels
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, kernels: Kernels) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, attn)
-        self.mlp = LlamaMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, layer_idx, attn, kernels)
+        self.mlp = LlamaMLP(cfg, kernels)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -199,13 +226,16 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn: str) -> None:
+    def __init__(self, cfg: ModelConfig, attn: str, kernels: Kernels) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, attn) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, attn, kernels) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.rotary_emb = RotaryEmbedding(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.run_layer = None  # compile_hooked_layers: runs a layer as one compiled region
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -215,10 +245,11 @@ class LlamaModel(nn.Module):
             position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
+            run = self.run_layer if self.run_layer is not None and cache is None else layer
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                x = checkpoint(run, x, cos, sin, use_reentrant=False, **({} if run is layer else {"layer": layer}))
             else:
-                x = layer(x, cos, sin, cache)
+                x = run(x, cos, sin, cache) if run is layer else run(x, cos, sin, layer=layer)
         if cache is not None:
             cache.pos += input_ids.shape[1]
         return self.norm(x)
@@ -237,7 +268,8 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.attn = resolve_attn(attn or cfg.attn)
-        self.model = LlamaModel(cfg, self.attn)
+        self.kernels = Kernels()
+        self.model = LlamaModel(cfg, self.attn, self.kernels)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -316,8 +348,12 @@ def init_weights(model: LlamaForCausalLM) -> None:
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                seed: int | None = None, attn: str | None = None) -> LlamaForCausalLM:
-    """Build and initialise on ``device`` without materialising the weights elsewhere first."""
+                seed: int | None = None, attn: str | None = None,
+                wrapped_params: bool = False) -> LlamaForCausalLM:
+    """Build and initialise on ``device`` without materialising the weights elsewhere first.
+
+    ``wrapped_params``: a plugin will wrap the parameters in hooked tensors (Gemini), so compiled
+    decoder layers run the plugin's parameter hooks once per layer (``compile_hooked_layers``)."""
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device("meta"):
@@ -329,7 +365,13 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
     log.info("attention kernel: %s", model.attn)
     model = model.to(dtype)
     if cfg.compile:
-        compile_layers(model)
+        if cfg.compile_scope == "ops":
+            compile_ops(model)
+        elif wrapped_params:
+            compile_hooked_layers(model)
+        else:
+            compile_layers(model)
+        log.info("torch.compile: %s", "parameter-free kernels" if cfg.compile_scope == "ops" else "decoder layers")
     return model
 
 
@@ -338,6 +380,83 @@ def compile_layers(model: LlamaForCausalLM) -> None:
     layers, fast to compile, and the parameters stay plain module parameters for the plugins)."""
     for layer in model.model.layers:
         layer.compile(dynamic=False)
+
+
+class _AsPlain(torch.autograd.Function):
+    """Identity into a plain ``torch.Tensor`` sharing storage (not a view: compiled code must not
+    follow ``_base`` back into the subclass); gradients pass straight through."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        with torch._C.DisableTorchFunctionSubclass():
+            out = torch.empty(0, dtype=t.dtype, device=t.device)
+            return out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """The tensor as a plain ``torch.Tensor`` that is no view (same storage, same autograd graph):
+    ColossalAI's ColoTensor activations and ColoParameters carry a ``__torch_function__`` that
+    compiled code should not trace, and the aliases its hooks return are views."""
+    if type(t) is torch.Tensor and not t._is_view():
+        return t
+    with torch._C.DisableTorchFunctionSubclass():
+        return _AsPlain.apply(t)
+
+
+def compile_hooked_layers(model: LlamaForCausalLM) -> None:
+    """Compiled decoder layers for plugins whose parameters run hooks on every op (ColossalAI's
+    Gemini fetches a parameter's chunk before an op and releases it after; its ColoTensors cannot
+    be traced). Each layer runs as one region: the hooks fire once for all of the layer's
+    parameters (``pre_op``/``post_op``, the calls Gemini makes per op, with the same autograd
+    wrappers for backward), and between them one compiled graph - one for all layers, called with
+    each layer's parameters as plain tensors - does the math. Without active hooks (evaluation
+    outside the plugin, a plain plugin) the region is just the compiled layer."""
+    from torch.func import functional_call
+
+    # the graph's module: the layer's structure on the meta device, every parameter passed in
+    with torch.device("meta"):
+        template = LlamaDecoderLayer(model.config, 0, model.attn, model.kernels)
+    names = [n for n, _ in template.named_parameters()]
+    graph = torch.compile(lambda params, x, cos, sin: functional_call(template, params, (x, cos, sin)),
+                          dynamic=False)
+
+    def run_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        from colossalai.tensor.param_op_hook import ColoParamOpHookManager as hooks
+
+        params = list(layer.parameters())
+        active = hooks.has_hook()
+        weights = params
+        if active:  # the weights pass through the hook's autograd wrapper too, as in a per-op call:
+            # their gradients then reach the plugin only after its post-backward hook has run
+            with torch._C.DisableTorchFunction():
+                x, cos, sin, *weights = hooks.pre_op(params, x, cos, sin, *params)
+        out = graph({n: _plain(w) for n, w in zip(names, weights)}, _plain(x), _plain(cos), _plain(sin))
+        if active:
+            with torch._C.DisableTorchFunction():
+                out = hooks.post_op(params, out)
+        return out
+
+    model.model.run_layer = run_layer
+
+
+def _compiled(fn):
+    fused = torch.compile(fn, dynamic=False)
+
+    def call(*args):
+        return fused(*(_plain(a) if isinstance(a, torch.Tensor) else a for a in args))
+
+    return call
+
+
+def compile_ops(model: LlamaForCausalLM) -> None:
+    """torch.compile the parameter-free kernels (RMSNorm's normalisation, rotary, SwiGLU): fused
+    elementwise kernels with fewer saved intermediates; every op that touches a weight stays eager."""
+    k = model.kernels
+    k.rms, k.rotary, k.swiglu = _compiled(rms_normalize), _compiled(apply_rotary_qk), _compiled(swiglu)
 
 
 def hf_config(cfg: ModelConfig, **extra):

@@ -53,6 +53,8 @@ class PluginSpec:
     hf_model: bool  # shardformer needs transformers' LlamaForCausalLM
     shard_optimizer: bool  # save the optimizer sharded (False: one file, rank 0)
     reshard: bool  # its checkpoints load on a different number of ranks
+    wraps_params: bool = False  # parameters become hooked tensors (Gemini): compile only parameter-free ops
+    one_param_group: bool = False  # the plugin rebuilds the optimizer over all parameters in one group
 
 
 def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
@@ -115,10 +117,11 @@ def _fsdp(cfg: OminixConfig, layout: Layout) -> Any:
 
 
 PLUGINS: dict[str, PluginSpec] = {
-    "gemini": PluginSpec(_gemini, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
+    "gemini": PluginSpec(_gemini, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
+                         wraps_params=True),
     "gemini_auto": PluginSpec(
         lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
-        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
+        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True, wraps_params=True,
     ),
     "zero2": PluginSpec(_zero2, gpu_only=False, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
     "zero2_cpu": PluginSpec(
@@ -127,7 +130,10 @@ PLUGINS: dict[str, PluginSpec] = {
     ),
     "3d": PluginSpec(_hybrid, gpu_only=False, clips=True, hf_model=True, shard_optimizer=True, reshard=False),
     "ddp": PluginSpec(_ddp, gpu_only=False, clips=False, hf_model=False, shard_optimizer=False, reshard=True),
-    "fsdp": PluginSpec(_fsdp, gpu_only=True, clips=False, hf_model=False, shard_optimizer=False, reshard=False),
+    # ColossalAI's TorchFSDPPlugin re-creates the optimizer over the flat parameters with its defaults:
+    # one group, so weight decay applies to norms too under fsdp
+    "fsdp": PluginSpec(_fsdp, gpu_only=True, clips=False, hf_model=False, shard_optimizer=False, reshard=False,
+                       one_param_group=True),
 }
 
 
@@ -304,16 +310,20 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _optimizer(cfg: OminixConfig, model, gpu: bool):
+def _optimizer(cfg: OminixConfig, model, gpu: bool, one_group: bool = False):
+    """HybridAdam on GPU, AdamW elsewhere. ``one_group``: every parameter decays, and the decay is
+    the optimizer's default (a plugin that re-creates the optimizer keeps only its defaults)."""
     import torch
 
     o = cfg.optim
-    groups = _param_groups(model, o.weight_decay)
+    groups = list(model.parameters()) if one_group else _param_groups(model, o.weight_decay)
+    decay = o.weight_decay if one_group else 0.0
     if o.optimizer == "hybrid_adam" or (o.optimizer == "auto" and gpu):
         from colossalai.nn.optimizer import HybridAdam
 
-        return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
+                          adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay)
 
 
 def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
@@ -327,7 +337,8 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
 
     m = cfg.model
     if not spec.hf_model:
-        return build_model(m, device=device, dtype=torch.float32, seed=cfg.schedule.seed)
+        return build_model(m, device=device, dtype=torch.float32, seed=cfg.schedule.seed,
+                           wrapped_params=spec.wraps_params)
     from colossalai.lazy import LazyInitContext
     from transformers import LlamaForCausalLM
     from transformers.modeling_utils import no_init_weights
@@ -341,7 +352,7 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
         with no_init_weights():  # skip transformers' own init: it would consume the RNG first
             model = LlamaForCausalLM(hf_config(m, use_cache=False, attn_implementation=kernel))
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
-    if cfg.parallel.plugin in ("ddp", "fsdp"):  # torch's wrappers take no lazy tensors: materialise here
+    if not cfg.parallel.plugin.startswith(("3d", "gemini")):  # only shardformer and Gemini take lazy tensors
         LazyInitContext.materialize(model)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -395,9 +406,13 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
     amp_dtype = torch.bfloat16 if precision == "bf16" and not controls else None
 
     model = _build_model(cfg, spec, device, plugin)
-    optimizer = _optimizer(cfg, model, gpu)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
-    model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
+    optimizer = _optimizer(cfg, model, gpu, one_group=spec.one_param_group)
+    if spec.one_param_group:  # the plugin re-creates the optimizer: schedule the one it makes
+        model, optimizer, _, _, _ = booster.boost(model, optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optim, schedule_fn)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
+        model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
     dp_group = getattr(plugin, "dp_group", None)
     dp_rank = dist.get_rank(dp_group) if dp_group is not None else rank
     return Engine(booster, plugin, spec, model, optimizer, scheduler, layout, device, rank, dp_rank, amp_dtype)

@@ -27,7 +27,9 @@ def _gpus() -> int:
     ("gemini", 1, []),
     ("gemini_auto", 1, []),
     ("gemini", 2, []),
+    ("gemini", 2, ["model.compile=true"]),  # auto scope: compiled parameter-free kernels under Gemini
     ("zero2", 2, []),
+    ("zero2", 1, ["model.compile=true"]),  # compiled decoder layers
     ("zero2_cpu", 2, []),
     ("ddp", 2, []),
     ("fsdp", 2, []),
