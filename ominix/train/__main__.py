@@ -12,6 +12,13 @@ def run() -> int:
     parser = argparse.ArgumentParser(prog="python -m ominix.train", description=__doc__)
     parser.add_argument("--run-dir", required=True, help="Run directory holding config.yaml.")
     args = parser.parse_args()
+    import os
+
+    hang = os.environ.get("OMINIX_HANG_DUMP")  # seconds: dump every thread's stack and exit (a hung collective)
+    if hang:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(hang), exit=True)
     from ominix.train.loop import main
 
     try:

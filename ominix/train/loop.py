@@ -102,6 +102,7 @@ def _open_data(cfg: OminixConfig):
 def train(cfg: OminixConfig, run_dir: Path) -> int:
     """Train ``cfg`` on this rank until max steps/tokens, a SIGTERM, or a non-finite loss; return 0."""
     import torch
+    import torch.distributed as dist
 
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
@@ -138,7 +139,15 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     name = device_name()
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
+    m = cfg.model
+    if not m.compile or engine.spec.hf_model:
+        compiled = "eager"
+    elif m.compile_scope == "ops":
+        compiled = "compiled kernels"
+    else:
+        compiled = "compiled layers" + (" (one hooked region per layer)" if engine.spec.wraps_params else "")
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
+             f"{compiled}; "
              f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
     if state.step >= total:
@@ -214,6 +223,11 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
             out.line(f"SIGTERM: stopped at step {state.step}; resume with --resume auto")
             break
     out.close()
+    # every rank's queued GPU work and collectives done before the process group is torn down
+    # (FSDP's last all-gathers otherwise left destroy_process_group waiting on the GPU)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    dist.barrier()
     return 0
 
 
@@ -223,10 +237,11 @@ def main(run_dir: str) -> int:
     if not path.is_file():
         raise OminixError(f"{path} not found", "start runs with `ominix train launch`, which writes it")
     cfg = load_config(path)
-    try:
-        return train(cfg, Path(run_dir))
-    finally:
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    code = train(cfg, Path(run_dir))
+    # only after a clean finish: on an error the other ranks may sit in a collective, and tearing
+    # the group down would wait on them and hide this rank's traceback; exiting frees everything
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return code
