@@ -20,3 +20,33 @@ def test_train_throughput_bench_smoke(private_netns: None, tmp_path: Path) -> No
     assert result["card"] == "cpu" and result["mfu"] is None  # no peak for a CPU: n/a, not a guess
     assert [r["model"] for r in result["rows"]] == ["ominix", "baseline: transformers LlamaForCausalLM"]
     assert result["value"] > 0 and result["baseline"] > 0
+
+
+def test_loss_match_bench_trains_both_paths(private_netns: None, tmp_path: Path) -> None:
+    """bench/loss_match.py trains plain and optimised (compiled layers + chunked loss) runs of the
+    same seed on real prepared data; on the CPU in fp32 the two curves agree closely."""
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
+    out = tmp_path / "lm.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin", "ddp",
+                    "--steps", "3", "--set", "schedule.warmup_steps=1", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["ok"] and result["value"] < 1e-3 and len(result["losses"]["plain"]) == 3
+    assert result["losses"]["plain"][-1] < result["losses"]["plain"][0]  # it trained
+
+
+def test_loss_match_summary_is_a_curve_check() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from loss_match import summarize
+    finally:
+        sys.path.pop(0)
+    plain = [7.0 - 0.01 * i for i in range(50)]
+    spike = [x + (0.4 if i == 16 else 0.005) for i, x in enumerate(plain)]
+    drift = [x + 0.2 for x in plain]
+    s = summarize(plain, spike, 0.05)
+    assert s["ok"] and s["max_abs_diff_step"] == 17 and s["max_abs_diff"] == 0.4
+    assert not summarize(plain, drift, 0.05)["ok"]
