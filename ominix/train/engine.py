@@ -323,6 +323,10 @@ def _optimizer(cfg: OminixConfig, model, gpu: bool, one_group: bool = False):
 
         return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
                           adamw_mode=True)
+    if one_group:  # AdamW's own defaults do not pass its __init__ (decoupled_weight_decay) on torch >= 2.7;
+        # Adam with decoupled decay is the same algorithm and takes them back
+        return torch.optim.Adam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
+                                decoupled_weight_decay=True)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay)
 
 
