@@ -40,6 +40,9 @@ def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
         facts = host["facts"]
         assert facts["versions"] == doc["here"]["versions"] and facts["gpus"] == []
         assert facts["master"] == "open"  # a listener on node 0 answered on the master port
+    import socket
+
+    socket.create_server(("127.0.0.1", 29731)).close()  # and it is gone: the launch can take the port
 
 
 def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -159,8 +160,20 @@ class MasterListener:
             pass  # node 0's probe hangs as well and reports it
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()  # EOF on the listener's stdin: it exits
+        """EOF on the listener's stdin, then wait (up to 10 s) until it has exited: the master port
+        must be free again when this returns, since a launch starts torchrun on it next."""
+        if self.client is None:
+            return
+        if self.channel is not None and self.state == "listening":
+            try:
+                self.channel.shutdown_write()
+                self.channel.settimeout(10)
+                deadline = time.monotonic() + 10
+                while not self.channel.exit_status_ready() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            except (OSError, EOFError):
+                pass  # the connection is gone: so is the listener
+        self.client.close()
 
 
 def check_host(cfg: OminixConfig, node: int, target: Target, master: tuple[str, int],
