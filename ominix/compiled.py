@@ -11,7 +11,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ominix.config import ModelConfig
 from ominix.model import LlamaDecoderLayer, LlamaForCausalLM, apply_rotary_qk, rms_normalize, swiglu
+
+
+SCOPES = {"ops": "compiled kernels", "layers": "compiled layers",
+          "hooked": "compiled layers (one hooked region per layer)"}
+
+
+def scope(cfg: ModelConfig, wrapped_params: bool) -> str | None:
+    """Which of ``SCOPES`` ``cfg`` compiles (None: eager), given whether a plugin wraps parameters."""
+    if not cfg.compile:
+        return None
+    if cfg.compile_scope == "ops":
+        return "ops"
+    return "hooked" if wrapped_params else "layers"
+
+
+def apply(model: LlamaForCausalLM, wrapped_params: bool) -> None:
+    chosen = scope(model.config, wrapped_params)
+    if chosen is not None:
+        {"ops": compile_ops, "layers": compile_layers, "hooked": compile_hooked_layers}[chosen](model)
 
 
 def compile_layers(model: LlamaForCausalLM) -> None:
@@ -63,7 +83,7 @@ def compile_hooked_layers(model: LlamaForCausalLM) -> None:
     graph = torch.compile(lambda params, x, cos, sin: functional_call(template, params, (x, cos, sin)),
                           dynamic=False)
 
-    def run_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    def run_layer(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         from colossalai.tensor.param_op_hook import ColoParamOpHookManager as hooks
 
         params = list(layer.parameters())

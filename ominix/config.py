@@ -50,9 +50,9 @@ class ModelConfig(Section):
     compile: bool = Field(False, description="torch.compile the decoder (fuses norms, rotary, SwiGLU).")
     compile_scope: Literal["auto", "layers", "ops"] = Field(
         "auto",
-        description="What model.compile compiles: whole decoder layers, or only the parameter-free "
-        "kernels (norm, rotary, SwiGLU) - the scope that works under plugins that wrap parameters "
-        "(Gemini's hooks run on every op that touches a weight). auto: ops under gemini, else layers.",
+        description="What model.compile compiles: whole decoder layers (auto, layers; under gemini each "
+        "layer runs as one compiled region between its parameter hooks), or only the parameter-free "
+        "kernels (ops: norm, rotary, SwiGLU).",
     )
     loss_chunk: int = Field(
         8192, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy; 0 = unfused."

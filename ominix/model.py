@@ -235,7 +235,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.rotary_emb = RotaryEmbedding(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.run_layer = None  # compile_hooked_layers: runs a layer as one compiled region
+        self.run_layer = None  # compile_hooked_layers: run_layer(layer, x, cos, sin), one compiled region
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -244,12 +244,13 @@ class LlamaModel(nn.Module):
             start = cache.pos if cache is not None else 0
             position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)[None]
         cos, sin = self.rotary_emb(position_ids, x.dtype)
+        region = self.run_layer if cache is None else None
         for layer in self.layers:
-            run = self.run_layer if self.run_layer is not None and cache is None else layer
+            fn, args = (region, (layer, x, cos, sin)) if region else (layer, (x, cos, sin, cache))
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(run, x, cos, sin, use_reentrant=False, **({} if run is layer else {"layer": layer}))
+                x = checkpoint(fn, *args, use_reentrant=False)
             else:
-                x = run(x, cos, sin, cache) if run is layer else run(x, cos, sin, layer=layer)
+                x = fn(*args)
         if cache is not None:
             cache.pos += input_ids.shape[1]
         return self.norm(x)
@@ -365,15 +366,9 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
     log.info("attention kernel: %s", model.attn)
     model = model.to(dtype)
     if cfg.compile:
-        from ominix.compiled import compile_hooked_layers, compile_layers, compile_ops
+        from ominix import compiled
 
-        if cfg.compile_scope == "ops":
-            compile_ops(model)
-        elif wrapped_params:
-            compile_hooked_layers(model)
-        else:
-            compile_layers(model)
-        log.info("torch.compile: %s", "parameter-free kernels" if cfg.compile_scope == "ops" else "decoder layers")
+        compiled.apply(model, wrapped_params)
     return model
 
 

@@ -53,7 +53,7 @@ class PluginSpec:
     hf_model: bool  # shardformer needs transformers' LlamaForCausalLM
     shard_optimizer: bool  # save the optimizer sharded (False: one file, rank 0)
     reshard: bool  # its checkpoints load on a different number of ranks
-    wraps_params: bool = False  # parameters become hooked tensors (Gemini): compile only parameter-free ops
+    wraps_params: bool = False  # parameters become hooked tensors (Gemini): compiled layers run as hooked regions
     one_param_group: bool = False  # the plugin rebuilds the optimizer over all parameters in one group
 
 

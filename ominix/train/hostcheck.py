@@ -167,7 +167,6 @@ class MasterListener:
         if self.channel is not None and self.state == "listening":
             try:
                 self.channel.shutdown_write()
-                self.channel.settimeout(10)
                 deadline = time.monotonic() + 10
                 while not self.channel.exit_status_ready() and time.monotonic() < deadline:
                     time.sleep(0.02)

@@ -104,6 +104,7 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     import torch
     import torch.distributed as dist
 
+    from ominix import compiled
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
     from ominix.model import resolve_attn
@@ -139,15 +140,9 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     name = device_name()
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
-    m = cfg.model
-    if not m.compile or engine.spec.hf_model:
-        compiled = "eager"
-    elif m.compile_scope == "ops":
-        compiled = "compiled kernels"
-    else:
-        compiled = "compiled layers" + (" (one hooked region per layer)" if engine.spec.wraps_params else "")
+    chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params)
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
-             f"{compiled}; "
+             f"{compiled.SCOPES.get(chosen, 'eager')}; "
              f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
     if state.step >= total:
