@@ -123,7 +123,7 @@ class OptimConfig(Section):
     """Optimizer settings."""
 
     optimizer: Literal["auto", "adamw", "hybrid_adam"] = Field(
-        "auto", description="auto = ColossalAI HybridAdam on GPU, torch AdamW on CPU."
+        "auto", description="auto = ColossalAI HybridAdam on GPU (fused torch Adam under fsdp), torch AdamW on CPU."
     )
     lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
     min_lr: float = Field(3e-5, ge=0, description="Learning rate at the end of the decay.")

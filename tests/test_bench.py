@@ -50,3 +50,18 @@ def test_loss_match_summary_is_a_curve_check() -> None:
     s = summarize(plain, spike, 0.05)
     assert s["ok"] and s["max_abs_diff_step"] == 17 and s["max_abs_diff"] == 0.4
     assert not summarize(plain, drift, 0.05)["ok"]
+
+
+def test_decode_levers_headline_is_best_against_cublas() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from decode_levers import _headline
+    finally:
+        sys.path.pop(0)
+    rows = [{"variant": "eager step, CUDA graph", "tokens_per_s": 400.0},
+            {"variant": "compiled, cuBLAS GEMV", "tokens_per_s": 700.0},
+            {"variant": "compiled, tuned reductions", "tokens_per_s": 875.0}]
+    head = _headline(rows)
+    assert head["value"] == 875.0 and head["value_variant"] == "compiled, tuned reductions"
+    assert head["baseline"] == 700.0 and head["ratio"] == 1.25
+    assert _headline(rows[2:])["baseline"] is None  # no baseline in the run: none invented

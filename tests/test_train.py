@@ -56,6 +56,7 @@ def _ok(result) -> None:
     (["parallel.plugin=3d", "parallel.tp=2"], 3, True, r"tp x parallel.pp \(2 x 1\) does not divide the 3"),
     (["schedule.global_batch_size=8", "schedule.micro_batch_size=8"], 2, False, "micro_batch_size x data-parallel"),
     (["optim.optimizer=hybrid_adam"], 1, False, "optim.optimizer=hybrid_adam needs a CUDA GPU"),
+    (["parallel.plugin=fsdp", "optim.optimizer=hybrid_adam"], 2, True, "fsdp cannot resume HybridAdam"),
     (["parallel.zero_stage=1"], 1, False, "parallel.zero_stage applies to the 3d plugin only"),
     (["parallel.plugin=gemini", "parallel.precision=fp32"], 1, True, "gemini trains in bf16 or fp16"),
     (["parallel.plugin=3d", "parallel.pp=2", "parallel.zero_stage=2"], 2, True, "ZeRO stage 2 cannot"),

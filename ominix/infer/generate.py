@@ -33,6 +33,12 @@ class Sampling:
         return asdict(self)
 
 
+# Inductor options for the compiled decode step. With coordinate-descent tuning on, Inductor also
+# rewrites each batch-1 matrix-vector product as a multiply-and-sum that it generates and tunes
+# itself (instead of a cuBLAS call), so the norms before it and the residual add after it fuse in.
+INDUCTOR: dict = {"coordinate_descent_tuning": True}
+
+
 class StaticDecoder:
     """Batch-1 decoding over a KV cache of ``max_len`` positions, with fixed-shape decode steps.
 
@@ -45,9 +51,11 @@ class StaticDecoder:
     """
 
     def __init__(self, model: LlamaForCausalLM, max_len: int, compile: bool = False,
-                 cuda_graph: bool = False, attention: str | None = None) -> None:
+                 cuda_graph: bool = False, attention: str | None = None,
+                 inductor: dict | None = None) -> None:
         """``attention``: "sdpa" (torch's kernel) or "dot" (plain products and sums, which the
-        compiler fuses: faster on a GPU when compiled); None picks "dot" when ``compile``."""
+        compiler fuses: faster on a GPU when compiled); None picks "dot" when ``compile``.
+        ``inductor``: options for the compiler (default ``INDUCTOR``)."""
         self.model = model
         self.attention = attention or ("dot" if compile else "sdpa")
         cfg = model.config
@@ -65,7 +73,9 @@ class StaticDecoder:
             self.gate_up.append(_fuse(mlp.gate_proj, mlp.up_proj))
         self._token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(1, dtype=torch.long, device=self.device)
-        self._step = torch.compile(self._decode, fullgraph=True, dynamic=False) if compile else self._decode
+        options = INDUCTOR if inductor is None else inductor
+        self._step = (torch.compile(self._decode, fullgraph=True, dynamic=False, options=options)
+                      if compile else self._decode)
         self._graph: torch.cuda.CUDAGraph | None = None
         if cuda_graph and self.device.type == "cuda":
             self._capture()  # before any prefill: the warm-up steps write cache rows the prompt overwrites

@@ -58,10 +58,13 @@ class Session:
             raise OminixError("the prompt is empty and the tokenizer adds no BOS token", "give a prompt")
         return ids
 
-    def decoder(self, longest: int, sampling: Sampling) -> StaticDecoder:
+    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None) -> StaticDecoder:
+        """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
+        (default ``generate.INDUCTOR``)."""
         max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
         on_gpu = self.device.startswith("cuda")
-        return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu)
+        return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
+                             inductor=inductor)
 
     def record(self, prompt: dict[str, Any], ids: list[int], result: Generation,
                sampling: Sampling) -> dict[str, Any]:

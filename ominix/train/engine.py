@@ -54,7 +54,9 @@ class PluginSpec:
     shard_optimizer: bool  # save the optimizer sharded (False: one file, rank 0)
     reshard: bool  # its checkpoints load on a different number of ranks
     wraps_params: bool = False  # parameters become hooked tensors (Gemini): compiled layers run as hooked regions
-    one_param_group: bool = False  # the plugin rebuilds the optimizer over all parameters in one group
+    # the plugin rebuilds the optimizer over all parameters in one group, and its optimizer checkpoint
+    # needs tensor states (torch's FSDP): it gets torch's Adam, not HybridAdam (whose step is an int)
+    one_param_group: bool = False
 
 
 def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
@@ -175,6 +177,12 @@ def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
         raise OminixError("gemini trains in bf16 or fp16, not fp32", "set parallel.precision=bf16")
     if not gpu and cfg.optim.optimizer == "hybrid_adam":
         raise OminixError("optim.optimizer=hybrid_adam needs a CUDA GPU", "set optim.optimizer=auto or adamw")
+    if spec.one_param_group and cfg.optim.optimizer == "hybrid_adam":
+        raise OminixError(
+            f"parallel.plugin={p.plugin} cannot resume HybridAdam: torch's FSDP optimizer checkpoint needs "
+            "tensor states and HybridAdam keeps its step count as an int",
+            "set optim.optimizer=auto (fused torch Adam under fsdp)",
+        )
     if p.plugin != "3d" and p.zero_stage:
         raise OminixError(
             f"parallel.zero_stage applies to the 3d plugin only (plugin={p.plugin})",
@@ -311,22 +319,23 @@ def _param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def _optimizer(cfg: OminixConfig, model, gpu: bool, one_group: bool = False):
-    """HybridAdam on GPU, AdamW elsewhere. ``one_group``: every parameter decays, and the decay is
-    the optimizer's default (a plugin that re-creates the optimizer keeps only its defaults)."""
+    """HybridAdam on GPU, AdamW elsewhere. ``one_group`` (fsdp): torch's Adam with decoupled decay
+    (fused on GPU), every parameter decays, and the decay is the optimizer's default (the plugin
+    re-creates the optimizer from its defaults)."""
     import torch
 
     o = cfg.optim
     groups = list(model.parameters()) if one_group else _param_groups(model, o.weight_decay)
     decay = o.weight_decay if one_group else 0.0
+    if one_group:  # AdamW's own defaults do not pass its __init__ (decoupled_weight_decay) on torch >= 2.7;
+        # Adam with decoupled decay is the same algorithm and takes them back
+        return torch.optim.Adam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
+                                decoupled_weight_decay=True, fused=gpu)
     if o.optimizer == "hybrid_adam" or (o.optimizer == "auto" and gpu):
         from colossalai.nn.optimizer import HybridAdam
 
         return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
                           adamw_mode=True)
-    if one_group:  # AdamW's own defaults do not pass its __init__ (decoupled_weight_decay) on torch >= 2.7;
-        # Adam with decoupled decay is the same algorithm and takes them back
-        return torch.optim.Adam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
-                                decoupled_weight_decay=True)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay)
 
 
