@@ -80,7 +80,7 @@ def write_run(root: Path, shape: str, dtype: str, device: str) -> Path:
 
 
 def time_ominix(export: Path, device: str, dtype: str, prompt: list[int], new: int, compile: bool,
-                inductor: dict | None = None):
+                inductor: dict | None = None, kernels: bool = False):
     from ominix.infer.generate import Sampling, generate
     from ominix.infer.load import resolve
     from ominix.infer.session import open_session
@@ -88,7 +88,7 @@ def time_ominix(export: Path, device: str, dtype: str, prompt: list[int], new: i
     session = open_session(resolve(export), device, dtype, compile)
     sampling = Sampling(max_new_tokens=new, temperature=0)
     started = time.perf_counter()
-    decoder = session.decoder(len(prompt), sampling, inductor)  # compiles and captures the CUDA graph
+    decoder = session.decoder(len(prompt), sampling, inductor, kernels)  # compiles and captures the CUDA graph
     generate(decoder, prompt, sampling)  # one full warm-up run (allocator, pinned buffers)
     sync(device)
     warmup = time.perf_counter() - started
@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the decode step (GPU)")
+    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=False,
+                        help="OminiX's Triton matrix-vector kernels for the layers' products (GPU)")
     parser.add_argument("--inductor", type=json.loads, default=None,
                         help='compiler options as JSON (default: ominix.infer.generate.INDUCTOR)')
     parser.add_argument("--out", type=Path, default=None, help="result JSON; default bench/results/decode_CARD.json")
@@ -158,7 +160,7 @@ def main() -> None:
         meta = export(run, out, dtype=dtype, verify=True, device=device)
         prompt = list(range(10, 10 + args.prompt_tokens))
         ours, our_tokens, warmup, weight_bytes, replay = time_ominix(
-            out, device, dtype, prompt, args.new_tokens, args.compile, args.inductor)
+            out, device, dtype, prompt, args.new_tokens, args.compile, args.inductor, args.kernels)
         theirs, their_tokens = time_transformers(out, device, dtype, prompt, args.new_tokens)
     bandwidth = copy_bandwidth(device) if device.startswith("cuda") else None
     limit = bandwidth / weight_bytes if bandwidth else None
@@ -183,6 +185,7 @@ def main() -> None:
         "export_verify_max_abs_logit_diff": meta["verify"]["max_abs_logit_diff"],
         "compile": args.compile,
         "inductor": args.inductor if args.inductor is not None else INDUCTOR,
+        "kernels": args.kernels,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {  # name: (compile, attention, inductor options)
-    "eager step, CUDA graph": (False, "sdpa", {}),
-    "compiled, cuBLAS GEMV": (True, "dot", {}),
-    "compiled, tuned reductions": (True, "dot", {"coordinate_descent_tuning": True}),
-    "compiled, tuned reductions, SDPA": (True, "sdpa", {"coordinate_descent_tuning": True}),
+CDT = {"coordinate_descent_tuning": True}
+VARIANTS = {  # name: (compile, attention, inductor options, OminiX's matrix-vector kernels)
+    "eager step, CUDA graph": (False, "sdpa", {}, False),
+    "compiled, cuBLAS GEMV": (True, "dot", {}, False),
+    "compiled, tuned reductions": (True, "dot", CDT, False),
+    "compiled, tuned reductions, SDPA": (True, "sdpa", CDT, False),
     "compiled, tuned reductions, wider search": (True, "dot", {
-        "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True,
-        "coordinate_descent_search_radius": 2}),
-    "compiled, tuned reductions, aggressive fusion": (True, "dot", {
-        "coordinate_descent_tuning": True, "aggressive_fusion": True}),
-    "compiled, tuned reductions and pointwise": (True, "dot", {
-        "coordinate_descent_tuning": True, "max_autotune_pointwise": True}),
+        **CDT, "coordinate_descent_check_all_directions": True, "coordinate_descent_search_radius": 2}, False),
+    "compiled, tuned reductions, aggressive fusion": (True, "dot", {**CDT, "aggressive_fusion": True}, False),
+    "compiled, tuned reductions and pointwise": (True, "dot", {**CDT, "max_autotune_pointwise": True}, False),
+    "compiled, OminiX GEMV kernels": (True, "dot", CDT, True),
 }
 
 
@@ -99,14 +98,14 @@ def main() -> None:
     chosen = args.only.split(";") if args.only else list(VARIANTS)
     results, best = [], None
     for name in chosen:
-        compiled, attention, options = VARIANTS[name]
+        compiled, attention, options, kernels = VARIANTS[name]
         torch._dynamo.reset()
         started = time.perf_counter()
         decoder = StaticDecoder(model, args.max_len, compile=compiled, cuda_graph=True, attention=attention,
-                                inductor=options)
+                                inductor=options, kernels=kernels)
         ready = time.perf_counter() - started
         rate = max(replay_rate(decoder, args.steps) for _ in range(3))
-        row = {"variant": name, "inductor": options, "attention": attention, "tokens_per_s": round(rate, 1),
+        row = {"variant": name, "inductor": options, "kernels": kernels, "attention": attention, "tokens_per_s": round(rate, 1),
                "ms_per_token": round(1e3 / rate, 3), "fraction_of_bandwidth_limit": round(rate / limit, 3),
                "compile_and_capture_s": round(ready, 1)}
         print(json.dumps(row), flush=True)

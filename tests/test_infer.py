@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.test_export import make_run
 
 PROMPT = "Once upon a time"
@@ -90,6 +93,47 @@ def test_static_decode_steps_equal_the_full_forward(attention: str) -> None:
     with torch.no_grad():
         full = model(ids).logits[0, 4:]
     torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_kernels_equal_the_full_forward() -> None:
+    """OminiX's Triton matrix-vector kernels (run here by Triton's interpreter on the CPU, which must
+    be chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) give the decode
+    step the logits of the full forward."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = "from tests.test_infer import _decode_with_kernels; _decode_with_kernels()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _decode_with_kernels() -> None:
+    from ominix.config import ModelConfig
+    from ominix.infer.generate import StaticDecoder
+    from ominix.model import build_model
+
+    cfg = ModelConfig(vocab_size=61, hidden_size=48, intermediate_size=100, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32, attn="sdpa")
+    model = build_model(cfg, seed=1).eval()
+    ids = torch.randint(0, 61, (1, 7), generator=torch.Generator().manual_seed(0))
+    decoder = StaticDecoder(model, 8, kernels=True)  # 100: the last block of columns is partial
+    steps = [decoder.prefill(ids[:, :5])] + [decoder.step(int(ids[0, i]), i) for i in range(5, 7)]
+    with torch.no_grad():
+        full = model(ids).logits[0, 4:]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_kernels_refused_where_they_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ominix.config import ModelConfig
+    from ominix.errors import OminixError
+    from ominix.infer.generate import StaticDecoder
+    from ominix.model import build_model
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = ModelConfig(vocab_size=61, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32)
+    with pytest.raises(OminixError, match="need Triton and a CUDA device"):
+        StaticDecoder(build_model(cfg, seed=1).eval(), 8, kernels=True)
 
 
 def test_streamed_prompt_and_completion_on_stdout(run_dir: Path) -> None:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ominix.errors import OminixError
+from ominix.infer import gemv
 from ominix.model import KVCache, LlamaForCausalLM, apply_rotary
 
 
@@ -52,10 +54,14 @@ class StaticDecoder:
 
     def __init__(self, model: LlamaForCausalLM, max_len: int, compile: bool = False,
                  cuda_graph: bool = False, attention: str | None = None,
-                 inductor: dict | None = None) -> None:
+                 inductor: dict | None = None, kernels: bool = False) -> None:
         """``attention``: "sdpa" (torch's kernel) or "dot" (plain products and sums, which the
         compiler fuses: faster on a GPU when compiled); None picks "dot" when ``compile``.
-        ``inductor``: options for the compiler (default ``INDUCTOR``)."""
+        ``inductor``: options for the compiler (default ``INDUCTOR``). ``kernels``: the layers'
+        matrix-vector products run as OminiX's Triton kernels (``ominix.infer.gemv``)."""
+        if kernels and not gemv.available(model.lm_head.weight.device):
+            raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
+        self.kernels = kernels
         self.model = model
         self.attention = attention or ("dot" if compile else "sdpa")
         cfg = model.config
@@ -139,7 +145,7 @@ class StaticDecoder:
         for i, layer in enumerate(body.layers):
             attn = layer.self_attn
             heads, kv_heads, dim = attn.heads, attn.kv_heads, attn.head_dim
-            q, k, v = F.linear(layer.input_layernorm(x), self.qkv[i]).split(
+            q, k, v = self._product(self.qkv[i], layer.input_layernorm(x)).split(
                 [heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
             q = q.view(1, 1, heads, dim).transpose(1, 2)
             k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
@@ -151,14 +157,24 @@ class StaticDecoder:
             # become that head's "query positions" (heads are grouped as transformers' repeat_kv)
             q = q.reshape(1, kv_heads, self.groups, dim)
             out = self._attend(q, self.cache.k[i], self.cache.v[i], visible)
-            x = x + attn.o_proj(out.reshape(1, 1, -1))
-            gate, up = F.linear(layer.post_attention_layernorm(x), self.gate_up[i]).chunk(2, dim=-1)
-            x = x + layer.mlp.down_proj(F.silu(gate) * up)
+            x = x + self._product(attn.o_proj.weight, out.reshape(1, 1, -1))
+            gate_up = self._product(self.gate_up[i], layer.post_attention_layernorm(x))
+            if self.kernels:
+                x = x + gemv.gemv_swiglu(layer.mlp.down_proj.weight, gate_up.view(-1)).view(1, 1, -1)
+            else:
+                gate, up = gate_up.chunk(2, dim=-1)
+                x = x + layer.mlp.down_proj(F.silu(gate) * up)
         logits = self.model.lm_head(body.norm(x))[:, -1]
         following = logits.argmax(-1)
         self._token.copy_(following.view(1, 1))
         self._pos.add_(1)
         return logits, following
+
+    def _product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x @ weight.T`` for ``x`` [1, 1, K]."""
+        if self.kernels:
+            return gemv.gemv(weight, x.view(-1)).view(1, 1, -1)
+        return F.linear(x, weight)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         if self.attention == "sdpa":

@@ -58,13 +58,14 @@ class Session:
             raise OminixError("the prompt is empty and the tokenizer adds no BOS token", "give a prompt")
         return ids
 
-    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None) -> StaticDecoder:
+    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None,
+                kernels: bool = False) -> StaticDecoder:
         """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
-        (default ``generate.INDUCTOR``)."""
+        (default ``generate.INDUCTOR``); ``kernels``: OminiX's matrix-vector kernels (GPU)."""
         max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
         on_gpu = self.device.startswith("cuda")
         return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
-                             inductor=inductor)
+                             inductor=inductor, kernels=kernels)
 
     def record(self, prompt: dict[str, Any], ids: list[int], result: Generation,
                sampling: Sampling) -> dict[str, Any]:

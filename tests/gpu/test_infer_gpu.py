@@ -16,8 +16,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("compile", [False, True])
-@pytest.mark.parametrize("attention", ["sdpa", "dot"])
-def test_cuda_graph_decode_equals_full_forward(compile: bool, attention: str) -> None:
+@pytest.mark.parametrize("attention, kernels", [("sdpa", False), ("dot", False), ("dot", True)])
+def test_cuda_graph_decode_equals_full_forward(compile: bool, attention: str, kernels: bool) -> None:
     from ominix.config import ModelConfig
     from ominix.infer.generate import StaticDecoder
     from ominix.model import build_model
@@ -27,7 +27,7 @@ def test_cuda_graph_decode_equals_full_forward(compile: bool, attention: str) ->
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, attn="sdpa")
     model = build_model(cfg, device="cuda", seed=0).eval()
     ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(0)).cuda()
-    decoder = StaticDecoder(model, 32, compile=compile, cuda_graph=True, attention=attention)
+    decoder = StaticDecoder(model, 32, compile=compile, cuda_graph=True, attention=attention, kernels=kernels)
     steps = [decoder.prefill(ids[:, :6])] + [decoder.step(int(ids[0, i]), i) for i in range(6, 20)]
     with torch.no_grad():
         full = model(ids).logits[0, 5:]
