@@ -6,10 +6,12 @@ on an H200 depending on the shape (BENCHMARKS.md): its tuner walks from one star
 stops in a local optimum. These kernels are the same multiply-and-sum, but Triton's autotuner times
 every block shape listed below per matrix shape and keeps the fastest.
 
-``gemv(w, x)`` is ``w @ x`` (``w``: [N, K], ``x``: [K]) and ``gemv_swiglu(w, gate_up)`` is
-``w @ (silu(gate) * up)`` with ``gate_up`` the two halves side by side, so the feed-forward block's
-activation is computed while its input is read. Both are torch operators (``torch.library``), so a
-compiled decode step keeps them in its graph and its CUDA graph. On a machine without Triton (or on
+``gemv`` also applies what sits on either side of a product in a decoder layer, so a layer needs
+no kernels besides its four products and its attention (with rotary and cache writes): the RMSNorm
+before a product (each block of
+rows recomputes the norm's statistics from the input, a few KB that stay in cache), the SwiGLU
+before down_proj, and the residual add after it. It is one torch operator (``torch.library``), so a
+compiled decode step keeps it in its graph and its CUDA graph. On a machine without Triton (or on
 the CPU, unless ``TRITON_INTERPRET=1``) ``available()`` is False and the caller keeps the compiler's
 products.
 """
@@ -33,8 +35,8 @@ def available(device: torch.device | str) -> bool:
 
 
 @functools.cache
-def _ops():
-    """Define the kernels and register the operators (once, on first use: Triton imports slowly)."""
+def _op():
+    """Define the kernel and register the operator (once, on first use: Triton imports slowly)."""
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
@@ -49,48 +51,59 @@ def _ops():
             for s in (2, 4)
         ]
 
-    @triton.autotune(configs=configs, key=["N", "K"])
+    @triton.autotune(configs=configs, key=["N", "K", "NORM", "SWIGLU", "RESIDUAL"])
     @triton.jit
-    def _gemv(w_ptr, x_ptr, y_ptr, N, K, SWIGLU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _gemv(w_ptr, x_ptr, g_ptr, r_ptr, y_ptr, N, K, eps, NORM: tl.constexpr, SWIGLU: tl.constexpr,
+              RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        dtype = x_ptr.dtype.element_ty
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        scale = tl.full([], 1.0, tl.float32)
+        if NORM:  # RMSNorm statistics over the whole input (a few KB, read again from cache below)
+            squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for start in range(0, K, BLOCK_K):
+                cols = start + tl.arange(0, BLOCK_K)
+                v = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+                squares += v * v
+            scale = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
             if SWIGLU:  # x = silu(gate) * up, gate and up side by side in x_ptr
                 gate = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
                 up = tl.load(x_ptr + K + cols, mask=cols < K, other=0.0).to(tl.float32)
-                x = gate * tl.sigmoid(gate) * up
-                x = x.to(x_ptr.dtype.element_ty).to(tl.float32)  # rounded as the unfused path hands it on
+                x = (gate * tl.sigmoid(gate) * up).to(dtype).to(tl.float32)
             else:
                 x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+            if NORM:  # rounded where the model's RMSNorm rounds: after normalising, after the weight
+                x = (x * scale).to(dtype).to(tl.float32)
+                x = (tl.load(g_ptr + cols, mask=cols < K, other=0.0).to(tl.float32) * x).to(dtype).to(tl.float32)
             mask = (rows[:, None] < N) & (cols[None, :] < K)
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0,
                         eviction_policy="evict_first")
             acc += w.to(tl.float32) * x[None, :]
-        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=rows < N)
-
-    def launch(w: torch.Tensor, x: torch.Tensor, k: int, swiglu: bool) -> torch.Tensor:
-        n = w.shape[0]
-        y = torch.empty(n, device=x.device, dtype=x.dtype)
-        wrap_triton(_gemv)[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](w, x, y, n, k, SWIGLU=swiglu)
-        return y
+        y = tl.sum(acc, axis=1)
+        if RESIDUAL:  # the product is rounded before the residual add, as in the model
+            y = y.to(dtype).to(tl.float32) + tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, y.to(dtype), mask=rows < N)
 
     @triton_op("ominix::gemv", mutates_args={})
-    def gemv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return launch(w, x, w.shape[1], False)
+    def op(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, eps: float, norm: bool,
+           swiglu: bool, residual: bool) -> torch.Tensor:
+        n, k = w.shape
+        y = torch.empty(n, device=x.device, dtype=x.dtype)
+        wrap_triton(_gemv)[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            w, x, g, r, y, n, k, eps, NORM=norm, SWIGLU=swiglu, RESIDUAL=residual)
+        return y
 
-    @triton_op("ominix::gemv_swiglu", mutates_args={})
-    def gemv_swiglu(w: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
-        return launch(w, gate_up, w.shape[1], True)
-
-    return gemv, gemv_swiglu
-
-
-def gemv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``w @ x`` for ``w`` [N, K] (contiguous) and ``x`` [K]; the result has ``x``'s dtype."""
-    return _ops()[0](w, x.contiguous())
+    return op
 
 
-def gemv_swiglu(w: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
-    """``w @ (silu(gate) * up)`` for ``w`` [N, K] and ``gate_up`` [2K] (gate first)."""
-    return _ops()[1](w, gate_up.contiguous())
+def gemv(w: torch.Tensor, x: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None,
+         residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
+    """``w @ f(x) (+ residual)`` for ``w`` [N, K] and a vector ``x``, in ``x``'s dtype, where f is
+    RMSNorm with ``norm`` = (weight, eps), or SwiGLU (``swiglu``: ``x`` is [gate, up], 2K long), or
+    nothing."""
+    w, x = w.contiguous(), x.reshape(-1).contiguous()
+    g, eps = norm if norm is not None else (x, 0.0)
+    r = residual.reshape(-1).contiguous() if residual is not None else x
+    return _op()(w, x, g, r, float(eps), norm is not None, swiglu, residual is not None)

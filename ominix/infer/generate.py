@@ -145,7 +145,7 @@ class StaticDecoder:
         for i, layer in enumerate(body.layers):
             attn = layer.self_attn
             heads, kv_heads, dim = attn.heads, attn.kv_heads, attn.head_dim
-            q, k, v = self._product(self.qkv[i], layer.input_layernorm(x)).split(
+            q, k, v = self._normed_product(layer.input_layernorm, self.qkv[i], x).split(
                 [heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
             q = q.view(1, 1, heads, dim).transpose(1, 2)
             k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
@@ -157,24 +157,30 @@ class StaticDecoder:
             # become that head's "query positions" (heads are grouped as transformers' repeat_kv)
             q = q.reshape(1, kv_heads, self.groups, dim)
             out = self._attend(q, self.cache.k[i], self.cache.v[i], visible)
-            x = x + self._product(attn.o_proj.weight, out.reshape(1, 1, -1))
-            gate_up = self._product(self.gate_up[i], layer.post_attention_layernorm(x))
-            if self.kernels:
-                x = x + gemv.gemv_swiglu(layer.mlp.down_proj.weight, gate_up.view(-1)).view(1, 1, -1)
-            else:
-                gate, up = gate_up.chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(F.silu(gate) * up)
+            x = self._added_product(attn.o_proj.weight, out.reshape(1, 1, -1), x)
+            gate_up = self._normed_product(layer.post_attention_layernorm, self.gate_up[i], x)
+            x = self._added_product(layer.mlp.down_proj.weight, gate_up, x, swiglu=True)
         logits = self.model.lm_head(body.norm(x))[:, -1]
         following = logits.argmax(-1)
         self._token.copy_(following.view(1, 1))
         self._pos.add_(1)
         return logits, following
 
-    def _product(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T`` for ``x`` [1, 1, K]."""
+    def _normed_product(self, norm: torch.nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``norm(x) @ weight.T`` for ``x`` [1, 1, K]."""
         if self.kernels:
-            return gemv.gemv(weight, x.view(-1)).view(1, 1, -1)
-        return F.linear(x, weight)
+            return gemv.gemv(weight, x, norm=(norm.weight, norm.eps)).view(1, 1, -1)
+        return F.linear(norm(x), weight)
+
+    def _added_product(self, weight: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
+                       swiglu: bool = False) -> torch.Tensor:
+        """``x + f(y) @ weight.T``, f being SwiGLU over the halves of ``y`` or nothing."""
+        if self.kernels:
+            return gemv.gemv(weight, y, residual=x, swiglu=swiglu).view(1, 1, -1)
+        if swiglu:
+            gate, up = y.chunk(2, dim=-1)
+            y = F.silu(gate) * up
+        return x + F.linear(y, weight)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         if self.attention == "sdpa":
