@@ -96,18 +96,18 @@ def test_static_decode_steps_equal_the_full_forward(attention: str) -> None:
 
 
 def test_decode_kernels_equal_the_full_forward() -> None:
-    """OminiX's Triton matrix-vector kernels (run here by Triton's interpreter on the CPU, which must
-    be chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) give the decode
-    step the logits of the full forward."""
+    """OminiX's Triton matrix-vector kernel (run here by Triton's interpreter on the CPU, which must
+    be chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) gives the decode
+    step the logits of the full forward, eager and compiled."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "from tests.test_infer import _decode_with_kernels; _decode_with_kernels()"
+    code = "from tests.test_infer import _decode_with_kernels as d; d(compile=False); d(compile=True)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _decode_with_kernels() -> None:
+def _decode_with_kernels(compile: bool) -> None:
     from ominix.config import ModelConfig
     from ominix.infer.generate import StaticDecoder
     from ominix.model import build_model
@@ -116,7 +116,7 @@ def _decode_with_kernels() -> None:
                       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32, attn="sdpa")
     model = build_model(cfg, seed=1).eval()
     ids = torch.randint(0, 61, (1, 7), generator=torch.Generator().manual_seed(0))
-    decoder = StaticDecoder(model, 8, kernels=True)  # 100: the last block of columns is partial
+    decoder = StaticDecoder(model, 8, compile=compile, kernels=True)  # 100: a partial block of columns
     steps = [decoder.prefill(ids[:, :5])] + [decoder.step(int(ids[0, i]), i) for i in range(5, 7)]
     with torch.no_grad():
         full = model(ids).logits[0, 4:]

@@ -35,11 +35,12 @@ def available(device: torch.device | str) -> bool:
 
 
 @functools.cache
-def _op():
-    """Define the kernel and register the operator (once, on first use: Triton imports slowly)."""
+def register() -> None:
+    """Define the kernel and register the operator ``torch.ops.ominix.gemv`` (once; Triton imports
+    slowly, so not at import). Call it before compiling code that uses ``gemv``: the compiler
+    traces the operator, not this function."""
     import triton
     import triton.language as tl
-    from torch.library import triton_op, wrap_triton
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter times nothing: one shape of each
         configs = [triton.Config({"BLOCK_N": 4, "BLOCK_K": 64})]
@@ -86,16 +87,19 @@ def _op():
             y = y.to(dtype).to(tl.float32) + tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
         tl.store(y_ptr + rows, y.to(dtype), mask=rows < N)
 
-    @triton_op("ominix::gemv", mutates_args={})
+    # an opaque operator: the compiler leaves it whole and the CUDA graph captures its launch
+    @torch.library.custom_op("ominix::gemv", mutates_args=())
     def op(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, eps: float, norm: bool,
            swiglu: bool, residual: bool) -> torch.Tensor:
         n, k = w.shape
         y = torch.empty(n, device=x.device, dtype=x.dtype)
-        wrap_triton(_gemv)[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        _gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
             w, x, g, r, y, n, k, eps, NORM=norm, SWIGLU=swiglu, RESIDUAL=residual)
         return y
 
-    return op
+    @op.register_fake
+    def _(w: torch.Tensor, x: torch.Tensor, *args) -> torch.Tensor:
+        return x.new_empty(w.shape[0])
 
 
 def gemv(w: torch.Tensor, x: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None,
@@ -106,4 +110,6 @@ def gemv(w: torch.Tensor, x: torch.Tensor, norm: tuple[torch.Tensor, float] | No
     w, x = w.contiguous(), x.reshape(-1).contiguous()
     g, eps = norm if norm is not None else (x, 0.0)
     r = residual.reshape(-1).contiguous() if residual is not None else x
-    return _op()(w, x, g, r, float(eps), norm is not None, swiglu, residual is not None)
+    if not torch.compiler.is_compiling():
+        register()
+    return torch.ops.ominix.gemv(w, x, g, r, float(eps), norm is not None, swiglu, residual is not None)

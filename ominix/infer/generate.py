@@ -61,6 +61,8 @@ class StaticDecoder:
         matrix-vector products run as OminiX's Triton kernels (``ominix.infer.gemv``)."""
         if kernels and not gemv.available(model.lm_head.weight.device):
             raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
+        if kernels:
+            gemv.register()
         self.kernels = kernels
         self.model = model
         self.attention = attention or ("dot" if compile else "sdpa")
