@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the decode step (GPU)")
     parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=False,
-                        help="OminiX's Triton matrix-vector kernels for the layers' products (GPU)")
+                        help="OminiX's Triton kernels for the decoder layers (GPU)")
     parser.add_argument("--inductor", type=json.loads, default=None,
                         help='compiler options as JSON (default: ominix.infer.generate.INDUCTOR)')
     parser.add_argument("--out", type=Path, default=None, help="result JSON; default bench/results/decode_CARD.json")

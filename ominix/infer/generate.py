@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ominix.errors import OminixError
-from ominix.infer import gemv
+from ominix.infer import kernels as triton_kernels
 from ominix.model import KVCache, LlamaForCausalLM, apply_rotary
 
 
@@ -57,12 +57,13 @@ class StaticDecoder:
                  inductor: dict | None = None, kernels: bool = False) -> None:
         """``attention``: "sdpa" (torch's kernel) or "dot" (plain products and sums, which the
         compiler fuses: faster on a GPU when compiled); None picks "dot" when ``compile``.
-        ``inductor``: options for the compiler (default ``INDUCTOR``). ``kernels``: the layers'
-        matrix-vector products run as OminiX's Triton kernels (``ominix.infer.gemv``)."""
-        if kernels and not gemv.available(model.lm_head.weight.device):
+        ``inductor``: options for the compiler (default ``INDUCTOR``). ``kernels``: the layers run
+        as OminiX's Triton kernels (``ominix.infer.kernels``: products with their norms, SwiGLU and
+        residual adds, and attention with rotary and cache writes); ``attention`` is then unused."""
+        if kernels and not triton_kernels.available(model.lm_head.weight.device):
             raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
         if kernels:
-            gemv.register()
+            triton_kernels.register()
         self.kernels = kernels
         self.model = model
         self.attention = attention or ("dot" if compile else "sdpa")
@@ -145,21 +146,9 @@ class StaticDecoder:
         cos, sin = self.cos.index_select(0, pos)[None], self.sin.index_select(0, pos)[None]
         visible = (self.positions <= pos)[None, None, None, :]  # [1, 1, 1, max_len]
         for i, layer in enumerate(body.layers):
-            attn = layer.self_attn
-            heads, kv_heads, dim = attn.heads, attn.kv_heads, attn.head_dim
-            q, k, v = self._normed_product(layer.input_layernorm, self.qkv[i], x).split(
-                [heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-            q = q.view(1, 1, heads, dim).transpose(1, 2)
-            k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
-            v = v.view(1, 1, kv_heads, dim).transpose(1, 2)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            self.cache.k[i].index_copy_(2, pos, k)
-            self.cache.v[i].index_copy_(2, pos, v)
-            # grouped-query attention without copying k/v: the query heads sharing one k/v head
-            # become that head's "query positions" (heads are grouped as transformers' repeat_kv)
-            q = q.reshape(1, kv_heads, self.groups, dim)
-            out = self._attend(q, self.cache.k[i], self.cache.v[i], visible)
-            x = self._added_product(attn.o_proj.weight, out.reshape(1, 1, -1), x)
+            qkv = self._normed_product(layer.input_layernorm, self.qkv[i], x)
+            out = self._attention(i, layer.self_attn, qkv, pos, cos, sin, visible)
+            x = self._added_product(layer.self_attn.o_proj.weight, out, x)
             gate_up = self._normed_product(layer.post_attention_layernorm, self.gate_up[i], x)
             x = self._added_product(layer.mlp.down_proj.weight, gate_up, x, swiglu=True)
         logits = self.model.lm_head(body.norm(x))[:, -1]
@@ -168,17 +157,37 @@ class StaticDecoder:
         self._pos.add_(1)
         return logits, following
 
+    def _attention(self, i: int, attn: torch.nn.Module, qkv: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Layer ``i``'s attention output [1, 1, heads * head_dim] for the new token; its key and
+        value go into the cache at ``pos``."""
+        heads, kv_heads, dim = attn.heads, attn.kv_heads, attn.head_dim
+        k_cache, v_cache = self.cache.k[i], self.cache.v[i]
+        if self.kernels:
+            return triton_kernels.attend(qkv, k_cache, v_cache, self.cos, self.sin, pos, heads).view(1, 1, -1)
+        q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        q = q.view(1, 1, heads, dim).transpose(1, 2)
+        k = k.view(1, 1, kv_heads, dim).transpose(1, 2)
+        v = v.view(1, 1, kv_heads, dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k_cache.index_copy_(2, pos, k)
+        v_cache.index_copy_(2, pos, v)
+        # grouped-query attention without copying k/v: the query heads sharing one k/v head
+        # become that head's "query positions" (heads are grouped as transformers' repeat_kv)
+        q = q.reshape(1, kv_heads, self.groups, dim)
+        return self._attend(q, k_cache, v_cache, visible).reshape(1, 1, -1)
+
     def _normed_product(self, norm: torch.nn.Module, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``norm(x) @ weight.T`` for ``x`` [1, 1, K]."""
         if self.kernels:
-            return gemv.gemv(weight, x, norm=(norm.weight, norm.eps)).view(1, 1, -1)
+            return triton_kernels.gemv(weight, x, norm=(norm.weight, norm.eps)).view(1, 1, -1)
         return F.linear(norm(x), weight)
 
     def _added_product(self, weight: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
                        swiglu: bool = False) -> torch.Tensor:
         """``x + f(y) @ weight.T``, f being SwiGLU over the halves of ``y`` or nothing."""
         if self.kernels:
-            return gemv.gemv(weight, y, residual=x, swiglu=swiglu).view(1, 1, -1)
+            return triton_kernels.gemv(weight, y, residual=x, swiglu=swiglu).view(1, 1, -1)
         if swiglu:
             gate, up = y.chunk(2, dim=-1)
             y = F.silu(gate) * up
