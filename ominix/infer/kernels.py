@@ -1,18 +1,17 @@
-"""The decode step's kernels, written in Triton: batch-1 matrix-vector products and attention.
+"""The decode step's kernels, written in Triton (``_triton.py``): batch-1 products and attention.
 
 A decoded token multiplies one activation vector by every weight matrix once, so each product
 should stream its matrix at the memory bandwidth. Inductor's tuned reductions reach 1.2-3.6 TB/s
 on an H200 depending on the shape (BENCHMARKS.md): its tuner walks from one starting block size and
-stops in a local optimum. These kernels are the same multiply-and-sum, but Triton's autotuner times
-every block shape listed below per matrix shape and keeps the fastest.
+stops in a local optimum. ``gemv`` is the same multiply-and-sum, but Triton's autotuner times every
+block shape in ``_triton.CONFIGS`` per matrix shape and keeps the fastest. It also applies what sits
+on either side of a product in a decoder layer: the RMSNorm before it (each block of rows
+recomputes the norm's statistics from the input, a few KB that stay in cache), the SwiGLU before
+down_proj, and the residual add after it.
 
-``gemv`` also applies what sits on either side of a product in a decoder layer, so a layer needs
-no kernels besides its four products and its attention (with rotary and cache writes): the RMSNorm
-before a product (each block of
-rows recomputes the norm's statistics from the input, a few KB that stay in cache), the SwiGLU
-before down_proj, and the residual add after it. ``attend`` is the rest of the layer in one kernel per
-query head: rotary on the new query and key, the new key and value written into the cache, and
-attention over the filled positions (read up to the current one only, not the whole cache).
+``attend`` is the rest of the layer in one kernel per query head: rotary on the new query and key,
+the new key and value written into the cache, and attention over the filled positions (read up to
+the current one only, not the whole cache).
 
 Both are opaque torch operators (``torch.library``), so a compiled decode step keeps them whole in
 its graph and its CUDA graph: a decoder layer is five kernels. On a machine without Triton (or on the
