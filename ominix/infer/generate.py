@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ominix.errors import OminixError
 from ominix.infer import kernels as triton_kernels
 from ominix.model import KVCache, LlamaForCausalLM, apply_rotary
+from ominix.model import swiglu as model_swiglu
 
 
 @dataclass
@@ -60,9 +61,9 @@ class StaticDecoder:
         ``inductor``: options for the compiler (default ``INDUCTOR``). ``kernels``: the layers run
         as OminiX's Triton kernels (``ominix.infer.kernels``: products with their norms, SwiGLU and
         residual adds, and attention with rotary and cache writes); ``attention`` is then unused."""
-        if kernels and not triton_kernels.available(model.lm_head.weight.device):
-            raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
         if kernels:
+            if not triton_kernels.available(model.lm_head.weight.device):
+                raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
             triton_kernels.register()
         self.kernels = kernels
         self.model = model
@@ -189,8 +190,7 @@ class StaticDecoder:
         if self.kernels:
             return triton_kernels.gemv(weight, y, residual=x, swiglu=swiglu).view(1, 1, -1)
         if swiglu:
-            gate, up = y.chunk(2, dim=-1)
-            y = F.silu(gate) * up
+            y = model_swiglu(*y.chunk(2, dim=-1))
         return x + F.linear(y, weight)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

@@ -69,8 +69,8 @@ def register() -> None:
         return out
 
     @attend_op.register_fake
-    def _(qkv: torch.Tensor, k_cache: torch.Tensor, *args) -> torch.Tensor:
-        heads = args[-1]
+    def _(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
+          sin: torch.Tensor, pos: torch.Tensor, heads: int) -> torch.Tensor:
         return qkv.new_empty(heads * k_cache.shape[-1])
 
 

@@ -61,7 +61,7 @@ class Session:
     def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None,
                 kernels: bool = False) -> StaticDecoder:
         """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
-        (default ``generate.INDUCTOR``); ``kernels``: OminiX's matrix-vector kernels (GPU)."""
+        (default ``generate.INDUCTOR``); ``kernels``: OminiX's Triton decode kernels (GPU)."""
         max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
         on_gpu = self.device.startswith("cuda")
         return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,

@@ -325,18 +325,16 @@ def _optimizer(cfg: OminixConfig, model, gpu: bool, one_group: bool = False):
     import torch
 
     o = cfg.optim
-    groups = list(model.parameters()) if one_group else _param_groups(model, o.weight_decay)
-    decay = o.weight_decay if one_group else 0.0
     if one_group:  # AdamW's own defaults do not pass its __init__ (decoupled_weight_decay) on torch >= 2.7;
         # Adam with decoupled decay is the same algorithm and takes them back
-        return torch.optim.Adam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
-                                decoupled_weight_decay=True, fused=gpu)
+        return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                weight_decay=o.weight_decay, decoupled_weight_decay=True, fused=gpu)
+    groups = _param_groups(model, o.weight_decay)
     if o.optimizer == "hybrid_adam" or (o.optimizer == "auto" and gpu):
         from colossalai.nn.optimizer import HybridAdam
 
-        return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay,
-                          adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decay)
+        return HybridAdam(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
 def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
