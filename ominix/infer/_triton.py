@@ -1,6 +1,7 @@
 """The Triton kernels behind ``ominix.infer.kernels`` (imported on first use: Triton is slow to
 import, and absent on machines without it)."""
 
+import inspect
 import os
 
 import triton
@@ -17,9 +18,14 @@ else:
     ]
 
 
-@triton.autotune(configs=CONFIGS, key=["N", "K", "NORM", "SWIGLU", "RESIDUAL"])
+# cache_results: the choice per shape is kept in Triton's cache directory (~/.triton/cache), so
+# later runs of `ominix infer` reuse it instead of timing every shape again (Triton >= 3.2)
+CACHE = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
+@triton.autotune(configs=CONFIGS, key=["N", "K", "NORM", "GLU", "RESIDUAL"], **CACHE)
 @triton.jit
-def gemv(w_ptr, x_ptr, g_ptr, r_ptr, y_ptr, N, K, eps, NORM: tl.constexpr, SWIGLU: tl.constexpr,
+def gemv(w_ptr, x_ptr, g_ptr, r_ptr, y_ptr, N, K, eps, NORM: tl.constexpr, GLU: tl.constexpr,
          RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     dtype = x_ptr.dtype.element_ty
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -32,22 +38,26 @@ def gemv(w_ptr, x_ptr, g_ptr, r_ptr, y_ptr, N, K, eps, NORM: tl.constexpr, SWIGL
             squares += v * v
         scale = tl.math.rsqrt(tl.sum(squares, axis=0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    if GLU:  # the up projection's rows sit N rows below the gate's
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for start in range(0, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
-        if SWIGLU:  # x = silu(gate) * up, gate and up side by side in x_ptr
-            gate = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + K + cols, mask=cols < K, other=0.0).to(tl.float32)
-            x = (gate * tl.sigmoid(gate) * up).to(dtype).to(tl.float32)
-        else:
-            x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
         if NORM:  # rounded where the model's RMSNorm rounds: after normalising, after the weight
             x = (x * scale).to(dtype).to(tl.float32)
             x = (tl.load(g_ptr + cols, mask=cols < K, other=0.0).to(tl.float32) * x).to(dtype).to(tl.float32)
         mask = (rows[:, None] < N) & (cols[None, :] < K)
-        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0,
-                    eviction_policy="evict_first")
+        offsets = rows[:, None] * K + cols[None, :]
+        w = tl.load(w_ptr + offsets, mask=mask, other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
+        if GLU:
+            w_up = tl.load(w_ptr + N * K + offsets, mask=mask, other=0.0, eviction_policy="evict_first")
+            acc_up += w_up.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)
+    if GLU:  # SwiGLU, rounded as the model rounds: each product, silu(gate), then silu(gate) * up
+        gate = y.to(dtype).to(tl.float32)
+        up = tl.sum(acc_up, axis=1).to(dtype).to(tl.float32)
+        y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
     if RESIDUAL:  # the product is rounded before the residual add, as in the model
         y = y.to(dtype).to(tl.float32) + tl.load(r_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(dtype), mask=rows < N)

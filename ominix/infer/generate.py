@@ -150,8 +150,8 @@ class StaticDecoder:
             qkv = self._normed_product(layer.input_layernorm, self.qkv[i], x)
             out = self._attention(i, layer.self_attn, qkv, pos, cos, sin, visible)
             x = self._added_product(layer.self_attn.o_proj.weight, out, x)
-            gate_up = self._normed_product(layer.post_attention_layernorm, self.gate_up[i], x)
-            x = self._added_product(layer.mlp.down_proj.weight, gate_up, x, swiglu=True)
+            act = self._gated_product(layer.post_attention_layernorm, self.gate_up[i], x)
+            x = self._added_product(layer.mlp.down_proj.weight, act, x)
         logits = self.model.lm_head(body.norm(x))[:, -1]
         following = logits.argmax(-1)
         self._token.copy_(following.view(1, 1))
@@ -184,13 +184,16 @@ class StaticDecoder:
             return triton_kernels.gemv(weight, x, norm=(norm.weight, norm.eps)).view(1, 1, -1)
         return F.linear(norm(x), weight)
 
-    def _added_product(self, weight: torch.Tensor, y: torch.Tensor, x: torch.Tensor,
-                       swiglu: bool = False) -> torch.Tensor:
-        """``x + f(y) @ weight.T``, f being SwiGLU over the halves of ``y`` or nothing."""
+    def _gated_product(self, norm: torch.nn.Module, gate_up: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of ``norm(x)``'s products with the fused [gate; up] weight."""
         if self.kernels:
-            return triton_kernels.gemv(weight, y, residual=x, swiglu=swiglu).view(1, 1, -1)
-        if swiglu:
-            y = model_swiglu(*y.chunk(2, dim=-1))
+            return triton_kernels.gemv(gate_up, x, norm=(norm.weight, norm.eps), glu=True).view(1, 1, -1)
+        return model_swiglu(*self._normed_product(norm, gate_up, x).chunk(2, dim=-1))
+
+    def _added_product(self, weight: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + y @ weight.T``."""
+        if self.kernels:
+            return triton_kernels.gemv(weight, y, residual=x).view(1, 1, -1)
         return x + F.linear(y, weight)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ on an H200 depending on the shape (BENCHMARKS.md): its tuner walks from one star
 stops in a local optimum. ``gemv`` is the same multiply-and-sum, but Triton's autotuner times every
 block shape in ``_triton.CONFIGS`` per matrix shape and keeps the fastest. It also applies what sits
 on either side of a product in a decoder layer: the RMSNorm before it (each block of rows
-recomputes the norm's statistics from the input, a few KB that stay in cache), the SwiGLU before
-down_proj, and the residual add after it.
+recomputes the norm's statistics from the input, a few KB that stay in cache), the SwiGLU after
+gate/up (each block computes matching gate and up rows, so down_proj reads a ready activation),
+and the residual add after it.
 
 ``attend`` is the rest of the layer in one kernel per query head: rotary on the new query and key,
 the new key and value written into the cache, and attention over the filled positions (read up to
@@ -48,16 +49,17 @@ def register() -> None:
 
     @torch.library.custom_op("ominix::gemv", mutates_args=())
     def op(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, eps: float, norm: bool,
-           swiglu: bool, residual: bool) -> torch.Tensor:
-        n, k = w.shape
+           glu: bool, residual: bool) -> torch.Tensor:
+        n, k = w.shape[0] // (2 if glu else 1), w.shape[1]
         y = torch.empty(n, device=x.device, dtype=x.dtype)
         _triton.gemv[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
-            w, x, g, r, y, n, k, eps, NORM=norm, SWIGLU=swiglu, RESIDUAL=residual)
+            w, x, g, r, y, n, k, eps, NORM=norm, GLU=glu, RESIDUAL=residual)
         return y
 
     @op.register_fake
-    def _(w: torch.Tensor, x: torch.Tensor, *args) -> torch.Tensor:
-        return x.new_empty(w.shape[0])
+    def _(w: torch.Tensor, x: torch.Tensor, g: torch.Tensor, r: torch.Tensor, eps: float, norm: bool,
+          glu: bool, residual: bool) -> torch.Tensor:
+        return x.new_empty(w.shape[0] // (2 if glu else 1))
 
     @torch.library.custom_op("ominix::attend", mutates_args=("k_cache", "v_cache"))
     def attend_op(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
@@ -75,16 +77,16 @@ def register() -> None:
 
 
 def gemv(w: torch.Tensor, x: torch.Tensor, norm: tuple[torch.Tensor, float] | None = None,
-         residual: torch.Tensor | None = None, swiglu: bool = False) -> torch.Tensor:
+         residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
     """``w @ f(x) (+ residual)`` for ``w`` [N, K] and a vector ``x``, in ``x``'s dtype, where f is
-    RMSNorm with ``norm`` = (weight, eps), or SwiGLU (``swiglu``: ``x`` is [gate, up], 2K long), or
-    nothing."""
+    RMSNorm with ``norm`` = (weight, eps), or nothing. ``glu``: ``w`` is [gate; up], 2N x K, and
+    the result is SwiGLU of the two products, ``silu(gate @ f(x)) * (up @ f(x))``."""
     w, x = w.contiguous(), x.reshape(-1).contiguous()
     g, eps = norm if norm is not None else (x, 0.0)
     r = residual.reshape(-1).contiguous() if residual is not None else x
     if not torch.compiler.is_compiling():
         register()
-    return torch.ops.ominix.gemv(w, x, g, r, float(eps), norm is not None, swiglu, residual is not None)
+    return torch.ops.ominix.gemv(w, x, g, r, float(eps), norm is not None, glu, residual is not None)
 
 
 def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
