@@ -5,10 +5,10 @@ run after a short warm-up (it is ~40x slower, and its variance is small against 
 
 Builds a model of a preset's shape with random weights, writes it as a training checkpoint, exports
 it with `ominix checkpoint export` (bf16 on a GPU), then times greedy generation of ``--new-tokens``
-tokens after a short prompt with both: OminiX (static KV cache, compiled decode step replayed as one
-CUDA graph) and transformers' `generate` (its default cache) on the export. The ceiling is the
-memory-bandwidth limit: weight bytes / measured device-to-device copy bandwidth (each decoded token
-reads every weight once).
+tokens after a short prompt with both: OminiX (static KV cache, compiled decode step with OminiX's
+Triton kernels, replayed as one CUDA graph) and transformers' `generate` (its default cache) on the
+export. The ceiling is the memory-bandwidth limit: weight bytes / measured device-to-device copy
+bandwidth (each decoded token reads every weight once).
 
     python bench/decode.py                              # tinyllama-1.1b shape on cuda
     python bench/decode.py --shape tiny --device cpu    # smoke test on a CPU
@@ -80,15 +80,15 @@ def write_run(root: Path, shape: str, dtype: str, device: str) -> Path:
 
 
 def time_ominix(export: Path, device: str, dtype: str, prompt: list[int], new: int, compile: bool,
-                inductor: dict | None = None, kernels: bool = False):
+                inductor: dict | None = None, kernels: bool | None = None):
     from ominix.infer.generate import Sampling, generate
     from ominix.infer.load import resolve
     from ominix.infer.session import open_session
 
-    session = open_session(resolve(export), device, dtype, compile)
+    session = open_session(resolve(export), device, dtype, compile, kernels)
     sampling = Sampling(max_new_tokens=new, temperature=0)
     started = time.perf_counter()
-    decoder = session.decoder(len(prompt), sampling, inductor, kernels)  # compiles and captures the CUDA graph
+    decoder = session.decoder(len(prompt), sampling, inductor)  # compiles and captures the CUDA graph
     generate(decoder, prompt, sampling)  # one full warm-up run (allocator, pinned buffers)
     sync(device)
     warmup = time.perf_counter() - started
@@ -98,6 +98,12 @@ def time_ominix(export: Path, device: str, dtype: str, prompt: list[int], new: i
         tokens = generate(decoder, prompt, sampling).tokens
         sync(device)
         rates.append(len(tokens) / (time.perf_counter() - started))
+    prefill = []  # the prompt's forward alone (the time to the first token, less sampling)
+    for _ in range(3):
+        started = time.perf_counter()
+        decoder.prefill(torch.tensor([prompt]))
+        sync(device)
+        prefill.append(time.perf_counter() - started)
     replay = None
     if decoder.use_graph:  # the decode step alone, back to back: the ceiling of the host loop
         decoder._pos.zero_()
@@ -108,7 +114,7 @@ def time_ominix(export: Path, device: str, dtype: str, prompt: list[int], new: i
         sync(device)
         replay = new / (time.perf_counter() - started)
     weight_bytes = sum(p.numel() * p.element_size() for p in session.model.parameters())
-    return sorted(rates)[1], tokens, warmup, weight_bytes, replay
+    return sorted(rates)[1], tokens, warmup, weight_bytes, replay, decoder.kernels, sorted(prefill)[1]
 
 
 def time_transformers(export: Path, device: str, dtype: str, prompt: list[int], new: int):
@@ -140,8 +146,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.compile the decode step (GPU)")
-    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=False,
-                        help="OminiX's Triton kernels for the decoder layers (GPU)")
+    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
+                        help="OminiX's Triton kernels for the decoder layers (default, as in ominix infer: "
+                             "on a GPU when Triton is installed)")
     parser.add_argument("--inductor", type=json.loads, default=None,
                         help='compiler options as JSON (default: ominix.infer.generate.INDUCTOR)')
     parser.add_argument("--out", type=Path, default=None, help="result JSON; default bench/results/decode_CARD.json")
@@ -159,7 +166,7 @@ def main() -> None:
         out = Path(tmp) / "export"
         meta = export(run, out, dtype=dtype, verify=True, device=device)
         prompt = list(range(10, 10 + args.prompt_tokens))
-        ours, our_tokens, warmup, weight_bytes, replay = time_ominix(
+        ours, our_tokens, warmup, weight_bytes, replay, kernels, prefill = time_ominix(
             out, device, dtype, prompt, args.new_tokens, args.compile, args.inductor, args.kernels)
         theirs, their_tokens = time_transformers(out, device, dtype, prompt, args.new_tokens)
     bandwidth = copy_bandwidth(device) if device.startswith("cuda") else None
@@ -180,12 +187,13 @@ def main() -> None:
         "weight_bytes": weight_bytes,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "ominix_warmup_s": round(warmup, 1),
+        "ominix_prefill_ms": round(prefill * 1e3, 2),
         "graph_replay_only_tokens_per_s": round(replay, 1) if replay else None,
         "greedy_tokens_equal_before_first_difference": agree,
         "export_verify_max_abs_logit_diff": meta["verify"]["max_abs_logit_diff"],
         "compile": args.compile,
         "inductor": args.inductor if args.inductor is not None else INDUCTOR,
-        "kernels": args.kernels,
+        "kernels": kernels,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
     }

@@ -25,6 +25,8 @@ def infer(
     device: str = typer.Option(None, "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     dtype: str = typer.Option(None, "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the decode step (GPU)."),
+    kernels: bool = typer.Option(None, "--kernels/--no-kernels",
+                                 help="OminiX's Triton decode kernels (default: on a GPU with Triton)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="With --prompt: print the record as JSON, no streaming."),
 ) -> None:
     """Generate text with a KV cache (CUDA-graph decode on a GPU); greedy at --temperature 0.
@@ -52,7 +54,7 @@ def infer(
     if prompts is None and out is not None:  # one prompt, recorded in a file instead of streamed
         prompts = [{"prompt": prompt}]
     target = (out or s.default_samples_out(source)) if prompts is not None else None
-    session = s.open_session(source, settings.device, settings.dtype, compile)
+    session = s.open_session(source, settings.device, settings.dtype, compile, kernels)
     if prompts is not None:
         def progress(i: int, record: dict) -> None:
             typer.echo(f"[{i + 1}/{len(prompts)}] {record['completion_tokens']} tokens "

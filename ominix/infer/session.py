@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from ominix.config import InferConfig
 from ominix.errors import OminixError
+from ominix.infer import kernels as triton_kernels
 from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
 from ominix.infer.load import ModelSource, load_model, load_tokenizer, model_checksum, resolve, torch_dtype
 
@@ -47,6 +48,7 @@ class Session:
     dtype: str
     checksum: str
     compile: bool
+    kernels: bool
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, verbose=False).input_ids  # the length is checked here, not warned about
@@ -58,14 +60,13 @@ class Session:
             raise OminixError("the prompt is empty and the tokenizer adds no BOS token", "give a prompt")
         return ids
 
-    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None,
-                kernels: bool = False) -> StaticDecoder:
+    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None) -> StaticDecoder:
         """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
-        (default ``generate.INDUCTOR``); ``kernels``: OminiX's Triton decode kernels (GPU)."""
+        (default ``generate.INDUCTOR``)."""
         max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
         on_gpu = self.device.startswith("cuda")
         return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
-                             inductor=inductor, kernels=kernels)
+                             inductor=inductor, kernels=self.kernels)
 
     def record(self, prompt: dict[str, Any], ids: list[int], result: Generation,
                sampling: Sampling) -> dict[str, Any]:
@@ -76,7 +77,7 @@ class Session:
             "prompt_tokens": len(ids),
             "completion_tokens": len(result.tokens),
             "finish_reason": result.finish_reason,
-            "settings": {**sampling.as_dict(), "device": self.device, "dtype": self.dtype},
+            "settings": {**sampling.as_dict(), "device": self.device, "dtype": self.dtype, "kernels": self.kernels},
             "model": {"path": str(self.source.path), "kind": self.source.kind,
                       "step": self.source.state.get("step"), "sha256": self.checksum},
         }
@@ -99,13 +100,20 @@ def settings(path: str | Path, flags: dict[str, Any]) -> tuple[ModelSource, Samp
     return source, sampling, cfg
 
 
-def open_session(source: ModelSource, device: str = "auto", dtype: str = "auto", compile: bool = True) -> Session:
-    """Check and load the model and tokenizer of ``source``."""
+def open_session(source: ModelSource, device: str = "auto", dtype: str = "auto", compile: bool = True,
+                 kernels: bool | None = None) -> Session:
+    """Check and load the model and tokenizer of ``source``. ``kernels``: decode with OminiX's
+    Triton kernels (``ominix.infer.kernels``); None: on a CUDA device when Triton is installed."""
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
+    if kernels is None:
+        kernels = device.startswith("cuda") and triton_kernels.available(device)
+    elif kernels and not triton_kernels.available(device):
+        raise OminixError(f"--kernels needs Triton and a CUDA device (the device is {device})",
+                          "leave --kernels out: the compiled decode step is used instead")
     tokenizer = load_tokenizer(source)
     model = load_model(source, device, dtype)
-    return Session(source, tokenizer, model, device, dtype, model_checksum(source.weights), compile)
+    return Session(source, tokenizer, model, device, dtype, model_checksum(source.weights), compile, kernels)
 
 
 class TextStream:

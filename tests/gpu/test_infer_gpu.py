@@ -34,7 +34,8 @@ def test_cuda_graph_decode_equals_full_forward(compile: bool, attention: str, ke
     torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=1e-4)
 
 
-def test_greedy_equals_transformers_on_gpu_fp32(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "compiled"])
+def test_greedy_equals_transformers_on_gpu_fp32(tmp_path: Path, kernels: bool) -> None:
     from transformers import AutoModelForCausalLM
 
     from ominix.infer.generate import Sampling, generate
@@ -45,7 +46,7 @@ def test_greedy_equals_transformers_on_gpu_fp32(tmp_path: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     run = make_run(tmp_path, initializer_range=0.3)
     export(run, tmp_path / "hf", dtype="fp32", device="cuda")
-    session = open_session(resolve(tmp_path / "hf"), "cuda", "fp32", compile=True)
+    session = open_session(resolve(tmp_path / "hf"), "cuda", "fp32", compile=True, kernels=kernels)
     prompt = session.encode("Once upon a time")
     sampling = Sampling(max_new_tokens=48, temperature=0)
     ours = generate(session.decoder(len(prompt), sampling), prompt, sampling, session.tokenizer.eos_token_id).tokens
@@ -55,10 +56,11 @@ def test_greedy_equals_transformers_on_gpu_fp32(tmp_path: Path) -> None:
     assert ours == theirs[0, len(prompt):].tolist()
 
 
-def test_infer_cli_uses_bf16_on_gpu(tmp_path: Path) -> None:
+def test_infer_cli_uses_bf16_and_the_kernels_on_gpu(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     result = run_cli("infer", "--model", str(run), "--prompt", "The quick", "--max-new-tokens", "16", "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["settings"]["device"] == "cuda" and record["settings"]["dtype"] == "bf16"
+    assert record["settings"]["kernels"] is True
     assert 1 <= record["completion_tokens"] <= 16
