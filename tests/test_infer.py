@@ -96,9 +96,9 @@ def test_static_decode_steps_equal_the_full_forward(attention: str) -> None:
 
 
 def test_decode_kernels_equal_the_full_forward() -> None:
-    """OminiX's Triton matrix-vector kernel (run here by Triton's interpreter on the CPU, which must
-    be chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) gives the decode
-    step the logits of the full forward, eager and compiled."""
+    """OminiX's Triton decode kernels (run here by Triton's interpreter on the CPU, which must be
+    chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) give the decode step
+    the logits of the full forward, eager and compiled."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     code = "from tests.test_infer import _decode_with_kernels as d; d(compile=False); d(compile=True)"
