@@ -136,6 +136,21 @@ def test_decode_kernels_refused_where_they_cannot_run(monkeypatch: pytest.Monkey
         StaticDecoder(build_model(cfg, seed=1).eval(), 8, kernels=True)
 
 
+def test_decode_kernels_refuse_a_head_size_they_cannot_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ominix.config import ModelConfig
+    from ominix.errors import OminixError
+    from ominix.infer import kernels
+    from ominix.infer.generate import StaticDecoder
+    from ominix.model import build_model
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # where the kernels could run, a head of 12 is refused
+    cfg = ModelConfig(vocab_size=61, hidden_size=72, intermediate_size=96, num_hidden_layers=1,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=32)
+    assert [kernels.supports(d) for d in (12, 64, 128)] == [False, True, True]
+    with pytest.raises(OminixError, match="power-of-two head sizes, this model's is 12"):
+        StaticDecoder(build_model(cfg, seed=1).eval(), 8, kernels=True)
+
+
 def test_streamed_prompt_and_completion_on_stdout(run_dir: Path) -> None:
     result = run_cli("infer", "--model", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "8", "--seed", "3")
     assert result.returncode == 0, result.stderr

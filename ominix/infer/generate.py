@@ -64,6 +64,9 @@ class StaticDecoder:
         if kernels:
             if not triton_kernels.available(model.lm_head.weight.device):
                 raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
+            if not triton_kernels.supports(model.config.head_dim):
+                raise OminixError(f"the decode kernels take power-of-two head sizes, this model's is "
+                                  f"{model.config.head_dim}", "leave them off (--no-kernels)")
             triton_kernels.register()
         self.kernels = kernels
         self.model = model

@@ -37,6 +37,12 @@ def available(device: torch.device | str) -> bool:
     return kind == "cuda" or (kind == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def supports(head_dim: int) -> bool:
+    """Whether ``attend`` takes this head size: it holds a head in one Triton block, whose sizes
+    are powers of two (every preset's are)."""
+    return head_dim > 0 and head_dim & (head_dim - 1) == 0
+
+
 @functools.cache
 def register() -> None:
     """Register the operators ``torch.ops.ominix.gemv`` and ``torch.ops.ominix.attend`` (once;

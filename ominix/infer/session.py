@@ -103,11 +103,13 @@ def settings(path: str | Path, flags: dict[str, Any]) -> tuple[ModelSource, Samp
 def open_session(source: ModelSource, device: str = "auto", dtype: str = "auto", compile: bool = True,
                  kernels: bool | None = None) -> Session:
     """Check and load the model and tokenizer of ``source``. ``kernels``: decode with OminiX's
-    Triton kernels (``ominix.infer.kernels``); None: on a CUDA device when Triton is installed."""
+    Triton kernels (``ominix.infer.kernels``); None: on a CUDA device when Triton is installed and
+    the model's head size is one the kernels take."""
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     if kernels is None:
-        kernels = device.startswith("cuda") and triton_kernels.available(device)
+        kernels = (device.startswith("cuda") and triton_kernels.available(device)
+                   and triton_kernels.supports(source.model.head_dim))
     elif kernels and not triton_kernels.available(device):
         raise OminixError(f"--kernels needs Triton and a CUDA device (the device is {device})",
                           "leave --kernels out: the compiled decode step is used instead")
