@@ -261,13 +261,18 @@ class LaunchConfig(Section):
         default_factory=dict,
         description="Variables per host ('*' = every node), e.g. {node1: {NCCL_SOCKET_IFNAME: ib0}}.",
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables set for every process on every node, e.g. {NCCL_NVLS_ENABLE: '0'}; "
+        "the user's own environment wins locally, node_env wins over it.",
+    )
 
     @model_validator(mode="after")
     def _env_names(self) -> LaunchConfig:
-        names = [*self.forward_env, *(k for env in self.node_env.values() for k in env)]
+        names = [*self.forward_env, *(k for env in self.node_env.values() for k in env), *self.env]
         bad = [n for n in names if not n.isidentifier() or not n.isascii()]
         if bad:
-            raise ValueError(f"launch.forward_env/node_env: {bad[0]!r} is not a variable name")
+            raise ValueError(f"launch.forward_env/node_env/env: {bad[0]!r} is not a variable name")
         return self
 
 

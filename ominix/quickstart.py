@@ -183,7 +183,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
     from ominix.infer import session as infer_session
     from ominix.infer.export import export
     from ominix.release.bundle import make_bundle
-    from ominix.train.launch import launch
+    from ominix.launch.run import launch
 
     if steps <= RESUME_STEPS:
         raise OminixError(f"--steps {steps} leaves nothing to resume", f"use --steps > {RESUME_STEPS}")

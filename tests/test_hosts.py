@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ominix.errors import OminixError
-from ominix.train.hosts import Host, check_hostname, parse_hostfile, select_hosts
+from ominix.launch.hosts import Host, check_hostname, parse_hostfile, select_hosts
 
 
 def _write(tmp_path: Path, text: str) -> Path:

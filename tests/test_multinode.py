@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ominix.config import LaunchConfig, OminixConfig, ScheduleConfig
-from ominix.train.hosts import Host
-from ominix.train.multinode import node_command, run_nodes
-from ominix.train.ssh import resolve_targets
+from ominix.launch.hosts import Host
+from ominix.launch.multinode import NodeFailed, node_command, run_nodes
+from ominix.launch.ssh import resolve_targets
 from tests.sshd import Sshd, free_port, sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("private_netns")
@@ -68,6 +68,14 @@ def _nodes(server: Sshd, cfg: OminixConfig, tmp_path: Path, mode: str):
     ]
 
 
+def _failed_first(cfg: OminixConfig, nodes: list, log_dir: Path) -> str:
+    """Run ``nodes``, which must fail: node 1 first (exit code 101); the error's message."""
+    with pytest.raises(NodeFailed) as failed:
+        run_nodes(cfg, nodes, log_dir)
+    assert failed.value.exit_code == 101
+    return failed.value.message
+
+
 def _leftovers(tmp_path: Path, wait_s: float = 15) -> list[int]:
     """PIDs whose command line still names this test's worker, after waiting for them to exit."""
     marker = str(tmp_path / "worker.py").encode()
@@ -112,17 +120,14 @@ def test_two_nodes_run_with_explicit_env_and_logs(sshd: Sshd, tmp_path: Path,
     print(f"two-node gloo launch over SSH: {elapsed:.1f} s", file=sys.stderr)
 
 
-def test_one_node_failing_stops_the_other(sshd: Sshd, tmp_path: Path,
-                                          capfd: pytest.CaptureFixture[str]) -> None:
+def test_one_node_failing_stops_the_other(sshd: Sshd, tmp_path: Path) -> None:
     cfg = _cfg(sshd, tmp_path)
-    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "crash"), tmp_path / "logs") == 101
-    err = capfd.readouterr().err
+    err = _failed_first(cfg, _nodes(sshd, cfg, tmp_path, "crash"), tmp_path / "logs")
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first: exit status" in err
     assert _leftovers(tmp_path) == []
 
 
-def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path,
-                                        capfd: pytest.CaptureFixture[str]) -> None:
+def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path) -> None:
     cfg = _cfg(sshd, tmp_path)
 
     def kill_rank1() -> None:
@@ -133,8 +138,7 @@ def test_killing_a_worker_stops_the_job(sshd: Sshd, tmp_path: Path,
         os.kill(json.loads(pid_file.read_text())["pid"], 9)
 
     threading.Thread(target=kill_rank1, daemon=True).start()
-    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
-    assert "node 1 (127.0.0.2" in capfd.readouterr().err
+    assert "node 1 (127.0.0.2" in _failed_first(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs")
     assert _leftovers(tmp_path) == []
 
 
@@ -146,14 +150,13 @@ def _guard_of_node1(tmp_path: Path) -> int:
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ominix.train.nodeguard" in cmd and marker in cmd and b"--node-rank\x001\x00" in cmd:
+            if b"ominix.launch.nodeguard" in cmd and marker in cmd and b"--node-rank\x001\x00" in cmd:
                 return int(entry.name)
     raise AssertionError("node 1's guard is not running")
 
 
 @pytest.mark.parametrize("victim", ["sshd-session", "guard"])
-def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str,
-                                     capfd: pytest.CaptureFixture[str]) -> None:
+def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str) -> None:
     """SIGKILL node 1's sshd session (its TCP connection dies like a dropped host) or its guard
     (torchrun then gets SIGTERM from the kernel): the job stops, nothing is left running."""
     cfg = _cfg(sshd, tmp_path)
@@ -166,8 +169,7 @@ def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str,
         os.kill(parent if victim == "sshd-session" else guard, 9)
 
     threading.Thread(target=drop_node1, daemon=True).start()
-    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
-    err = capfd.readouterr().err
+    err = _failed_first(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs")
     assert "node 1 (127.0.0.2" in err and "no exit status came back" in err
     assert _leftovers(tmp_path) == []
 
@@ -185,29 +187,30 @@ def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
-def _dry(cfg: OminixConfig, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    from ominix.train.multinode import launch_multinode
+def _dry(cfg: OminixConfig, run_dir: Path) -> str:
+    from ominix.launch.run import launch_multinode
 
-    assert launch_multinode(cfg, run_dir, dry_run=True) == 0
-    return capsys.readouterr().out
+    outcome = launch_multinode(cfg, run_dir, dry_run=True)
+    assert outcome.code == 0
+    return outcome.text
 
 
-def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    from ominix.train.slurm import write_sbatch
+    from ominix.launch.slurm import write_sbatch
 
     monkeypatch.setenv("WANDB_API_KEY", "wandb_secret_value")
     cfg = OminixConfig(launch=LaunchConfig(
         launcher="slurm", nodes=4, nproc_per_node=8, forward_env=["WANDB_API_KEY"],
         node_env={"*": {"NCCL_SOCKET_IFNAME": "ib0"}}, workdir="/scratch/my project"))
-    text = _dry(cfg, tmp_path / "run", capsys)
+    text = _dry(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
-    assert write_sbatch(cfg, tmp_path / "run", dry_run=False) == 0
+    wrote = write_sbatch(cfg, tmp_path / "run", dry_run=False)
+    assert wrote.code == 0
     script = tmp_path / "run" / "launch.sbatch"
     assert script.read_text() == text and "wandb_secret_value" not in text
-    assert f"sbatch --export=NONE,WANDB_API_KEY {script}" in capsys.readouterr().out
+    assert f"sbatch --export=NONE,WANDB_API_KEY {script}" in wrote.text
     for line in ("#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "cd '/scratch/my project'",
                  "export NCCL_SOCKET_IFNAME=ib0", '--node-rank "$SLURM_NODEID" --nproc-per-node 8'):
         assert line in text
@@ -220,7 +223,7 @@ def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setenv("OMINIX_TEST_LOCAL_ONLY", "x")
     hostfile = tmp_path / "hosts.txt"
@@ -228,12 +231,12 @@ def test_colossalai_dry_run_masks_secrets_and_refuses_what_it_cannot_do(
     cfg = OminixConfig(launch=LaunchConfig(launcher="colossalai", nodes=2, hostfile=str(hostfile),
                                            nproc_per_node=2, forward_env=["HF_TOKEN"]),
                        schedule=ScheduleConfig(global_batch_size=16, micro_batch_size=4))
-    out = _dry(cfg, tmp_path / "run", capsys)
+    out = _dry(cfg, tmp_path / "run")
     assert "#   node1\n#   node2\n" in out and "node3" not in out
     assert "HF_TOKEN=****" in out and "hf_secret_value" not in out and "OMINIX_TEST_LOCAL_ONLY" not in out
     assert "colossalai run --hostfile" in out and "--num_nodes 2 --nproc_per_node 2 --master_addr node1" in out
     from ominix.errors import OminixError
-    from ominix.train.multinode import launch_multinode
+    from ominix.launch.run import launch_multinode
 
     hostfile.write_text("alice@node1\nnode2\n")
     with pytest.raises(OminixError, match="bare host names"):
@@ -279,14 +282,13 @@ def test_dry_run_of_the_train_command(tmp_path: Path) -> None:
     assert result.returncode == 2 and "line 2" in result.stderr
 
 
-def test_a_hung_host_is_detected_by_heartbeat(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_hung_host_is_detected_by_heartbeat(sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGSTOP node 1's sshd session: its TCP connection stays open but nothing answers, as with a
     hung host. The heartbeat notices, the other node is stopped; after SIGCONT, node 1's guard
     sees its connection closed and stops too."""
     import signal
 
-    from ominix.train import multinode
+    from ominix.launch import multinode
 
     monkeypatch.setattr(multinode, "HEARTBEAT_S", 0.5)
     monkeypatch.setattr(multinode, "HEARTBEAT_TIMEOUT_S", 3.0)
@@ -302,11 +304,10 @@ def test_a_hung_host_is_detected_by_heartbeat(sshd: Sshd, tmp_path: Path, monkey
 
     threading.Thread(target=hang_node1, daemon=True).start()
     try:
-        assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 101
+        err = _failed_first(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs")
     finally:
         if session:
             os.kill(session[0], signal.SIGCONT)
-    err = capfd.readouterr().err
     assert "node 1 (127.0.0.2" in err and "stopped answering for 3 s" in err
     assert _leftovers(tmp_path, wait_s=60) == []
 

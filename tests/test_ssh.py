@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ominix.config import LaunchConfig
-from ominix.train.hosts import Host
-from ominix.train.ssh import SSHError, connect, resolve_targets, run_command
+from ominix.launch.hosts import Host
+from ominix.launch.ssh import SSHError, connect, resolve_targets, run_command
 from tests.sshd import Sshd, keygen, sshd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("private_netns")

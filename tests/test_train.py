@@ -96,7 +96,7 @@ def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: P
 
 
 def test_torchrun_argv_for_one_node_of_several() -> None:
-    from ominix.train.launch import torchrun_argv
+    from ominix.launch.command import torchrun_argv
 
     argv = torchrun_argv("/usr/bin/python3", 4, 2, 8, "10.0.0.1", 29500, 90, "runs/x")
     assert argv == ["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=4",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import typer
 
 from ominix.cli.common import SET_OPTION
+
+if TYPE_CHECKING:
+    from ominix.launch.hostcheck import HostReport
 
 
 def register(app: typer.Typer) -> None:
@@ -39,8 +44,8 @@ def check_hosts(
       ominix train check-hosts llama2-7b --hostfile hosts.txt --nodes 4 --json
     """
     from ominix.config import load_config
-    from ominix.train.hostcheck import check_hosts as run_checks
-    from ominix.train.hostcheck import cluster, print_table, reports_json
+    from ominix.launch.hostcheck import check_hosts as run_checks
+    from ominix.launch.hostcheck import cluster, reports_json
 
     cfg = load_config(source, sets, {
         "launch.hostfile": hostfile, "launch.ssh_key": ssh_key, "launch.known_hosts": known_hosts,
@@ -55,3 +60,41 @@ def check_hosts(
         print_table(here, reports)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
+
+
+def _cell(r: HostReport, check: str, text: str) -> str:
+    from rich.markup import escape
+
+    bad = [p for p in r.problems if p.check == check]
+    return f"[red]{escape('; '.join(p.message for p in bad))}[/]" if bad else escape(text)
+
+
+def print_table(here: dict[str, Any], reports: list[HostReport]) -> None:
+    """The host checks as a table, then each problem with its hint."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="host checks", show_lines=False)
+    for col in ("node", "host", "ssh", "versions", "gpus", "workdir", "data", "disk free", "master"):
+        table.add_column(col, overflow="fold")
+    for r in reports:
+        f = r.facts
+        if f.get("ssh") != "ok" or "python" not in f:
+            table.add_row(str(r.node), r.host, _cell(r, "ssh", "ok"), _cell(r, "python", "-"),
+                          *["-"] * 5)
+            continue
+        names = sorted(set(f["gpus"] or []))
+        table.add_row(
+            str(r.node), r.host, "ok", _cell(r, "versions", "same"),
+            _cell(r, "gpus", f"{r.gpus} {', '.join(names)}".strip()),
+            _cell(r, "workdir", "ok"), _cell(r, "data", "same" if f.get("manifest") else "n/a"),
+            _cell(r, "disk", f"{f['disk_free'] / 2**30:.0f} GiB"),
+            _cell(r, "master", "reachable" if f["master"] == "open" else "-"),
+        )
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    for r in reports:
+        for p in r.problems:
+            console.print(f"[bold red]{escape(r.host)}[/] {p.check}: {escape(p.message)}\n"
+                          f"  [bold]hint:[/] {escape(p.hint)}", markup=True)

@@ -67,9 +67,11 @@ def launch(
 
       ominix train launch llama2-7b --plugin gemini --nodes 4 --hostfile hosts.txt --data data/slimpajama --dry-run
     """
-    from ominix.train.launch import launch_from_cli
+    from ominix.launch.events import Events
+    from ominix.launch.run import launch_from_cli
 
-    code = launch_from_cli(source, sets, {
+    events = Events(line=typer.echo, notice=lambda text: typer.echo(text, err=True), checks=hosts_cmd.print_table)
+    outcome = launch_from_cli(source, sets, {
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
         "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
         "model.attn": attn, "model.gradient_checkpointing": gradient_checkpointing,
@@ -77,6 +79,8 @@ def launch(
         "launch.master_addr": master_addr, "launch.master_port": master_port,
         "launch.rdzv_timeout": rdzv_timeout, "launch.ssh_key": ssh_key,
         "launch.accept_new_host_keys": accept_new_host_keys, "launch.forward_env": forward_env or None,
-    }, dry_run=dry_run)
-    if code:
-        raise typer.Exit(code)
+    }, dry_run=dry_run, events=events)
+    if outcome.text:
+        typer.echo(outcome.text, nl=False)
+    if outcome.code:
+        raise typer.Exit(outcome.code)

@@ -2,7 +2,7 @@
 
 ``colossalai run`` exports its whole environment to every node (which breaks on read-only
 variables and leaks secrets), so it is started with an explicit, minimal environment: the
-variables a node needs, ``launch.node_env['*']`` and the ``launch.forward_env`` variables only.
+variables a node needs, ``launch.env``, ``launch.node_env['*']`` and the ``launch.forward_env`` variables only.
 Its hostfile holds bare host names and one SSH port for all: users and keys come from
 ~/.ssh/config (fabric reads it), and per-host variables and the rendezvous timeout are not available
 through it. It sends every variable as ``export K="V"`` on the remote command line, so forwarded
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.train.multinode import BASE_ENV, KEEP_ENV, forwarded, is_secret
-from ominix.train.ssh import Target
+from ominix.launch.command import KEEP_ENV, every_node_env, forwarded, is_secret, workdir
+from ominix.launch.events import Outcome
+from ominix.launch.ssh import Target
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -51,8 +52,7 @@ def colossalai_argv(cfg: OminixConfig, run_dir: Path, targets: list[Target], mas
 def colossalai_env(cfg: OminixConfig) -> tuple[dict[str, str], list[str]]:
     """The environment ``colossalai run`` gets (and exports), and the names to mask when shown."""
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-    env.update(BASE_ENV)
-    env.update(cfg.launch.node_env.get("*", {}))
+    env.update(every_node_env(cfg))
     env.update(forwarded(cfg))
     # colossalai run starts `torchrun` by name on every node: the nodes' interpreter's bin directory
     # comes first on the PATH it exports (a venv is rarely on a non-interactive shell's PATH)
@@ -62,19 +62,17 @@ def colossalai_env(cfg: OminixConfig) -> tuple[dict[str, str], list[str]]:
 
 
 def colossalai_run(cfg: OminixConfig, run_dir: Path, targets: list[Target], master: tuple[str, int],
-                   nproc: int, *, dry_run: bool) -> int:
-    """Write RUN_DIR/colossalai_hosts.txt and run ``colossalai run`` (print it when ``dry_run``)."""
-    from ominix.train.hostcheck import workdir
-
+                   nproc: int, *, dry_run: bool) -> Outcome:
+    """Write RUN_DIR/colossalai_hosts.txt and run ``colossalai run`` (the outcome's text is the
+    hostfile and the command, when ``dry_run``)."""
     hostfile = run_dir / "colossalai_hosts.txt"
     argv = colossalai_argv(cfg, run_dir, targets, master, nproc, hostfile)
     env, secrets = colossalai_env(cfg)
     shown = " ".join(f"{k}={'****' if k in secrets else shlex.quote(v)}" for k, v in sorted(env.items()))
     hosts = "".join(f"{t.address}\n" for t in targets)
     if dry_run:
-        print(f"# {hostfile}:\n" + "".join(f"#   {h}\n" for h in hosts.splitlines()), end="")
-        print(f"cd {shlex.quote(workdir(cfg))} && env -i {shown} {shlex.join(argv)}")
-        return 0
+        return Outcome(0, f"# {hostfile}:\n" + "".join(f"#   {h}\n" for h in hosts.splitlines())
+                       + f"cd {shlex.quote(workdir(cfg))} && env -i {shown} {shlex.join(argv)}\n")
     run_dir.mkdir(parents=True, exist_ok=True)
     hostfile.write_text(hosts)
-    return subprocess.run(argv, env=env, cwd=workdir(cfg)).returncode
+    return Outcome(subprocess.run(argv, env=env, cwd=workdir(cfg)).returncode)

@@ -15,11 +15,15 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ominix.train.ssh import SSHError, Target, connect, run_command
+from ominix.errors import OminixError
+from ominix.launch.command import remote_python, workdir
+from ominix.launch.hosts import check_hostname, parse_hostfile, select_hosts
+from ominix.launch.ssh import SSHError, Target, connect, resolve_targets, run_command
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -106,14 +110,6 @@ class HostReport:
     @property
     def gpus(self) -> int:
         return len(self.facts.get("gpus") or [])
-
-
-def remote_python(cfg: OminixConfig) -> str:
-    return cfg.launch.python or sys.executable
-
-
-def workdir(cfg: OminixConfig) -> str:
-    return cfg.launch.workdir or os.getcwd()
 
 
 def _probe_args(cfg: OminixConfig, wd: str, master: tuple[str, int] | None) -> str:
@@ -249,10 +245,6 @@ def _compare(cfg: OminixConfig, r: HostReport, here: dict[str, Any]) -> None:
 
 def cluster(cfg: OminixConfig, nodes: int | None) -> tuple[list[Target], tuple[str, int]]:
     """The first ``nodes`` hosts of the hostfile (None = all), resolved, and the rendezvous address."""
-    from ominix.errors import OminixError
-    from ominix.train.hosts import check_hostname, parse_hostfile, select_hosts
-    from ominix.train.ssh import resolve_targets
-
     if not cfg.launch.hostfile:
         raise OminixError("no hostfile given", "pass --hostfile FILE (one host per line)")
     hosts = select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)
@@ -283,38 +275,14 @@ def reports_json(here: dict[str, Any], reports: list[HostReport]) -> str:
     }, indent=2)
 
 
-def _cell(r: HostReport, check: str, text: str) -> str:
-    bad = [p for p in r.problems if p.check == check]
-    from rich.markup import escape
-
-    return f"[red]{escape('; '.join(p.message for p in bad))}[/]" if bad else escape(text)
-
-
-def print_table(here: dict[str, Any], reports: list[HostReport]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="host checks", show_lines=False)
-    for col in ("node", "host", "ssh", "versions", "gpus", "workdir", "data", "disk free", "master"):
-        table.add_column(col, overflow="fold")
-    for r in reports:
-        f = r.facts
-        if f.get("ssh") != "ok" or "python" not in f:
-            table.add_row(str(r.node), r.host, _cell(r, "ssh", "ok"), _cell(r, "python", "-"),
-                          *["-"] * 5)
-            continue
-        names = sorted(set(f["gpus"] or []))
-        table.add_row(
-            str(r.node), r.host, "ok", _cell(r, "versions", "same"),
-            _cell(r, "gpus", f"{r.gpus} {', '.join(names)}".strip()),
-            _cell(r, "workdir", "ok"), _cell(r, "data", "same" if f.get("manifest") else "n/a"),
-            _cell(r, "disk", f"{f['disk_free'] / 2**30:.0f} GiB"),
-            _cell(r, "master", "reachable" if f["master"] == "open" else "-"),
-        )
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(table)
-    for r in reports:
-        for p in r.problems:
-            console.print(f"[bold red]{escape(r.host)}[/] {p.check}: {escape(p.message)}\n"
-                          f"  [bold]hint:[/] {escape(p.hint)}", markup=True)
+def checked_gpus(cfg: OminixConfig, targets: list[Target], master: tuple[str, int],
+                 show: Callable[[dict[str, Any], list[HostReport]], None]) -> list[int]:
+    """Run the host checks, hand them to ``show``, raise when any host fails; the GPUs of each node."""
+    here, reports = check_hosts(cfg, targets, master)
+    show(here, reports)
+    bad = [r.host for r in reports if not r.ok]
+    if bad:
+        raise OminixError(f"{len(bad)} of {len(reports)} hosts failed the checks: {', '.join(bad)}",
+                          "fix what the table shows; `ominix train check-hosts` re-runs the checks",
+                          exit_code=1)
+    return [r.gpus for r in reports]

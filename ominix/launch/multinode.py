@@ -3,23 +3,22 @@
 Every node, node 0 included, is started over SSH. The launching machine is often a login node
 that is not in the hostfile, and even when it is, going through SSH gives node 0 exactly the
 environment of the others (login PATH, the explicit variables below) instead of whatever this shell
-holds, and one way to stop it. Each node runs ``python -m ominix.train.nodeguard`` (see there),
+holds, and one way to stop it. Each node runs ``python -m ominix.launch.nodeguard`` (see there),
 which gives torchrun an explicit, minimal environment, takes secrets from stdin and kills the
 node's process group when the launcher stops it or the connection drops.
 
-Exit codes: 0 when every node succeeded; ``100 + N`` when node N failed first (its exit status or a
-lost connection), the others having been stopped; 130 after Ctrl-C.
+``run_nodes`` returns 0 when every node succeeded and 130 after Ctrl-C; when node N failed first
+(its exit status or a lost connection) it stops the others and raises :class:`NodeFailed`, whose
+exit code is ``100 + N``. Node output goes, line by line, to the caller's ``Events.line``.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import queue
 import re
 import shlex
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,18 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.train.ssh import Target, connect
+from ominix.launch.command import KEEP_ENV, every_node_env, forwarded, is_secret, remote_python, workdir
+from ominix.launch.events import Events
+from ominix.launch.ssh import Target, connect
 
 if TYPE_CHECKING:
     import paramiko
 
     from ominix.config import OminixConfig
 
-# Variables a node keeps from its own login environment; everything else is set explicitly.
-KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
-# torchrun gives its workers this long after SIGTERM before SIGKILL; the node guard waits longer
-# (GRACE_S) before killing torchrun, and the launcher longer still for the guards to report.
-BASE_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "15"}
 EXIT_NODE_FAILED = 100
 STOP_GRACE_S = 35.0
 # A host that hangs or vanishes from the network keeps its TCP connection "open" for many minutes;
@@ -66,34 +62,25 @@ class NodeCommand:
         return "\n".join(lines)
 
 
-def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
-    """BASE_ENV and launch.GPU_ENV < node_env['*'] < node_env[hostname] < node_env[host:port]."""
-    from ominix.train.launch import GPU_ENV
+class NodeFailed(OminixError):
+    """Node ``rank`` failed first; the others were stopped. Exit code ``100 + rank``."""
 
-    env = {**BASE_ENV, **GPU_ENV}
-    for key in ("*", target.host.hostname, target.label):
+    def __init__(self, rank: int, message: str, hint: str) -> None:
+        super().__init__(message, hint, exit_code=EXIT_NODE_FAILED + rank)
+        self.rank = rank
+
+
+def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
+    """BASE_ENV < launch.env < node_env['*'] < node_env[hostname] < node_env[host:port]."""
+    env = every_node_env(cfg)
+    for key in (target.host.hostname, target.label):
         env.update(cfg.launch.node_env.get(key, {}))
     return env
 
 
-def is_secret(name: str) -> bool:
-    """Names such as HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY: never on a command line."""
-    return re.search(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", name.upper()) is not None
-
-
-def forwarded(cfg: OminixConfig) -> dict[str, str]:
-    missing = [k for k in cfg.launch.forward_env if k not in os.environ]
-    if missing:
-        raise OminixError(f"launch.forward_env names {', '.join(missing)}, not set here",
-                          "export it before launching, or drop it from launch.forward_env")
-    return {k: os.environ[k] for k in cfg.launch.forward_env}
-
-
 def node_command(cfg: OminixConfig, rank: int, target: Target, argv: list[str]) -> NodeCommand:
-    """``cd WORKDIR && exec PYTHON -m ominix.train.nodeguard ... -- ARGV``, every word quoted."""
-    from ominix.train.hostcheck import remote_python, workdir
-
-    guard = [remote_python(cfg), "-m", "ominix.train.nodeguard", "--keep", ",".join(KEEP_ENV)]
+    """``cd WORKDIR && exec PYTHON -m ominix.launch.nodeguard ... -- ARGV``, every word quoted."""
+    guard = [remote_python(cfg), "-m", "ominix.launch.nodeguard", "--keep", ",".join(KEEP_ENV)]
     secrets = forwarded(cfg)
     for key, value in node_env(cfg, target).items():
         if is_secret(key):
@@ -109,10 +96,10 @@ def log_name(target: Target) -> str:
 
 
 class _Node:
-    """A started node: its SSH channel, and a thread copying its output to the log and stdout."""
+    """A started node: its SSH channel, and a thread copying its output to the log and ``show``."""
 
     def __init__(self, node: NodeCommand, client: paramiko.SSHClient, log: Path,
-                 events: queue.Queue, print_lock: threading.Lock) -> None:
+                 events: queue.Queue, show: Events, show_lock: threading.Lock) -> None:
         self.node = node
         self.tail: collections.deque[str] = collections.deque(maxlen=80)
         self.channel = client.get_transport().open_session()
@@ -120,7 +107,7 @@ class _Node:
         self.channel.exec_command(node.command)
         self.channel.sendall((json.dumps(node.secrets) + "\n").encode())
         self.last_reply = time.monotonic()
-        threading.Thread(target=self._pump, args=(log, events, print_lock), daemon=True).start()
+        threading.Thread(target=self._pump, args=(log, events, show, show_lock), daemon=True).start()
         threading.Thread(target=self._heartbeat, daemon=True).start()
 
     def _heartbeat(self) -> None:
@@ -133,7 +120,7 @@ class _Node:
     def silent_for(self) -> float:
         return time.monotonic() - self.last_reply
 
-    def _pump(self, log: Path, events: queue.Queue, print_lock: threading.Lock) -> None:
+    def _pump(self, log: Path, events: queue.Queue, show: Events, show_lock: threading.Lock) -> None:
         prefix = f"[{self.node.target.label}] "
         pending = b""
         with log.open("ab") as fh:
@@ -141,14 +128,14 @@ class _Node:
                 fh.write(chunk)
                 fh.flush()
                 *lines, pending = (pending + chunk).split(b"\n")
-                with print_lock:
+                with show_lock:
                     for line in lines:
                         self.tail.append(line.decode(errors="replace"))
-                        print(prefix + self.tail[-1], flush=True)
+                        show.line(prefix + self.tail[-1])
             if pending:
                 self.tail.append(pending.decode(errors="replace"))
-                with print_lock:
-                    print(prefix + self.tail[-1], flush=True)
+                with show_lock:
+                    show.line(prefix + self.tail[-1])
         # -1: the channel closed without an exit status (host or network dropped)
         status = self.channel.recv_exit_status()
         events.put((self.node.rank, status))
@@ -182,10 +169,12 @@ def _describe(status: int) -> str:
     return f"exit status {status}"
 
 
-def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int:
-    """Start every node's command, stream its output, and stop all nodes when one fails."""
+def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: Events | None = None) -> int:
+    """Start every node's command, stream its output to ``show``, and stop all nodes when one
+    fails (then raise :class:`NodeFailed`); 0 when all succeeded, 130 after Ctrl-C."""
     from concurrent.futures import ThreadPoolExecutor
 
+    show = show or Events()
     log_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
         clients = list(pool.map(lambda n: connect(n.target, cfg.launch), nodes))
@@ -196,7 +185,7 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
     failed: tuple[int, int] | None = None
     try:
         for node, client in zip(nodes, clients):
-            started.append(_Node(node, client, log_dir / log_name(node.target), events, lock))
+            started.append(_Node(node, client, log_dir / log_name(node.target), events, show, lock))
             running.add(node.rank)
         while running:
             try:
@@ -213,7 +202,7 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
                 _stop_all(started, running, events)
                 running.clear()
     except KeyboardInterrupt:
-        print("interrupted: stopping every node", file=sys.stderr, flush=True)
+        show.notice("interrupted: stopping every node")
         _stop_all(started, running, events)
         return 130
     finally:  # closing the connections is also what stops a guard if anything above raised
@@ -224,10 +213,9 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path) -> int
     rank, status = failed
     label = nodes[rank].target.label
     cause = _cause(started[rank].tail)
-    print(f"error: node {rank} ({label}) failed first: {_describe(status)}"
-          f"{f' ({cause})' if cause else ''}; stopped the other nodes\n"
-          f"hint: see {log_dir / log_name(nodes[rank].target)}", file=sys.stderr, flush=True)
-    return EXIT_NODE_FAILED + rank
+    raise NodeFailed(rank, f"node {rank} ({label}) failed first: {_describe(status)}"
+                     f"{f' ({cause})' if cause else ''}; stopped the other nodes",
+                     f"see {log_dir / log_name(nodes[rank].target)}")
 
 
 def _stop_all(started: list[_Node], running: set[int], events: queue.Queue) -> None:
@@ -253,52 +241,3 @@ def nproc_per_node(cfg: OminixConfig, targets: list[Target], gpus: list[int] | N
         raise OminixError(f"the nodes offer different process counts ({listing})",
                           "set --nproc-per-node (or equal slots=N in the hostfile)")
     return counts[0]
-
-
-def checked_gpus(cfg: OminixConfig, targets: list[Target], master: tuple[str, int]) -> list[int]:
-    """Run the host checks, print the table, raise when any host fails; the GPUs of each node."""
-    from ominix.train.hostcheck import check_hosts, print_table
-
-    here, reports = check_hosts(cfg, targets, master)
-    print_table(here, reports)
-    bad = [r.host for r in reports if not r.ok]
-    if bad:
-        raise OminixError(f"{len(bad)} of {len(reports)} hosts failed the checks: {', '.join(bad)}",
-                          "fix what the table shows; `ominix train check-hosts` re-runs the checks",
-                          exit_code=1)
-    return [r.gpus for r in reports]
-
-
-def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
-    """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
-    to ``colossalai run``, or write an sbatch script); ``dry_run`` prints the commands only."""
-    from ominix.train.engine import validate
-    from ominix.train.hostcheck import cluster, remote_python
-    from ominix.train.launch import summary, torchrun_argv
-
-    if cfg.launch.launcher == "slurm":
-        from ominix.train.slurm import write_sbatch
-
-        return write_sbatch(cfg, run_dir, dry_run=dry_run)
-    targets, master = cluster(cfg, cfg.launch.nodes)
-    gpus = None if dry_run else checked_gpus(cfg, targets, master)
-    nproc = nproc_per_node(cfg, targets, gpus)
-    validate(cfg, len(targets) * nproc, dry_run or any(gpus or []))
-    if dry_run:
-        print(summary(cfg, nproc))
-        if not (cfg.launch.nproc_per_node or targets[0].host.slots):
-            print("# processes per node: 1 in a dry run; a real launch counts each node's GPUs")
-    if cfg.launch.launcher == "colossalai":
-        from ominix.train.colossalai_launcher import colossalai_run
-
-        return colossalai_run(cfg, run_dir, targets, master, nproc, dry_run=dry_run)
-    nodes = [
-        node_command(cfg, rank, t, torchrun_argv(
-            remote_python(cfg), len(targets), rank, nproc, master[0], master[1],
-            cfg.launch.rdzv_timeout, str(run_dir)))
-        for rank, t in enumerate(targets)
-    ]
-    if dry_run:
-        print("\n\n".join(n.shown() for n in nodes))
-        return 0
-    return run_nodes(cfg, nodes, run_dir / "logs")

@@ -1,6 +1,6 @@
 """The process that holds one node's torchrun over SSH, so that nothing outlives the launch.
 
-``python -m ominix.train.nodeguard [--keep NAME,...] [--env K=V ...] -- COMMAND...``
+``python -m ominix.launch.nodeguard [--keep NAME,...] [--env K=V ...] -- COMMAND...``
 
 - The command gets an explicit environment: only the ``--keep`` variables of the login
   environment, the ``--env`` values, and the variables sent as one JSON line on stdin (secrets
@@ -53,7 +53,7 @@ def _read_line(fd: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ominix.train.nodeguard")
+    parser = argparse.ArgumentParser(prog="python -m ominix.launch.nodeguard")
     parser.add_argument("--keep", default="", help="Comma-separated variables kept from the login env.")
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="Set a variable.")
     parser.add_argument("command", nargs=argparse.REMAINDER)

@@ -3,7 +3,7 @@
 The script asks for ``launch.nodes`` nodes with one task each; ``srun`` starts torchrun on every
 node with ``--node-rank $SLURM_NODEID`` and node 0 of the allocation as master. The job runs with
 ``--export=NONE`` (the user's login environment on the node, not the submitting shell's), plus
-``launch.node_env['*']``; ``launch.forward_env`` variables travel only when named at submission
+``launch.env`` and ``launch.node_env['*']``; ``launch.forward_env`` variables travel only when named at submission
 (``sbatch --export=NONE,HF_TOKEN FILE``), so their values are never written into the file.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.train.multinode import BASE_ENV, is_secret
+from ominix.launch.command import every_node_env, is_secret, remote_python, workdir
+from ominix.launch.events import Outcome
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -26,13 +27,12 @@ def submit_command(cfg: OminixConfig, script: Path) -> str:
 
 
 def sbatch_script(cfg: OminixConfig, run_dir: Path) -> str:
-    from ominix.train.hostcheck import remote_python, workdir
-
     launch = cfg.launch
-    secret = [k for k in launch.node_env.get("*", {}) if is_secret(k)]
-    if secret:
-        raise OminixError(f"launch.node_env would write {secret[0]} into the sbatch file",
-                          "export it before sbatch and list it in launch.forward_env instead")
+    for where, env in (("launch.env", launch.env), ("launch.node_env", launch.node_env.get("*", {}))):
+        secret = [k for k in env if is_secret(k)]
+        if secret:
+            raise OminixError(f"{where} would write {secret[0]} into the sbatch file",
+                              "export it before sbatch and list it in launch.forward_env instead")
     nproc = str(launch.nproc_per_node) if launch.nproc_per_node else '"${SLURM_GPUS_ON_NODE:-1}"'
     master = shlex.quote(launch.master_addr) if launch.master_addr else (
         '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"')
@@ -57,7 +57,7 @@ def sbatch_script(cfg: OminixConfig, run_dir: Path) -> str:
         f"#SBATCH --output={logs}/slurm-%j.out",
         "set -euo pipefail",
         f"cd {shlex.quote(workdir(cfg))}",
-        *(f"export {k}={shlex.quote(v)}" for k, v in {**BASE_ENV, **launch.node_env.get("*", {})}.items()),
+        *(f"export {k}={shlex.quote(v)}" for k, v in every_node_env(cfg).items()),
         f"export MASTER_ADDR={master}",
         f"mkdir -p {shlex.quote(str(logs))}",
         # --export=ALL: under sbatch --export=NONE, srun would otherwise drop the exports above
@@ -66,14 +66,12 @@ def sbatch_script(cfg: OminixConfig, run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sbatch(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> int:
-    """Write RUN_DIR/launch.sbatch and say how to submit it (print it instead when ``dry_run``)."""
+def write_sbatch(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> Outcome:
+    """Write RUN_DIR/launch.sbatch; the outcome says how to submit it (is the script, when ``dry_run``)."""
     script = run_dir / "launch.sbatch"
     text = sbatch_script(cfg, run_dir)
     if dry_run:
-        print(text, end="")
-        return 0
+        return Outcome(0, text)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     script.write_text(text)
-    print(f"wrote {script}\nsubmit it with: {submit_command(cfg, script)}")
-    return 0
+    return Outcome(0, f"wrote {script}\nsubmit it with: {submit_command(cfg, script)}\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.train.hosts import Host
+from ominix.launch.hosts import Host
 
 if TYPE_CHECKING:
     import paramiko

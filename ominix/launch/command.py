@@ -1,0 +1,87 @@
+"""What every launcher puts on a node: the torchrun command line, the environment, the working
+directory and interpreter, and the run summary a dry run shows. Below every launcher module."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from ominix.errors import OminixError
+
+if TYPE_CHECKING:
+    from ominix.config import OminixConfig
+
+# Variables a node keeps from its own login environment; everything else is set explicitly.
+KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
+# torchrun gives its workers this long after SIGTERM before SIGKILL; the node guard waits longer
+# (GRACE_S) before killing torchrun, and the launcher longer still for the guards to report.
+BASE_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "15"}
+
+
+def is_secret(name: str) -> bool:
+    """Names such as HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY: never on a command line."""
+    return re.search(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|CREDENTIAL", name.upper()) is not None
+
+
+def forwarded(cfg: OminixConfig) -> dict[str, str]:
+    """The ``launch.forward_env`` variables with their values here."""
+    missing = [k for k in cfg.launch.forward_env if k not in os.environ]
+    if missing:
+        raise OminixError(f"launch.forward_env names {', '.join(missing)}, not set here",
+                          "export it before launching, or drop it from launch.forward_env")
+    return {k: os.environ[k] for k in cfg.launch.forward_env}
+
+
+def every_node_env(cfg: OminixConfig) -> dict[str, str]:
+    """What every remote node gets: BASE_ENV < launch.env < launch.node_env['*']."""
+    return {**BASE_ENV, **cfg.launch.env, **cfg.launch.node_env.get("*", {})}
+
+
+def local_env(cfg: OminixConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a child started here: ``launch.env``, the user's ``environ`` winning."""
+    return {**cfg.launch.env, **environ}
+
+
+def remote_python(cfg: OminixConfig) -> str:
+    return cfg.launch.python or sys.executable
+
+
+def workdir(cfg: OminixConfig) -> str:
+    return cfg.launch.workdir or os.getcwd()
+
+
+def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_addr: str | None,
+                  master_port: int, rdzv_timeout: int, run_dir: str) -> list[str]:
+    """The torchrun command of one node that starts ``nproc`` workers of ``run_dir``.
+
+    One node: ``--standalone`` (a free local port). Several: a static rendezvous at
+    ``master_addr:master_port`` that waits ``rdzv_timeout`` seconds for every node.
+    """
+    argv = [python, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes == 1 and master_addr is None:
+        argv.append("--standalone")
+    else:
+        argv += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
+                 f"--master-port={master_port}", f"--rdzv-conf=timeout={rdzv_timeout}"]
+    return argv + ["-m", "ominix.train", "--run-dir", run_dir]
+
+
+def summary(cfg: OminixConfig, nproc: int) -> str:
+    """What a dry run says the job is: model, data, layout, schedule, run directory."""
+    from ominix.train.engine import derive_layout
+
+    layout = derive_layout(cfg, nproc * cfg.launch.nodes)
+    p, s = cfg.parallel, cfg.schedule
+    stop = f"max_steps {s.max_steps}" if s.max_steps else ""
+    stop += f"{', ' if stop else ''}max_tokens {s.max_tokens:,}" if s.max_tokens else ""
+    return "\n".join([
+        f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
+        f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, vocab {cfg.model.vocab_size}",
+        f"data      {cfg.data.path} (seq_len {cfg.data.seq_len})",
+        f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
+        f"schedule  {stop}; lr {cfg.optim.lr} -> {cfg.optim.min_lr} ({s.decay}, warmup {s.warmup_steps})",
+        f"run dir   {cfg.logging.run_dir} (resume {cfg.checkpoint.resume})",
+    ])

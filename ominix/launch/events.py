@@ -1,0 +1,45 @@
+"""What a live launch shows while it runs, and what it hands back. The library calls these; the
+CLI passes its own renderers (the defaults write plain lines, for library callers)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ominix.launch.hostcheck import HostReport
+
+
+def _stdout(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _ignore(here: dict[str, Any], reports: list[HostReport]) -> None:
+    pass
+
+
+@dataclass
+class Events:
+    """``line``: one line of a node's output, prefixed ``[host] ``; ``notice``: a status line
+    (``interrupted: stopping every node``); ``checks``: the host checks, before any node starts."""
+
+    line: Callable[[str], None] = _stdout
+    notice: Callable[[str], None] = _stderr
+    checks: Callable[[dict[str, Any], list[HostReport]], None] = _ignore
+
+
+@dataclass
+class Outcome:
+    """A finished launch: its exit code, and ``text`` for the user (a dry run's plan, or where the
+    sbatch file is and how to submit it); empty when there is nothing to say."""
+
+    code: int = 0
+    text: str = ""
