@@ -328,3 +328,36 @@ def test_multinode_flags_of_the_train_command(tmp_path: Path) -> None:
     result = run_cli("train", "launch", "tiny", "--dry-run", "--nodes", "2", "--hostfile", str(hostfile),
                      "--launcher", "slurm", "--set", f"logging.run_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
+
+
+def test_launch_env_reaches_every_node_and_yields_to_node_env_and_the_local_environment(
+        tmp_path: Path) -> None:
+    """launch.env: exported on every node (node_env wins there); locally the user's environment
+    wins; the product sets no NCCL/NVSHMEM switch of its own."""
+    from ominix.launch.command import local_env
+    from ominix.launch.slurm import sbatch_script
+
+    cfg = OminixConfig(launch=LaunchConfig(env={"NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": "2"},
+                                           node_env={"node-b": {"OMP_NUM_THREADS": "8"}}))
+    targets = resolve_targets([Host("node-a"), Host("node-b")], cfg.launch)
+    a, b = (node_command(cfg, r, t, ["true"]).command for r, t in enumerate(targets))
+    assert "--env NCCL_NVLS_ENABLE=0" in a and "--env OMP_NUM_THREADS=2" in a
+    assert "--env NCCL_NVLS_ENABLE=0" in b and "--env OMP_NUM_THREADS=8" in b and "OMP_NUM_THREADS=2" not in b
+    assert "export NCCL_NVLS_ENABLE=0" in sbatch_script(cfg, tmp_path / "run")
+    assert local_env(cfg, {"NCCL_NVLS_ENABLE": "1"}) == {"NCCL_NVLS_ENABLE": "1", "OMP_NUM_THREADS": "2"}
+    plain = OminixConfig()
+    command = node_command(plain, 0, resolve_targets([Host("node-a")], plain.launch)[0], ["true"]).command
+    assert "NCCL" not in command and "NVSHMEM" not in command and "MULTICAST" not in command
+    assert local_env(plain, {"PATH": "/bin"}) == {"PATH": "/bin"}
+    from ominix.errors import OminixError
+
+    cfg.launch.env = {"HF_TOKEN": "hf_x"}
+    with pytest.raises(OminixError, match="launch.env would write HF_TOKEN into the sbatch file"):
+        sbatch_script(cfg, tmp_path / "run")
+
+
+def test_launch_env_names_are_checked() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="'BAD-NAME' is not a variable name"):
+        LaunchConfig(env={"BAD-NAME": "1"})
