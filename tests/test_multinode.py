@@ -331,7 +331,7 @@ def test_multinode_flags_of_the_train_command(tmp_path: Path) -> None:
 
 
 def test_launch_env_reaches_every_node_and_yields_to_node_env_and_the_local_environment(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """launch.env: exported on every node (node_env wins there); locally the user's environment
     wins; the product sets no NCCL/NVSHMEM switch of its own."""
     from ominix.launch.command import local_env
@@ -345,6 +345,12 @@ def test_launch_env_reaches_every_node_and_yields_to_node_env_and_the_local_envi
     assert "--env NCCL_NVLS_ENABLE=0" in b and "--env OMP_NUM_THREADS=8" in b and "OMP_NUM_THREADS=2" not in b
     assert "export NCCL_NVLS_ENABLE=0" in sbatch_script(cfg, tmp_path / "run")
     assert local_env(cfg, {"NCCL_NVLS_ENABLE": "1"}) == {"NCCL_NVLS_ENABLE": "1", "OMP_NUM_THREADS": "2"}
+    from ominix.launch.local import missing_env  # the one-process run, in this process
+
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
+    with missing_env(cfg.launch.env):
+        assert os.environ["NCCL_NVLS_ENABLE"] == "1" and os.environ["OMP_NUM_THREADS"] == "2"
+    assert os.environ["NCCL_NVLS_ENABLE"] == "1" and "OMP_NUM_THREADS" not in os.environ
     plain = OminixConfig()
     command = node_command(plain, 0, resolve_targets([Host("node-a")], plain.launch)[0], ["true"]).command
     assert "NCCL" not in command and "NVSHMEM" not in command and "MULTICAST" not in command

@@ -70,7 +70,8 @@ def launch(
     from ominix.launch.events import Events
     from ominix.launch.run import launch_from_cli
 
-    events = Events(line=typer.echo, notice=lambda text: typer.echo(text, err=True), checks=hosts_cmd.print_table)
+    # node output and notices as plain lines (Events' defaults: stdout, stderr), the host checks as a table
+    events = Events(checks=hosts_cmd.print_table)
     outcome = launch_from_cli(source, sets, {
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
         "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
