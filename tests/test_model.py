@@ -134,7 +134,7 @@ def test_plain_keeps_autograd_of_tensor_subclasses() -> None:
     (ColoTensor) keep their autograd graph through the unwrapping."""
     from colossalai.tensor.colo_tensor import ColoTensor
 
-    from ominix.compiled import _plain
+    from ominix.compiled_gemini import plain as _plain
 
     x = torch.randn(3, 4, requires_grad=True)
     y = (x * 2).as_subclass(ColoTensor)
@@ -153,7 +153,7 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
     from colossalai.tensor.colo_parameter import ColoParameter
     from colossalai.tensor.param_op_hook import ColoParamOpHook, ColoParamOpHookManager
 
-    from ominix.compiled import compile_hooked_layers
+    from ominix.compiled_gemini import compile_hooked_layers
 
     class Recorder(ColoParamOpHook):
         def __init__(self) -> None:
