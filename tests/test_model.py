@@ -196,3 +196,17 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
     assert not late
     for (name, a), b in zip(eager.named_parameters(), hooked.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_hooked_layers_refuse_another_colossalai_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hooked regions mirror ColossalAI 0.5.0's parameter-hook protocol: another version is refused
+    with a hint, when the path is used (importing the module checks nothing)."""
+    import colossalai
+
+    from ominix.compiled_gemini import MIRRORED_VERSION, compile_hooked_layers
+    from ominix.errors import OminixError
+
+    monkeypatch.setattr(colossalai, "__version__", "0.4.9")
+    with pytest.raises(OminixError, match=f"ColossalAI {MIRRORED_VERSION}") as err:
+        compile_hooked_layers(build_model(SHAPES["gqa"], seed=0))
+    assert "0.4.9" in err.value.message and "compile_scope=ops" in err.value.hint
