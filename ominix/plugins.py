@@ -69,17 +69,17 @@ def cpu_choices() -> str:
 def check_parallel(p: Any) -> None:
     """Refuse a ``parallel`` section its plugin cannot run (rules that need nothing else)."""
     plugin = PLUGINS[p.plugin]
-    hybrid = _choices([f"parallel.plugin={q.name}" for q in _TABLE if q.takes_degrees])
+    hybrid = [q.name for q in _TABLE if q.takes_degrees]
     if not plugin.takes_degrees and (p.tp > 1 or p.pp > 1):
-        raise Refusal(f"parallel.tp/pp > 1 needs {hybrid} (got plugin={p.plugin})")
+        raise Refusal(f"parallel.tp/pp > 1 needs {_choices([f'parallel.plugin={n}' for n in hybrid])} "
+                      f"(got plugin={p.plugin})")
     if p.sequence_parallel and p.tp == 1:
         raise Refusal("parallel.sequence_parallel needs parallel.tp > 1")
     if not plugin.supports_fp32 and p.precision == "fp32":
         raise Refusal(f"{p.plugin} trains in bf16 or fp16, not fp32", "set parallel.precision=bf16")
     if not plugin.takes_degrees and p.zero_stage:
         raise Refusal(
-            f"parallel.zero_stage applies to the {hybrid.removeprefix('parallel.plugin=')} plugin only "
-            f"(plugin={p.plugin})",
+            f"parallel.zero_stage applies to the {_choices(hybrid)} plugin only (plugin={p.plugin})",
             "use --plugin zero2 for ZeRO-2, or --plugin 3d with parallel.zero_stage",
         )
     if p.pp > 1 and p.zero_stage == 2:
