@@ -16,6 +16,7 @@ saves the figures to ``bench/results/`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -91,8 +92,12 @@ def main() -> int:
 
     from ominix.config import load_config
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
-    from ominix.train.engine import init_distributed
+    from ominix.train import cpu_shims
+    from ominix.train.engine import init_distributed, one_process_env
 
+    run = contextlib.ExitStack()  # the run's process-wide settings, kept until this script exits
+    run.enter_context(one_process_env())
+    run.enter_context(cpu_shims.patched())
     init_distributed(seed=0)
     world = dist.get_world_size()
     sets = list(args.sets)

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ominix import compiled
 from ominix.config import ModelConfig
+from ominix.ops import apply_rotary_qk, rms_normalize, swiglu
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +71,6 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
-def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its weight, computed in fp32 and returned in the input's dtype."""
-    dtype = x.dtype
-    x = x.float()
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
-
-
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
-
-
 class Kernels:
     """The parameter-free pieces of a decoder layer, shared by all its modules. ``compile_ops``
     swaps them for ``torch.compile``d versions: fused kernels that never see a parameter, so they
@@ -123,22 +114,6 @@ class RotaryEmbedding(nn.Module):
         freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [batch, heads, seq, head_dim]; cos/sin: [batch, seq, head_dim]."""
-    cos, sin = cos[:, None], sin[:, None]
-    return x * cos + rotate_half(x) * sin
-
-
-def apply_rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
 class LlamaAttention(nn.Module):
@@ -366,8 +341,6 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
     log.info("attention kernel: %s", model.attn)
     model = model.to(dtype)
     if cfg.compile:
-        from ominix import compiled
-
         compiled.apply(model, wrapped_params)
     return model
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from ominix.config import OminixConfig, load_config, parse_set, preset_names, save_config, schema
 from ominix.errors import OminixError
+from ominix.plugins import PLUGINS
+from tests.conftest import run_cli
 
 PRESETS = ["llama2-13b", "llama2-70b", "llama2-7b", "tiny", "tinyllama-1.1b"]
 
@@ -137,3 +141,53 @@ def test_every_field_has_a_description() -> None:
 
     s = schema()
     walk(s, s["$defs"], "")
+
+
+# --- plugin rules that depend on the config alone: refused at load, so `config show` and --dry-run
+# refuse what training would (the rules live in ominix/plugins.py) -----------------------------------
+
+PLUGIN_RULES = [
+    (["parallel.zero_stage=1"], "parallel.zero_stage applies to the 3d plugin only", "--plugin zero2"),
+    (["parallel.plugin=3d", "parallel.pp=2", "parallel.zero_stage=2"], "ZeRO stage 2 cannot", "zero_stage=1"),
+    (["parallel.plugin=gemini", "parallel.precision=fp32"], "gemini trains in bf16 or fp16", "precision=bf16"),
+    (["parallel.plugin=gemini_auto", "parallel.precision=fp32"], "gemini_auto trains in bf16", "precision=bf16"),
+    (["parallel.plugin=3d", "parallel.pp=2", "model.tie_word_embeddings=true"], "tied embeddings cannot",
+     "model.tie_word_embeddings=false"),
+    (["parallel.plugin=fsdp", "optim.optimizer=hybrid_adam"], "cannot resume HybridAdam", "optim.optimizer=auto"),
+    (["parallel.plugin=3d", "parallel.tp=2", "parallel.sequence_parallel=true", "data.seq_len=127"],
+     r"data.seq_len \(127\) must be divisible by parallel.tp \(2\)", "sequence_parallel=false"),
+]
+
+
+@pytest.mark.parametrize(("sets", "message", "hint"), PLUGIN_RULES)
+def test_plugin_rules_are_refused_when_the_config_loads(sets: list[str], message: str, hint: str) -> None:
+    with pytest.raises(OminixError, match=message) as err:
+        load_config("tiny", sets)
+    assert hint in err.value.hint
+
+
+def test_plugin_rules_let_valid_combinations_through() -> None:
+    load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.pp=2", "parallel.zero_stage=1",
+                         "parallel.sequence_parallel=true"])
+    load_config("tiny", ["parallel.plugin=gemini", "parallel.precision=bf16"])
+    load_config("tiny", ["parallel.plugin=fsdp", "optim.optimizer=adamw"])
+
+
+def test_plugin_names_come_from_the_plugin_table() -> None:
+    with pytest.raises(OminixError) as err:
+        load_config("tiny", ["parallel.plugin=zero3"])
+    assert all(f"'{name}'" in err.value.message for name in PLUGINS)
+    assert schema()["$defs"]["ParallelConfig"]["properties"]["plugin"]["enum"] == list(PLUGINS)
+
+
+def test_config_show_refuses_a_plugin_rule_with_exit_2() -> None:
+    result = run_cli("config", "show", "tiny", "--set", "parallel.plugin=gemini")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error:") and "gemini trains in bf16 or fp16, not fp32" in lines[0]
+    assert lines == [lines[0], "hint: set parallel.precision=bf16"]
+
+
+def test_config_and_plugin_table_import_no_torch() -> None:
+    code = "import sys, ominix.config, ominix.plugins; assert 'torch' not in sys.modules and 'colossalai' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

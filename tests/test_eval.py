@@ -50,7 +50,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_evaluate_equals_the_model_loss_and_splits_by_source(run_dir: Path) -> None:
     from ominix.data.store import PackedDataset
-    from ominix.eval.perplexity import evaluate
+    from ominix.perplexity import evaluate
     from ominix.infer.load import load_model, resolve
 
     model = load_model(resolve(run_dir))

@@ -134,7 +134,7 @@ def test_plain_keeps_autograd_of_tensor_subclasses() -> None:
     (ColoTensor) keep their autograd graph through the unwrapping."""
     from colossalai.tensor.colo_tensor import ColoTensor
 
-    from ominix.compiled import _plain
+    from ominix.compiled_gemini import plain as _plain
 
     x = torch.randn(3, 4, requires_grad=True)
     y = (x * 2).as_subclass(ColoTensor)
@@ -153,7 +153,7 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
     from colossalai.tensor.colo_parameter import ColoParameter
     from colossalai.tensor.param_op_hook import ColoParamOpHook, ColoParamOpHookManager
 
-    from ominix.compiled import compile_hooked_layers
+    from ominix.compiled_gemini import compile_hooked_layers
 
     class Recorder(ColoParamOpHook):
         def __init__(self) -> None:
@@ -196,3 +196,17 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
     assert not late
     for (name, a), b in zip(eager.named_parameters(), hooked.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_hooked_layers_refuse_another_colossalai_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hooked regions mirror ColossalAI 0.5.0's parameter-hook protocol: another version is refused
+    with a hint, when the path is used (importing the module checks nothing)."""
+    import colossalai
+
+    from ominix.compiled_gemini import MIRRORED_VERSION, compile_hooked_layers
+    from ominix.errors import OminixError
+
+    monkeypatch.setattr(colossalai, "__version__", "0.4.9")
+    with pytest.raises(OminixError, match=f"ColossalAI {MIRRORED_VERSION}") as err:
+        compile_hooked_layers(build_model(SHAPES["gqa"], seed=0))
+    assert "0.4.9" in err.value.message and "compile_scope=ops" in err.value.hint

@@ -1,4 +1,4 @@
-"""The ``ominix`` Typer app: command groups, --version, --debug, and the one error formatter."""
+"""The ``ominix`` Typer app: command groups, --version, --debug; errors go to ``cli.render``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.cli import quickstart_cmd
+from ominix.cli.render import debug_enabled, report_error
 from ominix.errors import OminixError
 
 app = typer.Typer(
@@ -51,21 +52,6 @@ def main(
     """OminiX command line."""
     if debug:
         os.environ["OMINIX_DEBUG"] = "1"
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("OMINIX_DEBUG", "") not in ("", "0")
-
-
-def report_error(exc: OminixError) -> int:
-    """Print ``exc`` as two lines on stderr and return its exit code."""
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(f"[bold red]error:[/] {exc.message}", markup=True)
-    if exc.hint:
-        console.print(f"[bold]hint:[/] {exc.hint}", markup=True)
-    return exc.exit_code
 
 
 def run() -> None:

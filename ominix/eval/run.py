@@ -14,7 +14,7 @@ from typing import Any
 
 from ominix.errors import OminixError
 from ominix.infer.load import ModelSource, load_model, model_checksum, resolve
-from ominix.infer.session import pick_device, pick_dtype
+from ominix.device import pick_device, pick_dtype
 
 
 def default_data(source: ModelSource) -> Path:
@@ -35,7 +35,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
              tasks: list[str] | None = None) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results."""
     from ominix.data.store import PackedDataset, manifest_sha256
-    from ominix.eval.perplexity import evaluate
+    from ominix.perplexity import evaluate
 
     source = resolve(model_path)
     data = Path(data) if data is not None else default_data(source)

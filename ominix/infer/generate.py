@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from ominix.errors import OminixError
 from ominix.infer import kernels as triton_kernels
-from ominix.model import KVCache, LlamaForCausalLM, apply_rotary
-from ominix.model import swiglu as model_swiglu
+from ominix.model import KVCache, LlamaForCausalLM
+from ominix.ops import apply_rotary
+from ominix.ops import swiglu as model_swiglu
 
 
 @dataclass

@@ -16,27 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ominix.config import InferConfig
+from ominix.config import InferConfig, format_validation
+from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
 from ominix.infer import kernels as triton_kernels
 from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
 from ominix.infer.load import ModelSource, load_model, load_tokenizer, model_checksum, resolve, torch_dtype
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OminixError(f"--device {device} but no CUDA device is visible", "use --device cpu")
-    return device
-
-
-def pick_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        return "bf16" if device.startswith("cuda") else "fp32"
-    return dtype
 
 
 @dataclass
@@ -93,9 +78,7 @@ def settings(path: str | Path, flags: dict[str, Any]) -> tuple[ModelSource, Samp
     try:
         cfg = InferConfig.model_validate({**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-")
-        raise OminixError(f"{flag}: {err['msg']}", f"change {flag}") from exc
+        raise format_validation(exc, name=lambda loc: "--" + loc.replace("_", "-"), where="") from exc
     sampling = Sampling(**{f.name: getattr(cfg, f.name) for f in fields(Sampling)})
     return source, sampling, cfg
 

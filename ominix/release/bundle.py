@@ -50,7 +50,7 @@ def load_release(path: Path | None, fallback: Any) -> Any:
     """A ReleaseConfig from ``path`` (a release.yaml), else ``fallback`` (the run's release section)."""
     from pydantic import ValidationError
 
-    from ominix.config import ReleaseConfig, read_yaml
+    from ominix.config import ReleaseConfig, format_validation, read_yaml
 
     if path is None:
         return fallback.model_copy(deep=True)
@@ -59,10 +59,7 @@ def load_release(path: Path | None, fallback: Any) -> Any:
     try:
         return ReleaseConfig.model_validate(read_yaml(path))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        what = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        raise OminixError(f"{path}: {loc}: {what}", "see the template `ominix mof init` writes") from exc
+        raise format_validation(exc, str(path), hint="see the template `ominix mof init` writes") from exc
 
 
 def _doc_path(value: str | None, base: Path, field: str) -> Path | None:

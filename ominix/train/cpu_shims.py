@@ -1,5 +1,6 @@
 """Shims that let ColossalAI 0.5.0's ZeRO (LowLevelZero) and tensor/pipeline-parallel code run on its
-CPU accelerator (gloo), so those plugins are tested on CPU machines. Applied only without a GPU.
+CPU accelerator (gloo), so those plugins are tested on CPU machines. ``patched()`` applies them for
+the length of a run (the CPU ones only without a GPU) and restores what they replaced.
 
 On a CPU every operation is synchronous, so CUDA streams and synchronisation are no-ops; ColossalAI's
 ``CpuAccelerator`` raises on them instead. Each patch below replaces one such raising method (or one
@@ -9,6 +10,10 @@ check that only admits CUDA/NPU) and nothing else.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+_MISSING = object()
 
 
 class _CpuStream:
@@ -21,36 +26,42 @@ class _CpuStream:
         pass
 
 
-def torch_compat() -> None:
+@contextlib.contextmanager
+def _replaced(owner: Any, **attrs: Any) -> Iterator[None]:
+    """Set ``attrs`` on ``owner`` (a class or module) and put back what was there on exit."""
+    saved = {name: owner.__dict__.get(name, _MISSING) for name in attrs}
+    for name, value in attrs.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+
+
+def _torch_compat() -> contextlib.AbstractContextManager:
     """ColossalAI's pipeline p2p calls ``torch.distributed.is_hccl_available``, which newer torch
     releases (2.13 here) no longer have; HCCL (Ascend NPUs) is never available where it is missing."""
     import torch.distributed as dist
 
-    if not hasattr(dist, "is_hccl_available"):
-        dist.is_hccl_available = lambda: False
+    if hasattr(dist, "is_hccl_available"):
+        return contextlib.nullcontext()
+    return _replaced(dist, is_hccl_available=lambda: False)
 
 
-def apply() -> None:
+@contextlib.contextmanager
+def _cpu_accelerator() -> Iterator[None]:
     import torch
     from colossalai.accelerator import get_accelerator
     from colossalai.accelerator.cpu_accelerator import CpuAccelerator
     from colossalai.zero.low_level.low_level_optim import LowLevelZeroOptimizer
 
-    if get_accelerator().name != "cpu" or getattr(CpuAccelerator, "_ominix_shims", False):
+    if get_accelerator().name != "cpu":
+        yield
         return
-    CpuAccelerator._ominix_shims = True
-    CpuAccelerator.Stream = lambda self, *args, **kwargs: _CpuStream()
-    CpuAccelerator.current_stream = lambda self, device=None: _CpuStream()
-    CpuAccelerator.default_stream = lambda self, device=None: _CpuStream()
-    CpuAccelerator.stream = lambda self, stream_: contextlib.nullcontext()
-    CpuAccelerator.synchronize = lambda self, device=None: None
-    # torch.get_rng_state takes no device argument; ColossalAI passes one
-    CpuAccelerator.get_rng_state = lambda self, device=None: torch.get_rng_state()
-    CpuAccelerator.get_rng_state_all = lambda self: [torch.get_rng_state()]
-    CpuAccelerator.set_rng_state_all = lambda self, states: torch.set_rng_state(states[0])
-    CpuAccelerator.manual_seed = lambda self, seed: torch.manual_seed(seed)
-    CpuAccelerator.manual_seed_all = lambda self, seed: torch.manual_seed(seed)
-
     # LowLevelZeroOptimizer refuses any accelerator but CUDA/NPU before its dtype checks
     dtype_checks = LowLevelZeroOptimizer._sanity_checks
 
@@ -62,4 +73,27 @@ def apply() -> None:
         finally:
             accelerator._name = "cpu"
 
-    LowLevelZeroOptimizer._sanity_checks = sanity_checks
+    with _replaced(
+        CpuAccelerator,
+        Stream=lambda self, *args, **kwargs: _CpuStream(),
+        current_stream=lambda self, device=None: _CpuStream(),
+        default_stream=lambda self, device=None: _CpuStream(),
+        stream=lambda self, stream_: contextlib.nullcontext(),
+        synchronize=lambda self, device=None: None,
+        # torch.get_rng_state takes no device argument; ColossalAI passes one
+        get_rng_state=lambda self, device=None: torch.get_rng_state(),
+        get_rng_state_all=lambda self: [torch.get_rng_state()],
+        set_rng_state_all=lambda self, states: torch.set_rng_state(states[0]),
+        manual_seed=lambda self, seed: torch.manual_seed(seed),
+        manual_seed_all=lambda self, seed: torch.manual_seed(seed),
+    ), _replaced(LowLevelZeroOptimizer, _sanity_checks=sanity_checks):
+        yield
+
+
+@contextlib.contextmanager
+def patched() -> Iterator[None]:
+    """The shims a run needs (the CPU accelerator ones only without a GPU), undone on exit."""
+    import torch
+
+    with _torch_compat(), (_cpu_accelerator() if not torch.cuda.is_available() else contextlib.nullcontext()):
+        yield

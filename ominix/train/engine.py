@@ -1,19 +1,22 @@
 """The ColossalAI engine: validation of a parallel layout, and the Booster that trains it.
 
 This is the only module that imports ColossalAI plugins, and it does so inside functions (the import
-costs ~7 s). Each plugin is one small builder in ``PLUGINS``; what differs between plugins (GPU-only,
-who clips gradients, which model class, how the optimizer is checkpointed) is data in ``PluginSpec``.
+costs ~7 s). Each plugin is one small builder in ``BUILDERS``, keyed by the names of the plugin table
+``ominix.plugins.PLUGINS``, which holds what differs between plugins (GPU-only, who clips gradients,
+which model class, how the optimizer is checkpointed) and the rules the config validators apply.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ominix.config import OminixConfig
 from ominix.errors import OminixError
+from ominix.plugins import PLUGINS, Plugin, cpu_choices
 
 
 @dataclass(frozen=True)
@@ -43,20 +46,6 @@ class Layout:
             f"{self.global_batch} = micro {self.micro_batch} x accum {self.accum} x dp {self.dp}; "
             f"{self.tokens_per_step:,} tokens/step (seq {self.seq_len})"
         )
-
-
-@dataclass(frozen=True)
-class PluginSpec:
-    build: Callable[[OminixConfig, Layout], Any]
-    gpu_only: bool
-    clips: bool  # the plugin clips gradients itself (it gets max_norm) and reports the norm
-    hf_model: bool  # shardformer needs transformers' LlamaForCausalLM
-    shard_optimizer: bool  # save the optimizer sharded (False: one file, rank 0)
-    reshard: bool  # its checkpoints load on a different number of ranks
-    wraps_params: bool = False  # parameters become hooked tensors (Gemini): compiled layers run as hooked regions
-    # the plugin rebuilds the optimizer over all parameters in one group, and its optimizer checkpoint
-    # needs tensor states (torch's FSDP): it gets torch's Adam, not HybridAdam (whose step is an int)
-    one_param_group: bool = False
 
 
 def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
@@ -118,25 +107,16 @@ def _fsdp(cfg: OminixConfig, layout: Layout) -> Any:
     return TorchFSDPPlugin()
 
 
-PLUGINS: dict[str, PluginSpec] = {
-    "gemini": PluginSpec(_gemini, gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
-                         wraps_params=True),
-    "gemini_auto": PluginSpec(
-        lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
-        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True, wraps_params=True,
-    ),
-    "zero2": PluginSpec(_zero2, gpu_only=False, clips=True, hf_model=False, shard_optimizer=True, reshard=True),
-    "zero2_cpu": PluginSpec(
-        lambda cfg, layout: _zero2(cfg, layout, cpu_offload=True),
-        gpu_only=True, clips=True, hf_model=False, shard_optimizer=True, reshard=True,
-    ),
-    "3d": PluginSpec(_hybrid, gpu_only=False, clips=True, hf_model=True, shard_optimizer=True, reshard=False),
-    "ddp": PluginSpec(_ddp, gpu_only=False, clips=False, hf_model=False, shard_optimizer=False, reshard=True),
-    # ColossalAI's TorchFSDPPlugin re-creates the optimizer over the flat parameters with its defaults:
-    # one group, so weight decay applies to norms too under fsdp
-    "fsdp": PluginSpec(_fsdp, gpu_only=True, clips=False, hf_model=False, shard_optimizer=False, reshard=False,
-                       one_param_group=True),
+BUILDERS: dict[str, Callable[[OminixConfig, Layout], Any]] = {
+    "gemini": _gemini,
+    "gemini_auto": lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
+    "zero2": _zero2,
+    "zero2_cpu": lambda cfg, layout: _zero2(cfg, layout, cpu_offload=True),
+    "3d": _hybrid,
+    "ddp": _ddp,
+    "fsdp": _fsdp,
 }
+assert BUILDERS.keys() == PLUGINS.keys(), "every plugin of ominix.plugins has one builder here"
 
 
 def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
@@ -165,41 +145,16 @@ def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
 
 
 def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
-    """Check a config against the processes and hardware before anything starts; return the layout."""
+    """Check a config against the processes and hardware before anything starts; return the layout.
+    (Rules that depend on the config alone are checked when it is loaded: ``ominix.plugins``.)"""
     p = cfg.parallel
-    spec = PLUGINS[p.plugin]
-    if not gpu and spec.gpu_only:
+    if not gpu and PLUGINS[p.plugin].gpu_only:
         raise OminixError(
             f"parallel.plugin={p.plugin} needs a CUDA GPU (this machine has none)",
-            "on CPU use --plugin ddp, zero2 or 3d",
+            f"on CPU use --plugin {cpu_choices()}",
         )
-    if p.plugin.startswith("gemini") and p.precision == "fp32":
-        raise OminixError("gemini trains in bf16 or fp16, not fp32", "set parallel.precision=bf16")
     if not gpu and cfg.optim.optimizer == "hybrid_adam":
         raise OminixError("optim.optimizer=hybrid_adam needs a CUDA GPU", "set optim.optimizer=auto or adamw")
-    if spec.one_param_group and cfg.optim.optimizer == "hybrid_adam":
-        raise OminixError(
-            f"parallel.plugin={p.plugin} cannot resume HybridAdam: torch's FSDP optimizer checkpoint needs "
-            "tensor states and HybridAdam keeps its step count as an int",
-            "set optim.optimizer=auto (fused torch Adam under fsdp)",
-        )
-    if p.plugin != "3d" and p.zero_stage:
-        raise OminixError(
-            f"parallel.zero_stage applies to the 3d plugin only (plugin={p.plugin})",
-            "use --plugin zero2 for ZeRO-2, or --plugin 3d with parallel.zero_stage",
-        )
-    if p.pp > 1 and p.zero_stage == 2:
-        raise OminixError("ZeRO stage 2 cannot be combined with pipeline parallelism", "set parallel.zero_stage=1")
-    if p.sequence_parallel and cfg.data.seq_len % p.tp:
-        raise OminixError(
-            f"data.seq_len ({cfg.data.seq_len}) must be divisible by parallel.tp ({p.tp}) "
-            "with sequence parallelism",
-            "change data.seq_len or parallel.tp, or set parallel.sequence_parallel=false",
-        )
-    if p.pp > 1 and cfg.model.tie_word_embeddings:
-        raise OminixError(
-            "tied embeddings cannot be split over pipeline stages", "set parallel.pp=1 or model.tie_word_embeddings=false"
-        )
     return derive_layout(cfg, world_size)
 
 
@@ -209,7 +164,7 @@ class Engine:
 
     booster: Any
     plugin: Any
-    spec: PluginSpec
+    spec: Plugin
     model: Any
     optimizer: Any
     scheduler: Any
@@ -272,7 +227,7 @@ class Engine:
         layout = self.layout
         self.model.eval()
         if not self.spec.hf_model:
-            from ominix.eval.perplexity import evaluate
+            from ominix.perplexity import evaluate
 
             with self.autocast():
                 return evaluate(self.model, dataset, layout.micro_batch, max_batches, self.device,
@@ -337,7 +292,7 @@ def _optimizer(cfg: OminixConfig, model, gpu: bool, one_group: bool = False):
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
-def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
+def _build_model(cfg: OminixConfig, spec: Plugin, device, plugin):
     """Our decoder built straight on the device (meta first), or, for shardformer, transformers'
     LlamaForCausalLM of the same shape under ColossalAI's lazy init, so each rank materialises only
     its shard. Both get ``init_weights`` from the same seed; with tp = pp = 1 the weights are
@@ -363,21 +318,34 @@ def _build_model(cfg: OminixConfig, spec: PluginSpec, device, plugin):
         with no_init_weights():  # skip transformers' own init: it would consume the RNG first
             model = LlamaForCausalLM(hf_config(m, use_cache=False, attn_implementation=kernel))
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
-    if not cfg.parallel.plugin.startswith(("3d", "gemini")):  # only shardformer and Gemini take lazy tensors
+    if not spec.takes_lazy_init:
         LazyInitContext.materialize(model)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
 
 
+@contextlib.contextmanager
+def one_process_env() -> Iterator[None]:
+    """The RANK/WORLD_SIZE/MASTER_* variables of a one-process group, set where torchrun set none (the
+    in-process run) for the length of the run, then removed again. ColossalAI reads them when the group
+    starts and its plugins read LOCAL_RANK when built, so the scope is the whole run."""
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    added = {key: value for key, value in defaults.items() if key not in os.environ}
+    if "MASTER_PORT" not in os.environ:
+        added["MASTER_PORT"] = str(_free_port())
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def init_distributed(seed: int) -> None:
-    """Join the process group torchrun set up (or a one-process group when run in-process)."""
+    """Join the process group torchrun set up (in-process: inside ``one_process_env``)."""
     import colossalai
 
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
     colossalai.launch_from_torch(seed=seed, verbose=False)
 
 
@@ -390,7 +358,8 @@ def _free_port() -> int:
 
 
 def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_baseline: bool = False) -> Engine:
-    """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up).
+    """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up,
+    inside ``cpu_shims.patched()``, which must last as long as the engine is used).
 
     ``hf_baseline`` trains transformers' LlamaForCausalLM instead of OminiX's decoder through the same
     plugin and optimizer: ColossalAI's own LLaMA path, the baseline of ``bench/train_throughput.py``."""
@@ -398,19 +367,14 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
     import torch.distributed as dist
     from colossalai.booster import Booster
 
-    from ominix.train import cpu_shims
-
     gpu = torch.cuda.is_available()
-    cpu_shims.torch_compat()
-    if not gpu:
-        cpu_shims.apply()
     world, rank = dist.get_world_size(), dist.get_rank()
     layout = validate(cfg, world, gpu)
     spec = PLUGINS[cfg.parallel.plugin]
     if hf_baseline:
         spec = replace(spec, hf_model=True)
     device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-    plugin = spec.build(cfg, layout)
+    plugin = BUILDERS[cfg.parallel.plugin](cfg, layout)
     precision = cfg.parallel.precision
     controls = plugin.control_precision()
     booster = Booster(plugin=plugin, mixed_precision="fp16" if precision == "fp16" and not controls else None)

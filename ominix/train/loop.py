@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +34,20 @@ class _Preemption:
 
     def __init__(self) -> None:
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+
+
+@contextmanager
+def _preemption() -> Iterator[_Preemption]:
+    """A SIGTERM handler for the length of the run; the previous handler is back afterwards."""
+    preempt = _Preemption()
+    previous = signal.signal(signal.SIGTERM, preempt._handle)
+    try:
+        yield preempt
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _agree(flag: bool, engine) -> bool:
@@ -100,7 +112,18 @@ def _open_data(cfg: OminixConfig):
 
 
 def train(cfg: OminixConfig, run_dir: Path) -> int:
-    """Train ``cfg`` on this rank until max steps/tokens, a SIGTERM, or a non-finite loss; return 0."""
+    """Train ``cfg`` on this rank until max steps/tokens, a SIGTERM, or a non-finite loss; return 0.
+
+    What the run changes in the process (a one-process group's environment variables when run
+    in-process, the CPU shims, the SIGTERM handler) is undone when it returns or raises."""
+    from ominix.train import cpu_shims
+    from ominix.train.engine import one_process_env
+
+    with one_process_env(), cpu_shims.patched(), _preemption() as preempt:
+        return _train(cfg, run_dir, preempt)
+
+
+def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     import torch
     import torch.distributed as dist
 
@@ -109,7 +132,8 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
     from ominix.model import resolve_attn
     from ominix.train import checkpoint as ckpt
-    from ominix.train.engine import PLUGINS, build_engine, derive_layout, init_distributed
+    from ominix.plugins import PLUGINS
+    from ominix.train.engine import build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.schedule import lr_multiplier, total_steps
 
@@ -161,7 +185,6 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
         out.line(f"saved checkpoint {path}")
         meter.restart()
 
-    preempt = _Preemption()
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
     while state.step < total:

@@ -1,25 +1,19 @@
-"""Every configuration model of OminiX, and how a config is loaded, overridden and saved.
+"""Every configuration model of OminiX, nested by subsystem, with the rules a config must follow.
 
-Precedence, lowest first: model defaults < YAML file (or preset) < ``--set a.b=c`` < command flags.
-A resolved config is written once into the run directory (``config.yaml``); every later stage
-(worker, checkpoints, export, infer, eval, MOF report) reads that file.
+Plugin names and the rules that depend on the plugin come from ``ominix.plugins``.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ominix.errors import OminixError
+from ominix import plugins
+from ominix.plugins import NAMES as PLUGIN_NAMES
 
-PRESETS_DIR = Path(__file__).parent / "configs"
 SLIMPAJAMA = "cerebras/SlimPajama-627B"
-PLUGINS = ("gemini", "gemini_auto", "zero2", "zero2_cpu", "3d", "ddp", "fsdp")
 
 
 class Section(BaseModel):
@@ -180,7 +174,7 @@ class ScheduleConfig(Section):
 class ParallelConfig(Section):
     """The ColossalAI plugin and its degrees of parallelism."""
 
-    plugin: Literal["gemini", "gemini_auto", "zero2", "zero2_cpu", "3d", "ddp", "fsdp"] = Field(
+    plugin: Literal[PLUGIN_NAMES] = Field(
         "ddp", description="ColossalAI booster plugin."
     )
     precision: Literal["bf16", "fp16", "fp32"] = Field(
@@ -202,13 +196,8 @@ class ParallelConfig(Section):
     overlap_communication: bool = Field(True, description="Overlap gradient communication (zero).")
 
     @model_validator(mode="after")
-    def _degrees_need_3d(self) -> ParallelConfig:
-        if self.plugin != "3d" and (self.tp > 1 or self.pp > 1):
-            raise ValueError(
-                f"parallel.tp/pp > 1 needs parallel.plugin=3d (got plugin={self.plugin})"
-            )
-        if self.sequence_parallel and self.tp == 1:
-            raise ValueError("parallel.sequence_parallel needs parallel.tp > 1")
+    def _plugin_rules(self) -> ParallelConfig:
+        plugins.check_parallel(self)
         return self
 
 
@@ -381,128 +370,5 @@ class OminixConfig(Section):
             raise ValueError(
                 f"parallel.pp ({p.pp}) exceeds model.num_hidden_layers ({self.model.num_hidden_layers})"
             )
+        plugins.check_run(self)
         return self
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def _resolve_source(source: str | Path) -> Path:
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
-        if not path.is_file():
-            raise OminixError(f"config file not found: {path}", "check the path")
-        return path
-    preset = PRESETS_DIR / f"{source}.yaml"
-    if preset.is_file():
-        return preset
-    raise OminixError(
-        f"no config file or preset named {source!r}",
-        f"use a YAML path or one of the presets: {', '.join(preset_names())}",
-    )
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise OminixError(f"{path}:{where} is not valid YAML", "fix the syntax") from exc
-    if not isinstance(data, dict):
-        raise OminixError(f"{path} must hold a mapping of sections", "see `ominix config show`")
-    return data
-
-
-def parse_set(item: str) -> tuple[list[str], Any]:
-    """Parse one ``a.b=c`` override; the value is typed by YAML (``1``, ``true``, ``[a, b]``)."""
-    key, sep, raw = item.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(parts):
-        raise OminixError(f"--set {item!r} is not of the form section.key=value", "e.g. --set optim.lr=1e-4")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise OminixError(f"--set {item!r}: the value is not valid YAML", "quote strings") from exc
-    return parts, value
-
-
-def _apply(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise OminixError(f"{origin}: {'.'.join(parts)} goes through a non-section", "check the key")
-        node = child
-    node[parts[-1]] = value
-
-
-def _format_validation(exc: ValidationError, origin: str) -> OminixError:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return OminixError(
-            f"{origin}: unknown setting {loc!r}",
-            "run `ominix config schema` for the valid keys",
-        )
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "value_error":  # a cross-field rule: its message names the settings
-        return OminixError(f"{origin}: {msg}", "change one of the settings named, in the file or with --set")
-    return OminixError(f"{origin}: {loc}: {msg}", f"change {loc} in the file or with --set")
-
-
-def build_config(
-    tree: dict[str, Any], origin: str = "config"
-) -> OminixConfig:
-    try:
-        return OminixConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise _format_validation(exc, origin) from exc
-
-
-def load_config(
-    source: str | Path | None = None,
-    sets: list[str] | None = None,
-    flags: dict[str, Any] | None = None,
-) -> OminixConfig:
-    """Resolve a config: defaults < ``source`` (YAML path or preset name) < ``sets`` < ``flags``.
-
-    ``flags`` maps dotted keys to values; ``None`` values are ignored so unset CLI options
-    leave lower layers alone.
-    """
-    tree: dict[str, Any] = {}
-    origin = "defaults"
-    if source is not None:
-        path = _resolve_source(source)
-        tree = read_yaml(path)
-        origin = str(path)
-    for item in sets or []:
-        parts, value = parse_set(item)
-        _apply(tree, parts, value, f"--set {item}")
-    for key, value in (flags or {}).items():
-        if value is not None:
-            _apply(tree, key.split("."), value, f"flag for {key}")
-    if sets or flags:
-        origin = f"{origin} with overrides"
-    return build_config(tree, origin)
-
-
-def dump_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def dump_json(cfg: BaseModel) -> str:
-    return json.dumps(cfg.model_dump(mode="json"), indent=2)
-
-
-def save_config(cfg: OminixConfig, path: Path) -> None:
-    """Write ``cfg`` atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_yaml(cfg))
-    tmp.replace(path)
-
-
-def schema() -> dict[str, Any]:
-    return OminixConfig.model_json_schema()

@@ -1,6 +1,7 @@
 """Loss and perplexity of a causal LM on held-out packed blocks, overall and per source set.
 
-``evaluate`` is what both ``ominix eval`` and the training loop's periodic evaluation call. It reads
+``evaluate`` is what both ``ominix eval`` and the training loop's periodic evaluation call (it lives
+below both, so training never imports ``ominix.eval``). It reads
 blocks in index order (no shuffling, so two evaluations of the same model give the same numbers),
 and when ``world_size > 1`` each rank takes every ``world_size``-th block and the sums are
 all-reduced, so every rank returns the same result.

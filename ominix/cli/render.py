@@ -1,0 +1,28 @@
+"""The one error renderer: an ``OminixError`` as an ``error:`` line and a ``hint:`` line on stderr.
+
+Free of Typer, so the training worker (``python -m ominix.train``) renders its errors here too.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ominix.errors import OminixError
+
+
+def debug_enabled() -> bool:
+    """Tracebacks wanted (``--debug`` or ``OMINIX_DEBUG=1``)."""
+    return os.environ.get("OMINIX_DEBUG", "") not in ("", "0")
+
+
+def report_error(exc: OminixError, rank: int | str | None = None) -> int:
+    """Print ``exc`` as two lines on stderr and return its exit code; ``rank`` names the worker
+    that raised it (``error (rank N): ...``, the line the multi-node launcher quotes)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    label = "error:" if rank is None else f"error (rank {rank}):"
+    console.print(f"[bold red]{label}[/] {exc.message}", markup=True)
+    if exc.hint:
+        console.print(f"[bold]hint:[/] {exc.hint}", markup=True)
+    return exc.exit_code

@@ -1,0 +1,39 @@
+"""Every configuration model of OminiX (``models``) and how a config is loaded, overridden and saved
+(``loading``); import the names from here."""
+
+from ominix.config.loading import (
+    PRESETS_DIR,
+    build_config,
+    dump_json,
+    dump_yaml,
+    format_validation,
+    load_config,
+    parse_set,
+    preset_names,
+    read_yaml,
+    save_config,
+    schema,
+)
+from ominix.config.models import (
+    SLIMPAJAMA,
+    CheckpointConfig,
+    DataConfig,
+    InferConfig,
+    LaunchConfig,
+    LicenseRef,
+    LoggingConfig,
+    ModelConfig,
+    OminixConfig,
+    OptimConfig,
+    ParallelConfig,
+    ReleaseConfig,
+    ReleaseLicenses,
+    ScheduleConfig,
+)
+
+__all__ = [
+    "PRESETS_DIR", "SLIMPAJAMA", "CheckpointConfig", "DataConfig", "InferConfig", "LaunchConfig", "LicenseRef",
+    "LoggingConfig", "ModelConfig", "OminixConfig", "OptimConfig", "ParallelConfig", "ReleaseConfig",
+    "ReleaseLicenses", "ScheduleConfig", "build_config", "dump_json", "dump_yaml", "format_validation",
+    "load_config", "parse_set", "preset_names", "read_yaml", "save_config", "schema",
+]
