@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ominix.checkpoint import model_checksum
 from ominix.errors import OminixError
-from ominix.infer.load import ModelSource, load_model, model_checksum, resolve
+from ominix.infer.load import ModelSource, load_model, resolve
 from ominix.infer.session import pick_device, pick_dtype
 
 

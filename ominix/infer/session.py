@@ -16,11 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ominix.checkpoint import model_checksum
 from ominix.config import InferConfig
 from ominix.errors import OminixError
 from ominix.infer import kernels as triton_kernels
 from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
-from ominix.infer.load import ModelSource, load_model, load_tokenizer, model_checksum, resolve, torch_dtype
+from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve, torch_dtype
 
 
 def pick_device(device: str) -> str:
