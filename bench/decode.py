@@ -54,6 +54,8 @@ def write_run(root: Path, shape: str, dtype: str, device: str) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from ominix.checkpoint import checkpoints_dir, step_name
+    from ominix.checkpoint.layout import CONFIG, MODEL, STATE, write_latest
     from ominix.config import load_config, save_config
     from ominix.infer.load import torch_dtype
     from ominix.model import build_model
@@ -69,13 +71,13 @@ def write_run(root: Path, shape: str, dtype: str, device: str) -> Path:
     cfg = load_config(shape, flags={"data.path": str(root / "data"), "logging.run_dir": str(run),
                                     "parallel.precision": dtype, "model.attn": "sdpa"})
     save_config(cfg, run / "config.yaml")
-    ckpt = run / "checkpoints" / "step_00000001"
-    (ckpt / "model").mkdir(parents=True)
+    ckpt = checkpoints_dir(run) / step_name(1)
+    (ckpt / MODEL).mkdir(parents=True)
     model = build_model(cfg.model, device=device, dtype=torch_dtype(dtype), seed=0)
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, ckpt / "model" / "model.safetensors")
-    (ckpt / "state.json").write_text(json.dumps({"step": 1, "tokens_seen": 0, "loss": None}))
-    save_config(cfg, ckpt / "config.yaml")
-    (run / "checkpoints" / "latest").write_text(ckpt.name)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, ckpt / MODEL / "model.safetensors")
+    (ckpt / STATE).write_text(json.dumps({"step": 1, "tokens_seen": 0, "loss": None}))
+    save_config(cfg, ckpt / CONFIG)
+    write_latest(ckpt.parent, ckpt.name)
     return run
 
 

@@ -159,7 +159,7 @@ def test_streamed_prompt_and_completion_on_stdout(run_dir: Path) -> None:
 
 
 def test_prompts_file_writes_samples_with_settings_and_checksum(run_dir: Path, tmp_path: Path) -> None:
-    from ominix.infer.load import model_checksum
+    from ominix.checkpoint import model_checksum
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"id": i, "prompt": p}) for i, p in enumerate(["The", "It read"])))

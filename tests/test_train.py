@@ -114,7 +114,7 @@ def test_schedule_warms_up_then_decays_to_min_lr() -> None:
 
 
 def test_prune_keeps_last_k_every_nth_and_latest(tmp_path: Path) -> None:
-    from ominix.train.checkpoint import prune, step_name
+    from ominix.checkpoint import prune, step_name
 
     for step in (10, 20, 30, 40, 50):
         (tmp_path / step_name(step)).mkdir()
@@ -138,7 +138,7 @@ def test_max_tokens_stops_at_the_step_that_reaches_it() -> None:
 
 
 def test_3d_checkpoint_is_refused_on_another_rank_count() -> None:
-    from ominix.train.checkpoint import check_compatible
+    from ominix.checkpoint import check_compatible
     from ominix.train.engine import validate
 
     cfg = load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"])
@@ -203,9 +203,9 @@ def test_ddp_trains_and_writes_metrics_tensorboard_and_checkpoints(ddp_run: Path
     assert (state["step"], state["tokens"], state["world_size"]) == (4, 4 * 16 * 128, 2)
     assert state["last_loss"] == losses[4] and not list(ckpts.glob(".*tmp*"))
 
-    from ominix.train.checkpoint import load_model_state, resolve_checkpoint
+    from ominix.checkpoint import read_weights, resolve_checkpoint
 
-    weights = load_model_state(resolve_checkpoint(ddp_run))
+    weights = read_weights(resolve_checkpoint(ddp_run))
     assert "model.layers.0.self_attn.q_proj.weight" in weights and "lm_head.weight" in weights
 
 

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -58,7 +59,7 @@ def list_(
 
       ominix checkpoint list runs/tiny --json
     """
-    from ominix.infer.listing import format_table, list_checkpoints
+    from ominix.checkpoint import list_checkpoints
 
     entries = list_checkpoints(run_dir)
     if as_json:
@@ -67,3 +68,26 @@ def list_(
         typer.echo(f"{run_dir} has no checkpoints yet")
     else:
         typer.echo(format_table(entries))
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def format_table(entries: list[dict[str, Any]]) -> str:
+    """The entries of ``list_checkpoints`` as an aligned text table."""
+    rows = [("checkpoint", "step", "tokens", "loss", "size", "kept")]
+    for e in entries:
+        rows.append((
+            e["name"], str(e["step"]),
+            f"{e['tokens_seen']:,}" if e["tokens_seen"] is not None else "-",
+            f"{e['loss']:.4f}" if e["loss"] is not None else "-",
+            human_bytes(e["bytes"]), e["kept"] or "removed at next save",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ominix.errors import OminixError
-from ominix.infer.load import ModelSource, load_model, model_checksum, resolve
+from ominix.checkpoint import model_checksum
 from ominix.device import pick_device, pick_dtype
+from ominix.errors import OminixError
+from ominix.infer.load import ModelSource, load_model, resolve
 
 
 def default_data(source: ModelSource) -> Path:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ominix.atomic import publish, staging_path
+from ominix.checkpoint import model_checksum, read_weights
+from ominix.checkpoint.weights import INDEX, SINGLE
+from ominix.data.store import sha256_file
 from ominix.errors import OminixError
 from ominix.infer.load import (
-    EXPORT_META, ModelSource, build_from_state, check_state, file_sha256, load_tokenizer, model_checksum,
-    resolve, source_weights, torch_dtype,
+    EXPORT_META, ModelSource, build_from_state, check_state, load_tokenizer, resolve, torch_dtype,
 )
 
 DEFAULT_SHARD = 2 * 1024**3
@@ -60,7 +62,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     if len(tokenizer) > source.model.vocab_size:
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
                           f"{source.model.vocab_size}", "the tokenizer does not belong to this model")
-    state = source_weights(source)
+    state = read_weights(source.weights)
     check_state(state, source.model, source.weights)
     if source.model.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
@@ -111,17 +113,17 @@ def _write_weights(state: dict[str, Any], out: Path, max_shard_size: int) -> dic
         shards[-1][name] = tensor
         size += nbytes
     if len(shards) == 1:
-        names = ["model.safetensors"]
+        names = [SINGLE]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
         }
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     for name, shard in zip(names, shards):
         save_file(shard, out / name, metadata={"format": "pt"})
-    return {name: file_sha256(out / name) for name in names}
+    return {name: sha256_file(out / name) for name in names}
 
 
 def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> None:

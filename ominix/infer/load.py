@@ -7,18 +7,22 @@ An export carries both itself (``config.json`` and the tokenizer files).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ominix.checkpoint import (
+    has_weights, is_checkpoint, read_state, read_weights, resolve_checkpoint, run_dir_of, weights_dir,
+)
+from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.errors import OminixError
 
 EXPORT_META = "ominix_export.json"
 DTYPES = ("bf16", "fp16", "fp32")
-HINT_SOURCES = "pass a run directory, RUN_DIR/checkpoints/step_N, or a directory written by `ominix checkpoint export`"
+HINT_SOURCES = (f"pass a run directory, RUN_DIR/{CHECKPOINTS}/{STEP_GLOB}, or a directory written by "
+                "`ominix checkpoint export`")
 
 
 @dataclass
@@ -32,7 +36,7 @@ class ModelSource:
     tokenizer: Path | None
     run_dir: Path | None = None
     run_config: OminixConfig | None = None
-    state: dict[str, Any] = field(default_factory=dict)  # state.json of a checkpoint
+    state: dict[str, Any] = field(default_factory=dict)  # the saved state of a checkpoint (read_state)
 
     @property
     def label(self) -> str:
@@ -49,35 +53,27 @@ def torch_dtype(name: str):
     return table[name]
 
 
-def has_weights(path: Path) -> bool:
-    return (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
-
-
 def resolve(path: str | Path) -> ModelSource:
     """Classify ``path`` and read its model shape; raises OminixError for anything else."""
-    from ominix.train.checkpoint import is_checkpoint, resolve_checkpoint
-
     path = Path(path)
     if not path.exists():
         raise OminixError(f"{path} does not exist", HINT_SOURCES)
     if (path / "config.json").is_file() and has_weights(path):
         return _export_source(path)
-    if is_checkpoint(path) or (path / "checkpoints").is_dir():
+    if is_checkpoint(path) or (path / CHECKPOINTS).is_dir():
         return _checkpoint_source(resolve_checkpoint(path))
     raise OminixError(f"{path} is not an OminiX run, checkpoint or Hugging Face export", HINT_SOURCES)
 
 
 def _checkpoint_source(ckpt: Path) -> ModelSource:
-    from ominix.train.checkpoint import read_state
-
-    run_dir = ckpt.parent.parent
+    run_dir = run_dir_of(ckpt)
     # the checkpoint carries the config of the run that wrote it; older layouts only the run's
-    config_file = next((f for f in (ckpt / "config.yaml", run_dir / "config.yaml") if f.is_file()), None)
+    config_file = next((f for f in (ckpt / CONFIG, run_dir / "config.yaml") if f.is_file()), None)
     if config_file is None:
         raise OminixError(f"{ckpt} has no config.yaml, nor has its run directory {run_dir}",
                           "checkpoints are read with the config.yaml of their run")
     cfg = load_config(config_file)
-    return ModelSource(kind="checkpoint", path=ckpt, weights=ckpt / "model", model=cfg.model,
+    return ModelSource(kind="checkpoint", path=ckpt, weights=weights_dir(ckpt), model=cfg.model,
                        tokenizer=_run_tokenizer(cfg, run_dir), run_dir=run_dir, run_config=cfg,
                        state=read_state(ckpt))
 
@@ -126,28 +122,6 @@ def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
     return ModelConfig(name=path.name, attn="sdpa", **{k: hf[k] for k in keys if k in hf})
 
 
-def weight_files(weights: Path) -> list[Path]:
-    index = weights / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [weights / name for name in names]
-    if (weights / "model.safetensors").is_file():
-        return [weights / "model.safetensors"]
-    return sorted(weights.glob("*.safetensors"))
-
-
-def read_weights(weights: Path) -> dict[str, Any]:
-    """All tensors of a (sharded) safetensors directory, on the CPU."""
-    from safetensors.torch import load_file
-
-    state: dict[str, Any] = {}
-    for file in weight_files(weights):
-        if not file.is_file():
-            raise OminixError(f"{file} is missing", "the checkpoint or export is incomplete; write it again")
-        state.update(load_file(file))
-    return state
-
-
 def check_state(state: dict[str, Any], model: ModelConfig, source: Path) -> None:
     """Refuse weights that do not fit ``model`` with one line naming the first offending tensor."""
     import torch
@@ -190,18 +164,9 @@ def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str 
     return model.eval().requires_grad_(False)
 
 
-def source_weights(source: ModelSource) -> dict[str, Any]:
-    """All tensors of ``source`` on the CPU."""
-    if source.kind == "checkpoint":
-        from ominix.train.checkpoint import load_model_state
-
-        return load_model_state(source.path)
-    return read_weights(source.weights)
-
-
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
     """Read, check and load the weights of ``source``."""
-    state = source_weights(source)
+    state = read_weights(source.weights)
     check_state(state, source.model, source.weights)
     return build_from_state(source.model, state, device, dtype)
 
@@ -223,18 +188,3 @@ def load_tokenizer(source: ModelSource):
         return PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"))
     raise OminixError(f"no tokenizer files in {tok_dir} (tokenizer.json or tokenizer_config.json)",
                       "point data.path at a prepared data directory, or export again")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_checksum(weights: Path, files: dict[str, str] | None = None) -> str:
-    """sha256 over the sorted ``name sha256`` lines of the weight files: one id for a sharded model."""
-    files = files or {f.name: file_sha256(f) for f in weight_files(weights)}
-    lines = "".join(f"{name} {files[name]}\n" for name in sorted(files))
-    return hashlib.sha256(lines.encode()).hexdigest()

@@ -16,12 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ominix.checkpoint import model_checksum
 from ominix.config import InferConfig, format_validation
 from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
 from ominix.infer import kernels as triton_kernels
 from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
-from ominix.infer.load import ModelSource, load_model, load_tokenizer, model_checksum, resolve, torch_dtype
+from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve, torch_dtype
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""What a run directory holds, found by the documented layout (docs/ARCHITECTURE.md), and checksums.
+"""What a run directory holds, found by the documented layout (docs/ARCHITECTURE.md).
 
 ```
 RUN_DIR/config.yaml                         resolved config (required)
-RUN_DIR/checkpoints/step_NNNNNNNN/          model/, optimizer/, state.json, ... (at least one required)
-RUN_DIR/checkpoints/latest                  name of the newest complete checkpoint
+RUN_DIR/checkpoints/                        at least one complete checkpoint (see ominix.checkpoint)
 RUN_DIR/metrics.jsonl, export/, samples.jsonl, eval/eval_results.json     optional
 DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokenizer/, validation/
 ```
@@ -11,37 +10,14 @@ DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokeniz
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ominix.checkpoint import Checkpoint, complete_checkpoints
+from ominix.checkpoint.layout import CHECKPOINTS, MODEL, STATE, STEP_GLOB
 from ominix.errors import OminixError
-
-STEP_RE = re.compile(r"^step_(\d{8})$")
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def files_under(path: Path) -> list[Path]:
-    """Every regular file under ``path`` (or ``path`` itself), sorted; temporary names skipped."""
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and ".tmp" not in p.name)
-
-
-def checksums(path: Path, base: Path) -> dict[str, str]:
-    """``{path relative to base: sha256}`` of every file under ``path``."""
-    return {str(p.relative_to(base)): sha256_file(p) for p in files_under(path)}
 
 
 def read_json(path: Path) -> Any:
@@ -50,24 +26,6 @@ def read_json(path: Path) -> Any:
     except json.JSONDecodeError as exc:
         raise OminixError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})",
                           "regenerate it with the ominix command that wrote it") from exc
-
-
-@dataclass
-class Checkpoint:
-    path: Path
-    step: int
-    state: dict[str, Any]
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def optimizer_dir(self) -> Path:
-        return self.path / "optimizer"
-
-    def has_optimizer(self) -> bool:
-        return self.optimizer_dir.is_dir() and any(files_under(self.optimizer_dir))
 
 
 @dataclass
@@ -97,26 +55,9 @@ class RunArtifacts:
 
 
 def _checkpoints(run_dir: Path) -> list[Checkpoint]:
-    ckpts = run_dir / "checkpoints"
-    found = []
-    for path in sorted(ckpts.glob("step_*")) if ckpts.is_dir() else []:
-        match = STEP_RE.match(path.name)
-        if not match or not path.is_dir():
-            continue
-        if not (path / "state.json").is_file() or not any(files_under(path / "model")):
-            raise OminixError(f"checkpoint {path} is incomplete (no state.json or no model/ files)",
-                              "delete it, or resume training so that it is written again")
-        found.append(Checkpoint(path, int(match.group(1)), read_json(path / "state.json")))
-    latest = ckpts / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        # Checkpoints newer than `latest` are leftovers of a run that never finished saving them.
-        found = [c for c in found if c.path.name <= name]
-        if not found or found[-1].path.name != name:
-            raise OminixError(f"{latest} names {name!r}, which is not a complete checkpoint",
-                              "point it at an existing step_* directory")
+    found = complete_checkpoints(run_dir)
     if not found:
-        raise OminixError(f"{run_dir} has no checkpoint (checkpoints/step_*/ with model/ and state.json)",
+        raise OminixError(f"{run_dir} has no checkpoint ({CHECKPOINTS}/{STEP_GLOB}/ with {MODEL}/ and {STATE})",
                           "train first (`ominix train launch`) or pass the run directory that holds the checkpoints")
     return found
 

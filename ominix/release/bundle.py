@@ -35,9 +35,11 @@ from typing import Any
 import yaml
 
 from ominix.atomic import publish, remove_stale, staging_path
+from ominix.checkpoint import checksums, files_under
+from ominix.data.store import sha256_file
 from ominix.errors import OminixError
 from ominix.release import cards, mof, provenance
-from ominix.release.artifacts import RunArtifacts, checksums, collect, files_under, read_json, sha256_file
+from ominix.release.artifacts import RunArtifacts, collect, read_json
 
 FRAMEWORK = {"name": "Model Openness Framework", "version": "1.0", "date": "2024-12-15"}
 OMINIX_CODE_LICENSE = "Apache-2.0"  # OminiX's own license: the code components are OminiX source
@@ -167,10 +169,10 @@ class _Builder:
         meta = model / "metadata"
         meta.mkdir()
         (meta / "config.yaml").write_text(art.config_text)
-        shutil.copyfile(art.final.path / "state.json", meta / "state.json")
+        shutil.copyfile(art.final.state_file, meta / art.final.state_file.name)
         if (art.run_dir / "metrics.jsonl").is_file():
             shutil.copyfile(art.run_dir / "metrics.jsonl", meta / "metrics.jsonl")
-        optim = [p for p in (art.final.optimizer_dir, art.final.path / "scheduler.pt") if p.exists()]
+        optim = [p for p in (art.final.optimizer_dir, art.final.scheduler_file) if p.exists()]
         if self.copy:
             for p in optim:
                 (shutil.copytree if p.is_dir() else shutil.copyfile)(p, meta / p.name)

@@ -86,7 +86,7 @@ def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: in
 
 
 def _resume_from(cfg: OminixConfig, run_dir: Path) -> Path | None:
-    from ominix.train.checkpoint import latest_checkpoint, resolve_checkpoint
+    from ominix.checkpoint import latest_checkpoint, resolve_checkpoint
 
     choice = cfg.checkpoint.resume
     if choice == "never":
@@ -131,7 +131,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
     from ominix.model import resolve_attn
-    from ominix.train import checkpoint as ckpt
+    from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step

@@ -1,0 +1,182 @@
+"""Where a checkpoint's parts are: step directory names, discovery, the ``latest`` pointer, state.json.
+
+This module is the only place that spells the layout; every other module asks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ominix.errors import OminixError
+
+CHECKPOINTS = "checkpoints"  # RUN_DIR/checkpoints holds the step directories and the pointer
+LATEST = "latest"
+STATE = "state.json"
+CONFIG = "config.yaml"
+MODEL = "model"
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler.pt"
+RNG = "rng"
+DATA = "data"
+STEP_GLOB = "step_*"  # for messages: how a user recognises a step directory
+_STEP = re.compile(r"^step_(\d{8,})$")
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a step directory's name, or None for any other name (temporary names included)."""
+    match = _STEP.match(name)
+    return int(match.group(1)) if match and step_name(int(match.group(1))) == name else None
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint directory belongs to."""
+    return ckpt.parent.parent
+
+
+def staging_dir(ckpts: Path, step: int) -> Path:
+    """The temporary name a checkpoint is written under; the same on every rank."""
+    return ckpts / f".{step_name(step)}.tmp-save"
+
+
+def rank_file(ckpt: Path, part: str, rank: int, suffix: str) -> Path:
+    """``rng/rank_00000.pt`` or ``data/rank_00000.json`` of one rank."""
+    return ckpt / part / f"rank_{rank:05d}{suffix}"
+
+
+def files_under(path: Path) -> list[Path]:
+    """Every regular file under ``path`` (or ``path`` itself), sorted; temporary names skipped."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and ".tmp" not in p.name)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint: its state.json and at least one file of weights."""
+    return (path / STATE).is_file() and any(files_under(path / MODEL))
+
+
+def read_state(ckpt_dir: Path) -> dict[str, Any]:
+    file = ckpt_dir / STATE
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise OminixError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})",
+                          "regenerate it with the ominix command that wrote it") from exc
+
+
+def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
+    """Every step directory in ``ckpts``, complete or not, oldest first."""
+    if not ckpts.is_dir():
+        return []
+    found = ((parse_step(p.name), p) for p in ckpts.iterdir() if p.is_dir())
+    return sorted((step, p) for step, p in found if step is not None)
+
+
+def latest_name(ckpts: Path) -> str | None:
+    """What the ``latest`` pointer names, or None when there is no pointer."""
+    pointer = ckpts / LATEST
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def write_latest(ckpts: Path, name: str) -> None:
+    """Point ``latest`` at ``name`` atomically (temporary file, then rename)."""
+    tmp = ckpts / f".{LATEST}.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, ckpts / LATEST)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint named by ``RUN_DIR/checkpoints/latest``, or None when there is none yet."""
+    return _follow_latest(checkpoints_dir(run_dir))
+
+
+def _follow_latest(ckpts: Path) -> Path | None:
+    name = latest_name(ckpts)
+    if name is None:
+        return None
+    target = ckpts / name
+    if not is_checkpoint(target):
+        raise OminixError(
+            f"{ckpts / LATEST} names {target.name}, which is not a complete checkpoint",
+            f"point {ckpts / LATEST} at an existing {STEP_GLOB} directory, or resume with --resume PATH",
+        )
+    return target
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (its latest), a checkpoints/ dir, or itself."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return path
+    for ckpts in (path / CHECKPOINTS, path):
+        found = _follow_latest(ckpts)
+        if found is not None:
+            return found
+    if not path.exists():
+        raise OminixError(f"{path} does not exist", f"give a run directory or a {CHECKPOINTS}/{STEP_GLOB} directory")
+    raise OminixError(
+        f"{path} is neither a checkpoint nor a run directory with {CHECKPOINTS}/{LATEST}",
+        f"give a run directory that has saved a checkpoint, or a {CHECKPOINTS}/{STEP_GLOB} directory",
+    )
+
+
+@dataclass
+class Checkpoint:
+    """One complete checkpoint directory and its state.json."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def optimizer_dir(self) -> Path:
+        return self.path / OPTIMIZER
+
+    @property
+    def scheduler_file(self) -> Path:
+        return self.path / SCHEDULER
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE
+
+    def has_optimizer(self) -> bool:
+        return self.optimizer_dir.is_dir() and any(files_under(self.optimizer_dir))
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """Every checkpoint of ``run_dir`` up to the one ``latest`` names, oldest first (empty when there
+    is none). A step directory newer than ``latest`` is the leftover of a save that never finished and
+    is skipped; an incomplete one at or below it, or a ``latest`` naming no checkpoint, is an error."""
+    ckpts = checkpoints_dir(run_dir)
+    found = []
+    for step, path in step_dirs(ckpts):
+        if not is_checkpoint(path):
+            raise OminixError(f"checkpoint {path} is incomplete (no {STATE} or no {MODEL}/ files)",
+                              "delete it, or resume training so that it is written again")
+        found.append(Checkpoint(path, step, read_state(path)))
+    name = latest_name(ckpts)
+    if name is not None:
+        newest = parse_step(name)
+        found = [c for c in found if newest is not None and c.step <= newest]
+        if not found or found[-1].path.name != name:
+            raise OminixError(f"{ckpts / LATEST} names {name!r}, which is not a complete checkpoint",
+                              f"point it at an existing {STEP_GLOB} directory")
+    return found

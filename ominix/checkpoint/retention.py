@@ -1,0 +1,73 @@
+"""Which checkpoints are kept: one rule, used both to prune after a save and to show ``kept`` in
+``ominix checkpoint list``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ominix.checkpoint.layout import (
+    CHECKPOINTS, STATE, checkpoints_dir, latest_name, parse_step, read_state, step_dirs,
+)
+from ominix.config import load_config
+from ominix.errors import OminixError
+
+
+def kept_because(steps: list[int], latest: int | None, keep_last: int, keep_every: int) -> dict[int, list[str]]:
+    """Why each of ``steps`` (oldest first) is kept: "latest" (the pointer names it), "last N" (among
+    the newest ``keep_last``), "every K" (a multiple of ``keep_every``); an empty list means the
+    next save removes it."""
+    newest = set(steps[-keep_last:])
+    reasons = {}
+    for step in steps:
+        rules = (("latest", step == latest), (f"last {keep_last}", step in newest),
+                 (f"every {keep_every}", bool(keep_every) and step % keep_every == 0))
+        reasons[step] = [reason for reason, holds in rules if holds]
+    return reasons
+
+
+def _kept(ckpts: Path, keep_last: int, keep_every: int) -> list[tuple[int, Path, list[str]]]:
+    found = step_dirs(ckpts)
+    name = latest_name(ckpts)
+    reasons = kept_because([step for step, _ in found], parse_step(name) if name else None, keep_last, keep_every)
+    return [(step, path, reasons[step]) for step, path in found]
+
+
+def prune(ckpts: Path, keep_last: int, keep_every: int) -> list[Path]:
+    """Delete the checkpoints in ``ckpts`` that no retention rule keeps; returns what was removed."""
+    removed = []
+    for _, path, reasons in _kept(ckpts, keep_last, keep_every):
+        if not reasons:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
+    """One entry per step directory of ``run_dir`` (oldest first): name, path, step, tokens seen,
+    loss, bytes, and ``kept``: why the retention rules of the run's config keep it, or "" when the
+    next save will remove it. Temporary directories of an unfinished save are not listed."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file() or not checkpoints_dir(run_dir).is_dir():
+        raise OminixError(f"{run_dir} is not a run directory with {CHECKPOINTS}",
+                          "pass the logging.run_dir of a run, e.g. runs/tiny")
+    rules = load_config(config_file).checkpoint
+    entries = []
+    for step, path, reasons in _kept(checkpoints_dir(run_dir), rules.keep_last, rules.keep_every):
+        state = read_state(path) if (path / STATE).is_file() else {}
+        entries.append({
+            "name": path.name,
+            "path": str(path),
+            "step": state.get("step", step),
+            "tokens_seen": state.get("tokens"),
+            "loss": state.get("last_loss"),
+            "bytes": _size(path),
+            "kept": ", ".join(reasons),
+        })
+    return entries
