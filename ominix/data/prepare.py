@@ -25,6 +25,29 @@ from ominix.errors import OminixError
 TOKENIZER_TRAIN_CHARS = 1 << 30  # a trained tokenizer sees at most the first ~1 GB of training text
 
 
+class PrepareReporter:
+    """What ``prepare`` tells of its progress, inside one ``with`` block; this base says nothing
+    (the CLI's subclass draws a progress bar)."""
+
+    def __enter__(self) -> PrepareReporter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def phase(self, description: str, total_bytes: int | None = None) -> None:
+        """A pass over the input (``total_bytes`` of source files) starts."""
+
+    def file_done(self, nbytes: int) -> None:
+        """One source file of ``nbytes`` was read through (called from the reader thread)."""
+
+    def update(self, docs: int, tokens: int) -> None:
+        """``docs`` more documents, ``tokens`` more tokens packed."""
+
+    def finish(self) -> None:
+        """The last pass is complete."""
+
+
 def _documents(parts: list[Any], text_field: str, on_file: Any = None) -> Iterator[tuple[str, str]]:
     for part in parts:
         yield from part.documents(text_field, on_file)
@@ -55,8 +78,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-
-
 def _check_result(manifest: dict[str, Any], cfg: DataConfig) -> None:
     splits = manifest["splits"]
     docs = sum(s["documents"] for s in splits.values())
@@ -81,18 +102,18 @@ def prepare(
     out: str | Path,
     *,
     force: bool = False,
-    progress: bool = True,
+    progress: PrepareReporter | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prepare ``cfg``'s sources into the directory ``out``; returns its manifest (also in ``out``).
 
-    ``progress`` shows rich progress bars on stderr; ``log`` receives one-line notes (download
+    ``progress`` is told of phases, files read and documents packed (None or False: nothing is);
+    ``log`` receives one-line notes (download
     sizes, phases); ``command`` is recorded in the manifest (default: this process's argv).
     """
     from ominix import __version__
     from ominix.data import card, pack, sources, store, tokenizer
-    from ominix.data.report import PrepareProgress
 
     out = Path(out).expanduser().absolute()
     _check_out(out, force)
@@ -109,7 +130,7 @@ def prepare(
     started = time.time()
     try:
         total_bytes = sum(sum(p.sizes) for p in parts)
-        with PrepareProgress(enabled=progress) as bar:
+        with progress or PrepareReporter() as bar:
             trained_chars = [0]
             if tok is None:
                 bar.phase(f"training tokenizer (byte-level BPE, {cfg.vocab_size} ids)", total_bytes)
