@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ominix import atomic
 from ominix.errors import OminixError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -494,9 +495,7 @@ def dump_json(cfg: BaseModel) -> str:
 def save_config(cfg: OminixConfig, path: Path) -> None:
     """Write ``cfg`` atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_yaml(cfg))
-    tmp.replace(path)
+    atomic.write_text(path, dump_yaml(cfg))
 
 
 def schema() -> dict[str, Any]:

@@ -16,7 +16,8 @@ import pytest
 
 from ominix.config import DataConfig
 from ominix.data.prepare import prepare
-from ominix.data.store import PackedDataset, sha256_file
+from ominix.data.store import PackedDataset
+from ominix.hashing import sha256_file
 from ominix.errors import OminixError
 from tests.conftest import run_cli
 

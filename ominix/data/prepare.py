@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import publish, remove_stale, staging_path
+from ominix.atomic import staged
 from ominix.config import DataConfig
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 TOKENIZER_TRAIN_CHARS = 1 << 30  # a trained tokenizer sees at most the first ~1 GB of training text
 
@@ -109,8 +109,8 @@ def prepare(
     """Prepare ``cfg``'s sources into the directory ``out``; returns its manifest (also in ``out``).
 
     ``progress`` is told of phases, files read and documents packed (None or False: nothing is);
-    ``log`` receives one-line notes (download
-    sizes, phases); ``command`` is recorded in the manifest (default: this process's argv).
+    ``log`` receives one-line notes (download sizes); ``command`` is recorded in the manifest
+    (default: this process's argv).
     """
     from ominix import __version__
     from ominix.data import card, pack, sources, store, tokenizer
@@ -123,12 +123,8 @@ def prepare(
         os.environ["RAYON_RS_NUM_CPUS"] = str(cfg.num_proc)  # tokenizers' thread pool, read at first use
     parts = sources.plan(cfg.sources, cfg.split, streaming=cfg.streaming, log=log)
     tok = tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = staging_path(out)
-    tmp.mkdir()
     started = time.time()
-    try:
+    with staged(out) as tmp:
         total_bytes = sum(sum(p.sizes) for p in parts)
         with progress or PrepareReporter() as bar:
             trained_chars = [0]
@@ -158,7 +154,7 @@ def prepare(
             "tokenizer": {
                 "dir": "tokenizer",
                 "file": "tokenizer/tokenizer.json",
-                "sha256": store.sha256_file(tok_file),
+                "sha256": sha256_file(tok_file),
                 "vocab_size": tok.vocab_size,
                 "eos_token": tok.eos,
                 "eos_id": tok.eos_id,
@@ -190,8 +186,4 @@ def prepare(
         }
         _check_result(manifest, cfg)
         card.write(tmp, manifest)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

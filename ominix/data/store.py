@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 FORMAT = "ominix-packed-v1"
 MANIFEST = "manifest.json"
@@ -37,14 +38,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 32:
         return np.dtype("<u4")
     raise OminixError(f"vocabulary of {vocab_size} ids does not fit uint32", "use a smaller tokenizer")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_sha256(path: str | Path) -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ominix.config import ModelConfig, OminixConfig, load_config
+from ominix.dtypes import torch_dtype
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 EXPORT_META = "ominix_export.json"
-DTYPES = ("bf16", "fp16", "fp32")
 HINT_SOURCES = "pass a run directory, RUN_DIR/checkpoints/step_N, or a directory written by `ominix checkpoint export`"
 
 
@@ -38,15 +39,6 @@ class ModelSource:
     def label(self) -> str:
         step = self.state.get("step")
         return f"{self.path} (step {step})" if step is not None else str(self.path)
-
-
-def torch_dtype(name: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise OminixError(f"unknown dtype {name!r}", f"use one of: {', '.join(DTYPES)}")
-    return table[name]
 
 
 def has_weights(path: Path) -> bool:
@@ -225,16 +217,8 @@ def load_tokenizer(source: ModelSource):
                       "point data.path at a prepared data directory, or export again")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_checksum(weights: Path, files: dict[str, str] | None = None) -> str:
     """sha256 over the sorted ``name sha256`` lines of the weight files: one id for a sharded model."""
-    files = files or {f.name: file_sha256(f) for f in weight_files(weights)}
+    files = files or {f.name: sha256_file(f) for f in weight_files(weights)}
     lines = "".join(f"{name} {files[name]}\n" for name in sorted(files))
     return hashlib.sha256(lines.encode()).hexdigest()

@@ -11,7 +11,6 @@ DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokeniz
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,17 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 STEP_RE = re.compile(r"^step_(\d{8})$")
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_under(path: Path) -> list[Path]:
