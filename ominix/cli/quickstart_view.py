@@ -16,7 +16,9 @@ class QuickstartView:
         self.console = console
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
-        getattr(self, f"_{kind}")(**info)
+        show = {"stage": self._stage, "entropy": self._entropy, "export": self._export,
+                "samples": self._samples, "eval": self._eval, "bundle": self._bundle}
+        show[kind](**info)
 
     def log(self, line: str) -> None:
         self.console.print(line, highlight=False)

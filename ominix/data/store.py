@@ -26,7 +26,6 @@ from ominix.hashing import sha256_file
 
 FORMAT = "ominix-packed-v1"
 MANIFEST = "manifest.json"
-SPLITS = ("train", "validation")
 SOURCE_DTYPE = np.dtype("<u2")
 SHARD_BYTES = 256 * 1024 * 1024  # a new shard file starts past this size
 
@@ -200,22 +199,9 @@ class PackedDataset:
         shard, row = self._locate(int(index))
         return np.asarray(self._shards[shard][row], dtype=np.int64)
 
-    def source_id(self, index: int) -> int:
-        """Index into ``self.sources`` of block ``index``."""
-        return int(self._source_ids[index])
-
     def source_of(self, index: int) -> str:
         """Name of the source set of block ``index``."""
-        return self.sources[self.source_id(index)]
-
-    @property
-    def source_ids(self) -> np.ndarray:
-        """Source-set index of every block (uint16, one entry per block)."""
-        return self._source_ids
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self) * (self.seq_len + 1)
+        return self.sources[int(self._source_ids[index])]
 
     def __repr__(self) -> str:
         return (
