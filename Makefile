@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel that lies on the development and CI machines; on a GPU node pass your CUDA build,
-# e.g. make install TORCH='torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124'
+# e.g. make install TORCH='torch==2.7.1 --index-url https://download.pytorch.org/whl/cu126'
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
