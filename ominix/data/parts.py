@@ -1,4 +1,4 @@
-"""A planned piece of input data (`Part`) and the record slicing shared by local and hub sources.
+"""A planned piece of input data (``Part``) and the record slicing shared by local and hub sources.
 
 Below both ``ominix.data.sources`` (local specs, the planner) and ``ominix.data.hub`` (Hub
 datasets), so neither imports the other's internals.
