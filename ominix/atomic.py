@@ -1,14 +1,17 @@
-"""Directory outputs that appear whole or not at all.
+"""Outputs that appear whole or not at all.
 
-A command builds its output under ``.NAME.tmp-PID`` beside ``NAME`` and calls :func:`publish` when it
-is complete; an interrupted command leaves only the hidden temporary, which the next run removes
-(:func:`remove_stale`) once its process is gone.
+A command builds a directory output inside :func:`staged` (under ``.NAME.tmp-PID`` beside ``NAME``),
+which publishes it when complete; an interrupted command leaves only the hidden temporary, which the
+next run removes (:func:`remove_stale`) once its process is gone. A single file is written with
+:func:`write_text` (temporary sibling, then rename).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -39,3 +42,31 @@ def publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """Build the directory ``out`` in an empty temporary sibling (yielded) and publish it when the
+    block ends; an error or interrupt removes the temporary and leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    tmp = staging_path(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write the file ``path`` through a temporary sibling and a rename: readers see old or new."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

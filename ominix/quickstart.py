@@ -3,7 +3,9 @@
 data prepare -> train (tiny preset, 2 processes through torchrun + ColossalAI ddp, eval and checkpoints)
 -> resume from the last checkpoint -> checkpoint export (verified with transformers) -> infer -> eval
 -> MOF report. Each stage calls the same library function as its ``ominix`` command, so the
-quickstart proves the commands a user runs next. Everything goes into one directory:
+quickstart proves the commands a user runs next. :func:`run` prints nothing: it reports each stage
+and its outcome to an ``on_event`` callback (``ominix.cli.quickstart_view`` shows them) and returns
+the summary. Everything goes into one directory:
 
     OUT/data/  OUT/run/  OUT/run/export/  OUT/run/samples.jsonl  OUT/run/eval/eval_results.json
     OUT/release.yaml  OUT/TECHNICAL_REPORT.md  OUT/release/  OUT/quickstart.json (written last)
@@ -12,14 +14,17 @@ quickstart proves the commands a user runs next. Everything goes into one direct
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ominix import atomic
 from ominix.errors import OminixError
+
+if TYPE_CHECKING:
+    from ominix.data.prepare import PrepareReporter
 
 MARKER = ".ominix-quickstart"  # written first: --force only ever deletes a directory that holds it
 SUMMARY = "quickstart.json"  # written last: a directory without it is an interrupted quickstart
@@ -151,17 +156,22 @@ useful language model.
 """)
 
 
-class Stages:
-    """Prints a header per stage and times it."""
+Event = Callable[[str, dict[str, Any]], None]
+"""``on_event(kind, info)`` of :func:`run`. Kinds and their info: ``stage`` (n, total, name, command:
+a stage starts), ``entropy`` (entropy), ``export`` (out, max_abs_logit_diff), ``samples`` (samples),
+``eval`` (loss, perplexity, entropy), ``bundle`` (label, bundle)."""
 
-    def __init__(self, console: Any, total: int) -> None:
-        self.console, self.total, self.n, self.times = console, total, 0, {}
+
+class Stages:
+    """Numbers and times the stages, reporting each start as a ``stage`` event."""
+
+    def __init__(self, on_event: Event, total: int) -> None:
+        self.on_event, self.total, self.n, self.times = on_event, total, 0, {}
 
     def __call__(self, name: str, command: str) -> Stages:
         self.n += 1
         self.name = name
-        self.console.rule(f"[bold]{self.n}/{self.total} {name}")
-        self.console.print(f"[dim]$ {command}[/]", soft_wrap=True, highlight=False)
+        self.on_event("stage", {"n": self.n, "total": self.total, "name": name, "command": command})
         return self
 
     def __enter__(self) -> None:
@@ -171,12 +181,11 @@ class Stages:
         self.times[self.name] = round(time.perf_counter() - self.started, 1)
 
 
-def run(out: Path | None = None, force: bool = False, steps: int = 200, console: Any = None,
-        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_event: Event | None = None,
+        progress: PrepareReporter | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the pipeline into ``out`` (default runs/quickstart-TIMESTAMP); returns the summary that
-    is also written, last, to OUT/quickstart.json."""
-    from rich.console import Console
-
+    is also written, last, to OUT/quickstart.json. ``on_event`` hears of each stage and its outcome
+    (see :data:`Event`); ``progress`` and ``log`` go to data preparation (``ominix.data.prepare``)."""
     from ominix.config import load_config
     from ominix.data.prepare import prepare
     from ominix.eval.run import run_eval
@@ -187,18 +196,18 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
 
     if steps <= RESUME_STEPS:
         raise OminixError(f"--steps {steps} leaves nothing to resume", f"use --steps > {RESUME_STEPS}")
-    console = console or Console()
+    on_event = on_event or (lambda kind, info: None)
     out = (out or default_out()).absolute()
     claim_out(out, force)
     data, run_dir = out / "data", out / "run"
-    stage = Stages(console, 7)
+    stage = Stages(on_event, 7)
 
     with stage("data prepare", f"ominix data prepare --config tiny --out {data}"):
         cfg = load_config("tiny")
-        prepare(cfg.data, data, progress=console.is_terminal, log=log,
+        prepare(cfg.data, data, progress=progress, log=log,
                 command=f"ominix data prepare --config tiny --out {data}")
         entropy = unigram_entropy(data)
-        console.print(f"unigram entropy of the training tokens: {entropy:.4f} nats/token")
+        on_event("entropy", {"entropy": entropy})
 
     flags = {"data.path": str(data), "logging.run_dir": str(run_dir), "launch.nproc_per_node": NPROC}
     first = steps - RESUME_STEPS
@@ -213,8 +222,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
 
     with stage("checkpoint export (verified with transformers)", f"ominix checkpoint export {run_dir}"):
         meta = export(run_dir, verify=True, command=f"ominix checkpoint export {run_dir}")
-        console.print(f"exported to {meta['out']}; max |logit diff| vs transformers "
-                      f"{meta['verify']['max_abs_logit_diff']:.2g}")
+        on_event("export", {"out": meta["out"], "max_abs_logit_diff": meta["verify"]["max_abs_logit_diff"]})
 
     prompts = out / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
@@ -226,14 +234,12 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
         session = infer_session.open_session(source, settings.device, settings.dtype, compile=False)
         infer_session.complete_file(session, infer_session.read_prompts(prompts), sampling, samples_path)
         samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
-        for s in samples:
-            console.print(f"[bold]{s['prompt']}[/]{s['completion']}", highlight=False, markup=True)
+        on_event("samples", {"samples": samples})
 
     with stage("eval", f"ominix eval --model {run_dir} --data {data}"):
         results = run_eval(run_dir, data, command=f"ominix eval --model {run_dir} --data {data}")
         p = results["perplexity"]
-        console.print(f"validation loss {p['loss']:.4f} (perplexity {p['perplexity']:.1f}) vs unigram "
-                      f"entropy {entropy:.4f}")
+        on_event("eval", {"loss": p["loss"], "perplexity": p["perplexity"], "entropy": entropy})
 
     metrics = read_metrics(run_dir)
     curve = [r["loss"] for r in metrics if r["kind"] == "train"]
@@ -258,7 +264,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
     with stage("mof report", f"ominix mof report {run_dir} --release {release} --out {bundle_dir}"):
         result, bundle = make_bundle(run_dir, bundle_dir, release,
                                      command=f"ominix mof report {run_dir} --release {release} --out {bundle_dir}")
-        console.print(f"{result.label}; bundle {bundle}")
+        on_event("bundle", {"label": result.label, "bundle": str(bundle)})
 
     mfu = [r.get("mfu") for r in metrics if r["kind"] == "train"]
     tflops = [r["tflops_per_device"] for r in metrics if r["kind"] == "train" and r.get("tflops_per_device")]
@@ -283,9 +289,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, console:
         "stage_seconds": stage.times,
         "gpu_cluster": GPU_COMMANDS,
     }
-    tmp = out / f".{SUMMARY}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / SUMMARY)
+    atomic.write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -293,28 +297,3 @@ def _check(code: int, what: str) -> None:
     if code:
         raise OminixError(f"{what} exited with code {code}", "see the log above; rerun with --force to start over")
 
-
-def print_summary(summary: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    console.rule("[bold]summary")
-    table = Table(show_header=False, box=None)
-    for name, path in summary["artifacts"].items():
-        table.add_row(name, path)
-    console.print(table)
-    c = summary["loss_curve"]
-    console.print(f"train loss  {c['first']:.3f} {c['sparkline']} {c['last']:.3f}", highlight=False)
-    verdict = "learned from context" if summary["learned"] else "NOT below the unigram entropy"
-    console.print(f"eval loss   {summary['eval_loss']:.4f} (perplexity {summary['eval_perplexity']:.1f}) vs "
-                  f"unigram entropy {summary['unigram_entropy']:.4f}: {verdict}", highlight=False)
-    console.print(f"resumed     from step {summary['resumed']['from_step']} ({len(summary['resumed']['log'])} resume)")
-    tf = summary["tflops_per_device"]
-    mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else summary["mfu_note"]
-    console.print(f"MFU         {mfu}" + (f" ({tf:.3f} TFLOP/s per process measured)" if tf else ""), soft_wrap=True)
-    console.print(f"MOF         [bold]{summary['mof']['label']}[/]")
-    times = ", ".join(f"{k} {v:.0f}s" for k, v in summary["stage_seconds"].items())
-    console.print(f"stages      {times}", soft_wrap=True)
-    console.print("\nThe same on a GPU cluster (llama2-7b preset, 4 nodes x 8 GPUs; add --dry-run to see the plan):")
-    for cmd in summary["gpu_cluster"]:
-        console.print(f"  {cmd}", highlight=False, soft_wrap=True)
-    console.print(f"\ndone: {os.path.join(summary['out'], SUMMARY)}")

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from ominix.config import DataConfig
-from ominix.data.prepare import prepare
-from ominix.data.store import PackedDataset, sha256_file
+from ominix.data.prepare import PrepareReporter, prepare
+from ominix.data.store import PackedDataset
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 from tests.conftest import run_cli
 
 SETS = ("RedPajamaC4", "RedPajamaWikipedia", "RedPajamaGithub")
@@ -149,6 +150,35 @@ def test_same_input_gives_identical_shards_and_tokenizer_reuse(tmp_path: Path) -
         assert c["tokenizer"]["sha256"] == a["tokenizer"]["sha256"]
         assert c["splits"]["train"]["shards"][0]["sha256"] == a["splits"]["train"]["shards"][0]["sha256"]
         assert PackedDataset(out).vocab_size == 300
+
+
+def test_prepare_reports_progress_to_its_reporter_and_prints_nothing(tmp_path: Path, capfd) -> None:
+    class Recorder(PrepareReporter):
+        def __init__(self) -> None:
+            self.phases, self.bytes, self.docs, self.tokens, self.finished = [], 0, 0, 0, False
+
+        def phase(self, description: str, total_bytes: int | None = None) -> None:
+            self.phases.append((description, total_bytes))
+
+        def file_done(self, nbytes: int) -> None:
+            self.bytes += nbytes
+
+        def update(self, docs: int, tokens: int) -> None:
+            self.docs, self.tokens = self.docs + docs, self.tokens + tokens
+
+        def finish(self) -> None:
+            self.finished = True
+
+    src = _jsonl(tmp_path / "c.jsonl", _records(60))
+    seen = Recorder()
+    m = prepare(_cfg(src), tmp_path / "out", progress=seen)
+    size = src.stat().st_size
+    assert seen.phases == [("training tokenizer (byte-level BPE, 300 ids)", size), ("tokenizing and packing", size)]
+    assert seen.bytes == 2 * size and seen.finished
+    assert seen.docs == sum(s["documents"] for s in m["splits"].values())
+    assert seen.tokens == sum(s["tokens"] for s in m["splits"].values())
+    prepare(_cfg(src), tmp_path / "quiet")  # no reporter: the library says nothing
+    assert capfd.readouterr() == ("", "")
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ def make_prepared(root: Path, tokenizer_dir: Path) -> Path:
     """A prepared directory in the store's format: validation blocks of two source sets."""
     from transformers import AutoTokenizer
 
-    from ominix.data.store import FORMAT, ShardWriter, sha256_file
+    from ominix.data.store import FORMAT, ShardWriter
+    from ominix.hashing import sha256_file
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = np.array(tokenizer(CORPUS * 3).input_ids, dtype=np.int64)

@@ -70,6 +70,17 @@ def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
     assert info.value.hint
 
 
+def test_fsdp_is_refused_on_torch_older_than_2_7(monkeypatch) -> None:
+    from ominix.train import engine
+
+    cfg = load_config("tiny", ["parallel.plugin=fsdp"])
+    engine.validate(cfg, 2, gpu=True)  # the installed torch is new enough
+    monkeypatch.setattr(engine, "torch_version", lambda: (2, 5))
+    with pytest.raises(OminixError, match=r"fsdp needs torch >= 2.7 \(installed: 2.5\)") as info:
+        engine.validate(cfg, 2, gpu=True)
+    assert "torch>=2.7" in info.value.hint
+
+
 def test_layout_is_derived_in_one_place() -> None:
     from ominix.train.engine import validate
 

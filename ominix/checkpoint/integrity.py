@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ominix.checkpoint.layout import files_under
 from ominix.checkpoint.weights import weight_files
-from ominix.data.store import sha256_file
+from ominix.hashing import sha256_file
 
 
 def checksums(path: Path, base: Path) -> dict[str, str]:

@@ -54,9 +54,9 @@ def prepare(
 
       ominix data prepare 'corpus/*.jsonl.zst' --text-field content --train-tokenizer --vocab-size 32000 --out data/c
     """
+    from ominix.cli.data_view import PrepareProgress, print_summary
     from ominix.config import load_config
     from ominix.data.prepare import prepare as run_prepare
-    from ominix.data.report import print_summary
 
     cfg = load_config(config, sets, {
         "data.sources": sources or None, "data.split": split, "data.tokenizer": tokenizer,
@@ -67,10 +67,9 @@ def prepare(
     if tokenizer and train_tokenizer is None and cfg.train_tokenizer:
         cfg.train_tokenizer = False  # --tokenizer on the command line wins over a config's train_tokenizer
     log = (lambda line: typer.echo(line, err=True))
-    manifest = run_prepare(
-        cfg, out, force=force, progress=not as_json and sys.stderr.isatty(), log=log,
-        command=shlex.join(["ominix", *sys.argv[1:]]),
-    )
+    progress = PrepareProgress() if not as_json and sys.stderr.isatty() else None
+    manifest = run_prepare(cfg, out, force=force, progress=progress, log=log,
+                           command=shlex.join(["ominix", *sys.argv[1:]]))
     if as_json:
         typer.echo(json.dumps({"path": str(out), **manifest}, indent=2))
     else:
@@ -93,8 +92,8 @@ def inspect(
 
       ominix data inspect data/sp1 --verify --json
     """
+    from ominix.cli.data_view import print_report
     from ominix.data.inspect import inspect as run_inspect
-    from ominix.data.inspect import print_report
 
     report = run_inspect(path, verify=verify, samples=sample)
     if as_json:

@@ -46,13 +46,17 @@ def quickstart(
     """
     from rich.console import Console
 
-    from ominix.quickstart import print_summary, run
+    from ominix.cli.data_view import PrepareProgress
+    from ominix.cli.quickstart_view import QuickstartView, print_summary
+    from ominix.quickstart import run
 
     console = Console(stderr=as_json)
+    view = QuickstartView(console)
+    progress = PrepareProgress() if console.is_terminal else None
     if as_json:
         with _stdout_to_stderr():
-            summary = run(out, force, steps, console, log=lambda line: console.print(line, highlight=False))
+            summary = run(out, force, steps, on_event=view, progress=progress, log=view.log)
         typer.echo(json.dumps(summary, indent=2))
     else:
-        summary = run(out, force, steps, console, log=lambda line: console.print(line, highlight=False))
+        summary = run(out, force, steps, on_event=view, progress=progress, log=view.log)
         print_summary(summary, console)

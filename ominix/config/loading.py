@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ominix import atomic
 from ominix.config.models import OminixConfig
 from ominix.errors import OminixError
 
@@ -138,9 +139,7 @@ def dump_json(cfg: BaseModel) -> str:
 def save_config(cfg: OminixConfig, path: Path) -> None:
     """Write ``cfg`` atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_yaml(cfg))
-    tmp.replace(path)
+    atomic.write_text(path, dump_yaml(cfg))
 
 
 def schema() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ominix.data import readers
-from ominix.data.sources import SPLIT_DIRS, Part, natural_key, sliced
+from ominix.data.parts import SPLIT_DIRS, Part, natural_key, sliced
 from ominix.data.splits import SplitPart
 from ominix.errors import OminixError
 

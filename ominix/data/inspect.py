@@ -1,4 +1,5 @@
-"""``ominix data inspect``: sizes, checksum verification and decoded samples of a prepared directory."""
+"""Sizes, checksum verification and decoded samples of a prepared directory (``ominix data inspect``
+renders the report)."""
 
 from __future__ import annotations
 
@@ -52,32 +53,3 @@ def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: i
         "samples": decoded,
     }
 
-
-def print_report(r: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    console.print(f"[bold]{r['path']}[/]  manifest sha256 {r['manifest_sha256']}")
-    console.print(f"created {r['created']} by ominix {r['ominix_version']}: {r['command']}", markup=False)
-    console.print(f"sources: {', '.join(r['sources'])}", markup=False)
-    t = r["tokenizer"]
-    console.print(f"seq_len {r['seq_len']}, {r['dtype']}, tokenizer vocab {t['vocab_size']:,} "
-                  f"eos {t['eos_token']!r} ({t['origin']}), sha256 {t['sha256'][:12]}")
-    table = Table()
-    for col in ("split", "source set", "documents", "tokens", "blocks"):
-        table.add_column(col, justify="left" if col in ("split", "source set") else "right")
-    for split, info in r["splits"].items():
-        for name, c in info["per_source"].items():
-            table.add_row(split, name, f"{c['documents']:,}", f"{c['tokens']:,}", f"{c['blocks']:,}")
-        table.add_row(split, f"all ({info['shards']} shards, {info['bytes']:,} bytes)",
-                      f"{info['documents']:,}", f"{info['tokens']:,}", f"{info['blocks']:,}", style="bold")
-    console.print(table)
-    if r["verified"] is not None:
-        if r["verified"]:
-            console.print("[green]verified:[/] every file matches its sha256")
-        for problem in r["problems"]:
-            console.print(f"[red]problem:[/] {problem}")
-    for s in r["samples"]:
-        console.print(f"[bold]train block {s['block']}[/] ({s['source_set']}):")
-        console.print(s["text"], markup=False)

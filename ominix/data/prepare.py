@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +17,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import publish, remove_stale, staging_path
+from ominix.atomic import staged
 from ominix.config import DataConfig
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 TOKENIZER_TRAIN_CHARS = 1 << 30  # a trained tokenizer sees at most the first ~1 GB of training text
+
+
+class PrepareReporter:
+    """What ``prepare`` tells of its progress, inside one ``with`` block; this base says nothing
+    (the CLI's subclass draws a progress bar)."""
+
+    def __enter__(self) -> PrepareReporter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def phase(self, description: str, total_bytes: int | None = None) -> None:
+        """A pass over the input (``total_bytes`` of source files) starts."""
+
+    def file_done(self, nbytes: int) -> None:
+        """One source file of ``nbytes`` was read through (called from the reader thread)."""
+
+    def update(self, docs: int, tokens: int) -> None:
+        """``docs`` more documents, ``tokens`` more tokens packed."""
+
+    def finish(self) -> None:
+        """The last pass is complete."""
 
 
 def _documents(parts: list[Any], text_field: str, on_file: Any = None) -> Iterator[tuple[str, str]]:
@@ -55,8 +78,6 @@ def _check_out(out: Path, force: bool) -> None:
         )
 
 
-
-
 def _check_result(manifest: dict[str, Any], cfg: DataConfig) -> None:
     splits = manifest["splits"]
     docs = sum(s["documents"] for s in splits.values())
@@ -81,18 +102,18 @@ def prepare(
     out: str | Path,
     *,
     force: bool = False,
-    progress: bool = True,
+    progress: PrepareReporter | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prepare ``cfg``'s sources into the directory ``out``; returns its manifest (also in ``out``).
 
-    ``progress`` shows rich progress bars on stderr; ``log`` receives one-line notes (download
-    sizes, phases); ``command`` is recorded in the manifest (default: this process's argv).
+    ``progress`` is told of phases, files read and documents packed (None or False: nothing is);
+    ``log`` receives one-line notes (download sizes); ``command`` is recorded in the manifest
+    (default: this process's argv).
     """
     from ominix import __version__
     from ominix.data import card, pack, sources, store, tokenizer
-    from ominix.data.report import PrepareProgress
 
     out = Path(out).expanduser().absolute()
     _check_out(out, force)
@@ -102,14 +123,10 @@ def prepare(
         os.environ["RAYON_RS_NUM_CPUS"] = str(cfg.num_proc)  # tokenizers' thread pool, read at first use
     parts = sources.plan(cfg.sources, cfg.split, streaming=cfg.streaming, log=log)
     tok = tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = staging_path(out)
-    tmp.mkdir()
     started = time.time()
-    try:
+    with staged(out) as tmp:
         total_bytes = sum(sum(p.sizes) for p in parts)
-        with PrepareProgress(enabled=progress) as bar:
+        with progress or PrepareReporter() as bar:
             trained_chars = [0]
             if tok is None:
                 bar.phase(f"training tokenizer (byte-level BPE, {cfg.vocab_size} ids)", total_bytes)
@@ -137,7 +154,7 @@ def prepare(
             "tokenizer": {
                 "dir": "tokenizer",
                 "file": "tokenizer/tokenizer.json",
-                "sha256": store.sha256_file(tok_file),
+                "sha256": sha256_file(tok_file),
                 "vocab_size": tok.vocab_size,
                 "eos_token": tok.eos,
                 "eos_id": tok.eos_id,
@@ -169,8 +186,4 @@ def prepare(
         }
         _check_result(manifest, cfg)
         card.write(tmp, manifest)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

@@ -12,97 +12,15 @@ from __future__ import annotations
 import glob
 import json
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ominix.data import embedded, readers
+from ominix.data import embedded, hub, readers
+from ominix.data.parts import SPLIT_DIRS, Part, natural_key
 from ominix.data.splits import SplitPart, parse_split
 from ominix.errors import OminixError
 
-SPLIT_DIRS = ("train", "validation", "valid", "dev", "test")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def natural_key(path: Any) -> list[Any]:
-    """Sort key putting ``chunk2`` before ``chunk10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-@dataclass
-class Part:
-    """One (source, split term): the files to read and the record range to take from them."""
-
-    source: str
-    kind: str  # embedded | local | saved | hub
-    name: str  # source-set name of records without meta.redpajama_set_name
-    split: SplitPart
-    files: list[Any]
-    sizes: list[int]
-    license: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def documents(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str]]:
-        """Non-empty ``(text, source_set)`` of the selected records, in order; ``on_file(bytes)``
-        is called after each file is read through."""
-        for text, set_name in self.records(text_field, on_file):
-            if text and not text.isspace():
-                yield text, set_name or self.name
-
-    def records(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str | None]]:
-        read = self._reporting(lambda f: readers.read(f, text_field), on_file)
-        return sliced(self.files, self.split, read, readers.count)
-
-    def _reporting(self, read: Any, on_file: Any) -> Any:
-        if on_file is None:
-            return read
-        sizes = dict(zip(map(str, self.files), self.sizes))
-
-        def read_and_report(f: Any) -> Iterator[Any]:
-            yield from read(f)
-            on_file(sizes[str(f)])
-
-        return read_and_report
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "split": str(self.split),
-            "files": [{"path": str(f), "bytes": s} for f, s in zip(self.files, self.sizes)],
-            "bytes": sum(self.sizes),
-            **({"license": self.license} if self.license else {}),
-            **self.extra,
-        }
-
-
-def sliced(files: list[Any], part: SplitPart, read: Any, count: Any) -> Iterator[Any]:
-    """Records ``part.bounds`` of the concatenation of ``files``; counts files only when needed."""
-    if part.whole:
-        for f in files:
-            yield from read(f)
-        return
-    needs_total = part.percent or any(v is not None and v < 0 for v in (part.start, part.stop))
-    if needs_total:
-        counts = [count(f) for f in files]
-        start, stop = part.bounds(sum(counts))
-    else:
-        counts = None
-        start, stop = part.start or 0, part.stop if part.stop is not None else float("inf")
-    seen = 0
-    for i, f in enumerate(files):
-        if seen >= stop:
-            return
-        if counts is not None and seen + counts[i] <= start:
-            seen += counts[i]
-            continue
-        for record in read(f):
-            if start <= seen < stop:
-                yield record
-            seen += 1
-            if seen >= stop:
-                return
 
 
 def _local_files(root: Path) -> list[Path]:
@@ -196,8 +114,6 @@ def plan(specs: list[str], split: str, *, streaming: bool = False, log: Any = No
             continue
         local = Path(spec).expanduser().exists() or any(c in spec for c in "*?[") or readers.kind(spec)
         if not local and HUB_ID.match(spec):
-            from ominix.data import hub
-
             parts.extend(hub.plan(spec, terms, streaming=streaming, log=log))
             continue
         kind, name, splits = _local_splits(spec)

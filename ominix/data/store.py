@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 
 FORMAT = "ominix-packed-v1"
 MANIFEST = "manifest.json"
-SPLITS = ("train", "validation")
 SOURCE_DTYPE = np.dtype("<u2")
 SHARD_BYTES = 256 * 1024 * 1024  # a new shard file starts past this size
 
@@ -37,14 +37,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 32:
         return np.dtype("<u4")
     raise OminixError(f"vocabulary of {vocab_size} ids does not fit uint32", "use a smaller tokenizer")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_sha256(path: str | Path) -> str:
@@ -207,22 +199,9 @@ class PackedDataset:
         shard, row = self._locate(int(index))
         return np.asarray(self._shards[shard][row], dtype=np.int64)
 
-    def source_id(self, index: int) -> int:
-        """Index into ``self.sources`` of block ``index``."""
-        return int(self._source_ids[index])
-
     def source_of(self, index: int) -> str:
         """Name of the source set of block ``index``."""
-        return self.sources[self.source_id(index)]
-
-    @property
-    def source_ids(self) -> np.ndarray:
-        """Source-set index of every block (uint16, one entry per block)."""
-        return self._source_ids
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self) * (self.seq_len + 1)
+        return self.sources[int(self._source_ids[index])]
 
     def __repr__(self) -> str:
         return (

@@ -12,10 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ominix.dtypes import dtype_name
 from ominix.errors import OminixError
 from ominix.infer.load import ModelSource
-
-HF_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def check_installed() -> None:
@@ -38,7 +37,7 @@ def run_tasks(source: ModelSource, tasks: list[str], device: str, dtype: str,
             path = Path(tmp) / "export"
             export(source.path, path, dtype=dtype, verify=False)
         out = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={path},dtype={HF_DTYPES[dtype]}",
+            model="hf", model_args=f"pretrained={path},dtype={dtype_name(dtype)}",
             tasks=tasks, device=device, batch_size=batch_size,
         )
     return out["results"]

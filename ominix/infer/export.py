@@ -9,15 +9,15 @@ under a temporary name and renamed once complete and verified.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import publish, staging_path
+from ominix.atomic import staged
 from ominix.checkpoint import model_checksum, read_weights
 from ominix.checkpoint.weights import INDEX, SINGLE
-from ominix.data.store import sha256_file
+from ominix.dtypes import dtype_name
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 from ominix.infer.load import (
     EXPORT_META, ModelSource, build_from_state, check_state, load_tokenizer, resolve, torch_dtype,
 )
@@ -68,11 +68,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         state.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
     state = {k: v.to(target).contiguous() for k, v in state.items()}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_path(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged(out) as tmp:
         files = _write_weights(state, tmp, max_shard_size)
         _write_configs(source, tokenizer, tmp, dtype)
         tokenizer.save_pretrained(tmp)
@@ -91,10 +87,6 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         if verify:
             meta["verify"] = verify_export(tmp, source.model, state, device)
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     meta["out"] = str(out)
     return meta
 
@@ -131,10 +123,9 @@ def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> Non
 
     from ominix.model import hf_config
 
-    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     ids = {k: getattr(tokenizer, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     ids = {k: v for k, v in ids.items() if v is not None}
-    config = hf_config(source.model, torch_dtype=names[dtype], **ids)
+    config = hf_config(source.model, torch_dtype=dtype_name(dtype), **ids)
     config.architectures = ["LlamaForCausalLM"]
     config.save_pretrained(out)
     infer = source.run_config.infer if source.run_config else None

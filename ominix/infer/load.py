@@ -17,10 +17,10 @@ from ominix.checkpoint import (
 )
 from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB
 from ominix.config import ModelConfig, OminixConfig, load_config
+from ominix.dtypes import torch_dtype
 from ominix.errors import OminixError
 
 EXPORT_META = "ominix_export.json"
-DTYPES = ("bf16", "fp16", "fp32")
 HINT_SOURCES = (f"pass a run directory, RUN_DIR/{CHECKPOINTS}/{STEP_GLOB}, or a directory written by "
                 "`ominix checkpoint export`")
 
@@ -44,13 +44,6 @@ class ModelSource:
         return f"{self.path} (step {step})" if step is not None else str(self.path)
 
 
-def torch_dtype(name: str):
-    import torch
-
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in table:
-        raise OminixError(f"unknown dtype {name!r}", f"use one of: {', '.join(DTYPES)}")
-    return table[name]
 
 
 def resolve(path: str | Path) -> ModelSource:

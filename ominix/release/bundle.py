@@ -34,10 +34,10 @@ from typing import Any
 
 import yaml
 
-from ominix.atomic import publish, remove_stale, staging_path
+from ominix.atomic import staged
 from ominix.checkpoint import checksums, files_under
-from ominix.data.store import sha256_file
 from ominix.errors import OminixError
+from ominix.hashing import sha256_file
 from ominix.release import cards, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
 
@@ -283,15 +283,8 @@ def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file
     release.date = release.date or date.today().isoformat()
     base = release_path.parent if release_path else Path.cwd()
     builder = _Builder(art, release, base, copy_checkpoints)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    tmp = staging_path(out)
-    try:
+    with staged(out) as tmp:
         result = builder.write(tmp, command)
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result, out
 
 

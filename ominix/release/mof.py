@@ -29,7 +29,6 @@ import yaml
 from ominix.errors import OminixError
 
 DATA = Path(__file__).parent / "data"
-CONTENT_TYPES = ("code", "data", "document")
 UNLICENSED = "unlicensed"
 LABELS = {
     0: "Unclassified",

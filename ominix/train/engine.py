@@ -155,7 +155,21 @@ def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
         )
     if not gpu and cfg.optim.optimizer == "hybrid_adam":
         raise OminixError("optim.optimizer=hybrid_adam needs a CUDA GPU", "set optim.optimizer=auto or adamw")
+    if PLUGINS[p.plugin].one_param_group and torch_version() < (2, 7):
+        # its optimizer is torch's Adam with decoupled_weight_decay, which torch added in 2.7
+        raise OminixError(
+            f"parallel.plugin={p.plugin} needs torch >= 2.7 (installed: {'.'.join(map(str, torch_version()))})",
+            "install torch>=2.7 on every node, or use --plugin gemini or zero2",
+        )
     return derive_layout(cfg, world_size)
+
+
+def torch_version() -> tuple[int, int]:
+    """The installed torch's (major, minor), read from its metadata (importing torch is slow)."""
+    from importlib.metadata import version
+
+    major, minor = version("torch").split(".")[:2]
+    return int(major), int(minor)
 
 
 @dataclass
