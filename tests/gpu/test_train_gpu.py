@@ -27,7 +27,8 @@ def _gpus() -> int:
     ("gemini", 1, []),
     ("gemini_auto", 1, []),
     ("gemini", 2, []),
-    ("gemini", 2, ["model.compile=true"]),  # auto scope under Gemini: hooked compiled decoder layers
+    ("gemini", 1, ["model.compile=true"]),  # auto scope under Gemini: hooked compiled decoder layers
+    ("gemini", 2, ["model.compile=true"]),
     ("zero2", 2, []),
     ("zero2", 1, ["model.compile=true"]),  # compiled decoder layers
     ("zero2_cpu", 2, []),
