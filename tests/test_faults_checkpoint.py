@@ -62,16 +62,17 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _kill_when(argv: list[str], ckpts: Path, seen, delay: float) -> None:
     """Start the run; ``delay`` seconds after ``seen(ckpts)`` first holds, kill -9 all its processes."""
-    proc = subprocess.Popen(_isolated(argv), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = ckpts.parent.parent / "killed.log"
+    with log.open("a") as out:
+        proc = subprocess.Popen(_isolated(argv), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         while not seen(ckpts):
-            assert proc.poll() is None, f"the run ended before the kill point: {proc.stderr.read()[-2000:]}"
+            assert proc.poll() is None, f"the run ended before the kill point: {log.read_text()[-2000:]}"
             time.sleep(0.001)
         time.sleep(delay)
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
 
 
 def test_kill_9_of_every_process_during_saves_then_resume_is_bit_exact(reference: Path, data_dir: Path,  # noqa: F811

@@ -109,14 +109,12 @@ def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config
     if rank == 0:
         write_record(tmp, {rel: entry for part in parts for rel, entry in part.items()})
         final = ckpts / step_name(state["step"])
-        if final.exists():  # the same step saved again (a resumed run that re-reached it)
-            aside = aside_dir(ckpts, state["step"])
-            final.rename(aside)
-            tmp.rename(final)
-            shutil.rmtree(aside)
-        else:
-            tmp.rename(final)
+        aside = aside_dir(ckpts, state["step"])
+        if final.exists():  # the same step saved again (a resumed run that re-reached it): never a
+            final.rename(aside)  # moment without a whole copy, see retention.finish_overwrites
+        tmp.rename(final)
         write_latest(ckpts, final.name)  # only after the rename: latest never names a partial save
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _gather(part: dict[str, Any]) -> list[dict[str, Any]]:
