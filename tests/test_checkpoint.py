@@ -1,8 +1,11 @@
-"""The checkpoint package: step names, discovery, ``latest``, retention and reading weights, on real files."""
+"""The checkpoint package: step names, discovery, ``latest``, retention, reading weights, integrity records
+and the choice of the checkpoint to resume from, on real files."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from ominix.checkpoint import (
-    checkpoints_dir, complete_checkpoints, kept_because, prune, read_weights, resolve_checkpoint, step_name,
-    weight_files,
+    checkpoints_dir, complete_checkpoints, files_under, kept_because, prune, read_weights, resolve_checkpoint,
+    resumable, step_name, weight_files,
 )
+from ominix.checkpoint.integrity import describe, write_record
 from ominix.checkpoint.layout import parse_step, step_dirs, write_latest
 from ominix.errors import OminixError
 
@@ -88,3 +92,104 @@ def test_weights_follow_the_index_of_a_checkpoint_or_a_directory(tmp_path: Path)
         read_weights(ckpt)
     with pytest.raises(OminixError, match="holds no .safetensors files"):
         read_weights(tmp_path)
+
+
+# --- integrity record and the choice of the checkpoint to resume from ---------------------------
+
+
+def _recorded(run: Path, step: int) -> Path:
+    """A checkpoint with its integrity record, as a save writes it."""
+    path = _ckpt(run, step)
+    (path / "optimizer").mkdir()
+    (path / "optimizer" / "optimizer.pt").write_bytes(bytes(range(256)) * 64)
+    write_record(path, describe(path, files_under(path)))
+    write_latest(checkpoints_dir(run), path.name)
+    return path
+
+
+def test_resume_takes_latest_when_whole_and_says_nothing(tmp_path: Path) -> None:
+    _recorded(tmp_path, 10)
+    newest = _recorded(tmp_path, 20)
+    assert resumable(tmp_path) == (newest, []) and resumable(tmp_path, "full") == (newest, [])
+    assert resumable(tmp_path / "elsewhere") == (None, [])  # nothing saved yet: start from scratch
+    with pytest.raises(OminixError, match="does not exist"):
+        resumable(tmp_path / "elsewhere", required=True)  # an explicit --resume PATH must exist
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda c: (c / "model" / "model.safetensors").write_bytes((c / "model" / "model.safetensors").read_bytes()[:40]),
+     r"model/model.safetensors: size 40 != \d+"),
+    (lambda c: (c / "model" / "model.safetensors").unlink(), "model/model.safetensors: missing"),
+    (lambda c: (c / "state.json").write_text('{"st'), r"state.json: size 4 != \d+"),
+    (lambda c: (c / "integrity.json").write_text("{"), "integrity.json is not a valid record"),
+])
+def test_a_damaged_latest_falls_back_to_the_previous_checkpoint_with_a_notice(tmp_path: Path, damage, why) -> None:
+    older, newest = _recorded(tmp_path, 10), _recorded(tmp_path, 20)
+    damage(newest)
+    found, notices = resumable(tmp_path)
+    assert found == older
+    assert len(notices) == 1 and re.fullmatch(f"checkpoint step_00000020 is damaged \\({why}\\); "
+                                              "resuming from step_00000010", notices[0]), notices
+    with pytest.raises(OminixError, match="is damaged") as err:  # named explicitly: refused, never replaced
+        resumable(newest, required=True)
+    assert "--resume auto" in err.value.hint
+
+
+def test_same_size_corruption_is_found_by_full_verification_only(tmp_path: Path) -> None:
+    older, newest = _recorded(tmp_path, 10), _recorded(tmp_path, 20)
+    opt = newest / "optimizer" / "optimizer.pt"
+    opt.write_bytes(b"\xff" + opt.read_bytes()[1:])
+    assert resumable(tmp_path, "sizes") == (newest, [])
+    found, notices = resumable(tmp_path, "full")
+    assert found == older and notices == ["checkpoint step_00000020 is damaged (optimizer/optimizer.pt: sha256 "
+                                          "differs from integrity.json); resuming from step_00000010"]
+
+
+def test_latest_naming_a_missing_step_or_no_good_checkpoint_at_all(tmp_path: Path) -> None:
+    older = _recorded(tmp_path, 10)
+    write_latest(checkpoints_dir(tmp_path), step_name(20))
+    found, notices = resumable(tmp_path)
+    assert found == older and notices == [
+        f"{checkpoints_dir(tmp_path) / 'latest'} names step_00000020, which does not exist; resuming from step_00000010"]
+    (older / "state.json").unlink()
+    with pytest.raises(OminixError, match=r"no usable checkpoint in .*step_00000010 is damaged \(state.json: "
+                                          "missing\\)") as err:
+        resumable(tmp_path)
+    assert "--resume never" in err.value.hint
+
+
+def test_checkpoints_without_a_record_still_resume_unless_their_weights_are_cut(tmp_path: Path) -> None:
+    older, newest = _ckpt(tmp_path, 10), _ckpt(tmp_path, 20)  # written before integrity records existed
+    write_latest(checkpoints_dir(tmp_path), newest.name)
+    assert resumable(tmp_path) == (newest, [])
+    weights = newest / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4])
+    found, notices = resumable(tmp_path)
+    assert found == older and "model/model.safetensors: size" in notices[0] and "(from its header)" in notices[0]
+
+
+def test_a_save_killed_between_moving_the_old_copy_aside_and_renaming_the_new_one_in(tmp_path: Path) -> None:
+    ckpt = _recorded(tmp_path, 10)
+    ckpts = checkpoints_dir(tmp_path)
+    ckpt.rename(ckpts / ".step_00000010.old-save")  # the old copy aside, the new one not yet renamed in
+    found, notices = resumable(tmp_path)
+    assert found == ckpt and notices == ["restored step_00000010, which a killed save was replacing"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000010"]
+    shutil.copytree(ckpt, ckpts / ".step_00000010.old-save")  # killed after the rename: only the delete left
+    assert resumable(tmp_path) == (ckpt, []) and not (ckpts / ".step_00000010.old-save").exists()
+
+
+def test_metrics_lines_are_strict_json_with_null_for_what_is_not_a_number(tmp_path: Path) -> None:
+    from ominix.train.metrics import MetricsWriter
+
+    out = MetricsWriter(tmp_path, enabled=True, tensorboard=False)
+    out.record("eval", {"step": 1, "val_loss": float("nan"), "val_perplexity": float("inf")})
+    out.record("train", {"step": 1, "loss": 2.5, "grad_norm": None})
+    out.close()
+
+    def strict(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"kind": "eval", "step": 1, "val_loss": None, "val_perplexity": None},
+                    {"kind": "train", "step": 1, "loss": 2.5, "grad_norm": None}]

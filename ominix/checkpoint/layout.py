@@ -23,6 +23,9 @@ OPTIMIZER = "optimizer"
 SCHEDULER = "scheduler.pt"
 RNG = "rng"
 DATA = "data"
+RECORD = "integrity.json"  # size and sha256 of every other file of the checkpoint, written last
+STAGING = ".tmp-save"  # suffix of a checkpoint being written
+ASIDE = ".old-save"  # suffix of a checkpoint moved aside while the same step is saved again
 STEP_GLOB = "step_*"  # for messages: how a user recognises a step directory
 _STEP = re.compile(r"^step_(\d{8,})$")
 
@@ -48,7 +51,20 @@ def run_dir_of(ckpt: Path) -> Path:
 
 def staging_dir(ckpts: Path, step: int) -> Path:
     """The temporary name a checkpoint is written under; the same on every rank."""
-    return ckpts / f".{step_name(step)}.tmp-save"
+    return ckpts / f".{step_name(step)}{STAGING}"
+
+
+def aside_dir(ckpts: Path, step: int) -> Path:
+    """Where an existing checkpoint of the same step is moved while a new one replaces it."""
+    return ckpts / f".{step_name(step)}{ASIDE}"
+
+
+def scratch_dirs(ckpts: Path, suffix: str) -> list[tuple[int, Path]]:
+    """The ``STAGING`` or ``ASIDE`` directories in ``ckpts`` with their steps."""
+    if not ckpts.is_dir():
+        return []
+    found = ((parse_step(p.name[1:-len(suffix)]), p) for p in ckpts.glob(f".step_*{suffix}"))
+    return sorted((step, p) for step, p in found if step is not None and p.name == f".{step_name(step)}{suffix}")
 
 
 def rank_file(ckpt: Path, part: str, rank: int, suffix: str) -> Path:

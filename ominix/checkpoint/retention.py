@@ -1,5 +1,5 @@
 """Which checkpoints are kept: one rule, used both to prune after a save and to show ``kept`` in
-``ominix checkpoint list``."""
+``ominix checkpoint list``; making room before a save; clearing what a killed save left."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint.layout import (
-    CHECKPOINTS, STATE, checkpoints_dir, latest_name, parse_step, read_state, step_dirs,
+    ASIDE, CHECKPOINTS, STAGING, STATE, checkpoints_dir, latest_name, parse_step, read_state, scratch_dirs,
+    step_dirs, step_name,
 )
 from ominix.config import load_config
 from ominix.errors import OminixError
@@ -46,6 +47,50 @@ def prune(ckpts: Path, keep_last: int, keep_every: int) -> list[Path]:
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def make_room(ckpts: Path, step: int, keep_last: int, keep_every: int) -> list[Path]:
+    """Before saving ``step``: when the disk has less free space than the newest checkpoint takes,
+    delete the oldest checkpoints that the save would prune anyway, until it has (never the one
+    ``latest`` names, so a failed save still leaves it). Returns what was removed."""
+    found = step_dirs(ckpts)
+    if not found:
+        return []
+    need, free = _size(found[-1][1]), shutil.disk_usage(ckpts).free
+    name = latest_name(ckpts)
+    latest = parse_step(name) if name else None
+    after = kept_because(sorted({s for s, _ in found} | {step}), step, keep_last, keep_every)
+    removed = []
+    for old, path in found:
+        if free >= need:
+            break
+        if not after[old] and old != latest:
+            free += _size(path)
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def finish_overwrites(ckpts: Path) -> list[str]:
+    """Complete what a process killed while replacing a checkpoint left: the old copy moved aside
+    is deleted when the new one is in place, else put back. Returns a notice per restored one."""
+    notices = []
+    for step, aside in scratch_dirs(ckpts, ASIDE):
+        final = ckpts / step_name(step)
+        if final.exists():
+            shutil.rmtree(aside)
+        else:
+            aside.rename(final)
+            notices.append(f"restored {final.name}, which a killed save was replacing")
+    return notices
+
+
+def clear_scratch(ckpts: Path) -> None:
+    """Before a save: delete what killed saves left under temporary names (one run writes a run
+    directory, so every other temporary is stale) and finish interrupted overwrites."""
+    for _, tmp in scratch_dirs(ckpts, STAGING):
+        shutil.rmtree(tmp)
+    finish_overwrites(ckpts)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:

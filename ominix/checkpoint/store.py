@@ -3,20 +3,23 @@ writes the shared files. torch is imported inside the functions that need it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+from ominix.checkpoint.integrity import describe, share, write_record
 from ominix.checkpoint.layout import (
-    CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, checkpoints_dir, rank_file, read_state, staging_dir,
-    step_name, write_latest,
+    CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, aside_dir, checkpoints_dir, latest_name, rank_file,
+    read_state, staging_dir, step_name, write_latest,
 )
-from ominix.checkpoint.retention import prune
+from ominix.checkpoint.retention import clear_scratch, make_room, prune
 from ominix.errors import OminixError
 
 OPTIMIZER_FILE = "optimizer.pt"  # the one-file optimizer state of a plugin that does not shard it
+FULL = 1 << 20  # bytes: a disk with less free space than this after a failed write is full
 
 
 def _barrier() -> None:
@@ -49,15 +52,43 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config_yaml: str,
                     keep_last: int, keep_every: int, save_optimizer: bool = True) -> Path:
-    """Write the checkpoint of ``state["step"]`` (temporary name, then rename), point ``latest`` at
-    it, prune; returns its directory."""
+    """Write the checkpoint of ``state["step"]`` under a temporary name, record the size and sha256
+    of its files (the ranks share the hashing), rename it into place (an existing checkpoint of the
+    same step is moved aside first and deleted last), point ``latest`` at it, prune; returns its
+    directory. A full disk raises OminixError, with ``latest`` and its checkpoint untouched."""
+    ckpts = checkpoints_dir(run_dir)
+    step = state["step"]
+    tmp = staging_dir(ckpts, step)  # the same name on every rank: they all write into it
+    try:
+        _write(engine, loader, ckpts, tmp, state, config_yaml, keep_last, keep_every, save_optimizer)
+    except Exception as exc:
+        if not _out_of_space(exc, ckpts):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        usage = shutil.disk_usage(_existing(ckpts))
+        kept = latest_name(ckpts)
+        raise OminixError(
+            f"disk full while saving checkpoint {step_name(step)} in {run_dir} "
+            f"({usage.free / 2**20:,.0f} MiB free of {usage.total / 2**20:,.0f} MiB)",
+            "free space there or move logging.run_dir to a larger disk, then --resume auto continues from "
+            + (kept if kept else "the start (no checkpoint was saved)"),
+            exit_code=1,
+        ) from exc
+    final = ckpts / step_name(step)
+    if engine.rank == 0:
+        prune(ckpts, keep_last, keep_every)
+    _barrier()
+    return final
+
+
+def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config_yaml: str,
+           keep_last: int, keep_every: int, save_optimizer: bool) -> None:
     import torch
 
-    ckpts = checkpoints_dir(run_dir)
-    tmp = staging_dir(ckpts, state["step"])  # the same name on every rank: they all write into it
     booster, rank = engine.booster, engine.rank
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a process killed while saving
+        clear_scratch(ckpts)  # left by a process killed while saving
+        make_room(ckpts, state["step"], keep_last, keep_every)
         for sub in (MODEL, OPTIMIZER, RNG, DATA):
             (tmp / sub).mkdir(parents=True)
     _barrier()
@@ -70,18 +101,46 @@ def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config
     booster.save_lr_scheduler(engine.scheduler, str(tmp / SCHEDULER))
     torch.save(_rng_state(), rank_file(tmp, RNG, rank, ".pt"))
     rank_file(tmp, DATA, rank, ".json").write_text(json.dumps(loader.state_dict()))
-    _barrier()
-    final = ckpts / step_name(state["step"])
     if rank == 0:
         (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
         (tmp / CONFIG).write_text(config_yaml)
-        if final.exists():  # the same step saved again (a resumed run that re-reached it)
-            shutil.rmtree(final)
+    _barrier()
+    parts = _gather(describe(tmp, share(tmp, rank, engine.layout.world_size)))
+    if rank == 0:
+        write_record(tmp, {rel: entry for part in parts for rel, entry in part.items()})
+        final = ckpts / step_name(state["step"])
+        aside = aside_dir(ckpts, state["step"])
+        if final.exists():  # the same step saved again (a resumed run that re-reached it): never a
+            final.rename(aside)  # moment without a whole copy, see retention.finish_overwrites
         tmp.rename(final)
         write_latest(ckpts, final.name)  # only after the rename: latest never names a partial save
-        prune(ckpts, keep_last, keep_every)
-    _barrier()
-    return final
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _gather(part: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's ``part`` on rank 0 (elsewhere an empty list)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [part]
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    return parts or []
+
+
+def _out_of_space(exc: BaseException, ckpts: Path) -> bool:
+    """Whether a failed save ran out of disk: ENOSPC, or a writer that only said "write failed"
+    (torch, safetensors) with the disk now full."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left" in text or "StorageFull" in text or shutil.disk_usage(_existing(ckpts)).free < FULL
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 MODEL_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

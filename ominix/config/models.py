@@ -211,6 +211,10 @@ class CheckpointConfig(Section):
     )
     resume: str = Field("auto", description="auto (latest if any), never, or a checkpoint path.")
     save_optimizer: bool = Field(True, description="Save optimizer state (needed for exact resume).")
+    verify: Literal["sizes", "full"] = Field(
+        "sizes", description="What resume checks against a checkpoint's integrity.json: sizes (a stat per file; "
+        "finds missing and truncated files) or full (also the sha256 of every file; reads it all once).",
+    )
 
 
 class LoggingConfig(Section):

@@ -85,15 +85,28 @@ def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: in
             )
 
 
-def _resume_from(cfg: OminixConfig, run_dir: Path) -> Path | None:
-    from ominix.checkpoint import latest_checkpoint, resolve_checkpoint
+def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from and notices about damaged ones passed over: rank 0 checks, every
+    rank gets its answer (or its error)."""
+    import torch.distributed as dist
+
+    from ominix.checkpoint import resumable
 
     choice = cfg.checkpoint.resume
     if choice == "never":
-        return None
-    if choice == "auto":
-        return latest_checkpoint(run_dir)
-    return resolve_checkpoint(choice)
+        return None, []
+    answer: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            answer = [("ok", resumable(run_dir if choice == "auto" else choice, cfg.checkpoint.verify,
+                                       required=choice != "auto"))]
+        except OminixError as exc:
+            answer = [("error", (exc.message, exc.hint, exc.exit_code))]
+    dist.broadcast_object_list(answer, src=0)
+    kind, value = answer[0]
+    if kind == "error":
+        raise OminixError(*value)
+    return value
 
 
 def _open_data(cfg: OminixConfig):
@@ -143,7 +156,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     layout = derive_layout(cfg, world)
     total = total_steps(cfg, layout.tokens_per_step)
     train_set, val_set, data_sha = _open_data(cfg)
-    resume = _resume_from(cfg, run_dir)
+    resume, notices = _resume_from(cfg, run_dir)
     if resume is not None:  # refuse a mismatching checkpoint before building anything
         saved = ckpt.read_state(resume)
         ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
@@ -153,6 +166,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
+    for notice in notices:
+        out.line(notice)
     if resume is not None:
         ckpt.load_checkpoint(engine, loader, resume, load_optimizer=c.save_optimizer and saved["has_optimizer"])
         state = LoopState(**saved["loop"])
@@ -222,7 +237,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
             if s.on_nan == "stop":
                 _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
             state.last_loss = losses[-1]
-            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1] if norms[-1] is not None else float("nan"),
+            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
                       "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
             out.line(format_step(record, total))
             out.record("train", record)

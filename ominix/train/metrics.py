@@ -70,9 +70,10 @@ class Throughput:
 
 
 def format_step(r: dict[str, Any], total: int) -> str:
+    norm = "n/a" if r["grad_norm"] is None else f"{r['grad_norm']:.3f}"  # None: the plugin does not say
     return (
         f"step {r['step']:>6}/{total} | loss {r['loss']:.4f} | lr {r['lr']:.3e} | grad norm "
-        f"{r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/dev) | "
+        f"{norm} | {r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_device']:,.0f}/dev) | "
         f"{r['tflops_per_device']:.2f} TFLOP/s/dev | MFU {format_mfu(r['mfu'])} | mem "
         f"{r['memory_gib']:.2f} GiB | ETA {_eta(r['eta_s'])}"
     )
@@ -80,6 +81,13 @@ def format_step(r: dict[str, Any], total: int) -> str:
 
 def format_eval(r: dict[str, Any]) -> str:
     return f"eval  step {r['step']:>6} | val loss {r['val_loss']:.4f} | val ppl {r['val_perplexity']:.2f}"
+
+
+def json_line(values: dict[str, Any]) -> str:
+    """``values`` as strict JSON: a number that is not finite (a NaN loss, the perplexity of an empty
+    validation split) becomes null, which every JSON reader accepts, where NaN is not JSON."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+    return json.dumps(finite, allow_nan=False)
 
 
 class MetricsWriter:
@@ -108,11 +116,11 @@ class MetricsWriter:
         """Append one JSON object to metrics.jsonl and its numbers to TensorBoard."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"kind": kind, **values}) + "\n")
+        self.jsonl.write(json_line({"kind": kind, **values}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             for key, value in values.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(f"{kind}/{key}", value, values["step"])
             self.tb.flush()
 

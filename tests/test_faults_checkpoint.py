@@ -1,0 +1,183 @@
+"""Checkpoints under faults, with real training runs (tiny preset, one process, a checkpoint every
+step): kill -9 of every process during saves, damaged checkpoints, a full disk, saving a step again.
+A run that is killed or given a small disk runs in its own pid, mount and network namespace."""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ominix.checkpoint import read_weights, resumable
+from tests.conftest import REPO
+from tests.test_train import _launch, _losses, _ok, data_dir  # noqa: F401 (data_dir: the prepared-data fixture)
+
+STEPS = 5
+SETS = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=1", "schedule.eval_every=0",
+        "logging.tensorboard=false", "checkpoint.keep_every=0"]
+
+pytestmark = pytest.mark.usefixtures("private_netns")
+
+
+def _argv(data: Path, run: Path, *args: str, keep_last: int = 2) -> list[str]:
+    sets = [*SETS, f"checkpoint.keep_last={keep_last}"]
+    return [sys.executable, "-m", "ominix", "train", "launch", "tiny", "--data", str(data), "--run-dir", str(run),
+            *args, *[a for s in sets for a in ("--set", s)]]
+
+
+def _isolated(argv: list[str], before: str = ":", after: str = ":") -> list[str]:
+    """``argv`` as the child of pid 1 of new pid, mount and network namespaces: killing the returned
+    process kills every process of the run at once; a tmpfs mounted in ``before`` is private to it."""
+    script = f"ip link set lo up; {before}; {shlex.join(argv)}; rc=$?; {after}; exit $rc"
+    return ["unshare", "-p", "-f", "--kill-child", "--mount-proc", "-m", "-n", "sh", "-c", script]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = read_weights(a), read_weights(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """An uninterrupted run of STEPS steps that keeps every checkpoint."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    _ok(_launch(data_dir, run, "--max-steps", str(STEPS), sets=[*SETS, f"checkpoint.keep_last={STEPS}"]))
+    return run
+
+
+def _kill_when(argv: list[str], ckpts: Path, seen, delay: float) -> None:
+    """Start the run; ``delay`` seconds after ``seen(ckpts)`` first holds, kill -9 all its processes."""
+    log = ckpts.parent.parent / "killed.log"
+    with log.open("a") as out:
+        proc = subprocess.Popen(_isolated(argv), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        while not seen(ckpts):
+            assert proc.poll() is None, f"the run ended before the kill point: {log.read_text()[-2000:]}"
+            time.sleep(0.001)
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def test_kill_9_of_every_process_during_saves_then_resume_is_bit_exact(reference: Path, data_dir: Path,  # noqa: F811
+                                                                        tmp_path: Path) -> None:
+    run, rng = tmp_path / "run", random.Random()
+    ckpts = run / "checkpoints"
+    kills = [  # (what the run has just done, then a random delay within a save of ~70 ms)
+        (lambda c: (c / ".step_00000002.tmp-save").is_dir(), rng.uniform(0, 0.05)),  # writing step 2
+        (lambda c: (c / "step_00000003").is_dir(), 0.0),  # step 3 renamed in; latest may still name step 2
+        (lambda c: (c / ".step_00000004.tmp-save").is_dir(), rng.uniform(0, 0.08)),  # anywhere in step 4's save
+    ]
+    for seen, delay in kills:
+        _kill_when(_argv(data_dir, run, "--max-steps", str(STEPS)), ckpts, seen, delay)
+    result = subprocess.run(_isolated(_argv(data_dir, run, "--max-steps", str(STEPS))), cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    _ok(result)
+    delays = [round(d, 3) for _, d in kills]
+    assert _losses(run) == _losses(reference), delays  # bit-identical, every step
+    assert _same_weights(ckpts / "step_00000005", reference / "checkpoints" / "step_00000005"), delays
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004", "step_00000005"]
+
+
+def test_damaged_checkpoints_are_passed_over_with_a_notice_and_the_run_completes(reference: Path,
+                                                                                  data_dir: Path,  # noqa: F811
+                                                                                  tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    ckpts = run / "checkpoints"
+    weights = ckpts / "step_00000005" / "model" / "model-00001.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    (ckpts / "step_00000004" / "state.json").write_text('{"step": 4, "lo')  # cut short
+    (ckpts / "step_00000003" / "model" / "model-00001.safetensors").unlink()  # deleted
+    result = _launch(data_dir, run, "--max-steps", str(STEPS), sets=[*SETS, f"checkpoint.keep_last={STEPS}"])
+    _ok(result)
+    size = (reference / "checkpoints" / "step_00000005" / "model" / "model-00001.safetensors").stat().st_size
+    for notice in (f"checkpoint step_00000005 is damaged (model/model-00001.safetensors: size 1000 != {size}); "
+                   "resuming from step_00000002",
+                   "checkpoint step_00000004 is damaged (state.json: size ",
+                   "checkpoint step_00000003 is damaged (model/model-00001.safetensors: missing); resuming from "
+                   "step_00000002",
+                   "resumed from", "at step 2"):
+        assert notice in result.stdout, result.stdout[-3000:]
+    assert _losses(run) == _losses(reference)  # steps 3-5 again, bit-identical
+    assert _same_weights(ckpts / "step_00000005", reference / "checkpoints" / "step_00000005")
+    assert resumable(run) == (ckpts / "step_00000005", [])  # the damaged ones were saved again
+
+
+def _on_small_disk(data: Path, tmp_path: Path, size: str, steps: int, keep_last: int):
+    """Train on a tmpfs of ``size``; the run directory is copied out (the tmpfs ends with the run)."""
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    argv = _argv(data, disk / "run", "--max-steps", str(steps), keep_last=keep_last)
+    result = subprocess.run(_isolated(argv, before=f"mount -t tmpfs -o size={size} tmpfs {disk}",
+                                      after=f"cp -a {disk / 'run'} {kept}"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    return result, kept / "checkpoints"
+
+
+def test_disk_full_at_a_save_is_one_error_and_latest_stays_loadable(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """24 MiB hold one checkpoint of the tiny preset (15 MB with its optimizer), not two."""
+    result, ckpts = _on_small_disk(data_dir, tmp_path, "24m", steps=3, keep_last=2)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full while saving checkpoint step_00000002 in " in errors[0]
+    assert "MiB free of 24 MiB" in errors[0] and "Traceback" not in result.stderr
+    assert "--resume auto continues from step_00000001" in result.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000001"]  # the partial save removed
+    assert resumable(ckpts.parent, "full") == (ckpts / "step_00000001", [])
+    assert "lm_head.weight" in read_weights(ckpts / "step_00000001")
+
+
+def test_a_disk_that_holds_exactly_keep_last_checkpoints_still_saves(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """32 MiB hold two checkpoints, not three: the oldest goes before the third is written."""
+    result, ckpts = _on_small_disk(data_dir, tmp_path, "32m", steps=4, keep_last=2)
+    _ok(result)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000003", "step_00000004"]
+    assert resumable(ckpts.parent, "full") == (ckpts / "step_00000004", [])
+
+
+def test_saving_a_step_again_replaces_it_atomically(reference: Path, data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A run resumed from step 3 saves step 4 again: at every moment step 4 is in place or moved aside."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    ckpts = run / "checkpoints"
+    before = (ckpts / "step_00000004" / "state.json").stat().st_ino
+    gaps, done = [], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            names = set(os.listdir(ckpts))
+            if not names & {"step_00000004", ".step_00000004.old-save"}:
+                gaps.append(sorted(names))
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = _launch(data_dir, run, "--max-steps", "4", "--resume", str(ckpts / "step_00000003"),
+                         sets=[*SETS, f"checkpoint.keep_last={STEPS}"])
+    finally:
+        done.set()
+        watcher.join()
+    _ok(result)
+    assert gaps == []
+    assert (ckpts / "step_00000004" / "state.json").stat().st_ino != before  # written again ...
+    assert _same_weights(ckpts / "step_00000004", reference / "checkpoints" / "step_00000004")  # ... the same
+    assert (ckpts / "latest").read_text().strip() == "step_00000004"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", *[f"step_0000000{s}" for s in range(1, 6)]]
