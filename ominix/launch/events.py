@@ -29,10 +29,12 @@ def _ignore(here: dict[str, Any], reports: list[HostReport]) -> None:
 @dataclass
 class Events:
     """``line``: one line of a node's output, prefixed ``[host] ``; ``notice``: a status line
-    (``interrupted: stopping every node``); ``checks``: the host checks, before any node starts."""
+    (``interrupted: stopping every node``, a stale run-directory lock taken over); ``stderr``: a
+    line the local workers wrote to stderr; ``checks``: the host checks, before any node starts."""
 
     line: Callable[[str], None] = _stdout
     notice: Callable[[str], None] = _stderr
+    stderr: Callable[[str], None] = _stderr
     checks: Callable[[dict[str, Any], list[HostReport]], None] = _ignore
 
 

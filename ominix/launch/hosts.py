@@ -74,6 +74,9 @@ def parse_hostfile(path: str | Path) -> list[Host]:
         text = path.read_text()
     except OSError as exc:
         raise OminixError(f"cannot read hostfile {path}: {exc.strerror}", "check --hostfile") from exc
+    except UnicodeDecodeError as exc:
+        raise OminixError(f"hostfile {path} is not a text file (byte {exc.start} is not UTF-8)",
+                          f"pass a text file with one host per line as {FORMAT}") from exc
     hosts: list[Host] = []
     seen: dict[tuple[str, int | None], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ominix.config import dump_yaml, save_config
-from ominix.errors import OminixError
+from ominix.config import dump_yaml
+from ominix.launch.children import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
-from ominix.launch.events import Outcome
+from ominix.launch.events import Events, Outcome
+from ominix.launch.preflight import preflight
+from ominix.launch.rundir import RunDir
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -29,16 +29,6 @@ def local_nproc(cfg: OminixConfig) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-def prepare_run_dir(cfg: OminixConfig) -> Path:
-    """Create the run directory and write the resolved config the workers will read. A relaunch
-    into the same directory writes its own config (more steps, another lr); a checkpoint of another
-    model shape, data or plugin is refused when the worker resumes."""
-    run_dir = Path(cfg.logging.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
 @contextlib.contextmanager
 def missing_env(values: Mapping[str, str]) -> Iterator[None]:
     """Set the ``values`` this process's environment lacks, and remove them again on exit."""
@@ -51,28 +41,31 @@ def missing_env(values: Mapping[str, str]) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
-def start_local(cfg: OminixConfig, *, dry_run: bool) -> Outcome:
-    """Validate ``cfg`` for this machine, write RUN_DIR/config.yaml and run the worker(s)."""
+def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = None) -> Outcome:
+    """Validate ``cfg`` for this machine and its data, lock the run directory, write
+    RUN_DIR/config.yaml and run the worker(s). A relaunch into the same directory writes its own
+    config (more steps, another lr); a checkpoint of another model shape, data or plugin is refused
+    before anything starts."""
     import torch
 
+    from ominix.cli.render import debug_enabled
     from ominix.train.engine import validate
 
+    events = events or Events()
     nproc = local_nproc(cfg)
     validate(cfg, nproc, torch.cuda.is_available())
-    if cfg.data.path is None or not (Path(cfg.data.path) / "manifest.json").is_file():
-        raise OminixError(
-            f"no prepared data at {cfg.data.path}" if cfg.data.path else "no prepared data: data.path is not set",
-            "run `ominix data prepare ... --out DIR`, then pass --data DIR",
-        )
+    preflight(cfg, nproc)
     run_dir = str(cfg.logging.run_dir)
     argv = torchrun_argv(sys.executable, 1, 0, nproc, None, cfg.launch.master_port, cfg.launch.rdzv_timeout, run_dir)
     if dry_run:
         command = shlex.join(argv) if nproc > 1 else f"(in-process) python -m ominix.train --run-dir {run_dir}"
         return Outcome(0, f"{summary(cfg, nproc)}\ncommand   {command}\n--- resolved config ---\n{dump_yaml(cfg)}")
-    prepare_run_dir(cfg)
-    if nproc == 1:
-        from ominix.train.loop import main
+    with RunDir(cfg, events.notice) as claimed:
+        claimed.write_config()
+        if nproc == 1:
+            from ominix.train.loop import main
 
-        with missing_env(cfg.launch.env):
-            return Outcome(main(run_dir))
-    return Outcome(subprocess.run(argv, env=local_env(cfg, os.environ)).returncode)
+            with missing_env(cfg.launch.env):
+                return claimed.finish(Outcome(main(run_dir)))
+        code = run_torchrun(argv, local_env(cfg, os.environ), events.stderr, filtered=not debug_enabled())
+        return claimed.finish(Outcome(code))

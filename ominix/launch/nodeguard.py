@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -23,12 +22,9 @@ import subprocess
 import sys
 import threading
 
+from ominix.launch.children import die_with_parent
+
 GRACE_S = 25.0  # > TORCH_ELASTIC_SHUTDOWN_TIMEOUT set by the launcher: torchrun stops its workers first
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(child: subprocess.Popen, done: threading.Event) -> None:
@@ -64,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: os.environ[k] for k in args.keep.split(",") if k and k in os.environ}
     env.update(item.split("=", 1) for item in args.env)
     env.update(json.loads(_read_line(0) or "{}"))
-    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)
     done = threading.Event()
 
     def stop_thread() -> None:

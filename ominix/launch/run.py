@@ -5,6 +5,7 @@ nodes (or a hostfile) to ``multinode`` (torchrun per node over SSH), ``colossala
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,25 +14,42 @@ from ominix.launch import colossalai_run, multinode, slurm
 from ominix.launch.command import remote_python, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.hostcheck import checked_gpus, cluster
-from ominix.launch.local import prepare_run_dir, start_local
+from ominix.launch.children import stop_signals
+from ominix.launch.local import start_local
+from ominix.launch.preflight import preflight
+from ominix.launch.rundir import RunDir
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
 
 def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = None) -> Outcome:
-    """Run ``cfg``: validate, write RUN_DIR/config.yaml, start the worker(s). ``dry_run`` starts
-    and writes nothing: the outcome's text is the plan (summary, commands, resolved config)."""
-    if cfg.launch.nodes > 1 or cfg.launch.hostfile:
-        import torch
+    """Run ``cfg``: validate it and its data, lock the run directory, write RUN_DIR/config.yaml,
+    start the worker(s). ``dry_run`` starts, locks and writes nothing: the outcome's text is the
+    plan (summary, commands, resolved config)."""
+    events = events or Events()
+    if not (cfg.launch.nodes > 1 or cfg.launch.hostfile):
+        return start_local(cfg, dry_run=dry_run, events=events)
+    import torch
 
-        from ominix.train.engine import validate
+    from ominix.train.engine import validate
 
-        if cfg.launch.nproc_per_node:
-            validate(cfg, cfg.launch.nodes * cfg.launch.nproc_per_node, torch.cuda.is_available() or dry_run)
-        run_dir = Path(cfg.logging.run_dir) if dry_run else prepare_run_dir(cfg)
-        return launch_multinode(cfg, run_dir, dry_run=dry_run, events=events)
-    return start_local(cfg, dry_run=dry_run)
+    world = None
+    if cfg.launch.nproc_per_node:
+        world = cfg.launch.nodes * cfg.launch.nproc_per_node
+        validate(cfg, world, torch.cuda.is_available() or dry_run)
+    if dry_run:
+        return launch_multinode(cfg, Path(cfg.logging.run_dir), dry_run=True, events=events)
+    if cfg.launch.launcher != "slurm":  # an sbatch file starts nothing here: its nodes check
+        preflight(cfg, world)
+    with RunDir(cfg, events.notice) as claimed, stop_signals() as received:
+        try:
+            outcome = launch_multinode(cfg, claimed.path, dry_run=False, events=events, prepare=claimed.write_config)
+        except KeyboardInterrupt:  # before the nodes started
+            outcome = Outcome(130)
+        if outcome.code == 130 and received:
+            outcome = Outcome(128 + received[0], outcome.text)
+        return claimed.finish(outcome)
 
 
 def launch(cfg: OminixConfig, events: Events | None = None) -> int:
@@ -39,14 +57,17 @@ def launch(cfg: OminixConfig, events: Events | None = None) -> int:
     return start(cfg, events=events).code
 
 
-def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool,
-                     events: Events | None = None) -> Outcome:
+def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events: Events | None = None,
+                     prepare: Callable[[], None] = lambda: None) -> Outcome:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
-    to ``colossalai run``, or write an sbatch script); ``dry_run`` returns the commands only."""
+    to ``colossalai run``, or write an sbatch script); ``dry_run`` returns the commands only.
+    ``prepare`` (writing RUN_DIR/config.yaml) runs after the host checks, before any node starts."""
     from ominix.train.engine import validate
 
     events = events or Events()
     if cfg.launch.launcher == "slurm":
+        if not dry_run:
+            prepare()
         return slurm.write_sbatch(cfg, run_dir, dry_run=dry_run)
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master, events.checks)
@@ -57,6 +78,8 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool,
         head = summary(cfg, nproc) + "\n"
         if not (cfg.launch.nproc_per_node or targets[0].host.slots):
             head += "# processes per node: 1 in a dry run; a real launch counts each node's GPUs\n"
+    if not dry_run:
+        prepare()
     if cfg.launch.launcher == "colossalai":
         outcome = colossalai_run.colossalai_run(cfg, run_dir, targets, master, nproc, dry_run=dry_run)
         return Outcome(outcome.code, head + outcome.text)

@@ -29,25 +29,34 @@ class LoopState:
     skipped_steps: int = 0  # updates skipped for a non-finite loss (schedule.on_nan=skip)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class _Preemption:
-    """Remembers a SIGTERM so the loop can save a checkpoint at a step boundary and exit."""
+    """Remembers the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP, so the loop can save a checkpoint at
+    a step boundary and exit with 128 + that signal (143, 130, 129)."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.signal = self.signal or signum
 
 
 @contextmanager
 def _preemption() -> Iterator[_Preemption]:
-    """A SIGTERM handler for the length of the run; the previous handler is back afterwards."""
+    """The stop-signal handlers for the length of the run; the previous handlers are back afterwards."""
     preempt = _Preemption()
-    previous = signal.signal(signal.SIGTERM, preempt._handle)
+    previous = {sig: signal.signal(sig, preempt._handle) for sig in STOP_SIGNALS}
     try:
         yield preempt
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _agree(flag: bool, engine) -> bool:
@@ -110,25 +119,20 @@ def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[st
 
 
 def _open_data(cfg: OminixConfig):
-    from ominix.data.store import PackedDataset, manifest_sha256, read_manifest
+    from ominix.data.store import PackedDataset, manifest_sha256
+    from ominix.launch.preflight import check_data
 
-    if not cfg.data.path:
-        raise OminixError("no prepared data: data.path is not set", "pass --data DIR (from `ominix data prepare`)")
-    manifest = read_manifest(cfg.data.path)
-    if manifest["seq_len"] != cfg.data.seq_len:
-        raise OminixError(
-            f"{cfg.data.path} holds blocks of seq_len {manifest['seq_len']}, the config asks for {cfg.data.seq_len}",
-            f"set data.seq_len={manifest['seq_len']} or prepare the data again",
-        )
+    check_data(cfg)  # the launcher checked already; a worker may be started by hand
     train, val = PackedDataset(cfg.data.path, "train"), PackedDataset(cfg.data.path, "validation")
     return train, val, manifest_sha256(cfg.data.path)
 
 
 def train(cfg: OminixConfig, run_dir: Path) -> int:
-    """Train ``cfg`` on this rank until max steps/tokens, a SIGTERM, or a non-finite loss; return 0.
+    """Train ``cfg`` on this rank until max steps/tokens (return 0), a stop signal (save, return
+    128 + the signal: 143 for SIGTERM, 130 for Ctrl-C), or a non-finite loss (raise).
 
     What the run changes in the process (a one-process group's environment variables when run
-    in-process, the CPU shims, the SIGTERM handler) is undone when it returns or raises."""
+    in-process, the CPU shims, the signal handlers) is undone when it returns or raises."""
     from ominix.train import cpu_shims
     from ominix.train.engine import one_process_env
 
@@ -188,7 +192,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
                  "(raise --max-steps to continue)")
 
-    def save() -> None:
+    def save(announce: bool = True) -> Path:
         info = {
             "loop": asdict(state), "step": state.step, "tokens": state.tokens, "last_loss": state.last_loss,
             "world_size": world, "dp": layout.dp, "tp": layout.tp, "pp": layout.pp,
@@ -197,9 +201,12 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         }
         path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
                                     c.save_optimizer)
-        out.line(f"saved checkpoint {path}")
+        if announce:
+            out.line(f"saved checkpoint {path}")
         meter.restart()
+        return path
 
+    code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
     while state.step < total:
@@ -251,9 +258,12 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
             meter.restart()
         stop = state.step % cfg.logging.log_every == 0 and _agree(preempt.requested, engine)
         if saving or stop:
-            save()
-        if stop and not done:
-            out.line(f"SIGTERM: stopped at step {state.step}; resume with --resume auto")
+            path = save(announce=not (stop and not done))
+        if stop and not done:  # the rank that saw no signal stops as the others do, with their code
+            signum = preempt.signal or signal.SIGTERM
+            out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved checkpoint "
+                     f"{path.name}; resume with --resume auto")
+            code = 128 + signum
             break
     out.close()
     # every rank's queued GPU work and collectives done before the process group is torn down
@@ -261,7 +271,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     dist.barrier()
-    return 0
+    return code
 
 
 def main(run_dir: str) -> int:

@@ -1,0 +1,184 @@
+"""The launcher owns its children: torchrun dies with the launcher, gets the launcher's signals,
+and its own error report does not bury the worker's.
+
+- ``die_with_parent``: the kernel sends this process SIGTERM when its parent dies
+  (PR_SET_PDEATHSIG); for torchrun under the launcher or a node guard, and for every worker under
+  torchrun (torchrun starts each worker in its own session, so only this reaches them when
+  torchrun itself is SIGKILLed).
+- ``run_torchrun``: torchrun in its own process group (a terminal's Ctrl-C reaches the launcher
+  only, which forwards it once), SIGTERM/SIGINT/SIGHUP forwarded (SIGHUP as SIGTERM: the workers
+  save either way), a second signal kills the group. The exit code is 128 + the signal when one
+  was forwarded, else the failing worker's own exit code (torchrun says 1 for any failure).
+- ``TorchrunFilter``: torchrun's stderr minus its own log lines, its ChildFailedError or
+  SignalException traceback and the failure table; only the first ``error (rank N):`` line and its
+  hint are kept (the other ranks usually fail because that one did).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+from ominix.errors import OminixError
+
+_PR_SET_PDEATHSIG = 1
+# torchrun's own log lines: "W1201 15:19:47.712000 18416 torch/distributed/elastic/...:1028] ..."
+_TORCH_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/distributed/\S+\] ")
+_OWN_EXCEPTIONS = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError",
+                   "torch.distributed.elastic.multiprocessing.api.SignalException")
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send ``sig`` to this process when its parent exits (Linux)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+class TorchrunFilter:
+    """Feed it torchrun's stderr line by line; ``feed`` returns the lines worth showing.
+    ``failure`` is (rank, exit code) of the root cause torchrun reported, if any."""
+
+    def __init__(self) -> None:
+        self.failure: tuple[int, int] | None = None
+        self.error_shown = False
+        self._traceback: list[str] | None = None
+        self._table = 0  # 1: inside torchrun's ===== failure table; 2: in its root cause part
+        self._banner = False
+        self._drop_hint = False
+        self._root: dict[str, int] = {}
+        self._table_rules = 0
+
+    def feed(self, line: str) -> list[str]:
+        if self._table:
+            return self._in_table(line)
+        if self._traceback is not None:
+            return self._in_traceback(line)
+        if _TORCH_LOG.match(line):
+            return []
+        if line.startswith("*" * 20):  # torchrun's OMP_NUM_THREADS banner
+            self._banner = not self._banner
+            return []
+        if self._banner:
+            return []
+        if line.startswith("Traceback (most recent call last):"):
+            self._traceback = [line]
+            return []
+        return self._worker(line)
+
+    def _worker(self, line: str) -> list[str]:
+        if line.startswith("error (rank"):
+            if self.error_shown:
+                self._drop_hint = True
+                return []
+            self.error_shown = True
+        elif line.startswith("hint:") and self._drop_hint:
+            self._drop_hint = False
+            return []
+        return [line]
+
+    def _in_traceback(self, line: str) -> list[str]:
+        self._traceback.append(line)
+        if line[:1] in (" ", "\t") or not line.strip():
+            return []
+        kept, self._traceback = self._traceback, None
+        if line.startswith(_OWN_EXCEPTIONS):
+            self._table = 1 if "ChildFailedError" in line else 0
+            self._table_rules = 0
+            return []
+        return kept
+
+    def _in_table(self, line: str) -> list[str]:
+        if line.startswith("====="):
+            self._table_rules += 1
+            if self._table_rules == 2:
+                self._table = 0
+                if {"rank", "exitcode"} <= self._root.keys():
+                    self.failure = (self._root["rank"], self._root["exitcode"])
+            return []
+        if line.startswith("Root Cause"):
+            self._table = 2
+        elif self._table == 2 and (m := re.match(r"\s+(rank|exitcode)\s*:\s*(-?\d+)", line)):
+            self._root.setdefault(m[1], int(m[2]))
+        return []
+
+    def flush(self) -> list[str]:
+        """What is still held back at the end (a traceback cut short)."""
+        kept, self._traceback = self._traceback or [], None
+        return kept
+
+
+def _forwarding(child: subprocess.Popen, received: list[int]) -> Callable[[int, object], None]:
+    def forward(signum: int, frame: object) -> None:
+        if received:  # asked twice: do not wait for the checkpoint
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            return
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+    return forward
+
+
+def run_torchrun(argv: list[str], env: Mapping[str, str], show_stderr: Callable[[str], None], *,
+                 filtered: bool = True) -> int:
+    """Run ``argv`` (a torchrun command) owned by this process; see the module docstring. With
+    ``filtered`` false (``--debug``), torchrun's stderr passes through untouched."""
+    child = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=die_with_parent,
+                             stderr=subprocess.PIPE if filtered else None)
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, _forwarding(child, received))
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    output = TorchrunFilter()
+    pump = None
+    if filtered:
+        def copy() -> None:
+            for raw in child.stderr:
+                for line in output.feed(raw.decode(errors="replace").rstrip("\n")):
+                    show_stderr(line)
+            for line in output.flush():
+                show_stderr(line)
+        pump = threading.Thread(target=copy, daemon=True)
+        pump.start()
+    try:
+        code = child.wait()
+        if pump is not None:
+            pump.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return 128 + received[0]
+    if code == 0 or output.failure is None:
+        return code
+    rank, status = output.failure
+    if status < 0:
+        name = signal.Signals(-status).name
+        raise OminixError(f"rank {rank} was killed by {name}",
+                          "SIGKILL is often the out-of-memory killer: see `dmesg`, lower the batch size",
+                          exit_code=128 - status)
+    if not output.error_shown:
+        raise OminixError(f"rank {rank} exited with status {status}", "see the output above", exit_code=status)
+    return status
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, for code that stops its
+    children on it (the multi-node launcher); the list holds the signals received."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

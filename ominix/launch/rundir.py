@@ -1,0 +1,93 @@
+"""The run directory during a launch: locked before anything is written into it (see ``lock``),
+config.yaml written under the lock, and left as it was found when the launch is refused before
+training started.
+
+A refusal is an error raised before config.yaml was written (bad hosts, a held lock), or exit code
+2 (bad input, from the launcher or a worker) while no step was recorded (metrics.jsonl and the
+checkpoints unchanged). Then what this launch added is removed (the directory itself, if it made
+it) and a config.yaml it replaced is put back; nothing that was there before is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ominix.launch.events import Outcome
+from ominix.launch.lock import RunLock
+
+if TYPE_CHECKING:
+    from ominix.config import OminixConfig
+
+EXIT_BAD_INPUT = 2
+
+
+def _progress(run_dir: Path) -> tuple[int, list[str]]:
+    """What only training writes: the size of metrics.jsonl and the checkpoints' names."""
+    metrics = run_dir / "metrics.jsonl"
+    ckpts = run_dir / "checkpoints"
+    return (metrics.stat().st_size if metrics.is_file() else -1,
+            sorted(os.listdir(ckpts)) if ckpts.is_dir() else [])
+
+
+class RunDir:
+    """``with RunDir(cfg, notice) as rd: rd.write_config(); ...; return rd.finish(outcome)``."""
+
+    def __init__(self, cfg: OminixConfig, notice: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.logging.run_dir)
+        self.notice = notice
+        self.lock = RunLock(self.path)
+        self.config_written = False
+        self.code: int | None = None
+
+    def __enter__(self) -> RunDir:
+        self.existed = self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.before = set(os.listdir(self.path))
+        try:
+            self.lock.acquire(self.notice)
+        except BaseException:
+            if not self.existed:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+        config = self.path / "config.yaml"
+        self.old_config = config.read_bytes() if config.is_file() else None
+        self.progress = _progress(self.path)
+        return self
+
+    def write_config(self) -> None:
+        """Write the resolved config the workers read (RUN_DIR/config.yaml)."""
+        from ominix.config import save_config
+
+        save_config(self.cfg, self.path / "config.yaml")
+        self.config_written = True
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        self.code = outcome.code
+        return outcome
+
+    def __exit__(self, kind, exc, tb) -> None:
+        refused = self.code == EXIT_BAD_INPUT or (exc is not None and (
+            not self.config_written or getattr(exc, "exit_code", None) == EXIT_BAD_INPUT))
+        self.lock.release()
+        if refused and _progress(self.path) == self.progress:
+            self._undo()
+
+    def _undo(self) -> None:
+        if not self.existed:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.path)) - self.before:
+            item = self.path / name
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+        if self.old_config is not None:
+            (self.path / "config.yaml").write_bytes(self.old_config)
