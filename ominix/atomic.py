@@ -113,9 +113,9 @@ def check_replaceable(out: Path, kind: str, force: bool, inputs: Iterable[Path] 
         found = output_kind(out)
         if found == kind:
             return
-        holds = ("is not an output of OminiX" if found is None else "holds a training run" if found == "run"
-                 else f"holds {KINDS[found][0]} (made by `{KINDS[found][1]}`)")
-    raise OminixError(f"{out} {holds}, not {what}; --force only replaces {what} that `{command}` made",
+        holds = ("holds files no OminiX command made" if found is None else "holds a training run"
+                 if found == "run" else f"holds {KINDS[found][0]} (made by `{KINDS[found][1]}`)")
+    raise OminixError(f"{out} {holds}, not {what}; --force only replaces one made by `{command}`",
                       "choose another --out (a new or empty directory)")
 
 

@@ -56,7 +56,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     if dtype is None:
         dtype = source.run_config.parallel.precision if source.run_config else "fp32"
     target = torch_dtype(dtype)
-    check_replaceable(out, "export", force, inputs=[p for p in (source.path, source.run_dir) if p is not None])
+    check_replaceable(out, "export", force, inputs=[p for p in (source.run_dir, source.path) if p is not None])
     tokenizer = load_tokenizer(source)
     if len(tokenizer) > source.model.vocab_size:
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
