@@ -20,7 +20,8 @@ BUNDLE/
 
 Checkpoints are referenced by default: a 7B run's checkpoints are tens of GB each, and the run
 directory already holds them; the bundle pins them by sha256. ``--copy-checkpoints`` copies them.
-The dataset shards are always referenced (their sha256 come from the data manifest).
+The dataset shards are always referenced, pinned by the sha256 of each file as it is now (a shard that
+no longer matches its data manifest is refused). ``ominix mof check BUNDLE`` verifies SHA256SUMS.
 The bundle is written under a temporary name and renamed, so it never exists half-written.
 """
 

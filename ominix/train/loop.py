@@ -107,7 +107,8 @@ def _open_data(cfg: OminixConfig):
             f"{cfg.data.path} holds blocks of seq_len {manifest['seq_len']}, the config asks for {cfg.data.seq_len}",
             f"set data.seq_len={manifest['seq_len']} or prepare the data again",
         )
-    train, val = PackedDataset(cfg.data.path, "train"), PackedDataset(cfg.data.path, "validation")
+    train = PackedDataset(cfg.data.path, "train", verify=cfg.data.verify)
+    val = PackedDataset(cfg.data.path, "validation", verify=cfg.data.verify)
     return train, val, manifest_sha256(cfg.data.path)
 
 
