@@ -26,7 +26,7 @@ from ominix.errors import OminixError
 if TYPE_CHECKING:
     from ominix.data.prepare import PrepareReporter
 
-MARKER = ".ominix-quickstart"  # written first: --force only ever deletes a directory that holds it
+MARKER = atomic.MARKER  # written first: --force only ever deletes a directory whose marker says quickstart
 SUMMARY = "quickstart.json"  # written last: a directory without it is an interrupted quickstart
 NPROC = 2
 RESUME_STEPS = 50  # the first launch stops this many steps early; the second resumes from there
@@ -55,15 +55,11 @@ def default_out() -> Path:
 def claim_out(out: Path, force: bool) -> None:
     """Create ``out`` for a fresh quickstart; an existing one is replaced only with ``force`` and
     only when an earlier quickstart made it."""
+    atomic.check_replaceable(out, "quickstart", force)
     if out.exists():
-        if not force:
-            raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
-        if not (out / MARKER).is_file() and any(out.iterdir()):
-            raise OminixError(f"{out} is not a quickstart directory; --force only replaces one",
-                              "choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("written by `ominix quickstart`; quickstart.json marks a finished run\n")
+    atomic.write_marker(out, "quickstart")
 
 
 def unigram_entropy(data_dir: Path, split: str = "train") -> float:

@@ -308,3 +308,34 @@ def test_hub_source_end_to_end_past_the_network(tmp_path: Path, monkeypatch: pyt
     assert [f["path"] for f in m["sources"][0]["files"]] == ["train/chunk1/example_train_0.jsonl.zst"]
     assert "1 of 2 files; will download" in lines[0]
     assert "SlimPajama-627B by Cerebras" in (tmp_path / "out" / "DATA_CARD.md").read_text()
+
+
+def test_json_named_jsonl_malformed_meta_and_skipped_files(tmp_path: Path) -> None:
+    recs = _records(40)
+    lines = _jsonl(tmp_path / "lines.json", recs)  # JSON lines under a .json name: read as JSON lines
+    m = prepare(_cfg(lines), tmp_path / "out1", progress=False)
+    assert sum(s["documents"] for s in m["splits"].values()) == 40
+    assert set(m["splits"]["train"]["per_source"]) <= set(SETS)
+    bad = tmp_path / "meta.jsonl"
+    bad.write_text(json.dumps(recs[0]) + "\n" + json.dumps({"text": "x y z", "meta": "{not json"}) + "\n")
+    _fail([str(bad)], tmp_path / "out2", f"{bad}:2: field 'meta' holds malformed JSON")
+    src = tmp_path / "src"
+    _jsonl(src / "a.jsonl", recs)
+    (src / "README.md").write_text("about this corpus")
+    (src / "data.csv").write_text("text\nhello\n")
+    (src / ".hidden").write_text("ignored")
+    result = run_cli("data", "prepare", str(src), "--out", str(tmp_path / "out3"), *COMMON, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "notice: skipped 2 file(s)" in result.stderr and "README.md" in result.stderr
+    manifest = json.loads((tmp_path / "out3" / "manifest.json").read_text())
+    assert sorted(manifest["sources"][0]["skipped_files"]) == [str(src / "README.md"), str(src / "data.csv")]
+
+
+def test_vocab_size_beyond_the_bound_is_refused_before_training(tmp_path: Path) -> None:
+    src = _jsonl(tmp_path / "c.jsonl", _records(20))
+    out = tmp_path / "out"
+    result = run_cli("data", "prepare", str(src), "--out", str(out), "--train-tokenizer",
+                     "--vocab-size", "1000000000", "--seq-len", "16")
+    assert result.returncode == 2, result.stderr
+    assert "vocab_size" in result.stderr and "1048576" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -176,19 +176,22 @@ def test_prompts_file_writes_samples_with_settings_and_checksum(run_dir: Path, t
         assert r["settings"]["kernels"] is False  # the CPU decodes without OminiX's Triton kernels
 
 
-@pytest.mark.parametrize("case", ["too-long", "dtype", "top-p", "kernels"])
+@pytest.mark.parametrize("case", ["too-long", "dtype", "top-p", "kernels", "max-new-tokens", "temperature"])
 def test_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"
     out = tmp_path / "samples.jsonl"
     long = "fox " * 400  # tiny preset context: 256 tokens
     prompts.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": long}) + "\n")
     flags = {"too-long": [], "dtype": ["--dtype", "fp8"], "top-p": ["--top-p", "0"],
-             "kernels": ["--device", "cpu", "--kernels"]}[case]
+             "kernels": ["--device", "cpu", "--kernels"], "max-new-tokens": ["--max-new-tokens", "0"],
+             "temperature": ["--temperature", "-1"]}[case]
     expect = {"too-long": "the model's context is 256", "dtype": "unknown dtype 'fp8'", "top-p": "--top-p",
-              "kernels": "--kernels needs Triton and a CUDA device"}[case]
+              "kernels": "--kernels needs Triton and a CUDA device", "max-new-tokens": "--max-new-tokens",
+              "temperature": "--temperature"}[case]
     result = run_cli("infer", "--model", str(run_dir), "--prompts-file", str(prompts), "--out", str(out), *flags)
     assert result.returncode == 2, result.stderr
     assert expect in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and "Usage:" not in result.stderr  # one line, no usage box
     assert not out.exists() and not list(tmp_path.glob(".samples*"))
 
 

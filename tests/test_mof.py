@@ -114,3 +114,11 @@ def test_check_explains_unknown_and_closed_licenses(tmp_path: Path) -> None:
     assert "Model card: license 'My-Own-License' is not an SPDX id MOT knows" in result.output
     assert "Data card: present but has no license" in result.output
     assert "Technical report: not in the release" in result.output
+
+
+def test_check_of_a_binary_file_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "model.yml"
+    path.write_bytes(b"\x00\xff\xfe\x80 binary" * 4)
+    proc = run_cli("mof", "check", str(path))
+    assert proc.returncode == 2
+    assert f"{path} is not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr

@@ -196,6 +196,7 @@ def test_existing_bundle_needs_force_and_is_replaced_whole(run_dir: Path, tmp_pa
     ("no-config", "has no config.yaml"),
     ("no-checkpoint", "has no checkpoint"),
     ("missing-report", "technical_report"),
+    ("binary-release", "is not UTF-8 text"),
 ])
 def test_bad_input_is_one_clear_error_and_nothing_is_written(run_dir: Path, tmp_path: Path, case: str,
                                                               match: str) -> None:
@@ -210,6 +211,8 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(run_dir: Path, tmp_
         release = _release(tmp_path, type="llm")
     elif case == "missing-report":
         release = _release(tmp_path, technical_report="nowhere.pdf")
+    elif case == "binary-release":
+        release.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 8)
     else:
         run = tmp_path / "run"
         shutil.copytree(run_dir, run)
@@ -234,3 +237,38 @@ def test_init_template_loads_as_release_config(tmp_path: Path) -> None:
     loaded = ReleaseConfig.model_validate(yaml.safe_load(text))
     assert loaded.licenses.data.name == "CDLA-Permissive-2.0"
     assert run_cli("mof", "init", "--out", str(tmp_path / "release.yaml")).returncode == 2
+
+
+def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    make_bundle(run_dir, out, _release(tmp_path))
+    ok = run_cli("mof", "check", str(out))
+    assert ok.returncode == 0, ok.stderr
+    assert f"verified: every file of {out} matches SHA256SUMS" in ok.stdout
+    (out / "MODEL_CARD.md").write_text("edited after the release\n")
+    (out / "LICENSE-data").unlink()
+    for target in (out, out / "mof.yaml"):  # the bundle directory, or the mof.yaml inside it
+        bad = run_cli("mof", "check", str(target), "--json")
+        assert bad.returncode == 1, bad.stderr
+        problems = json.loads(bad.stdout)["bundle"]["problems"]
+        assert "MODEL_CARD.md: sha256 mismatch (changed since the bundle was written)" in problems
+        assert "LICENSE-data: missing" in problems
+    lone = tmp_path / "lone.yaml"
+    shutil.copyfile(out / "mof.yaml", lone)
+    assert run_cli("mof", "check", str(lone)).returncode == 0  # a lone MOF file is classified as before
+
+
+def test_report_hashes_the_shards_it_references(run_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(run_dir.parent / "prepared", data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    shard = data / manifest["splits"]["train"]["shards"][0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[0:2] = bytes([raw[2], raw[3]]) if raw[0:2] != raw[2:4] else bytes([raw[0] ^ 1, raw[1]])
+    shard.write_bytes(bytes(raw))  # changed in place, same size
+    out = tmp_path / "bundle"
+    proc = run_cli("mof", "report", str(run_dir), "--out", str(out), "--data", str(data),
+                   "--release", str(_release(tmp_path)))
+    assert proc.returncode == 2, proc.stdout
+    assert f"{shard}: sha256 does not match the data manifest" in proc.stderr
+    assert not out.exists()

@@ -15,14 +15,17 @@ from ominix.errors import OminixError
 _ELSEWHERE = "start over with --resume never, or resume from another checkpoint with --resume PATH"
 
 
-def resumable(path: str | Path, verify: str = "sizes", required: bool = False) -> tuple[Path | None, list[str]]:
+def resumable(path: str | Path, verify: str = "sizes", required: bool = False,
+              repair: bool = True) -> tuple[Path | None, list[str]]:
     """The checkpoint to resume from, and notices (one line each) about what was passed over.
 
     ``path`` is a run directory or its ``checkpoints/``: ``latest`` is tried first, then older
     checkpoints newest first, and the first one without a :func:`~ominix.checkpoint.integrity.problem`
     (``verify``: "sizes" or "full") is chosen; None when no checkpoint was saved yet. ``path`` may
     also be one checkpoint directory, which is used as it is or refused when damaged. Raises
-    OminixError when checkpoints exist but none is usable, or (``required``) when there is none."""
+    OminixError when checkpoints exist but none is usable, or (``required``) when there is none.
+    ``repair`` completes overwrites a killed save left half done; a check from outside the run
+    (the launcher, before it holds the run directory's lock) passes False and changes nothing."""
     path = Path(path)
     if required and not path.exists():
         raise OminixError(f"{path} does not exist", f"give a run directory or a {CHECKPOINTS}/{STEP_GLOB} directory")
@@ -33,7 +36,7 @@ def resumable(path: str | Path, verify: str = "sizes", required: bool = False) -
                               f"resume from the newest good checkpoint with --resume auto; or {_ELSEWHERE}")
         return path, []
     ckpts = checkpoints_dir(path) if checkpoints_dir(path).is_dir() else path
-    notices = finish_overwrites(ckpts)
+    notices = finish_overwrites(ckpts) if repair else []
     found = step_dirs(ckpts)
     name = latest_name(ckpts)
     if name is None and not found:

@@ -33,7 +33,7 @@ def prepare(
     text_field: str = typer.Option(None, "--text-field", help="Record field holding the text (default: text)."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Fraction of documents held out."),
     seed: int = typer.Option(None, "--seed", help="Seed of the validation split."),
-    num_proc: int = typer.Option(None, "--num-proc", min=1, help="Tokenizer threads (default: all cores)."),
+    num_proc: int = typer.Option(None, "--num-proc", help="Tokenizer threads (default: all cores)."),
     streaming: bool = typer.Option(
         None, "--streaming/--no-streaming", help="Stream hub files instead of downloading them to the cache."
     ),

@@ -48,25 +48,37 @@ def _print(result, title: str) -> None:
 
 @app.command("check")
 def check(
-    file: Path = typer.Argument(..., help="MOF model file (YAML or JSON), e.g. a bundle's mof.yaml."),
+    file: Path = typer.Argument(..., help="MOF model file (YAML or JSON), or a release bundle (its directory "
+                                "or its mof.yaml: SHA256SUMS is verified too)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print MOT's classification shape as JSON."),
 ) -> None:
-    """Classify an existing MOF model file the way the Model Openness Tool does.
+    """Classify an existing MOF model file the way the Model Openness Tool does; for a bundle, also
+    check every file against SHA256SUMS. Exits 1 when a file is missing, changed or not listed.
 
     Examples:
 
-      ominix mof check runs/tiny/release/mof.yaml
+      ominix mof check runs/tiny/release
 
       ominix mof check model.yml --json
     """
+    from ominix.release.bundle import locate, verify_bundle
     from ominix.release.mof import classify, load_model_file
 
-    document = load_model_file(file)
+    mof_file, bundle = locate(file)
+    document = load_model_file(mof_file)
     result = classify(document["release"])
+    problems = verify_bundle(bundle) if bundle is not None else []
     if as_json:
-        typer.echo(json.dumps(result.to_json(), indent=2))
+        extra = {"bundle": {"path": str(bundle), "problems": problems}} if bundle is not None else {}
+        typer.echo(json.dumps({**result.to_json(), **extra}, indent=2))
     else:
         _print(result, document["release"]["name"])
+        if bundle is not None and not problems:
+            typer.echo(f"verified: every file of {bundle} matches SHA256SUMS")
+        for problem in problems:
+            typer.echo(f"problem: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command("report")

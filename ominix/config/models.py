@@ -95,7 +95,10 @@ class DataConfig(Section):
         None, description="Tokenizer directory or tokenizer.json; None with train_tokenizer trains one."
     )
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the source.")
-    vocab_size: int = Field(32000, ge=260, description="Vocabulary size of a trained tokenizer.")
+    # 2**20 ids: four times the largest vocabulary in use (~256k), far below the uint32 a shard holds;
+    # the BPE trainer allocates per id, and 10**9 aborts the process instead of raising
+    vocab_size: int = Field(32000, ge=260, le=1 << 20,
+                            description="Vocabulary size of a trained tokenizer (260 to 1048576).")
     seq_len: int = Field(4096, ge=8, description="Tokens per training sequence (blocks hold seq_len+1).")
     val_fraction: float = Field(
         0.005, ge=0.0, lt=1.0, description="Fraction of documents held out for validation."
@@ -105,6 +108,10 @@ class DataConfig(Section):
     )
     streaming: bool = Field(False, description="Stream hub data instead of downloading files first.")
     seed: int = Field(1234, description="Seed of the validation split and of the training order.")
+    verify: bool = Field(
+        True, description="Training: each rank checks every shard's sha256 in a background thread "
+        "(0.4-1 GB/s per rank, off the training thread); false skips it for data too large to read per rank.",
+    )
 
     @model_validator(mode="after")
     def _tokenizer_choice(self) -> DataConfig:

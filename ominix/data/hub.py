@@ -86,7 +86,7 @@ class HubPart(Part):
                           revision=self.extra["revision"])
         for record in ds:
             text = readers.text_of(record, text_field, f"{self.source}/{path}")
-            yield text or "", readers.set_name_of(record)
+            yield text or "", readers.set_name_of(record, f"{self.source}/{path}")
 
     def records(self, text_field: str, on_file: Any = None) -> Iterator[tuple[str, str | None]]:
         if self.extra["streaming"]:

@@ -31,7 +31,7 @@ def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: i
     decoded = []
     if samples and not problems:
         tok = Tokenizer.from_file(str(path / m["tokenizer"]["file"]))
-        ds = PackedDataset(path, "train")
+        ds = PackedDataset(path, "train", verify=False)  # --verify checks every file
         rng = np.random.default_rng(seed)
         for i in rng.choice(len(ds), size=min(samples, len(ds)), replace=False):
             ids = ds[int(i)].tolist()

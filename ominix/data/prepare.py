@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import staged
+from ominix.atomic import check_replaceable, staged
 from ominix.config import DataConfig
 from ominix.errors import OminixError
 from ominix.hashing import sha256_file
@@ -64,20 +64,6 @@ def _training_texts(parts: list[Any], cfg: DataConfig, budget: list[int], on_fil
             yield text
 
 
-def _check_out(out: Path, force: bool) -> None:
-    from ominix.data.store import MANIFEST
-
-    if not out.exists():
-        return
-    if not force:
-        raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
-    if out.is_file() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
-        raise OminixError(
-            f"{out} exists and is not a prepared data directory; refusing to replace it",
-            "choose another --out",
-        )
-
-
 def _check_result(manifest: dict[str, Any], cfg: DataConfig) -> None:
     splits = manifest["splits"]
     docs = sum(s["documents"] for s in splits.values())
@@ -116,7 +102,8 @@ def prepare(
     from ominix.data import card, pack, sources, store, tokenizer
 
     out = Path(out).expanduser().absolute()
-    _check_out(out, force)
+    local = [Path(spec).expanduser() for spec in cfg.sources]
+    check_replaceable(out, "data", force, inputs=[path for path in local if path.exists()])
     if not cfg.tokenizer and not cfg.train_tokenizer:
         raise OminixError("no tokenizer chosen", "pass --tokenizer PATH, or --train-tokenizer --vocab-size N")
     if cfg.num_proc:
@@ -124,7 +111,7 @@ def prepare(
     parts = sources.plan(cfg.sources, cfg.split, streaming=cfg.streaming, log=log)
     tok = tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     started = time.time()
-    with staged(out) as tmp:
+    with staged(out, kind="data") as tmp:
         total_bytes = sum(sum(p.sizes) for p in parts)
         with progress or PrepareReporter() as bar:
             trained_chars = [0]

@@ -78,10 +78,14 @@ def _decode(raw: bytes, where: str) -> str:
         ) from exc
 
 
-def set_name_of(record: dict[str, Any]) -> str | None:
+def set_name_of(record: dict[str, Any], where: str = "a record") -> str | None:
     meta = record.get("meta")
     if isinstance(meta, str) and meta.startswith("{"):
-        meta = json.loads(meta)
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise OminixError(f"{where}: field 'meta' holds malformed JSON ({exc.msg})",
+                              "fix the meta field, or drop it (it only names the record's source set)") from exc
     if isinstance(meta, dict):
         name = meta.get("redpajama_set_name")
         return str(name) if name else None
@@ -115,23 +119,30 @@ def _jsonl(path: Path, text_field: str) -> Iterator[Doc]:
             record = json.loads(_decode(raw, where))
         except json.JSONDecodeError as exc:
             raise OminixError(f"{where}: not valid JSON ({exc.msg})", "one JSON object per line") from exc
-        yield text_of(record, text_field, where) or "", set_name_of(record)
+        yield text_of(record, text_field, where) or "", set_name_of(record, where)
 
 
-def _json_records(path: Path) -> list[Any]:
+def _json_records(path: Path) -> list[Any] | None:
+    """The records of a .json file holding one array (or one object); None when it holds JSON
+    lines instead (a common misnaming), which :func:`_jsonl` then reads line by line."""
     text = _decode(path.read_bytes(), str(path))
-    stripped = text.lstrip()
-    if not stripped.startswith("["):
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise OminixError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})", "fix the file") from exc
+        if text.lstrip().startswith("["):
+            raise OminixError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})", "fix the file") from exc
+        return None
+    return data if isinstance(data, list) else [data]
 
 
 def _json(path: Path, text_field: str) -> Iterator[Doc]:
-    for number, record in enumerate(_json_records(path)):
-        yield text_of(record, text_field, f"{path} record {number}") or "", set_name_of(record)
+    records = _json_records(path)
+    if records is None:
+        yield from _jsonl(path, text_field)
+        return
+    for number, record in enumerate(records):
+        where = f"{path} record {number}"
+        yield text_of(record, text_field, where) or "", set_name_of(record, where)
 
 
 def _table_batches(path: Path, text_field: str) -> Iterator[Any]:
@@ -165,7 +176,7 @@ def _table(path: Path, text_field: str) -> Iterator[Doc]:
         metas = batch.column("meta").to_pylist() if "meta" in batch.schema.names else [None] * len(texts)
         for number, (text, meta) in enumerate(zip(texts, metas)):
             where = f"{path} row {number}"
-            yield text_of({text_field: text}, text_field, where) or "", set_name_of({"meta": meta})
+            yield text_of({text_field: text}, text_field, where) or "", set_name_of({"meta": meta}, where)
 
 
 def _txt(path: Path, text_field: str) -> Iterator[Doc]:
@@ -189,7 +200,8 @@ def count(path: Path) -> int:
     if suffix in (".jsonl", ".jsonl.zst"):
         return sum(1 for line in _lines(path) if line.strip())
     if suffix == ".json":
-        return len(_json_records(path))
+        records = _json_records(path)
+        return len(records) if records is not None else sum(1 for line in _lines(path) if line.strip())
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -23,8 +23,17 @@ from ominix.errors import OminixError
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def _local_files(root: Path) -> list[Path]:
-    return sorted((p for p in root.rglob("*") if p.is_file() and readers.kind(p)), key=natural_key)
+def _local_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """(supported, unsupported) files under ``root``; hidden files and directories are ignored."""
+    files = sorted((p for p in root.rglob("*") if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(root).parts)), key=natural_key)
+    return [f for f in files if readers.kind(f)], [f for f in files if not readers.kind(f)]
+
+
+def _skipped_note(spec: str, skipped: list[Path]) -> str:
+    names = ", ".join(str(f) for f in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return (f"notice: skipped {len(skipped)} file(s) of {spec} of an unsupported type: {names} "
+            f"(supported: {', '.join(readers.SUFFIXES)}; listed in the manifest)")
 
 
 def _by_split(root: Path, files: list[Path]) -> dict[str, list[Path]]:
@@ -54,8 +63,9 @@ def _is_saved(root: Path) -> bool:
     )
 
 
-def _local_splits(spec: str) -> tuple[str, str, dict[str, list[Path]]]:
-    """(kind, default source-set name, files per split) of a local spec; OminixError when none."""
+def _local_splits(spec: str) -> tuple[str, str, dict[str, list[Path]], list[Path]]:
+    """(kind, default source-set name, files per split, unsupported files skipped) of a local
+    spec; OminixError when it has no supported file."""
     path = Path(spec).expanduser()
     if any(c in spec for c in "*?["):
         files = sorted(
@@ -68,20 +78,21 @@ def _local_splits(spec: str) -> tuple[str, str, dict[str, list[Path]]]:
                 f"the pattern {spec!r} matches {found}",
                 f"check the pattern; supported: {', '.join(readers.SUFFIXES)}",
             )
-        return "local", spec, {"train": supported}
+        return "local", spec, {"train": supported}, [f for f in files if not readers.kind(f)]
     if path.is_dir():
         if _is_saved(path):
-            return "saved", path.name, _saved_splits(path)
-        files = _local_files(path)
+            return "saved", path.name, _saved_splits(path), []
+        files, skipped = _local_files(path)
         if not files:
+            found = f" ({len(skipped)} files of other types)" if skipped else ""
             raise OminixError(
-                f"{path} holds no supported data files", f"supported: {', '.join(readers.SUFFIXES)}"
+                f"{path} holds no supported data files{found}", f"supported: {', '.join(readers.SUFFIXES)}"
             )
-        return "local", path.name, _by_split(path, files)
+        return "local", path.name, _by_split(path, files), skipped
     if path.is_file():
         if not readers.kind(path):
             raise OminixError(f"{path}: unsupported file type", f"use one of {', '.join(readers.SUFFIXES)}")
-        return "local", path.name.split(".")[0], {"train": [path]}
+        return "local", path.name.split(".")[0], {"train": [path]}, []
     raise OminixError(
         f"no such file, directory or dataset: {spec!r}",
         "give a local path, a glob, @embedded, or a Hugging Face dataset id (owner/name)",
@@ -116,8 +127,11 @@ def plan(specs: list[str], split: str, *, streaming: bool = False, log: Any = No
         if not local and HUB_ID.match(spec):
             parts.extend(hub.plan(spec, terms, streaming=streaming, log=log))
             continue
-        kind, name, splits = _local_splits(spec)
+        kind, name, splits, skipped = _local_splits(spec)
+        if skipped and log is not None:
+            log(_skipped_note(spec, skipped))
+        extra = {"skipped_files": [str(f) for f in skipped]} if skipped else {}
         for term in terms:
             files = _pick(spec, splits, term)
-            parts.append(Part(spec, kind, name, term, files, [f.stat().st_size for f in files]))
+            parts.append(Part(spec, kind, name, term, files, [f.stat().st_size for f in files], extra=extra))
     return parts

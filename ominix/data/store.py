@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,14 @@ class PackedDataset:
     ``ds[i]`` is a numpy int64 array of ``seq_len + 1`` tokens (inputs ``[:-1]``, labels ``[1:]``);
     ``ds.source_of(i)`` names the source set of block ``i`` (e.g. ``RedPajamaC4``). Token shards
     are opened as read-only memory maps, so a dataset of any size costs almost no RAM.
+
+    With ``verify`` (the default) a background thread checks the sha256 of every shard of the split
+    against the manifest while the caller reads; the first mismatch is raised, as an OminixError
+    naming the shard, by the next ``ds[i]`` (or by :meth:`check`). A token id outside the
+    manifest's vocabulary is refused when its block is read.
     """
 
-    def __init__(self, path: str | Path, split: str = "train") -> None:
+    def __init__(self, path: str | Path, split: str = "train", verify: bool = True) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         if split not in self.manifest["splits"]:
@@ -154,6 +160,7 @@ class PackedDataset:
         self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         self.sources: list[str] = list(self.manifest["source_sets"])
         shards = self.manifest["splits"][split]["shards"]
+        self._files = [self.path / s["file"] for s in shards]
         self._shards = [self._open(s) for s in shards]
         counts = [s["blocks"] for s in shards]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
@@ -161,6 +168,37 @@ class PackedDataset:
             np.concatenate([self._read_sources(s) for s in shards])
             if shards else np.zeros(0, dtype=SOURCE_DTYPE)
         )
+        self._problem: tuple[str, str] | None = None
+        self._verifier: threading.Thread | None = None
+        if verify and shards:
+            self._verifier = threading.Thread(target=self._verify, args=(shards,), daemon=True,
+                                              name=f"ominix-verify-{split}")
+            self._verifier.start()
+
+    def _verify(self, shards: list[dict[str, Any]]) -> None:
+        """Hash every file of the split (runs in the verifier thread; hashlib releases the GIL)."""
+        for shard in shards:
+            for key, listed in (("file", "sha256"), ("sources_file", "sources_sha256")):
+                file = self.path / shard[key]
+                try:
+                    digest = sha256_file(file)
+                except OSError as exc:
+                    self._problem = (f"{file} cannot be read ({exc.strerror})", "check the data directory")
+                    return
+                if digest != shard[listed]:
+                    self._problem = (
+                        f"{file}: sha256 does not match the manifest (the shard or the manifest changed "
+                        "after `ominix data prepare`)",
+                        f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
+                    )
+                    return
+
+    def check(self, wait: bool = False) -> None:
+        """Raise the verifier's finding, if any; ``wait`` first waits until every shard is hashed."""
+        if wait and self._verifier is not None:
+            self._verifier.join()
+        if self._problem is not None:
+            raise OminixError(*self._problem)
 
     def _open(self, shard: dict[str, Any]) -> np.memmap:
         file = self.path / shard["file"]
@@ -175,12 +213,16 @@ class PackedDataset:
         return np.memmap(file, dtype=self.dtype, mode="r", shape=(shard["blocks"], width))
 
     def _read_sources(self, shard: dict[str, Any]) -> np.ndarray:
-        ids = np.fromfile(self.path / shard["sources_file"], dtype=SOURCE_DTYPE)
+        file = self.path / shard["sources_file"]
+        ids = np.fromfile(file, dtype=SOURCE_DTYPE) if file.is_file() else np.zeros(0, dtype=SOURCE_DTYPE)
         if len(ids) != shard["blocks"]:
             raise OminixError(
-                f"{self.path / shard['sources_file']} holds {len(ids)} entries, expected {shard['blocks']}",
+                f"{file} holds {len(ids)} entries, expected {shard['blocks']}",
                 "prepare the data again with --force",
             )
+        if len(ids) and int(ids.max()) >= len(self.sources):
+            raise OminixError(f"{file} names source set {int(ids.max())}, the manifest lists {len(self.sources)}",
+                              f"run `ominix data inspect {self.path} --verify`, and prepare the data again")
         return ids
 
     def __len__(self) -> int:
@@ -196,8 +238,17 @@ class PackedDataset:
         return shard, index - int(self._starts[shard])
 
     def __getitem__(self, index: int) -> np.ndarray:
+        if self._problem is not None:
+            self.check()
         shard, row = self._locate(int(index))
-        return np.asarray(self._shards[shard][row], dtype=np.int64)
+        block = np.asarray(self._shards[shard][row], dtype=np.int64)
+        if block.max(initial=0) >= self.vocab_size:
+            raise OminixError(
+                f"{self._files[shard]}: block {row} holds token id {int(block.max())}, outside the "
+                f"tokenizer's {self.vocab_size} ids (the shard is corrupted)",
+                f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
+            )
+        return block
 
     def source_of(self, index: int) -> str:
         """Name of the source set of block ``index``."""

@@ -7,11 +7,11 @@ The file is the MOF "evaluation results" component: which model (path, step, che
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ominix.atomic import write_text
 from ominix.checkpoint import model_checksum
 from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
@@ -38,6 +38,9 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.perplexity import evaluate
 
+    for flag, value in (("--batch-size", batch_size), ("--max-batches", max_batches)):
+        if value is not None and value < 1:
+            raise OminixError(f"{flag} {value} must be at least 1", f"e.g. {flag} 8")
     source = resolve(model_path)
     data = Path(data) if data is not None else default_data(source)
     out = Path(out) if out is not None else default_out(source)
@@ -59,6 +62,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     model = load_model(source, device, dtype)
     started = time.time()
     numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device)
+    dataset.check(wait=True)  # no results from shards that do not match their manifest
     results: dict[str, Any] = {
         "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),
                   "tokens_seen": source.state.get("tokens"), "sha256": model_checksum(source.weights)},
@@ -76,8 +80,6 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
 
         results["tasks"] = run_tasks(source, tasks, device, dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    write_text(out, json.dumps(results, indent=2) + "\n")
     results["out"] = str(out)
     return results

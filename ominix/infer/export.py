@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import staged
+from ominix.atomic import check_replaceable, staged
 from ominix.checkpoint import model_checksum, read_weights
 from ominix.checkpoint.weights import INDEX, SINGLE
 from ominix.dtypes import dtype_name
@@ -56,8 +56,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     if dtype is None:
         dtype = source.run_config.parallel.precision if source.run_config else "fp32"
     target = torch_dtype(dtype)
-    if out.exists() and not force:
-        raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
+    check_replaceable(out, "export", force, inputs=[p for p in (source.run_dir, source.path) if p is not None])
     tokenizer = load_tokenizer(source)
     if len(tokenizer) > source.model.vocab_size:
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
@@ -68,7 +67,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         state.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
     state = {k: v.to(target).contiguous() for k, v in state.items()}
 
-    with staged(out) as tmp:
+    with staged(out, kind="export") as tmp:
         files = _write_weights(state, tmp, max_shard_size)
         _write_configs(source, tokenizer, tmp, dtype)
         tokenizer.save_pretrained(tmp)

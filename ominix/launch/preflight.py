@@ -8,48 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ominix.errors import OminixError
+from ominix.data.fit import check_fits
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
 
-def check_data(cfg: OminixConfig) -> dict:
-    """The manifest of ``data.path``, refused when its blocks or token ids do not fit the config."""
-    from ominix.data.store import read_manifest
-
-    if cfg.data.path is None or not (Path(cfg.data.path) / "manifest.json").is_file():
-        raise OminixError(
-            f"no prepared data at {cfg.data.path}" if cfg.data.path else "no prepared data: data.path is not set",
-            "run `ominix data prepare ... --out DIR`, then pass --data DIR",
-        )
-    manifest = read_manifest(cfg.data.path)
-    if manifest["seq_len"] != cfg.data.seq_len:
-        raise OminixError(
-            f"{cfg.data.path} holds blocks of seq_len {manifest['seq_len']}, the config asks for {cfg.data.seq_len}",
-            f"set data.seq_len={manifest['seq_len']} or prepare the data again",
-        )
-    vocab = manifest["tokenizer"]["vocab_size"]
-    if vocab > cfg.model.vocab_size:
-        raise OminixError(
-            f"{cfg.data.path} was tokenized with {vocab} token ids, model.vocab_size is {cfg.model.vocab_size}",
-            f"set --set model.vocab_size={vocab} (or more), or prepare the data with a tokenizer of "
-            f"at most {cfg.model.vocab_size} ids",
-        )
-    return manifest
-
-
 def resume_target(cfg: OminixConfig) -> Path | None:
-    """The checkpoint this run will resume from (None: a fresh start); a missing or broken
-    target is an error (the checkpoint package words it)."""
-    from ominix.checkpoint import latest_checkpoint, resolve_checkpoint
+    """The checkpoint this run will resume from (None: a fresh start), chosen as the workers will
+    (falling back past damaged ones, sizes checked); nothing usable is an error (the checkpoint
+    package words it). Read-only: the launcher does not hold the run directory's lock yet."""
+    from ominix.checkpoint import resumable
 
     choice = cfg.checkpoint.resume
     if choice == "never":
         return None
-    if choice == "auto":
-        return latest_checkpoint(cfg.logging.run_dir)
-    return resolve_checkpoint(choice)
+    target, _ = resumable(cfg.logging.run_dir if choice == "auto" else choice, "sizes",
+                          required=choice != "auto", repair=False)
+    return target
 
 
 def preflight(cfg: OminixConfig, world_size: int | None) -> None:
@@ -60,7 +36,7 @@ def preflight(cfg: OminixConfig, world_size: int | None) -> None:
     from ominix.plugins import PLUGINS
     from ominix.train.engine import derive_layout
 
-    check_data(cfg)
+    check_fits(cfg)
     resume = resume_target(cfg)
     if resume is not None and world_size is not None:
         check_compatible(read_state(resume), cfg, manifest_sha256(cfg.data.path), derive_layout(cfg, world_size),

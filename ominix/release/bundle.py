@@ -20,7 +20,8 @@ BUNDLE/
 
 Checkpoints are referenced by default: a 7B run's checkpoints are tens of GB each, and the run
 directory already holds them; the bundle pins them by sha256. ``--copy-checkpoints`` copies them.
-The dataset shards are always referenced (their sha256 come from the data manifest).
+The dataset shards are always referenced, pinned by the sha256 of each file as it is now (a shard that
+no longer matches its data manifest is refused). ``ominix mof check BUNDLE`` verifies SHA256SUMS.
 The bundle is written under a temporary name and renamed, so it never exists half-written.
 """
 
@@ -34,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ominix.atomic import staged
+from ominix.atomic import check_replaceable, staged
 from ominix.checkpoint import checksums, files_under
 from ominix.errors import OminixError
 from ominix.hashing import sha256_file
@@ -58,6 +59,7 @@ def load_release(path: Path | None, fallback: Any) -> Any:
         return fallback.model_copy(deep=True)
     if not path.is_file():
         raise OminixError(f"release file {path} does not exist", "write one with `ominix mof init --out release.yaml`")
+    mof.read_text(path, "a release file")  # a binary file is refused before YAML sees it
     try:
         return ReleaseConfig.model_validate(read_yaml(path))
     except ValidationError as exc:
@@ -192,15 +194,28 @@ class _Builder:
             shutil.copytree(tok, data / "tokenizer")
         for split in art.manifest["splits"].values():
             for shard in split.get("shards", []):
-                self.external[str(art.data_dir / shard["file"])] = shard["sha256"]
+                self._shard(shard["file"], shard["sha256"])
                 if "sources_file" in shard:
-                    self.external[str(art.data_dir / shard["sources_file"])] = shard["sources_sha256"]
+                    self._shard(shard["sources_file"], shard["sources_sha256"])
         if art.validation_split():
             _write_json(data / "validation.json", {"path": str(art.data_dir / "validation"),
                                                    "manifest_sha256": sha256_file(art.data_dir / "manifest.json"),
                                                    **art.validation_split()})
         if (art.data_dir / "DATA_CARD.md").is_file():
             shutil.copyfile(art.data_dir / "DATA_CARD.md", tmp / "DATA_CARD.md")
+
+    def _shard(self, rel: str, listed: str) -> None:
+        """Pin a data shard by the sha256 of the file itself; one that no longer matches its
+        manifest is refused rather than published."""
+        path = self.art.data_dir / rel
+        if not path.is_file():
+            raise OminixError(f"{path} is missing: the prepared data is incomplete",
+                              f"run `ominix data inspect {self.art.data_dir} --verify`, or prepare the data again")
+        digest = sha256_file(path)
+        if digest != listed:
+            raise OminixError(f"{path}: sha256 does not match the data manifest (the shard changed after "
+                              "`ominix data prepare`)", "prepare the data again, or pass --data with the original")
+        self.external[str(path)] = digest
 
     def _licenses(self, tmp: Path) -> None:
         for kind, ref in self.licenses.items():
@@ -274,31 +289,49 @@ def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file
     """Write the MOF release bundle of ``run_dir`` to ``out`` (default RUN_DIR/release)."""
     art = collect(run_dir, Path(data_dir) if data_dir else None)
     out = Path(out).expanduser().absolute() if out else art.run_dir / "release"
-    if out.exists() and not force:
-        raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
     release_path = Path(release_file).expanduser().absolute() if release_file else None
+    inputs = [p for p in (art.run_dir, art.data_dir, release_path) if p is not None]
+    check_replaceable(out, "bundle", force, inputs)
     release = load_release(release_path, art.config.release)
     release.name = name or release.name or art.run_dir.name
     release.producer = producer if producer is not None else release.producer
     release.date = release.date or date.today().isoformat()
     base = release_path.parent if release_path else Path.cwd()
     builder = _Builder(art, release, base, copy_checkpoints)
-    with staged(out) as tmp:
+    with staged(out, kind="bundle") as tmp:
         result = builder.write(tmp, command)
     return result, out
 
 
+def locate(path: Path) -> tuple[Path, Path | None]:
+    """``(MOF file, its bundle directory or None)`` for a bundle directory, a bundle's mof.yaml
+    (it sits beside SHA256SUMS) or a lone MOF model file."""
+    if path.is_dir():
+        if not (path / "mof.yaml").is_file():
+            raise OminixError(f"{path} is a directory without mof.yaml, not a release bundle",
+                              "pass a bundle written by `ominix mof report`, or a MOF model file")
+        return path / "mof.yaml", path
+    return path, path.parent if (path.parent / "SHA256SUMS").is_file() else None
+
+
 def verify_bundle(bundle: Path) -> list[str]:
-    """Check every line of ``bundle/SHA256SUMS``; return the problems (empty = OK)."""
-    problems = []
-    for line in (bundle / "SHA256SUMS").read_text().splitlines():
-        digest, rel = line.split("  ", 1)
+    """Check every line of ``bundle/SHA256SUMS``; return the problems (empty = OK): files missing,
+    changed or not listed."""
+    sums = bundle / "SHA256SUMS"
+    if not sums.is_file():
+        return ["SHA256SUMS: missing (not a bundle written by `ominix mof report`)"]
+    problems, listed = [], set()
+    for number, line in enumerate(mof.read_text(sums, "a checksum list").splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64:
+            problems.append(f"SHA256SUMS line {number}: not `SHA256  PATH`")
+            continue
+        listed.add(rel)
         path = bundle / rel
         if not path.is_file():
             problems.append(f"{rel}: missing")
         elif sha256_file(path) != digest:
-            problems.append(f"{rel}: sha256 mismatch")
-    listed = {line.split("  ", 1)[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()}
+            problems.append(f"{rel}: sha256 mismatch (changed since the bundle was written)")
     problems += [f"{p.relative_to(bundle)}: not listed" for p in files_under(bundle)
                  if p.name != "SHA256SUMS" and str(p.relative_to(bundle)) not in listed]
     return problems

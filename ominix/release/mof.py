@@ -250,7 +250,7 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise OminixError(f"MOF file {path} does not exist", "pass the path of a MOF model file (.yml)")
     try:
-        document = yaml.load(path.read_text(), Loader=_StringDateLoader)
+        document = yaml.load(read_text(path, "a MOF model file"), Loader=_StringDateLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -259,6 +259,15 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         raise OminixError(f"{path} is not a MOF model file (no mapping at the top)",
                           "a MOF file has the sections framework: and release:")
     return validate(document, str(path))
+
+
+def read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (YAML or JSON); a binary file is one error naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OminixError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}), "
+                          f"so not {what}", f"pass {what} (YAML or JSON)") from exc
 
 
 class _StringDateLoader(yaml.SafeLoader):

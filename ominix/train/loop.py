@@ -120,10 +120,11 @@ def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[st
 
 def _open_data(cfg: OminixConfig):
     from ominix.data.store import PackedDataset, manifest_sha256
-    from ominix.launch.preflight import check_data
+    from ominix.data.fit import check_fits
 
-    check_data(cfg)  # the launcher checked already; a worker may be started by hand
-    train, val = PackedDataset(cfg.data.path, "train"), PackedDataset(cfg.data.path, "validation")
+    check_fits(cfg)  # the launcher checked already; a worker may be started by hand
+    train = PackedDataset(cfg.data.path, "train", verify=cfg.data.verify)
+    val = PackedDataset(cfg.data.path, "validation", verify=cfg.data.verify)
     return train, val, manifest_sha256(cfg.data.path)
 
 
