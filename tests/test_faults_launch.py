@@ -122,6 +122,30 @@ def test_lock_of_another_host_is_stale_only_when_its_heartbeat_stopped(tmp_path:
     assert "heartbeat stopped" in notices[0]
 
 
+def test_lock_of_a_launcher_killed_in_another_pid_namespace_is_taken_over_at_once(tmp_path: Path) -> None:
+    # its pid means nothing here and its heartbeat is fresh: the flock it held tells it is gone
+    hold = ("import sys, time; from ominix.launch.lock import RunLock; from pathlib import Path; "
+            "RunLock(Path(sys.argv[1])).acquire(print); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen(["unshare", "-p", "-f", "--kill-child", sys.executable, "-c", hold, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(OminixError, match="in use by another launch"):
+            RunLock(tmp_path).acquire(print)  # alive: refused
+    finally:
+        proc.kill()  # SIGKILL to unshare: --kill-child takes the holder with it
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while RunLock(tmp_path).path.exists() and time.monotonic() < deadline:
+        notices: list[str] = []
+        try:
+            with RunLock(tmp_path).held(notices.append):
+                break
+        except OminixError:
+            time.sleep(0.2)  # the holder may take a moment to die
+    assert notices and "took over the stale lock" in notices[0]
+
+
 def test_a_reused_pid_does_not_keep_a_lock(tmp_path: Path) -> None:
     _write_lock(tmp_path, started=time.time() - 3600)  # "this process", but it started after the lock
     notices: list[str] = []

@@ -5,16 +5,21 @@
 not honoured there). A daemon thread touches the file every ``HEARTBEAT_S`` seconds, so that a
 launch on another host can tell a live holder from a dead one without seeing its processes.
 
-A lock is stale, and taken over with a notice, when its holder is on this host (same host name and
-pid namespace) and its pid is not alive or now names a process started after the lock, or when its
-heartbeat is older than ``STALE_AFTER_S`` (a holder on another host that died or lost the file
-system). Clocks of the hosts sharing the file system must
+The holder also keeps an exclusive ``flock`` on the file for as long as it lives: the kernel (or
+the NFS lock manager) drops it when the process dies, however it dies, so a lock whose ``flock`` can
+be taken belonged to a dead launch, even one in another pid namespace or container. Where ``flock``
+is not supported (some NFS mounts answer ENOLCK), liveness falls back to the record: a lock is
+stale when its holder is on this host (same host name and pid namespace) and its pid is not alive
+or now names a process started after the lock, or when its heartbeat is older than
+``STALE_AFTER_S`` (a holder on another host that died or lost the file system). Clocks of the hosts sharing the file system must
 agree to well within ``STALE_AFTER_S`` (NTP does that).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shlex
@@ -44,6 +49,7 @@ class Holder:
     command: str
     beat: float
     pidns: str = ""
+    flock: bool = False  # the holder keeps a flock on the file while it lives
 
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.started).strftime("%Y-%m-%d %H:%M:%S")
@@ -86,12 +92,34 @@ def read_holder(path: Path) -> Holder | None:
     try:
         data = json.loads(text)
         return Holder(str(data["host"]), int(data["pid"]), float(data["started"]), str(data["command"]), beat,
-                      str(data.get("pidns", "")))
+                      str(data.get("pidns", "")), bool(data.get("flock", False)))
     except (ValueError, KeyError, TypeError, AttributeError):
         return Holder("?", 0, mtime, "?", beat)
 
 
-def is_stale(holder: Holder) -> bool:
+def _flock_free(path: Path) -> bool | None:
+    """True when nobody holds a flock on ``path``, False when a live process does, None when this
+    file system cannot tell (no flock support) or the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return False if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+    else:
+        return True
+    finally:
+        os.close(fd)  # closing drops the probe's own flock
+
+
+def is_stale(holder: Holder, path: Path | None = None) -> bool:
+    free = _flock_free(path) if path is not None else None
+    if free is False:
+        return False
+    if free and (holder.flock or holder.host == "?"):
+        return True
     if holder.beat > STALE_AFTER_S:
         return True
     if holder.host == "?":  # not a lock file this module finished writing: a launch killed at once
@@ -105,8 +133,10 @@ class RunLock:
     def __init__(self, run_dir: Path, command: str | None = None) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                       "command": command or shlex.join(["ominix", *sys.argv[1:]]), "pidns": _pidns()}
+                       "command": command or shlex.join(["ominix", *sys.argv[1:]]), "pidns": _pidns(),
+                       "flock": True}
         self._stop = threading.Event()
+        self._fd: int | None = None
 
     def acquire(self, notice: Callable[[str], None]) -> None:
         """Take the lock, taking over a stale one (``notice`` says so); refuse a live holder."""
@@ -115,7 +145,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = read_holder(self.path)
-                if holder is not None and not is_stale(holder):
+                if holder is not None and not is_stale(holder, self.path):
                     raise OminixError(
                         f"{self.path.parent} is in use by another launch ({holder.describe()}: {holder.command})",
                         "wait for that run to finish, stop it, or choose another --run-dir",
@@ -124,8 +154,12 @@ class RunLock:
                     notice(f"took over the stale lock of {holder.describe()} "
                            f"(its process is gone or its heartbeat stopped {holder.beat:.0f} s ago)")
                 continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(self.record) + "\n")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.record["flock"] = False  # this file system has no flock: the record alone tells
+            os.write(fd, (json.dumps(self.record) + "\n").encode())
+            self._fd = fd  # kept open: the flock lives as long as this process
             threading.Thread(target=self._heartbeat, daemon=True).start()
             return
         raise OminixError(f"cannot take the lock {self.path}: other launches keep taking it",
@@ -159,6 +193,9 @@ class RunLock:
         holder = read_holder(self.path)
         if holder is not None and (holder.pid, holder.started) == (self.record["pid"], self.record["started"]):
             self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     @contextlib.contextmanager
     def held(self, notice: Callable[[str], None]) -> Iterator[RunLock]:
