@@ -42,6 +42,8 @@ def _resolve_source(source: str | Path) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise OminixError(f"{path} is not a text file", "pass a YAML config file or a preset name") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
