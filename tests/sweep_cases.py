@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 CLEAN, USAGE, OK, NOTICE = "clean-error", "usage", "ok", "notice"
 OUTCOMES = ("clean", "usage", "correct", "notice", "traceback", "silent-wrong", "unclean", "hang")
@@ -121,7 +121,11 @@ def run_case(case: Case, paths: Paths) -> Observed:
     except subprocess.TimeoutExpired:
         result = None
     seen = observe(case, paths, result)
-    return Observed(seen.outcome, seen.code, seen.first_line, time.perf_counter() - started)
+    line = seen.first_line  # the same text on every machine: placeholders for the sweep's directories
+    for path, name in ((paths.tmp, "{tmp}"), (paths.data, "{data}"), (paths.run, "{run}"),
+                       (paths.export, "{export}"), (REPO, "{repo}")):
+        line = line.replace(str(path), name)
+    return Observed(seen.outcome, seen.code, line, time.perf_counter() - started)
 
 
 def run_all(cases: list[Case], shared: Paths, root: Path, workers: int | None = None) -> dict[str, Observed]:
@@ -288,6 +292,12 @@ CASES: list[Case] = [
          setup=write("sec.yaml", "modle:\n  hidden_size: 64\n"), needle="modle"),
     Case("cfg-spaces", "config show", "config path with spaces", ("config", "show", "my configs/small.yaml"),
          OK, setup=write("my configs/small.yaml", "optim:\n  lr: 0.00123\n"), check=stdout_has("lr: 0.00123")),
+    Case("cfg-manifest-as-config", "config show", "a data manifest.json passed as the config",
+         ("config", "show", "{data}/manifest.json"), needle="unknown setting"),
+    Case("cfg-set-empty-key", "config show", "--set =3", ("config", "show", "tiny", "--set", "=3"),
+         needle="section.key=value"),
+    Case("cfg-set-list-for-str", "config show", "--set run_dir to a list",
+         ("config", "show", "tiny", "--set", "logging.run_dir=[1, 2]"), needle="logging.run_dir"),
     Case("cfg-json-out", "config show", "--json: output must be JSON", ("config", "show", "tiny", "--json"), OK,
          check=json_out(lambda d: d["model"]["vocab_size"] > 0)),
     Case("schema-no-dir", "config schema", "--out in a directory that does not exist",
@@ -352,7 +362,7 @@ CASES: list[Case] = [
     Case("prep-truncated-zst", "data prepare", "truncated .jsonl.zst",
          ("data", "prepare", "cut.jsonl.zst", "--train-tokenizer", "--vocab-size", "300", "--out", "out"),
          setup=lambda p: (p.tmp / "cut.jsonl.zst").write_bytes(
-             (Path(__file__).parent.parent / "ominix/data/corpus/python-docs.jsonl.zst").read_bytes()[:5000]),
+             (REPO / "ominix/data/corpus/python-docs.jsonl.zst").read_bytes()[:5000]),
          needle="cut.jsonl.zst"),
     Case("prep-spaces", "data prepare", "source and --out paths with spaces",
          ("data", "prepare", "my corpus/c.jsonl", "--train-tokenizer", "--vocab-size", "300", "--seq-len", "16",
@@ -390,16 +400,11 @@ CASES: list[Case] = [
                                                                   "--data", *D, "--dry-run"), needle="parallel.plugin"),
     Case("launch-launcher-typo", "train launch", "--launcher slurmm",
          ("train", "launch", "tiny", "--launcher", "slurmm", "--data", *D, "--dry-run"), needle="launch.launcher"),
-    Case("launch-attn-typo", "train launch", "--attn flashh", ("train", "launch", "tiny", "--attn", "flashh",
-                                                               "--data", *D, "--dry-run"), needle="model.attn"),
     Case("launch-max-steps-0", "train launch", "--max-steps 0", ("train", "launch", "tiny", "--max-steps", "0"), USAGE),
     Case("launch-nproc-0", "train launch", "--nproc-per-node 0", ("train", "launch", "tiny", "--nproc-per-node", "0"),
          USAGE),
     Case("launch-port-range", "train launch", "--master-port 70000", ("train", "launch", "tiny", "--master-port",
                                                                       "70000"), USAGE),
-    Case("launch-micro-batch-word", "train launch", "--set micro_batch_size=eight",
-         ("train", "launch", "tiny", "--data", *D, "--set", "schedule.micro_batch_size=eight", "--dry-run"),
-         needle="micro_batch_size"),
     Case("launch-vocab-mismatch", "train launch", "data vocabulary (2048) larger than model.vocab_size",
          ("train", "launch", "tiny", "--data", *D, "--run-dir", "r", "--max-steps", "2", *SEQ,
           "--set", "model.vocab_size=512"), needle="vocab", xfail=A),
@@ -429,9 +434,6 @@ CASES: list[Case] = [
     Case("launch-hostfile-binary", "train launch", "binary hostfile",
          ("train", "launch", "tiny", "--data", *D, "--hostfile", "hosts.bin", "--nodes", "2", "--dry-run"),
          setup=write("hosts.bin", bytes(range(256)) * 4), needle="hosts.bin", xfail=A),
-    Case("launch-hostfile-slots", "train launch", "slots=abc in the hostfile",
-         ("train", "launch", "tiny", "--data", *D, "--hostfile", "hosts.txt", "--nodes", "2", "--dry-run"),
-         setup=write("hosts.txt", "n1 slots=abc\nn2\n"), needle="line 1"),
     Case("launch-hostfile-shell", "train launch", "shell syntax as a hostname",
          ("train", "launch", "tiny", "--data", *D, "--hostfile", "hosts.txt", "--nodes", "2", "--dry-run"),
          setup=write("hosts.txt", "n1;rm -rf ~\nn2\n"), needle="line 1"),
@@ -503,23 +505,16 @@ CASES: list[Case] = [
          needle="data"),
     Case("infer-no-prompt", "infer", "neither --prompt nor --prompts-file", ("infer", "--model", "{export}"),
          needle="--prompt"),
-    Case("infer-two-prompts", "infer", "both --prompt and --prompts-file",
-         ("infer", "--model", "{export}", "--prompt", "hi", "--prompts-file", "p.jsonl"),
-         setup=write("p.jsonl", '{"prompt": "a"}\n'), needle="--prompt"),
     Case("infer-tokens-0", "infer", "--max-new-tokens 0",
          ("infer", "--model", "{export}", "--prompt", "hi", "--max-new-tokens", "0"), needle="max", xfail=C),
     Case("infer-temp-neg", "infer", "--temperature -1",
          ("infer", "--model", "{export}", "--prompt", "hi", "--temperature", "-1"), needle="temperature", xfail=C),
     Case("infer-top-p", "infer", "--top-p 1.5", ("infer", "--model", "{export}", "--prompt", "hi", "--top-p", "1.5"),
          needle="--top-p"),
-    Case("infer-rep-penalty", "infer", "--repetition-penalty 0",
-         ("infer", "--model", "{export}", "--prompt", "hi", "--repetition-penalty", "0"), needle="repetition"),
     Case("infer-device-typo", "infer", "--device gpu", ("infer", "--model", "{export}", "--prompt", "hi",
                                                         "--device", "gpu"), needle="gpu"),
     Case("infer-no-cuda", "infer", "--device cuda on a machine without one",
          ("infer", "--model", "{export}", "--prompt", "hi", "--device", "cuda"), needle="cuda"),
-    Case("infer-dtype-typo", "infer", "--dtype float8", ("infer", "--model", "{export}", "--prompt", "hi",
-                                                         "--dtype", "float8"), needle="float8"),
     Case("infer-prompts-missing", "infer", "--prompts-file does not exist",
          ("infer", "--model", "{export}", "--prompts-file", "p.jsonl"), needle="p.jsonl"),
     Case("infer-prompts-bad-json", "infer", "a prompts line that is not JSON",
@@ -528,17 +523,26 @@ CASES: list[Case] = [
     Case("infer-prompts-no-key", "infer", 'a prompts line without "prompt"',
          ("infer", "--model", "{export}", "--prompts-file", "p.jsonl"), setup=write("p.jsonl", '{"text": "a"}\n'),
          needle="prompt"),
-    Case("infer-prompts-empty", "infer", "an empty prompts file",
-         ("infer", "--model", "{export}", "--prompts-file", "p.jsonl"), setup=write("p.jsonl", ""), needle="p.jsonl"),
+    Case("infer-prompts-dir", "infer", "--prompts-file names a directory",
+         ("infer", "--model", "{export}", "--prompts-file", "{data}"), needle="directory"),
+    Case("infer-prompts-binary", "infer", "a binary prompts file", ("infer", "--model", "{export}",
+                                                                   "--prompts-file", "p.jsonl"),
+         setup=write("p.jsonl", bytes(range(256)) * 4), needle="p.jsonl"),
+    Case("infer-out-dir", "infer", "--out names a directory",
+         ("infer", "--model", "{export}", "--prompts-file", "p.jsonl", "--out", "."),
+         setup=write("p.jsonl", '{"prompt": "a"}\n'), needle="directory"),
+    Case("infer-export-no-out", "infer", "--prompts-file on an export without --out (no run dir to write to)",
+         ("infer", "--model", "{export}", "--prompts-file", "p.jsonl"), setup=write("p.jsonl", '{"prompt": "a"}\n'),
+         needle="run directory"),
+    Case("infer-checkpoints-dir", "infer", "RUN/checkpoints instead of a run or one checkpoint",
+         ("infer", "--model", "{run}/checkpoints", "--prompt", "hi"), needle="checkpoints"),
     Case("infer-export-spaces", "infer", "export path with spaces, greedy (control)",
          ("infer", "--model", "my export", "--prompt", "def", "--max-new-tokens", "5", "--temperature", "0",
           "--json"), OK, setup=copy("export", "my export"),
          check=json_out(lambda d: d["completion_tokens"] == 5 or d["finish_reason"] == "eos")),
     # eval
-    Case("eval-missing", "eval", "--model does not exist", ("eval", "--model", "nope"), needle="nope"),
     Case("eval-split-typo", "eval", "--split valid", ("eval", "--model", "{run}", "--split", "valid"),
          needle="valid"),
-    Case("eval-dtype-typo", "eval", "--dtype half", ("eval", "--model", "{run}", "--dtype", "half"), needle="half"),
     Case("eval-batch-0", "eval", "--batch-size 0", ("eval", "--model", "{run}", "--batch-size", "0"), USAGE),
     Case("eval-data-missing", "eval", "--data does not exist", ("eval", "--model", "{export}", "--data", "nope"),
          needle="nope"),
