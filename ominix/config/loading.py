@@ -27,6 +27,8 @@ def preset_names() -> list[str]:
 def _resolve_source(source: str | Path) -> Path:
     path = Path(source)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        if path.is_dir():
+            raise OminixError(f"config file {path} is a directory", "pass a YAML file or a preset name")
         if not path.is_file():
             raise OminixError(f"config file not found: {path}", "check the path")
         return path
