@@ -2,7 +2,8 @@
 would, asserting its outcome class (clean error, usage error, right result, named notice).
 
 The shared inputs (a prepared tiny dataset, a 3-step one-process run and its export) are built once;
-the selected cases then run two at a time in one session fixture, and each test reads its result.
+the selected cases then run one per core (at most 4) in one session fixture, and each test reads
+its result.
 `python scripts/bad_input_sweep.py` runs the same cases and writes docs/BAD_INPUTS.md.
 """
 
