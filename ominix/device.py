@@ -10,6 +10,10 @@ def pick_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise OminixError(f"--device {device!r} is not a device", "use auto, cpu, cuda or cuda:N") from exc
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OminixError(f"--device {device} but no CUDA device is visible", "use --device cpu")
     return device

@@ -42,13 +42,21 @@ def print_schema(
 
       ominix config schema --out ominix-schema.json
     """
+    from ominix import atomic
     from ominix.config import schema
+    from ominix.errors import OminixError
 
     text = json.dumps(schema(), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
-    else:
-        out.write_text(text)
+        return
+    if out.is_dir():
+        raise OminixError(f"--out {out} is a directory", "give the path of a file, e.g. --out ominix-schema.json")
+    try:
+        atomic.write_text(out, text)
+    except OSError as exc:
+        raise OminixError(f"cannot write {out}: {exc.strerror}",
+                          "give --out a writable file path in an existing directory") from exc
 
 
 @app.command("presets")

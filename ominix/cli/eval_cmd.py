@@ -32,9 +32,12 @@ def eval_(
 
       ominix eval --model runs/tiny --max-batches 10 --json
     """
+    from ominix.errors import OminixError
     from ominix.eval.run import run_eval
     from ominix.infer.load import torch_dtype
 
+    if out is not None and out.is_dir():
+        raise OminixError(f"--out {out} is a directory", "give the path of the results file, e.g. --out eval_results.json")
     if dtype != "auto":
         torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None

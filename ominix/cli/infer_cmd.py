@@ -53,7 +53,7 @@ def infer(
     prompts = s.read_prompts(prompts_file) if prompts_file is not None else None
     if prompts is None and out is not None:  # one prompt, recorded in a file instead of streamed
         prompts = [{"prompt": prompt}]
-    target = (out or s.default_samples_out(source)) if prompts is not None else None
+    target = s.samples_out(source, out) if prompts is not None else None
     session = s.open_session(source, settings.device, settings.dtype, compile, kernels)
     if prompts is not None:
         def progress(i: int, record: dict) -> None:

@@ -27,6 +27,8 @@ def preset_names() -> list[str]:
 def _resolve_source(source: str | Path) -> Path:
     path = Path(source)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        if path.is_dir():
+            raise OminixError(f"config file {path} is a directory", "pass a YAML file or a preset name")
         if not path.is_file():
             raise OminixError(f"config file not found: {path}", "check the path")
         return path
@@ -42,6 +44,8 @@ def _resolve_source(source: str | Path) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as exc:
+        raise OminixError(f"{path} is not a text file", "pass a YAML config file or a preset name") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

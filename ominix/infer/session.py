@@ -130,9 +130,14 @@ def complete(session: Session, prompt: str, sampling: Sampling, write: Callable[
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise OminixError(f"prompts file {path} does not exist", "pass a JSON Lines file")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise OminixError(f"prompts file {path} {what}", "pass a JSON Lines file")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise OminixError(f"prompts file {path} is not a text file", "pass a JSON Lines file") from exc
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -148,10 +153,15 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def default_samples_out(source: ModelSource) -> Path:
-    if source.run_dir is None:
-        raise OminixError(f"{source.path} is not part of a run directory", "pass --out FILE.jsonl")
-    return source.run_dir / "samples.jsonl"
+def samples_out(source: ModelSource, out: Path | None) -> Path:
+    """Where ``complete_file`` writes: ``out``, else RUN_DIR/samples.jsonl; checked before any model loads."""
+    if out is None:
+        if source.run_dir is None:
+            raise OminixError(f"{source.path} is not part of a run directory", "pass --out FILE.jsonl")
+        out = source.run_dir / "samples.jsonl"
+    if out.is_dir():
+        raise OminixError(f"--out {out} is a directory", "give the path of a file, e.g. --out samples.jsonl")
+    return out
 
 
 def complete_file(session: Session, prompts: list[dict[str, Any]], sampling: Sampling, out: Path,

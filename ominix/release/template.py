@@ -49,7 +49,7 @@ def render() -> str:
 
 def write(out: Path, force: bool = False) -> Path:
     if out.is_dir():
-        raise OminixError(f"{out} is a directory", "pass the path of a file, e.g. --out release.yaml")
+        raise OminixError(f"{out} is a directory", f"give --out a file path, e.g. --out {out / 'release.yaml'}")
     if out.exists() and not force:
         raise OminixError(f"{out} already exists", "pass --force to overwrite it, or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
