@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ominix.errors import OminixError
 from ominix.launch.events import Outcome
 from ominix.launch.lock import RunLock
 
@@ -47,6 +48,9 @@ class RunDir:
 
     def __enter__(self) -> RunDir:
         self.existed = self.path.exists()
+        if self.existed and not self.path.is_dir():
+            raise OminixError(f"--run-dir {self.path} is a file, not a directory",
+                              "choose a directory for the run (it is created if missing)")
         self.path.mkdir(parents=True, exist_ok=True)
         self.before = set(os.listdir(self.path))
         try:
