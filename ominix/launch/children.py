@@ -7,8 +7,11 @@ and its own error report does not bury the worker's.
   torchrun itself is SIGKILLed).
 - ``run_torchrun``: torchrun in its own process group (a terminal's Ctrl-C reaches the launcher
   only, which forwards it once), SIGTERM/SIGINT/SIGHUP forwarded (SIGHUP as SIGTERM: the workers
-  save either way), a second signal kills the group. The exit code is 128 + the signal when one
-  was forwarded, else the failing worker's own exit code (torchrun says 1 for any failure).
+  save either way) to the workers themselves, not to torchrun: torchrun gives its workers 30 s
+  after it is signalled and then kills them, too little for a large checkpoint; signalled
+  directly, the workers save and exit, and torchrun sees them finish. A second signal kills
+  torchrun and every worker. The exit code is 128 + the signal when one was forwarded, else the
+  failing worker's own exit code (torchrun says 1 for any failure).
 - ``TorchrunFilter``: torchrun's stderr minus its own log lines, its ChildFailedError or
   SignalException traceback and the failure table; only the first ``error (rank N):`` line and its
   hint are kept (the other ranks usually fail because that one did).
@@ -112,15 +115,34 @@ class TorchrunFilter:
         return kept
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def _forwarding(child: subprocess.Popen, received: list[int]) -> Callable[[int, object], None]:
     def forward(signum: int, frame: object) -> None:
+        workers = children_of(child.pid)  # each in a session of its own (torchrun starts them so)
         if received:  # asked twice: do not wait for the checkpoint
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             return
         received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        for pid in workers or [child.pid]:  # no worker yet: torchrun stops what it is starting
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
     return forward
 
 
