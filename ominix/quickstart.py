@@ -290,6 +290,8 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
 
 
 def _check(code: int, what: str) -> None:
+    if code in (130, 143):  # the stage was stopped by Ctrl-C or SIGTERM (it saved and said so)
+        raise KeyboardInterrupt
     if code:
         raise OminixError(f"{what} exited with code {code}", "see the log above; rerun with --force to start over")
 

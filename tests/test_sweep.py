@@ -23,7 +23,7 @@ def observed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if not in_private_netns():
         pytest.fail("the sweep trains a tiny run: run it via `make test` (private network namespace)")
     wanted = {item.callspec.params["case"].id for item in request.session.items
-              if hasattr(item, "callspec") and "case" in item.callspec.params}
+              if hasattr(item, "callspec") and isinstance(item.callspec.params.get("case"), Case)}
     shared = build_fixtures(tmp_path_factory.mktemp("sweep-shared"))
     return run_all([c for c in CASES if c.id in wanted], shared, tmp_path_factory.mktemp("sweep-cases"))
 
