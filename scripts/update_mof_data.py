@@ -1,4 +1,5 @@
-"""Regenerate ominix/release/data/ from the MOT reference files in ../shared/mof (or a given dir).
+"""Regenerate ominix/release/data/ from MOT's reference files (tests/data/mot, vendored; or a given dir:
+a newer checkout of MOT's data files).
 
     python scripts/update_mof_data.py [MOF_DIR]
 
@@ -50,7 +51,7 @@ def licenses(mof: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    mof = Path(argv[0]) if argv else REPO.parent / "shared" / "mof"
+    mof = Path(argv[0]) if argv else REPO / "tests" / "data" / "mot"
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "components.json").write_text(json.dumps(components(mof), indent=1) + "\n")
     (OUT / "licenses.json").write_text(json.dumps(licenses(mof), separators=(",", ":")) + "\n")
