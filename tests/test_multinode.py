@@ -22,13 +22,25 @@ from tests.sshd import Sshd, free_port, sshd  # noqa: F401  (fixture)
 pytestmark = pytest.mark.usefixtures("private_netns")
 
 WORKER = """
-import json, os, sys, time
+import json, os, signal, sys, time
 import torch, torch.distributed as dist
 out, mode = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 t = torch.tensor([float(rank + 1)])
 dist.all_reduce(t)
+
+
+def slow_exit(*_):  # 'slow-exit': a checkpoint save that takes 4 s, then the loop's own 143
+    time.sleep(4)
+    open(os.path.join(out, f"saved{rank}"), "w").close()
+    os._exit(143)
+
+
+if mode == "slow-exit":
+    signal.signal(signal.SIGTERM, slow_exit)
+if mode == "deaf":  # a worker that never stops by itself
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({"sum": t.item(), "pid": os.getpid(), "env": sorted(os.environ),
                "token_ok": os.environ.get("HF_TOKEN") == "hf_secret_value",
@@ -37,7 +49,8 @@ print(f"rank {rank} all-reduce sum {t.item():g}", flush=True)
 if mode == "crash" and rank == 1:
     sys.exit(3)
 while mode != "ok":  # 'crash', 'hang': keep talking to the peer like a training loop
-    dist.all_reduce(t)
+    if mode in ("crash", "hang"):
+        dist.all_reduce(t)
     time.sleep(0.05)
 dist.destroy_process_group()
 """
@@ -185,6 +198,58 @@ def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
     threading.Thread(target=interrupt, daemon=True).start()
     assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 130
     assert _leftovers(tmp_path) == []
+
+
+def _interrupt_when_running(tmp_path: Path, times: int = 1, pause_s: float = 1.0) -> list[float]:
+    """Ctrl-C (``times`` of them, ``pause_s`` apart) once both workers run; the list gets the
+    monotonic time of the last one."""
+    at: list[float] = []
+
+    def interrupt() -> None:
+        while not all((tmp_path / f"rank{r}.json").exists() for r in (0, 1)):
+            time.sleep(0.1)
+        for i in range(times):
+            if i:
+                time.sleep(pause_s)
+            at[:] = [time.monotonic()]
+            _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    return at
+
+
+def test_a_stop_lets_the_workers_save_and_never_signals_torchrun(sshd: Sshd, tmp_path: Path) -> None:
+    """Ctrl-C: the workers themselves get SIGTERM and take the time they need (4 s here) to save
+    and exit 143 by their own handler; torchrun, which would kill them 30 s after a signal of its
+    own, gets none."""
+    cfg = _cfg(sshd, tmp_path, stop_timeout=20)
+    at = _interrupt_when_running(tmp_path)
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "slow-exit"), tmp_path / "logs") == 130
+    assert time.monotonic() - at[0] >= 4
+    assert (tmp_path / "saved0").exists() and (tmp_path / "saved1").exists()
+    for log in (tmp_path / "logs").iterdir():
+        text = log.read_text()
+        assert "exitcode  : 143" in text, text
+        assert "death signal" not in text and "SignalException" not in text, text
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_worker_that_ignores_the_stop_is_killed_after_stop_timeout(sshd: Sshd, tmp_path: Path) -> None:
+    cfg = _cfg(sshd, tmp_path, stop_timeout=2)
+    at = _interrupt_when_running(tmp_path)
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "deaf"), tmp_path / "logs") == 130
+    assert 2 <= time.monotonic() - at[0] < 10
+    assert _leftovers(tmp_path, wait_s=5) == []
+
+
+def test_a_second_interrupt_kills_without_waiting_for_the_save(sshd: Sshd, tmp_path: Path,
+                                                             capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = _cfg(sshd, tmp_path, stop_timeout=600)
+    at = _interrupt_when_running(tmp_path, times=2)
+    assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "deaf"), tmp_path / "logs") == 130
+    assert time.monotonic() - at[0] < 8
+    assert "interrupted again: killing every node" in capfd.readouterr().err
+    assert _leftovers(tmp_path, wait_s=5) == []
 
 
 def _dry(cfg: OminixConfig, run_dir: Path) -> str:

@@ -252,6 +252,12 @@ class LaunchConfig(Section):
     known_hosts: str | None = Field(None, description="known_hosts file; None = ~/.ssh/known_hosts.")
     accept_new_host_keys: bool = Field(False, description="Trust and record unknown host keys.")
     connect_timeout: float = Field(10.0, gt=0, description="SSH connect timeout in seconds.")
+    stop_timeout: float = Field(
+        900.0, ge=1,
+        description="Seconds a stopped multi-node run (Ctrl-C, SIGTERM) gets to save its checkpoint and exit "
+        "before its processes are killed; covers the save of a large checkpoint (minutes for 7B). "
+        "A second Ctrl-C kills at once.",
+    )
     workdir: str | None = Field(None, description="Working directory on every node; None = here.")
     python: str | None = Field(None, description="Python on the nodes; None = this interpreter.")
     forward_env: list[str] = Field(

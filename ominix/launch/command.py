@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 # Variables a node keeps from its own login environment; everything else is set explicitly.
 KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
-# torchrun gives its workers this long after SIGTERM before SIGKILL; the node guard waits longer
-# (GRACE_S) before killing torchrun, and the launcher longer still for the guards to report.
-BASE_ENV = {"PYTHONUNBUFFERED": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "15"}
+# No torch variable sets torchrun's stop timeout (30 s after it is signalled): a stop therefore
+# signals the workers themselves, never torchrun (children.py, nodeguard.py).
+BASE_ENV = {"PYTHONUNBUFFERED": "1"}
 
 
 def is_secret(name: str) -> bool:

@@ -4,8 +4,11 @@ Every node, node 0 included, is started over SSH. The launching machine is often
 that is not in the hostfile, and even when it is, going through SSH gives node 0 exactly the
 environment of the others (login PATH, the explicit variables below) instead of whatever this shell
 holds, and one way to stop it. Each node runs ``python -m ominix.launch.nodeguard`` (see there),
-which gives torchrun an explicit, minimal environment, takes secrets from stdin and kills the
-node's process group when the launcher stops it or the connection drops.
+which gives torchrun an explicit, minimal environment, takes secrets from stdin and stops the
+node when the launcher asks (a ``stop`` or ``kill`` line on its stdin) or the connection drops.
+
+A stop gives the workers ``launch.stop_timeout`` seconds to save a checkpoint and exit; a second
+Ctrl-C (or SIGTERM) while the launcher waits for that sends ``kill`` to every node.
 
 ``run_nodes`` returns 0 when every node succeeded and 130 after Ctrl-C; when node N failed first
 (its exit status or a lost connection) it stops the others and raises :class:`NodeFailed`, whose
@@ -15,6 +18,7 @@ exit code is ``100 + N``. Node output goes, line by line, to the caller's ``Even
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import queue
 import re
@@ -36,7 +40,8 @@ if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
 EXIT_NODE_FAILED = 100
-STOP_GRACE_S = 35.0
+STOP_MARGIN_S = 10.0  # the launcher waits launch.stop_timeout + this for the guards to report
+KILL_WAIT_S = 5.0  # after ``kill``: how long the launcher waits for the nodes to report
 # A host that hangs or vanishes from the network keeps its TCP connection "open" for many minutes;
 # a node whose sshd has not answered a keepalive request for HEARTBEAT_TIMEOUT_S counts as dropped.
 HEARTBEAT_S = 5.0
@@ -80,7 +85,8 @@ def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
 
 def node_command(cfg: OminixConfig, rank: int, target: Target, argv: list[str]) -> NodeCommand:
     """``cd WORKDIR && exec PYTHON -m ominix.launch.nodeguard ... -- ARGV``, every word quoted."""
-    guard = [remote_python(cfg), "-m", "ominix.launch.nodeguard", "--keep", ",".join(KEEP_ENV)]
+    guard = [remote_python(cfg), "-m", "ominix.launch.nodeguard", "--keep", ",".join(KEEP_ENV),
+             "--grace", f"{cfg.launch.stop_timeout:g}"]
     secrets = forwarded(cfg)
     for key, value in node_env(cfg, target).items():
         if is_secret(key):
@@ -141,9 +147,17 @@ class _Node:
         events.put((self.node.rank, status))
 
     def stop(self) -> None:
-        """EOF on the guard's stdin: it stops the node's process group."""
+        """The guard stops the node gracefully: its workers save a checkpoint and exit."""
+        self._send(b"stop\n")
+
+    def kill(self) -> None:
+        """The guard kills the node's processes at once."""
+        self._send(b"kill\n")
+
+    def _send(self, request: bytes) -> None:
         if not self.channel.closed:
-            self.channel.shutdown_write()
+            with contextlib.suppress(OSError, EOFError):  # the connection is gone: the guard stops
+                self.channel.sendall(request)
 
 
 def _cause(tail: collections.abc.Iterable[str]) -> str:
@@ -183,6 +197,8 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: 
     started: list[_Node] = []
     running: set[int] = set()
     failed: tuple[int, int] | None = None
+    grace = cfg.launch.stop_timeout + STOP_MARGIN_S
+    stopping = False
     try:
         for node, client in zip(nodes, clients):
             started.append(_Node(node, client, log_dir / log_name(node.target), events, show, lock))
@@ -199,11 +215,11 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: 
             running.discard(rank)
             if status != 0 and failed is None:
                 failed = (rank, status)
-                _stop_all(started, running, events)
+                stopping = True
+                _stop_all(started, running, events, grace)
                 running.clear()
     except KeyboardInterrupt:
-        show.notice("interrupted: stopping every node")
-        _stop_all(started, running, events)
+        _interrupted(started, running, events, grace, show, again=stopping)
         return 130
     finally:  # closing the connections is also what stops a guard if anything above raised
         for client in clients:
@@ -218,11 +234,33 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: 
                      f"see {log_dir / log_name(nodes[rank].target)}")
 
 
-def _stop_all(started: list[_Node], running: set[int], events: queue.Queue) -> None:
+def _interrupted(started: list[_Node], running: set[int], events: queue.Queue, grace: float,
+                 show: Events, *, again: bool) -> None:
+    """A first interrupt stops every node gracefully; a second one (also while the nodes were
+    being stopped after a failure) kills them."""
+    try:
+        if not again:
+            show.notice("interrupted: stopping every node (they save a checkpoint; interrupt again to kill them)")
+            _stop_all(started, running, events, grace)
+            return
+    except KeyboardInterrupt:
+        pass
+    show.notice("interrupted again: killing every node")
+    for n in started:
+        if n.node.rank in running:
+            n.kill()
+    _wait(running, events, KILL_WAIT_S)
+
+
+def _stop_all(started: list[_Node], running: set[int], events: queue.Queue, wait_s: float) -> None:
     for n in started:
         if n.node.rank in running:
             n.stop()
-    deadline = time.monotonic() + STOP_GRACE_S
+    _wait(running, events, wait_s)
+
+
+def _wait(running: set[int], events: queue.Queue, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
     while running and time.monotonic() < deadline:
         try:
             running.discard(events.get(timeout=0.5)[0])
