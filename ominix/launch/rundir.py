@@ -79,9 +79,11 @@ class RunDir:
     def __exit__(self, kind, exc, tb) -> None:
         refused = self.code == EXIT_BAD_INPUT or (exc is not None and (
             not self.config_written or getattr(exc, "exit_code", None) == EXIT_BAD_INPUT))
-        self.lock.release()
-        if refused and _progress(self.path) == self.progress:
-            self._undo()
+        try:
+            if refused and _progress(self.path) == self.progress:
+                self._undo()  # while the lock is still held: a launch waiting for it must not lose files
+        finally:
+            self.lock.release()
 
     def _undo(self) -> None:
         if not self.existed:
