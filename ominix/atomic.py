@@ -9,6 +9,9 @@ Each such output carries a marker, ``.ominix-output.json`` (kind, date, OminiX v
 before anything else: ``--force`` replaces an existing output only when it carries the marker of
 the same kind (:func:`check_replaceable`), so it never deletes a run, a dataset, a bundle of another
 kind, the command's own input or a directory no OminiX command made.
+
+Files an output holds get the permissions the umask gives (:func:`make_readable`): some writers
+(safetensors) create theirs 0600, which teammates on shared storage cannot read.
 """
 
 from __future__ import annotations
@@ -62,6 +65,29 @@ def publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where /proc tells it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(paths: Iterable[Path]) -> None:
+    """Give each file in ``paths`` (directories: every file under it) the mode ``0o666 & ~umask``
+    that an ordinary ``open`` would have given it."""
+    mode = 0o666 & ~umask()
+    for path in paths:
+        for file in (p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            if not file.is_symlink():
+                os.chmod(file, mode)
 
 
 def write_marker(out: Path, kind: str) -> None:
@@ -151,6 +177,7 @@ def staged(out: Path, kind: str | None = None) -> Iterator[Path]:
         if kind is not None:
             write_marker(tmp, kind)
         yield tmp
+        make_readable([tmp])
         publish(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

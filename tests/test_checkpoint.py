@@ -193,3 +193,25 @@ def test_metrics_lines_are_strict_json_with_null_for_what_is_not_a_number(tmp_pa
     rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{"kind": "eval", "step": 1, "val_loss": None, "val_perplexity": None},
                     {"kind": "train", "step": 1, "loss": 2.5, "grad_norm": None}]
+
+
+def test_saved_files_get_the_mode_the_umask_gives_not_safetensors_0600(tmp_path: Path) -> None:
+    """make_readable is what save_checkpoint and every staged output run over their files (the real
+    training save is checked in tests/test_export.py's pipeline test)."""
+    import os
+    import stat
+
+    from ominix.atomic import make_readable
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o600  # safetensors' own mode
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.json").write_text("{}")
+    os.chmod(tmp_path / "sub" / "a.json", 0o600)
+    for mask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        old = os.umask(mask)
+        try:
+            make_readable([tmp_path])
+        finally:
+            os.umask(old)
+        assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {mode}

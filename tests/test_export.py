@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -98,6 +100,62 @@ def test_export_loads_in_transformers_with_same_logits_and_tokenizer(run_dir: Pa
     assert gen["eos_token_id"] == tokenizer.eos_token_id
 
 
+def _greedy(model, tokenizer, prompts: list[str], n: int = 6) -> list[list[int]]:
+    """The ``n`` greedy continuation ids of each prompt, generated as one padded batch."""
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**batch, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return ids[:, batch.input_ids.shape[1]:].tolist()
+
+
+def test_export_takes_the_standard_transformers_calls_and_has_a_hub_model_card(tmp_path: Path) -> None:
+    """generate(**tok(...)) with no token_type_ids, left-padded batches equal to one prompt at a time
+    (the test tokenizer has no pad token: the export pads with </s>), a README.md with Hub metadata."""
+    import yaml
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ominix.config import load_config, save_config
+
+    run = make_run(tmp_path)
+    cfg = load_config(run / "config.yaml")
+    cfg.release.licenses.distribution.name = "Apache-2.0"
+    cfg.data.sources = ["HuggingFaceFW/fineweb-edu", str(tmp_path / "data")]
+    save_config(cfg, run / "config.yaml")
+    save_config(cfg, run / "checkpoints/step_00000010/config.yaml")
+    (run / "eval").mkdir()
+    (run / "eval" / "eval_results.json").write_text(json.dumps(
+        {"perplexity": {"loss": 5.25, "perplexity": 190.57, "tokens": 4096}, "data": {"path": "d", "split": "val"}}))
+    out = tmp_path / "hf"
+    result = run_cli("checkpoint", "export", str(run), "--out", str(out), "--dtype", "fp32", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pad_token"] == {"token": "</s>", "id": 1, "from": "eos"}
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert tok.model_input_names == ["input_ids", "attention_mask"] and tok.padding_side == "left"
+    assert tok.pad_token == "</s>" == tok.eos_token
+    config = json.loads((out / "config.json").read_text())
+    assert config["pad_token_id"] == tok.pad_token_id == model.generation_config.pad_token_id
+    encoded = tok("def", return_tensors="pt")
+    assert set(encoded) == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        assert model.generate(**encoded, max_new_tokens=4, do_sample=False).shape[1] <= encoded.input_ids.shape[1] + 4
+    prompts = ["a", "longer prompt here"]
+    batched = _greedy(model, tok, prompts)
+    assert batched == [_greedy(model, tok, [p])[0] for p in prompts]
+
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["license"] == "Apache-2.0"
+    assert meta["datasets"] == ["HuggingFaceFW/fineweb-edu"] and "language" not in meta
+    assert meta["tags"] == ["ominix", "llama", "pretraining", "text-generation"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"loss": 5.25, "perplexity": 190.57}
+    assert "## Intended use" in text and cfg.release.limitations in text and "AutoTokenizer" in text
+
+
 def test_bf16_export_is_half_the_bytes_and_default_out_is_run_export(tmp_path: Path) -> None:
     run = make_run(tmp_path)
     result = run_cli("checkpoint", "export", str(run), "--dtype", "bf16")
@@ -162,6 +220,7 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
     from ominix.data.store import manifest_sha256
 
     data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
+    mask = os.umask(0o022)  # the files' modes are checked against it below
     prepare(load_config("tiny").data, data, progress=False)
     sets = ["checkpoint.every=2", "schedule.eval_every=2", "schedule.eval_batches=1", "schedule.warmup_steps=1"]
     train = run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), "--max-steps", "2",
@@ -174,6 +233,11 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
 
     exported = run_cli("checkpoint", "export", str(run), "--out", str(out))
     assert exported.returncode == 0, exported.stderr
+    written = [p for d in (run / "checkpoints", out) for p in d.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in written)
+    modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in written}
+    os.umask(mask)
+    assert {p: oct(m) for p, m in modes.items() if m != 0o644} == {}
     record = json.loads(run_cli("infer", "--model", str(out), "--prompt", "The function", "--temperature", "0",
                                 "--max-new-tokens", "12", "--json").stdout)
     tokenizer = AutoTokenizer.from_pretrained(out)

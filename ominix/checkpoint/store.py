@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ominix.atomic import make_readable
 from ominix.checkpoint.integrity import describe, share, write_record
 from ominix.checkpoint.layout import (
     CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, aside_dir, checkpoints_dir, latest_name, rank_file,
@@ -105,7 +106,9 @@ def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config
         (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
         (tmp / CONFIG).write_text(config_yaml)
     _barrier()
-    parts = _gather(describe(tmp, share(tmp, rank, engine.layout.world_size)))
+    mine = share(tmp, rank, engine.layout.world_size)
+    make_readable(mine)  # the model's safetensors are written 0600; each rank fixes the files it hashes
+    parts = _gather(describe(tmp, mine))
     if rank == 0:
         write_record(tmp, {rel: entry for part in parts for rel, entry in part.items()})
         final = ckpts / step_name(state["step"])

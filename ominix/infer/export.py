@@ -1,9 +1,14 @@
 """Export a checkpoint to the Hugging Face format that transformers loads with no custom code.
 
 The directory holds ``config.json`` (LlamaConfig), ``generation_config.json``, ``model.safetensors``
-(or shards with ``model.safetensors.index.json``), the tokenizer files, and ``ominix_export.json``
-(source checkpoint, step, dtype, OminiX model config, sha256 of every weight file). It is written
-under a temporary name and renamed once complete and verified.
+(or shards with ``model.safetensors.index.json``), the tokenizer files, ``README.md`` (a model card
+with Hub front matter) and ``ominix_export.json`` (source checkpoint, step, dtype, OminiX model
+config, sha256 of every weight file). It is written under a temporary name and renamed once
+complete and verified.
+
+The tokenizer takes ``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))``
+works), pads on the left (as batched generation with a decoder-only model needs) and has a pad
+token: the tokenizer's own, else its end-of-text token (recorded as ``pad_token.from: eos``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ominix.hashing import sha256_file
 from ominix.infer.load import (
     EXPORT_META, ModelSource, build_from_state, check_state, load_tokenizer, resolve, torch_dtype,
 )
+from ominix.infer.model_card import model_card
 
 DEFAULT_SHARD = 2 * 1024**3
 
@@ -61,6 +67,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     if len(tokenizer) > source.model.vocab_size:
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
                           f"{source.model.vocab_size}", "the tokenizer does not belong to this model")
+    pad = prepare_tokenizer(tokenizer)
     state = read_weights(source.weights)
     check_state(state, source.model, source.weights)
     if source.model.tie_word_embeddings:
@@ -70,7 +77,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     with staged(out, kind="export") as tmp:
         files = _write_weights(state, tmp, max_shard_size)
         _write_configs(source, tokenizer, tmp, dtype)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         meta = {
             "format": "huggingface-llama",
             "source": str(source.path.resolve()),
@@ -78,16 +85,46 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
             "state": source.state,
             "dtype": dtype,
             "model": source.model.model_dump(mode="json"),
+            "pad_token": pad,
             "files": files,
             "model_sha256": model_checksum(tmp, files),
             "command": command,
         }
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(source, meta, _name(source, out)))
         if verify:
             meta["verify"] = verify_export(tmp, source.model, state, device)
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     meta["out"] = str(out)
     return meta
+
+
+def prepare_tokenizer(tokenizer) -> dict[str, Any]:
+    """Make ``tokenizer`` fit the standard transformers calls; returns what the pad token is."""
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    tokenizer.padding_side = "left"
+    origin = "tokenizer"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token, origin = tokenizer.eos_token, "eos"
+    if tokenizer.pad_token is None:
+        return {"token": None, "id": None, "from": None}
+    return {"token": tokenizer.pad_token, "id": tokenizer.pad_token_id, "from": origin}
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """Save ``tokenizer`` with the settings of :func:`prepare_tokenizer` in tokenizer_config.json."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config |= {"model_input_names": list(tokenizer.model_input_names), "padding_side": "left"}
+    if tokenizer.pad_token is not None:
+        config["pad_token"] = tokenizer.pad_token
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def _name(source: ModelSource, out: Path) -> str:
+    release = source.run_config.release.name if source.run_config else None
+    return release or (source.run_dir.name if source.run_dir else out.name)
 
 
 def _write_weights(state: dict[str, Any], out: Path, max_shard_size: int) -> dict[str, str]:

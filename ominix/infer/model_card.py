@@ -1,0 +1,113 @@
+"""README.md of an export: a model card with the Hugging Face Hub's YAML front matter (license,
+datasets, language, tags, library_name, pipeline_tag, model-index with the run's evaluation),
+written from the run's config, the checkpoint's state and ``RUN_DIR/eval/eval_results.json``.
+
+Nothing is invented: a field the run does not know (no license declared, no language set, data
+that is not a Hub dataset) is left out."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ominix.release.cards import _ppl, _table
+
+TAGS = ["ominix", "llama", "pretraining", "text-generation"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_datasets(sources: list[str]) -> list[str]:
+    """The data sources that are Hub dataset ids (``org/name``, not a path on this machine)."""
+    return [s for s in sources if HUB_ID.match(s) and not Path(s).expanduser().exists()]
+
+
+def eval_results(run_dir: Path | None) -> dict[str, Any] | None:
+    path = run_dir / "eval" / "eval_results.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def front_matter(source: Any, name: str, results: dict[str, Any] | None) -> dict[str, Any]:
+    """The Hub metadata of the export of ``source`` (an ``ominix.infer.load.ModelSource``)."""
+    cfg = source.run_config
+    meta: dict[str, Any] = {}
+    if cfg is not None:
+        licenses = cfg.release.licenses
+        meta["license"] = licenses.distribution.name or licenses.code.name or "other"
+        datasets = hub_datasets(cfg.data.sources)
+        if datasets:
+            meta["datasets"] = datasets
+        language = getattr(cfg.release, "language", None) or getattr(cfg.data, "language", None)
+        if language:
+            meta["language"] = language if isinstance(language, list) else [language]
+    meta |= {"tags": TAGS, "library_name": "transformers", "pipeline_tag": "text-generation"}
+    ppl = (results or {}).get("perplexity") or {}
+    metrics = [{"type": "loss", "name": "validation loss", "value": ppl["loss"]}] if "loss" in ppl else []
+    if "perplexity" in ppl:
+        metrics.append({"type": "perplexity", "name": "validation perplexity", "value": ppl["perplexity"]})
+    if metrics:
+        data = results.get("data", {})
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "text-generation", "name": "Text Generation"},
+            "dataset": {"type": "ominix-prepared", "name": f"held-out split of {Path(str(data.get('path'))).name}",
+                        "split": data.get("split") or "validation"},
+            "metrics": metrics,
+        }]}]
+    return meta
+
+
+def model_card(source: Any, export_meta: dict[str, Any], name: str) -> str:
+    """The README.md text of an export (``export_meta`` as written to ``ominix_export.json``)."""
+    import yaml
+
+    from ominix.flops import num_params
+
+    results = eval_results(source.run_dir)
+    cfg, m, state = source.run_config, source.model, source.state
+    out = ["---", yaml.safe_dump(front_matter(source, name, results), sort_keys=False).rstrip(), "---", "",
+           f"# {name}", "",
+           f"A LLaMA-style decoder-only language model ({num_params(m):,} parameters, model preset "
+           f"`{m.name}`) pretrained with OminiX and exported to the Hugging Face "
+           "format: `LlamaForCausalLM`, loadable with transformers and no custom code.", "",
+           "## Training", ""]
+    rows = [["parameters", f"{num_params(m):,}"], ["layers / hidden / heads / kv heads",
+            f"{m.num_hidden_layers} / {m.hidden_size} / {m.num_attention_heads} / {m.kv_heads}"],
+            ["vocabulary", m.vocab_size], ["context length", m.max_position_embeddings],
+            ["steps", state.get("step")], ["tokens seen", f"{state['tokens']:,}" if "tokens" in state else None]]
+    if cfg is not None:
+        rows += [["data sources", ", ".join(f"`{s}`" for s in cfg.data.sources)],
+                 ["sequence length", cfg.data.seq_len],
+                 ["global batch", f"{cfg.schedule.global_batch_size} sequences"],
+                 ["optimizer", f"{cfg.optim.optimizer}, peak lr {cfg.optim.lr}"],
+                 ["plugin", f"{cfg.parallel.plugin} (tp {cfg.parallel.tp}, pp {cfg.parallel.pp}), "
+                            f"{cfg.parallel.precision}"]]
+    rows.append(["exported dtype", export_meta["dtype"]])
+    out += _table(["setting", "value"], rows)
+    if results and results.get("perplexity"):
+        out += ["", "## Evaluation", "", *_table(["split", "loss", "perplexity", "tokens"],
+                                                 [[results.get("data", {}).get("split"),
+                                                   *_ppl(results["perplexity"])]])]
+    if cfg is not None:
+        out += ["", "## Intended use", "", cfg.release.intended_use, "",
+                "## Limitations", "", cfg.release.limitations]
+    pad = export_meta.get("pad_token", {})
+    out += ["", "## How to load it", "", "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            'tok = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")',
+            'model = AutoModelForCausalLM.from_pretrained("PATH_OR_HUB_ID")',
+            'ids = model.generate(**tok("def", return_tensors="pt"), max_new_tokens=20)',
+            "print(tok.decode(ids[0]))",
+            "# batches: the tokenizer pads on the left, as generation needs",
+            'batch = tok(["a", "a longer prompt"], padding=True, return_tensors="pt")',
+            "```", ""]
+    if pad.get("from") == "eos":
+        out += [f"The tokenizer had no padding token; the export pads with the end-of-text token "
+                f"`{pad['token']}` (the attention mask hides the padding).", ""]
+    out += ["`ominix_export.json` records the source checkpoint and the sha256 of every weight file.", ""]
+    return "\n".join(out)
