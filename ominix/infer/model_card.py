@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ominix.release.cards import _ppl, _table
+from ominix.markdown import loss_cells, table
 
 TAGS = ["ominix", "llama", "pretraining", "text-generation"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -88,11 +88,11 @@ def model_card(source: Any, export_meta: dict[str, Any], name: str) -> str:
                  ["plugin", f"{cfg.parallel.plugin} (tp {cfg.parallel.tp}, pp {cfg.parallel.pp}), "
                             f"{cfg.parallel.precision}"]]
     rows.append(["exported dtype", export_meta["dtype"]])
-    out += _table(["setting", "value"], rows)
+    out += table(["setting", "value"], rows)
     if results and results.get("perplexity"):
-        out += ["", "## Evaluation", "", *_table(["split", "loss", "perplexity", "tokens"],
+        out += ["", "## Evaluation", "", *table(["split", "loss", "perplexity", "tokens"],
                                                  [[results.get("data", {}).get("split"),
-                                                   *_ppl(results["perplexity"])]])]
+                                                   *loss_cells(results["perplexity"])]])]
     if cfg is not None:
         out += ["", "## Intended use", "", cfg.release.intended_use, "",
                 "## Limitations", "", cfg.release.limitations]

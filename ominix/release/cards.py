@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ominix.markdown import loss_cells, table
 from ominix.release.mof import ROMAN, Classification, license_facts
 
 STATUS_TEXT = {
@@ -16,11 +17,6 @@ STATUS_TEXT = {
 }
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return lines + ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
-
-
 def _compute(metrics: list[dict[str, Any]], world: int) -> dict[str, Any]:
     """Training wall time (from step times in metrics.jsonl) and device-hours."""
     train = [m for m in metrics if m.get("kind") == "train" and "step_time_s" in m]
@@ -30,12 +26,6 @@ def _compute(metrics: list[dict[str, Any]], world: int) -> dict[str, Any]:
         previous = row["step"]
     last = train[-1] if train else {}
     return {"seconds": seconds, "device_hours": seconds * world / 3600, "last": last}
-
-
-def _ppl(numbers: dict[str, Any]) -> list[str]:
-    loss, ppl = numbers.get("loss"), numbers.get("perplexity")
-    return [f"{loss:.4f}" if isinstance(loss, float) else str(loss),
-            f"{ppl:.2f}" if isinstance(ppl, float) else str(ppl), f"{numbers.get('tokens', 0):,}"]
 
 
 def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> str:
@@ -55,7 +45,7 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
         "",
         "## Architecture",
         "",
-        *_table(["setting", "value"], [
+        *table(["setting", "value"], [
             ["parameters", f"{num_params(m):,}"],
             ["layers", m.num_hidden_layers], ["hidden size", m.hidden_size],
             ["MLP size (SwiGLU)", m.intermediate_size], ["attention heads", m.num_attention_heads],
@@ -82,7 +72,7 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
         "",
         "## Hyper-parameters",
         "",
-        *_table(["setting", "value"], [
+        *table(["setting", "value"], [
             ["optimizer", f"{o.optimizer} (beta1 {o.beta1}, beta2 {o.beta2}, eps {o.eps})"],
             ["learning rate", f"{o.lr} peak, {o.min_lr} final, {s.warmup_steps} warmup steps, {s.decay} decay"],
             ["weight decay", o.weight_decay], ["gradient clipping", o.grad_clip],
@@ -108,8 +98,8 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
         data = eval_results.get("data", {})
         out += [f"Perplexity on split `{data.get('split')}` of `{data.get('path')}` "
                 "(eval/eval_results.json has every number):", ""]
-        rows = [["all", *_ppl(ppl)]] + [[name, *_ppl(v)] for name, v in ppl.get("per_source", {}).items()]
-        out += _table(["source set", "loss", "perplexity", "tokens"], rows)
+        rows = [["all", *loss_cells(ppl)]] + [[name, *loss_cells(v)] for name, v in ppl.get("per_source", {}).items()]
+        out += table(["source set", "loss", "perplexity", "tokens"], rows)
         out += [""] if eval_results.get("tasks") else []
         for task, metrics in (eval_results.get("tasks") or {}).items():  # lm-eval: {task: {metric: value}}
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -127,7 +117,7 @@ def report_markdown(result: Classification, title: str) -> str:
     rows = [[c.name, ROMAN[c.mof_class], "required" if c.required else "optional",
              "yes" if c.present else "no", c.license or "", STATUS_TEXT[c.status], c.path or ""]
             for c in result.components]
-    out += _table(["component", "class", "", "present", "license", "acceptable", "path"], rows)
+    out += table(["component", "class", "", "present", "license", "acceptable", "path"], rows)
     nxt = result.next_class()
     if nxt is not None:
         out += ["", f"## Missing for Class {ROMAN[nxt]}", ""]
