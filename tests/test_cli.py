@@ -43,6 +43,22 @@ def test_every_command_has_help_with_examples(path: list[str]) -> None:
         assert "ominix " in result.output, f"`ominix {' '.join(path)} --help` shows no example"
 
 
+@pytest.mark.parametrize("path", [[], ["train", "launch"], ["data", "prepare"], ["mof", "report"]],
+                         ids=lambda p: " ".join(p) or "ominix")
+def test_dash_h_is_help_everywhere(path: list[str]) -> None:
+    result = CliRunner().invoke(app, [*path, "-h"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_error_lines_print_brackets_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from ominix.cli.render import report_error
+    from ominix.errors import OminixError
+
+    assert report_error(OminixError("needs pip install 'ominix[eval]'", "lines: [user@]host [slots=N]")) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'ominix[eval]'" in err and "[user@]host [slots=N]" in err
+
+
 def test_help_imports_nothing_heavy() -> None:
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "ominix", "--help"],

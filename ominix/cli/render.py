@@ -19,10 +19,12 @@ def report_error(exc: OminixError, rank: int | str | None = None) -> int:
     """Print ``exc`` as two lines on stderr and return its exit code; ``rank`` names the worker
     that raised it (``error (rank N): ...``, the line the multi-node launcher quotes)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     label = "error:" if rank is None else f"error (rank {rank}):"
-    console.print(f"[bold red]{label}[/] {exc.message}", markup=True)
+    # the texts are plain: "pip install 'ominix[eval]'" or "[user@]host" must print as written
+    console.print(f"[bold red]{escape(label)}[/] {escape(exc.message)}", markup=True)
     if exc.hint:
-        console.print(f"[bold]hint:[/] {exc.hint}", markup=True)
+        console.print(f"[bold]hint:[/] {escape(exc.hint)}", markup=True)
     return exc.exit_code
