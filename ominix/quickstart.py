@@ -190,8 +190,9 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
     from ominix.release.bundle import make_bundle
     from ominix.launch.run import launch
 
-    if steps <= RESUME_STEPS:
-        raise OminixError(f"--steps {steps} leaves nothing to resume", f"use --steps > {RESUME_STEPS}")
+    if steps < RESUME_STEPS + 10:  # the first launch needs a few steps before it stops
+        raise OminixError(f"--steps {steps} is too few: the last {RESUME_STEPS} run after a resume",
+                          f"use --steps {RESUME_STEPS + 10} or more")
     on_event = on_event or (lambda kind, info: None)
     out = (out or default_out()).absolute()
     claim_out(out, force)

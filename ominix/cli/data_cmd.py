@@ -80,7 +80,7 @@ def prepare(
 def inspect(
     path: Path = typer.Argument(..., help="A prepared data directory."),
     verify: bool = typer.Option(False, "--verify/--no-verify", help="Check every file's sha256."),
-    sample: int = typer.Option(1, "--sample", min=0, help="Decode this many random training blocks."),
+    sample: int = typer.Option(1, "--sample", help="Decode this many random training blocks."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the report as JSON."),
 ) -> None:
     """Show the sizes of a prepared directory, check its checksums, decode a sample. Exits 1 when

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def check_hosts(
     source: str = typer.Argument(None, help="Config file or preset; omitted = the defaults."),
     hostfile: str = typer.Option(None, "--hostfile", help="One host per line: [user@]host[:port] [slots=N]."),
-    nodes: int = typer.Option(None, "--nodes", min=1, help="Check only the first N hosts (default: all)."),
+    nodes: int = typer.Option(None, "--nodes", help="Check only the first N hosts (default: all)."),
     sets: list[str] = SET_OPTION,
     ssh_key: str = typer.Option(None, "--ssh-key", help="Private key file (default: agent, ~/.ssh)."),
     known_hosts: str = typer.Option(

@@ -29,7 +29,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 def quickstart(
     out: Path = typer.Option(None, "--out", "-o", help="Output directory; default runs/quickstart-YYYYmmdd-HHMMSS."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing quickstart directory OUT."),
-    steps: int = typer.Option(200, "--steps", min=60, help="Optimizer steps (the last 50 run after a resume)."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps (the last 50 run after a resume)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the summary as JSON (progress goes to stderr)."),
 ) -> None:
     """Run the whole pipeline on the corpus shipped inside OminiX, CPU only, no internet, a few minutes:

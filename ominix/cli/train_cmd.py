@@ -18,11 +18,11 @@ def launch(
         None, "--plugin", help="ColossalAI plugin: gemini, gemini_auto, zero2, zero2_cpu, 3d, ddp, fsdp."
     ),
     nproc_per_node: int = typer.Option(
-        None, "--nproc-per-node", min=1, help="Processes on this node (default: GPUs found, 1 on CPU)."
+        None, "--nproc-per-node", help="Processes on this node (default: GPUs found, 1 on CPU)."
     ),
     data: str = typer.Option(None, "--data", help="Prepared data directory (from `ominix data prepare`)."),
     run_dir: str = typer.Option(None, "--run-dir", help="Run directory: config, logs, metrics, checkpoints."),
-    max_steps: int = typer.Option(None, "--max-steps", min=1, help="Stop after this many optimizer steps."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), flash, sdpa, cudnn."),
     gradient_checkpointing: bool = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward."
@@ -30,7 +30,7 @@ def launch(
     resume: str = typer.Option(
         None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
     ),
-    nodes: int = typer.Option(None, "--nodes", min=1, help="Nodes to use: the first N hosts of the hostfile."),
+    nodes: int = typer.Option(None, "--nodes", help="Nodes to use: the first N hosts of the hostfile."),
     hostfile: str = typer.Option(
         None, "--hostfile", help="One host per line: 'host', 'user@host:port', optional 'slots=N'."
     ),
@@ -38,8 +38,8 @@ def launch(
         None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (sbatch)."
     ),
     master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: the first host)."),
-    master_port: int = typer.Option(None, "--master-port", min=1, max=65535, help="Rendezvous port."),
-    rdzv_timeout: int = typer.Option(None, "--rdzv-timeout", min=1, help="Seconds to wait for every node."),
+    master_port: int = typer.Option(None, "--master-port", help="Rendezvous port."),
+    rdzv_timeout: int = typer.Option(None, "--rdzv-timeout", help="Seconds to wait for every node."),
     ssh_key: str = typer.Option(None, "--ssh-key", help="Private key file (default: agent and ~/.ssh)."),
     accept_new_host_keys: bool = typer.Option(
         None, "--accept-new-host-keys/--no-accept-new-host-keys",

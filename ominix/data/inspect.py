@@ -10,12 +10,16 @@ import numpy as np
 
 from ominix.data.store import PackedDataset, manifest_sha256, read_manifest
 from ominix.data.store import verify as verify_checksums
+from ominix.errors import OminixError
 
 
 def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: int = 0) -> dict[str, Any]:
     """A JSON-ready report; ``problems`` lists checksum failures when verifying (else None)."""
     from tokenizers import Tokenizer
 
+    if samples < 0:
+        raise OminixError(f"--sample {samples}: the number of blocks to decode cannot be negative",
+                           "use --sample 0 to decode none")
     path = Path(path)
     m = read_manifest(path)
     problems = verify_checksums(path) if verify else None
