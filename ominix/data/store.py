@@ -177,21 +177,20 @@ class PackedDataset:
 
     def _verify(self, shards: list[dict[str, Any]]) -> None:
         """Hash every file of the split (runs in the verifier thread; hashlib releases the GIL)."""
-        for shard in shards:
-            for key, listed in (("file", "sha256"), ("sources_file", "sources_sha256")):
-                file = self.path / shard[key]
-                try:
-                    digest = sha256_file(file)
-                except OSError as exc:
-                    self._problem = (f"{file} cannot be read ({exc.strerror})", "check the data directory")
-                    return
-                if digest != shard[listed]:
-                    self._problem = (
-                        f"{file}: sha256 does not match the manifest (the shard or the manifest changed "
-                        "after `ominix data prepare`)",
-                        f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
-                    )
-                    return
+        for rel, listed in _listed_files(shards):
+            file = self.path / rel
+            try:
+                digest = sha256_file(file)
+            except OSError as exc:
+                self._problem = (f"{file} cannot be read ({exc.strerror})", "check the data directory")
+                return
+            if digest != listed:
+                self._problem = (
+                    f"{file}: sha256 does not match the manifest (the shard or the manifest changed "
+                    "after `ominix data prepare`)",
+                    f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
+                )
+                return
 
     def check(self, wait: bool = False) -> None:
         """Raise the verifier's finding, if any; ``wait`` first waits until every shard is hashed."""
@@ -261,17 +260,19 @@ class PackedDataset:
         )
 
 
+def _listed_files(shards: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file of ``shards`` as the manifest lists them."""
+    return [(shard[key], shard[digest]) for shard in shards
+            for key, digest in (("file", "sha256"), ("sources_file", "sources_sha256"))]
+
+
 def verify(path: str | Path) -> list[str]:
     """Check every file the manifest lists against its sha256; return the problems (empty = OK)."""
     path = Path(path)
     manifest = read_manifest(path)
     problems: list[str] = []
-    checks: list[tuple[str, str]] = []
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            checks.append((shard["file"], shard["sha256"]))
-            checks.append((shard["sources_file"], shard["sources_sha256"]))
-    checks.append((manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"]))
+    shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
+    checks = [*_listed_files(shards), (manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"])]
     for rel, expected in checks:
         file = path / rel
         if not file.is_file():
