@@ -27,6 +27,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 from ominix.errors import OminixError
 
@@ -121,7 +122,7 @@ def children_of(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()
+                stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
@@ -129,20 +130,31 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def signal_workers(torchrun: int, sig: int) -> None:
+    """``sig`` to torchrun's workers themselves (each sits in a session of its own), so torchrun
+    never starts its own 30 s kill timer; to torchrun's group while it has no worker yet."""
+    for pid in children_of(torchrun) or [-torchrun]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def kill_torchrun(torchrun: int) -> None:
+    """SIGKILL to torchrun's group and to every worker of it."""
+    workers = children_of(torchrun)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(torchrun, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _forwarding(child: subprocess.Popen, received: list[int]) -> Callable[[int, object], None]:
     def forward(signum: int, frame: object) -> None:
-        workers = children_of(child.pid)  # each in a session of its own (torchrun starts them so)
         if received:  # asked twice: do not wait for the checkpoint
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_torchrun(child.pid)
             return
         received.append(signum)
-        for pid in workers or [child.pid]:  # no worker yet: torchrun stops what it is starting
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        signal_workers(child.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
     return forward
 
 

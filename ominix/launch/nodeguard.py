@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -28,7 +27,7 @@ import subprocess
 import sys
 import threading
 
-from ominix.launch.children import children_of, die_with_parent
+from ominix.launch.children import die_with_parent, kill_torchrun, signal_workers
 
 GRACE_S = 900.0  # the default of launch.stop_timeout, which the launcher passes as --grace
 
@@ -49,10 +48,7 @@ class _Guard:
             if self._stopping:
                 return
             self._stopping = True
-        workers = children_of(self.child.pid)
-        for pid in workers or [-self.child.pid]:  # -pid: torchrun's group, while it starts workers
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        signal_workers(self.child.pid, signal.SIGTERM)
         if not self.killed.wait(self.grace):
             self.kill()
 
@@ -63,12 +59,7 @@ class _Guard:
         self.killed.set()
         if self.child.returncode is not None:
             return
-        workers = children_of(self.child.pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.child.pid, signal.SIGKILL)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_torchrun(self.child.pid)
 
     def watch_stdin(self) -> None:
         """``stop`` / ``kill`` lines; EOF is a graceful stop. Raw reads: a buffered reader would
