@@ -91,15 +91,23 @@ def start_sshd(root: Path) -> Sshd:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
     subprocess.run([SSHD, "-f", str(config), "-E", str(root / "sshd.log")], check=True)
-    pid_file = root / "sshd.pid"
-    deadline = time.monotonic() + 10
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = int(pid_file.read_text())
+    pid = read_pid(root / "sshd.pid")
     known = root / "known_hosts"
     server = Sshd(root, port, host_key, client_key, known, getpass.getuser(), pid)
     known.write_text("".join(server.host_key_line(a) for a in ADDRESSES))
     return server
+
+
+def read_pid(pid_file: Path, timeout: float = 10.0) -> int:
+    """The daemon's pid, once sshd has written it whole (it creates the file before writing it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            if time.monotonic() > deadline:
+                pytest.fail(f"sshd wrote no pid to {pid_file} within {timeout:.0f} s")
+            time.sleep(0.05)
 
 
 def stop_sshd(server: Sshd) -> None:

@@ -41,10 +41,11 @@ if mode == "slow-exit":
     signal.signal(signal.SIGTERM, slow_exit)
 if mode == "deaf":  # a worker that never stops by itself
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+with open(os.path.join(out, f"rank{rank}.json.tmp"), "w") as f:  # renamed: readers see it whole
     json.dump({"sum": t.item(), "pid": os.getpid(), "env": sorted(os.environ),
                "token_ok": os.environ.get("HF_TOKEN") == "hf_secret_value",
                "iface": os.environ.get("NCCL_SOCKET_IFNAME")}, f)
+os.replace(os.path.join(out, f"rank{rank}.json.tmp"), os.path.join(out, f"rank{rank}.json"))
 print(f"rank {rank} all-reduce sum {t.item():g}", flush=True)
 if mode == "crash" and rank == 1:
     sys.exit(3)
