@@ -7,34 +7,37 @@ from pathlib import Path
 
 import typer
 
-from ominix.cli.common import SET_OPTION
+from ominix.cli.common import CONFIG_OPTION, PRESET_ARGUMENT, SET_OPTION, one_preset
 
 app = typer.Typer(help="Inspect configurations and presets.", no_args_is_help=True)
 
 
 @app.command("show")
 def show(
-    source: str = typer.Argument(None, help="YAML file or preset name; omitted = the defaults."),
+    source: str = PRESET_ARGUMENT,
+    config: str = CONFIG_OPTION,
     sets: list[str] = SET_OPTION,
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print JSON instead of YAML."),
 ) -> None:
-    """Print the resolved config (defaults < FILE < --set).
+    """Print the resolved config (defaults < PRESET or FILE < --set): every default a preset sets.
 
     Examples:
 
       ominix config show tiny
 
+      ominix config show --config llama2-7b
+
       ominix config show llama2-7b --set schedule.micro_batch_size=8 --json
     """
     from ominix.config import dump_json, dump_yaml, load_config
 
-    cfg = load_config(source, sets)
+    cfg = load_config(one_preset(source, config), sets)
     typer.echo(dump_json(cfg) if as_json else dump_yaml(cfg), nl=False)
 
 
 @app.command("schema")
 def print_schema(
-    out: Path = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """Print the JSON Schema of the config file.
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
 
 import typer
 
-from ominix.cli.common import SET_OPTION
+from ominix.cli.common import CONFIG_OPTION, SET_OPTION, SHOW, is_preset, one_preset
 
 app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=True)
 
@@ -17,14 +18,20 @@ app = typer.Typer(help="Prepare and inspect training data.", no_args_is_help=Tru
 @app.command("prepare")
 def prepare(
     sources: list[str] = typer.Argument(
-        None, help="Hub dataset ids, files, directories, globs, save_to_disk dirs or @embedded "
-        "(default: data.sources, cerebras/SlimPajama-627B).", show_default=False,
+        None, metavar="[PRESET] [SOURCES]...", show_default=False,
+        help="A preset or config file first (optional), then Hub dataset ids, files, directories, globs, "
+        "save_to_disk dirs or @embedded (default: data.sources, cerebras/SlimPajama-627B).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory (written atomically)."),
-    config: str = typer.Option(None, "--config", "-c", help="Config file or preset whose data section to use."),
+    out: Path = typer.Option(
+        None, "--out", "-o", show_default=False,
+        help="Output directory (written atomically); default data/DATASET-SPLIT, e.g. data/slimpajama-train-10pct.",
+    ),
+    config: str = CONFIG_OPTION,
     sets: list[str] = SET_OPTION,
     split: str = typer.Option(None, "--split", help="datasets split expression, e.g. 'train[:10%]'."),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer directory or tokenizer.json."),
+    tokenizer: str = typer.Option(
+        None, "--tokenizer", help="Hub id, tokenizer directory or tokenizer.json (default: the preset's, LLaMA-2's)."
+    ),
     train_tokenizer: bool = typer.Option(
         None, "--train-tokenizer/--no-train-tokenizer", help="Train a byte-level BPE on the source."
     ),
@@ -42,13 +49,16 @@ def prepare(
 ) -> None:
     """Tokenize a corpus and pack it into checksummed shards of seq_len+1 token blocks.
 
-    Writes OUT/manifest.json, DATA_CARD.md, tokenizer/, train/ and validation/.
+    Writes OUT/manifest.json, DATA_CARD.md, tokenizer/, train/ and validation/. Sources, split,
+    tokenizer and seq_len default to the preset's data section (`ominix config show PRESET` prints them).
 
     Examples:
 
+      ominix data prepare tiny
+
       ominix data prepare @embedded --train-tokenizer --vocab-size 2048 --seq-len 128 --out data/tiny
 
-      ominix data prepare --config tiny --out data/tiny
+      ominix data prepare --split 'train[:10%]'
 
       ominix data prepare cerebras/SlimPajama-627B --split 'train[:1%]' --tokenizer ./llama2-tokenizer --out data/sp1
 
@@ -58,7 +68,10 @@ def prepare(
     from ominix.config import load_config
     from ominix.data.prepare import prepare as run_prepare
 
-    cfg = load_config(config, sets, {
+    sources = list(sources or [])
+    if sources and config is None and is_preset(sources[0]):
+        config = sources.pop(0)  # `ominix data prepare tiny`: the preset, as every other command takes it
+    cfg = load_config(one_preset(None, config), sets, {
         "data.sources": sources or None, "data.split": split, "data.tokenizer": tokenizer,
         "data.train_tokenizer": train_tokenizer, "data.vocab_size": vocab_size, "data.seq_len": seq_len,
         "data.text_field": text_field, "data.val_fraction": val_fraction, "data.seed": seed,
@@ -67,6 +80,7 @@ def prepare(
     if tokenizer and train_tokenizer is None and cfg.train_tokenizer:
         cfg.train_tokenizer = False  # --tokenizer on the command line wins over a config's train_tokenizer
     log = (lambda line: typer.echo(line, err=True))
+    out = out or default_out(cfg.sources, cfg.split)  # the summary names it
     progress = PrepareProgress() if not as_json and sys.stderr.isatty() else None
     manifest = run_prepare(cfg, out, force=force, progress=progress, log=log,
                            command=shlex.join(["ominix", *sys.argv[1:]]))
@@ -74,6 +88,21 @@ def prepare(
         typer.echo(json.dumps({"path": str(out), **manifest}, indent=2))
     else:
         print_summary(manifest, str(out))
+
+
+def default_out(sources: list[str], split: str) -> Path:
+    """data/DATASET-SPLIT: ``cerebras/SlimPajama-627B`` and ``train[:10%]`` give
+    data/slimpajama-train-10pct (a size suffix such as -627B dropped)."""
+    first = sources[0].rstrip("/")
+    if "*" in first:  # a glob: the directory it reads
+        name = Path(first).parent.name
+    elif Path(first).suffix in (".jsonl", ".json", ".parquet", ".txt", ".arrow", ".zst"):  # a file
+        name = Path(first).name.split(".")[0]
+    else:  # a Hub id, a directory or @embedded
+        name = first.split("/")[-1]
+    name = re.sub(r"-\d+(\.\d+)?[kmbt]$", "", name.lower().lstrip("@"))
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{name}-{split.lower().replace('%', 'pct')}").strip("-")
+    return Path("data") / (slug + (f"-and-{len(sources) - 1}-more" if len(sources) > 1 else ""))
 
 
 @app.command("inspect")

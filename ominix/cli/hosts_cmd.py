@@ -6,10 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ominix.cli.common import SET_OPTION
+from ominix.cli.common import CONFIG_OPTION, PRESET_ARGUMENT, SET_OPTION, one_preset
 
 if TYPE_CHECKING:
     from ominix.launch.hostcheck import HostReport
+
+
+HOSTFILE_HELP = ("One host per line: [user@]host[:port] [slots=N] [max_slots=N] (OpenMPI, DeepSpeed and "
+                 "`colossalai run` hostfiles read as they are).")
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +22,9 @@ def register(app: typer.Typer) -> None:
 
 
 def check_hosts(
-    source: str = typer.Argument(None, help="Config file or preset; omitted = the defaults."),
-    hostfile: str = typer.Option(None, "--hostfile", help="One host per line: [user@]host[:port] [slots=N]."),
+    source: str = PRESET_ARGUMENT,
+    config: str = CONFIG_OPTION,
+    hostfile: str = typer.Option(None, "--hostfile", help=HOSTFILE_HELP),
     nodes: int = typer.Option(None, "--nodes", help="Check only the first N hosts (default: all)."),
     sets: list[str] = SET_OPTION,
     ssh_key: str = typer.Option(None, "--ssh-key", help="Private key file (default: agent, ~/.ssh)."),
@@ -42,12 +47,14 @@ def check_hosts(
       ominix train check-hosts tiny --hostfile hosts.txt
 
       ominix train check-hosts llama2-7b --hostfile hosts.txt --nodes 4 --json
+
+      ominix train check-hosts --config llama2-7b --hostfile hosts.txt
     """
     from ominix.config import load_config
     from ominix.launch.hostcheck import check_hosts as run_checks
     from ominix.launch.hostcheck import cluster, reports_json
 
-    cfg = load_config(source, sets, {
+    cfg = load_config(one_preset(source, config), sets, {
         "launch.hostfile": hostfile, "launch.ssh_key": ssh_key, "launch.known_hosts": known_hosts,
         "launch.accept_new_host_keys": accept_new, "launch.master_addr": master_addr,
         "launch.master_port": master_port,

@@ -10,19 +10,24 @@ import typer
 from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.cli import quickstart_cmd
+from ominix.cli.quiet import filter_third_party_warnings
 from ominix.cli.render import debug_enabled, report_error
+from ominix.cli.spelling import Group
 from ominix.errors import OminixError
 
 app = typer.Typer(
     name="ominix",
     help=(
         "Open, reproducible pretraining of LLaMA-style models through ColossalAI.\n\n"
-        "Pipeline: data prepare -> train launch -> checkpoint export -> infer / eval -> mof report."
+        "Pipeline: data prepare -> train launch -> checkpoint export -> infer / eval -> mof report. "
+        "Presets: `ominix config presets`; what one sets: `ominix config show PRESET`."
     ),
+    cls=Group,  # a flag spelled as colossalai run / torchrun spell it: one line naming ours
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Markdown, not rich markup: '[user@]host [slots=N]' and "pip install 'ominix[eval]'" print as written
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits it
 )
 app.add_typer(config_cmd.app, name="config")
@@ -47,12 +52,13 @@ def main(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     debug: bool = typer.Option(
-        False, "--debug/--no-debug", help="Show tracebacks (same as OMINIX_DEBUG=1)."
+        False, "--debug/--no-debug", help="Show tracebacks and third-party warnings (same as OMINIX_DEBUG=1)."
     ),
 ) -> None:
     """OminiX command line."""
     if debug:
         os.environ["OMINIX_DEBUG"] = "1"
+    filter_third_party_warnings()  # tensornvme, apex, bitsandbytes...: shown with --debug
 
 
 def run() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ominix.cli import hosts_cmd
-from ominix.cli.common import SET_OPTION
+from ominix.cli.common import CONFIG_OPTION, PRESET_ARGUMENT, SET_OPTION, one_preset
 
 app = typer.Typer(help="Train a model: launch runs, check hosts.", no_args_is_help=True)
 hosts_cmd.register(app)
@@ -13,15 +13,21 @@ hosts_cmd.register(app)
 
 @app.command("launch")
 def launch(
-    source: str = typer.Argument(None, help="Config file or preset (tiny, llama2-7b, ...); omitted = defaults."),
+    source: str = PRESET_ARGUMENT,
+    config: str = CONFIG_OPTION,
     plugin: str = typer.Option(
         None, "--plugin", help="ColossalAI plugin: gemini, gemini_auto, zero2, zero2_cpu, 3d, ddp, fsdp."
     ),
     nproc_per_node: int = typer.Option(
         None, "--nproc-per-node", help="Processes on this node (default: GPUs found, 1 on CPU)."
     ),
-    data: str = typer.Option(None, "--data", help="Prepared data directory (from `ominix data prepare`)."),
-    run_dir: str = typer.Option(None, "--run-dir", help="Run directory: config, logs, metrics, checkpoints."),
+    data: str = typer.Option(
+        None, "--data", help="Prepared data directory (from `ominix data prepare`); needed unless --dry-run."
+    ),
+    out: str = typer.Option(
+        None, "--out", "-o", help="Run directory: config, logs, metrics, checkpoints (default logging.run_dir)."
+    ),
+    run_dir: str = typer.Option(None, "--run-dir", hidden=True, help="Old name of --out."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), flash, sdpa, cudnn."),
     gradient_checkpointing: bool = typer.Option(
@@ -30,10 +36,10 @@ def launch(
     resume: str = typer.Option(
         None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
     ),
-    nodes: int = typer.Option(None, "--nodes", help="Nodes to use: the first N hosts of the hostfile."),
-    hostfile: str = typer.Option(
-        None, "--hostfile", help="One host per line: 'host', 'user@host:port', optional 'slots=N'."
+    nodes: int = typer.Option(
+        None, "--nodes", help="Nodes to use: the first N hosts of the hostfile (without one: this machine only)."
     ),
+    hostfile: str = typer.Option(None, "--hostfile", help=hosts_cmd.HOSTFILE_HELP),
     launcher: str = typer.Option(
         None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (sbatch)."
     ),
@@ -53,28 +59,33 @@ def launch(
         False, "--dry-run/--no-dry-run", help="Print the resolved config and the command; start nothing."
     ),
 ) -> None:
-    """Train locally: in-process for one process, torchrun for several (multi-node with a hostfile).
+    """Train: in-process for one process, torchrun for several, one torchrun per node over SSH with a
+    hostfile. Settings come from PRESET (`ominix config show PRESET` prints them), then --set, then flags.
 
     Examples:
 
-      ominix train launch tiny --data data/tiny --run-dir runs/tiny
+      ominix train launch tiny --data data/tiny --out runs/tiny
 
-      ominix train launch tiny --data data/tiny --nproc-per-node 2 --max-steps 50 --set optim.lr=1e-3
+      ominix train launch --config tiny --data data/tiny --nproc-per-node 2 --max-steps 50 --set optim.lr=1e-3
 
       ominix train launch llama2-7b --data data/slimpajama --plugin gemini --dry-run
 
-      ominix train launch tiny --data data/tiny --run-dir runs/tiny --resume auto
+      ominix train launch tiny --data data/tiny --out runs/tiny --resume auto
 
       ominix train launch llama2-7b --plugin gemini --nodes 4 --hostfile hosts.txt --data data/slimpajama --dry-run
     """
+    from ominix.errors import OminixError
     from ominix.launch.events import Events
     from ominix.launch.run import launch_from_cli
 
     # node output and notices as plain lines (Events' defaults: stdout, stderr), the host checks as a table
     events = Events(checks=hosts_cmd.print_table)
-    outcome = launch_from_cli(source, sets, {
+    if out and run_dir and out != run_dir:
+        raise OminixError(f"two run directories given: --out {out} and --run-dir {run_dir}",
+                          "give it once, with --out (--run-dir is its old name)")
+    outcome = launch_from_cli(one_preset(source, config), sets, {
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
-        "logging.run_dir": run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
+        "logging.run_dir": out or run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
         "model.attn": attn, "model.gradient_checkpointing": gradient_checkpointing,
         "launch.nodes": nodes, "launch.hostfile": hostfile, "launch.launcher": launcher,
         "launch.master_addr": master_addr, "launch.master_port": master_port,

@@ -14,6 +14,8 @@ from ominix import plugins
 from ominix.plugins import NAMES as PLUGIN_NAMES
 
 SLIMPAJAMA = "cerebras/SlimPajama-627B"
+# LLaMA-2's tokenizer (32,000 ids), from an ungated Apache-2.0 repository (meta-llama's is gated)
+LLAMA2_TOKENIZER = "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
 
 
 class Section(BaseModel):
@@ -92,7 +94,8 @@ class DataConfig(Section):
     text_field: str = Field("text", description="Record field holding the document text.")
     path: str | None = Field(None, description="Prepared data directory (output of data prepare).")
     tokenizer: str | None = Field(
-        None, description="Tokenizer directory or tokenizer.json; None with train_tokenizer trains one."
+        LLAMA2_TOKENIZER, description="Tokenizer: a Hugging Face Hub id, a directory or a tokenizer.json "
+        "(default: the LLaMA-2 tokenizer, 32,000 ids); unset when train_tokenizer trains one.",
     )
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the source.")
     # 2**20 ids: four times the largest vocabulary in use (~256k), far below the uint32 a shard holds;
@@ -112,6 +115,14 @@ class DataConfig(Section):
         True, description="Training: each rank checks every shard's sha256 in a background thread "
         "(0.4-1 GB/s per rank, off the training thread); false skips it for data too large to read per rank.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trained_replaces_default(cls, data: Any) -> Any:
+        # train_tokenizer without a tokenizer named: the default (LLaMA-2's) does not apply
+        if isinstance(data, dict) and data.get("train_tokenizer") and "tokenizer" not in data:
+            return {**data, "tokenizer": None}
+        return data
 
     @model_validator(mode="after")
     def _tokenizer_choice(self) -> DataConfig:
@@ -152,7 +163,9 @@ class ScheduleConfig(Section):
     )
     max_steps: int | None = Field(1000, ge=1, description="Stop after this many optimizer steps.")
     max_tokens: int | None = Field(None, ge=1, description="Stop once this many tokens were seen.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    warmup_steps: int = Field(
+        100, ge=0, description="Linear warmup steps; a shorter run warms up over all its steps (with a notice)."
+    )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
     eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
     eval_batches: int = Field(20, ge=1, description="Micro batches per evaluation.")
@@ -170,12 +183,7 @@ class ScheduleConfig(Section):
                 f"schedule.global_batch_size ({self.global_batch_size}) must be a multiple of "
                 f"schedule.micro_batch_size ({self.micro_batch_size})"
             )
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError(
-                f"schedule.warmup_steps ({self.warmup_steps}) exceeds schedule.max_steps "
-                f"({self.max_steps})"
-            )
-        return self
+        return self  # warmup_steps beyond the run's steps: warmup over the steps it has (train.schedule)
 
 
 class ParallelConfig(Section):

@@ -72,16 +72,20 @@ def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_a
 def summary(cfg: OminixConfig, nproc: int) -> str:
     """What a dry run says the job is: model, data, layout, schedule, run directory."""
     from ominix.train.engine import derive_layout
+    from ominix.train.schedule import total_steps, warmup_note, warmup_steps
 
     layout = derive_layout(cfg, nproc * cfg.launch.nodes)
     p, s = cfg.parallel, cfg.schedule
+    total = total_steps(cfg, layout.tokens_per_step)
     stop = f"max_steps {s.max_steps}" if s.max_steps else ""
     stop += f"{', ' if stop else ''}max_tokens {s.max_tokens:,}" if s.max_tokens else ""
-    return "\n".join([
+    data = cfg.data.path or "not set: a real launch needs --data DIR (from `ominix data prepare`)"
+    return "\n".join(filter(None, [
         f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
         f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, vocab {cfg.model.vocab_size}",
-        f"data      {cfg.data.path} (seq_len {cfg.data.seq_len})",
+        f"data      {data} (seq_len {cfg.data.seq_len})",
         f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
-        f"schedule  {stop}; lr {cfg.optim.lr} -> {cfg.optim.min_lr} ({s.decay}, warmup {s.warmup_steps})",
+        f"schedule  {stop}; lr {cfg.optim.lr} -> {cfg.optim.min_lr} ({s.decay}, warmup {warmup_steps(cfg, total)})",
         f"run dir   {cfg.logging.run_dir} (resume {cfg.checkpoint.resume})",
-    ])
+        warmup_note(cfg, total),
+    ]))

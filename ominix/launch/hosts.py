@@ -3,7 +3,9 @@
 ```
 # comments and blank lines are ignored
 node1                      # a bare hostname, as `colossalai run --hostfile` reads it
-alice@node2:2222 slots=8   # SSH user, SSH port, processes on that node
+alice@node2:2222 slots=8   # SSH user, SSH port, processes on that node (DeepSpeed, OpenMPI)
+node3 max_slots=8          # OpenMPI's cap (also max-slots=8): the processes when slots= is not given
+node4 slots=4 max_slots=8  # slots wins; it may not exceed max_slots
 10.0.0.7
 ```
 
@@ -24,10 +26,11 @@ _NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?"
 _USER = r"[A-Za-z_][A-Za-z0-9._-]*"
 _LINE = re.compile(
     rf"^(?:(?P<user>{_USER})@)?(?:(?P<name>{_NAME})|\[(?P<v6>[0-9A-Fa-f:.]+)\])"
-    r"(?::(?P<port>[0-9]{1,5}))?(?:\s+slots=(?P<slots>[0-9]{1,6}))?$"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<fields>(?:\s+\S+)*)$"
 )
+_FIELD = re.compile(r"^(?P<key>slots|max_slots|max-slots)=(?P<value>[0-9]{1,6})$")
 HOSTNAME_RE = re.compile(rf"^{_NAME}$")
-FORMAT = "[user@]host[:port] [slots=N]"
+FORMAT = "[user@]host[:port] [slots=N] [max_slots=N]"
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,29 @@ def parse_line(text: str, where: str) -> Host | None:
     port = int(match["port"]) if match["port"] else None
     if port is not None and not 1 <= port <= 65535:
         raise OminixError(f"{where}: port {port} is out of range", "use a port from 1 to 65535")
-    slots = int(match["slots"]) if match["slots"] else None
+    fields = _fields(match["fields"].split(), where)
+    slots = fields.get("slots", fields.get("max_slots"))
     if slots == 0:
         raise OminixError(f"{where}: slots=0 gives that node nothing to run", "use slots=1 or more")
+    if slots is not None and slots > fields.get("max_slots", slots):
+        raise OminixError(f"{where}: slots={slots} exceeds max_slots={fields['max_slots']}",
+                          "lower slots= or raise max_slots=")
     return Host(hostname=match["name"] or match["v6"], user=match["user"], port=port, slots=slots)
+
+
+def _fields(tokens: list[str], where: str) -> dict[str, int]:
+    """``slots=N``, ``max_slots=N`` (or ``max-slots=N``), each at most once."""
+    fields: dict[str, int] = {}
+    for token in tokens:
+        match = _FIELD.match(token)
+        if match is None:
+            raise OminixError(f"{where}: {token!r} is not a host field",
+                              f"write one host per line as {FORMAT} (slots=N and max_slots=N are the fields read)")
+        key = match["key"].replace("-", "_")
+        if key in fields:
+            raise OminixError(f"{where}: {key}= is given twice", "give it once")
+        fields[key] = int(match["value"])
+    return fields
 
 
 def parse_hostfile(path: str | Path) -> list[Host]:

@@ -5,15 +5,18 @@ nodes (or a hostfile) to ``multinode`` (torchrun per node over SSH), ``colossala
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.config import load_config
+from ominix.errors import OminixError
 from ominix.launch import colossalai_run, multinode, slurm
 from ominix.launch.command import remote_python, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.hostcheck import checked_gpus, cluster
+from ominix.launch.hosts import FORMAT, parse_hostfile, select_hosts
 from ominix.launch.children import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
@@ -23,25 +26,35 @@ if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
 
-def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = None) -> Outcome:
+def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = None,
+          nodes_flag: int | None = None) -> Outcome:
     """Run ``cfg``: validate it and its data, lock the run directory, write RUN_DIR/config.yaml,
     start the worker(s). ``dry_run`` starts, locks and writes nothing: the outcome's text is the
-    plan (summary, commands, resolved config)."""
+    plan (summary, commands, resolved config).
+
+    Without a hostfile a launch runs on this machine: one node, whatever ``launch.nodes`` a preset
+    says (the plan says so); ``nodes_flag`` (``--nodes N`` typed on the command line) above 1 then
+    asks for hosts, refused once the config and data checks passed. A multi-node launch checks
+    everything the config and data decide before it reaches any host over SSH."""
     events = events or Events()
-    if not (cfg.launch.nodes > 1 or cfg.launch.hostfile):
-        return start_local(cfg, dry_run=dry_run, events=events)
-    import torch
-
-    from ominix.train.engine import validate
-
-    world = None
-    if cfg.launch.nproc_per_node:
-        world = cfg.launch.nodes * cfg.launch.nproc_per_node
-        validate(cfg, world, torch.cuda.is_available() or dry_run)
+    if not (cfg.launch.hostfile or (cfg.launch.launcher == "slurm" and cfg.launch.nodes > 1)):
+        if (nodes_flag or 1) > 1:
+            check_before_hosts(cfg, dry_run)
+            raise OminixError(f"--nodes {nodes_flag} needs a hostfile naming the nodes",
+                              f"pass --hostfile FILE (one host per line: {FORMAT}), "
+                              "or leave out --nodes to train on this machine")
+        note = None
+        if cfg.launch.nodes > 1:
+            note = (f"note: launch.nodes is {cfg.launch.nodes} but no hostfile is given: "
+                    "this launch runs on this machine only (one node)")
+            cfg = cfg.model_copy(update={"launch": cfg.launch.model_copy(update={"nodes": 1})})
+            if not dry_run:
+                events.notice(note)
+        outcome = start_local(cfg, dry_run=dry_run, events=events)
+        return Outcome(outcome.code, f"{note}\n{outcome.text}") if note and dry_run else outcome
+    world = check_before_hosts(cfg, dry_run)
     if dry_run:
         return launch_multinode(cfg, Path(cfg.logging.run_dir), dry_run=True, events=events)
-    if cfg.launch.launcher != "slurm":  # an sbatch file starts nothing here: its nodes check
-        preflight(cfg, world)
     with RunDir(cfg, events.notice) as claimed, stop_signals() as received:
         try:
             outcome = launch_multinode(cfg, claimed.path, dry_run=False, events=events, prepare=claimed.write_config)
@@ -50,6 +63,32 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
         if outcome.code == 130 and received:
             outcome = Outcome(128 + received[0], outcome.text)
         return claimed.finish(outcome)
+
+
+def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
+    """What a multi-node launch can refuse before it reaches any host (what ``--dry-run`` shows):
+    the batch layout and, for a real launch, the prepared data and the resume target. With
+    processes per node unknown (counted on the nodes later) the layout is checked at the
+    smallest world the nodes can form, where a batch that does not divide fails for any GPU count.
+    Returns the world size when it is known."""
+    from ominix.train.engine import derive_layout, validate
+
+    nodes, p = cfg.launch.nodes, cfg.parallel
+    slots = set()
+    if cfg.launch.hostfile and cfg.launch.launcher != "slurm":  # read here; the hosts are reached later
+        slots = {h.slots for h in select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)}
+    nproc = cfg.launch.nproc_per_node or (slots.pop() if len(slots) == 1 else None)
+    world = None
+    if nproc:
+        world = nodes * nproc
+        validate(cfg, world, True)  # the nodes' GPUs are checked over SSH
+    else:
+        smallest = math.lcm(nodes, p.tp * p.pp)  # pipeline micro batches depend on the real dp: not here
+        derive_layout(cfg.model_copy(update={"parallel": p.model_copy(update={"num_microbatches": None})}),
+                      smallest)
+    if not dry_run and cfg.launch.launcher != "slurm":  # an sbatch file starts nothing here: its nodes check
+        preflight(cfg, world)
+    return world
 
 
 def launch(cfg: OminixConfig, events: Events | None = None) -> int:
@@ -97,4 +136,5 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events:
 def launch_from_cli(source: str | None, sets: list[str], flags: dict, *, dry_run: bool = False,
                     events: Events | None = None) -> Outcome:
     """Resolve the config (defaults < FILE/preset < --set < flags) and launch it."""
-    return start(load_config(source, sets, flags), dry_run=dry_run, events=events)
+    return start(load_config(source, sets, flags), dry_run=dry_run, events=events,
+                 nodes_flag=flags.get("launch.nodes"))

@@ -48,6 +48,9 @@ class RunDir:
 
     def __enter__(self) -> RunDir:
         self.existed = self.path.exists()
+        # the outermost directory this launch creates (runs/ of runs/default): removed on a refusal
+        self.created = next((d for d in [*reversed(self.path.absolute().parents), self.path.absolute()]
+                             if not d.exists()), None)
         if self.existed and not self.path.is_dir():
             raise OminixError(f"--run-dir {self.path} is a file, not a directory",
                               "choose a directory for the run (it is created if missing)")
@@ -56,9 +59,12 @@ class RunDir:
         try:
             self.lock.acquire(self.notice)
         except BaseException:
-            if not self.existed:
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
+            if self.created is not None:  # only empty directories: another launch may hold the lock
+                for d in [self.path.absolute(), *self.path.absolute().parents]:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                    if d == self.created:
+                        break
             raise
         config = self.path / "config.yaml"
         self.old_config = config.read_bytes() if config.is_file() else None
@@ -86,8 +92,8 @@ class RunDir:
             self.lock.release()
 
     def _undo(self) -> None:
-        if not self.existed:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
             return
         for name in set(os.listdir(self.path)) - self.before:
             item = self.path / name

@@ -38,7 +38,10 @@ def run() -> int:
         import faulthandler
 
         faulthandler.dump_traceback_later(float(hang), exit=True)
+    from ominix.cli.quiet import filter_third_party_warnings
     from ominix.cli.render import debug_enabled, report_error
+
+    filter_third_party_warnings()  # tensornvme, apex, bitsandbytes...: shown with OMINIX_DEBUG=1
 
     rank = os.environ.get("RANK", "0")
     try:

@@ -153,7 +153,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
-    from ominix.train.schedule import lr_multiplier, total_steps
+    from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
 
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
@@ -171,8 +171,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
-    for notice in notices:
-        out.line(notice)
+    for notice in [*notices, warmup_note(cfg, total)]:
+        if notice:
+            out.line(notice)
     if resume is not None:
         ckpt.load_checkpoint(engine, loader, resume, load_optimizer=c.save_optimizer and saved["has_optimizer"])
         state = LoopState(**saved["loop"])

@@ -32,11 +32,26 @@ def total_steps(cfg: OminixConfig, tokens_per_step: int) -> int:
     return min(x for x in (s.max_steps, by_tokens) if x is not None)
 
 
+def warmup_steps(cfg: OminixConfig, total: int) -> int:
+    """The warmup of a run of ``total`` steps: schedule.warmup_steps, or all the steps of a shorter
+    run (a 12-step smoke test of a preset with 500 warmup steps warms up over its 12)."""
+    return min(cfg.schedule.warmup_steps, total)
+
+
+def warmup_note(cfg: OminixConfig, total: int) -> str | None:
+    """The notice a run whose warmup was shortened prints (plan and log); None when it was not."""
+    if cfg.schedule.warmup_steps <= total:
+        return None
+    return (f"note: schedule.warmup_steps ({cfg.schedule.warmup_steps}) exceeds the {total} steps of this run: "
+            f"warming up over all {total} steps (the learning rate reaches its peak at the last step)")
+
+
 def lr_multiplier(cfg: OminixConfig, total: int) -> Callable[[int], float]:
     """The factor on the peak learning rate that ``torch.optim.lr_scheduler.LambdaLR`` expects."""
     o, s = cfg.optim, cfg.schedule
+    warmup = warmup_steps(cfg, total)
 
     def factor(step: int) -> float:
-        return lr_at(step, o.lr, o.min_lr, s.warmup_steps, total, s.decay) / o.lr
+        return lr_at(step, o.lr, o.min_lr, warmup, total, s.decay) / o.lr
 
     return factor
