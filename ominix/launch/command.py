@@ -79,11 +79,12 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
     total = total_steps(cfg, layout.tokens_per_step)
     stop = f"max_steps {s.max_steps}" if s.max_steps else ""
     stop += f"{', ' if stop else ''}max_tokens {s.max_tokens:,}" if s.max_tokens else ""
-    data = cfg.data.path or "not set: a real launch needs --data DIR (from `ominix data prepare`)"
+    data = (f"{cfg.data.path} (seq_len {cfg.data.seq_len})" if cfg.data.path else
+            f"not set (seq_len {cfg.data.seq_len}): a real launch needs --data DIR from `ominix data prepare`")
     return "\n".join(filter(None, [
         f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
         f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, vocab {cfg.model.vocab_size}",
-        f"data      {data} (seq_len {cfg.data.seq_len})",
+        f"data      {data}",
         f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
         f"schedule  {stop}; lr {cfg.optim.lr} -> {cfg.optim.min_lr} ({s.decay}, warmup {warmup_steps(cfg, total)})",
         f"run dir   {cfg.logging.run_dir} (resume {cfg.checkpoint.resume})",

@@ -53,8 +53,9 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 
     events = events or Events()
     nproc = local_nproc(cfg)
-    validate(cfg, nproc, torch.cuda.is_available())
-    preflight(cfg, nproc)
+    validate(cfg, nproc, torch.cuda.is_available() or dry_run)  # a plan may be made on a machine without GPUs
+    if cfg.data.path or not dry_run:  # a plan without --data says a real launch needs it
+        preflight(cfg, nproc)
     run_dir = str(cfg.logging.run_dir)
     argv = torchrun_argv(sys.executable, 1, 0, nproc, None, cfg.launch.master_port, cfg.launch.rdzv_timeout, run_dir)
     if dry_run:
