@@ -368,7 +368,9 @@ CASES: list[Case] = [
          ("data", "prepare", "my corpus/c.jsonl", "--train-tokenizer", "--vocab-size", "300", "--seq-len", "16",
           "--out", "my data"), OK, setup=corpus("my corpus/c.jsonl", 200),
          check=lambda p, r: json.loads((p.tmp / "my data" / "manifest.json").read_text())["seq_len"] == 16),
-    Case("prep-no-out", "data prepare", "--out missing", ("data", "prepare", "@embedded"), USAGE),
+    Case("prep-no-out", "data prepare", "--out and --tokenizer left out: data/embedded-train, LLaMA-2's tokenizer "
+         "from the Hub (offline here)", ("data", "prepare", "@embedded"), needle="TinyLlama/TinyLlama-1.1B",
+         check=lambda p, r: not (p.tmp / "data").exists()),
     Case("prep-config-typo", "data prepare", "--config preset mistyped",
          ("data", "prepare", "--config", "tinny", "--out", "out"), needle="tinny"),
     # data inspect
@@ -447,6 +449,17 @@ CASES: list[Case] = [
     Case("launch-multinode-dry", "train launch", "two-node dry run (control)",
          ("train", "launch", "tiny", "--data", *D, "--hostfile", "hosts.txt", "--nodes", "2", "--dry-run"), OK,
          setup=write("hosts.txt", HOSTS), check=stdout_has("n1", "n2")),
+    Case("launch-flag-underscore", "train launch", "--nproc_per_node as torchrun / colossalai run spell it",
+         ("train", "launch", "tiny", "--data", *D, "--nproc_per_node", "2", "--dry-run"),
+         needle="did you mean --nproc-per-node?"),
+    Case("launch-nodes-no-hostfile", "train launch", "--nodes 2 without a hostfile",
+         ("train", "launch", "tiny", "--data", *D, "--nodes", "2", "--dry-run"), needle="needs a hostfile"),
+    Case("launch-two-configs", "train launch", "a preset positionally and another with --config",
+         ("train", "launch", "tiny", "--config", "llama2-7b", "--dry-run"), needle="two configs"),
+    Case("launch-openmpi-hostfile", "train launch", "OpenMPI hostfile with max_slots= (dry run)",
+         ("train", "launch", "tiny", "--data", *D, "--hostfile", "hosts.txt", "--nodes", "2", "--dry-run",
+          "--set", "schedule.global_batch_size=32"), OK,
+         setup=write("hosts.txt", "n1 max_slots=2\nn2 slots=2 max_slots=4\n"), check=stdout_has("world 4")),
     # train check-hosts
     Case("hosts-no-hostfile", "train check-hosts", "no hostfile given", ("train", "check-hosts", "tiny"),
          needle="hostfile"),

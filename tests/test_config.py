@@ -102,7 +102,6 @@ def test_precedence_defaults_yaml_set_flags(tmp_path: Path) -> None:
      (["parallel.plugin=3d", "parallel.tp=3"], "parallel.tp"),
      (["data.seq_len=1024"], "model.max_position_embeddings"),
      (["optim.min_lr=1"], "optim.min_lr"),
-     (["schedule.warmup_steps=500"], "schedule.warmup_steps"),
      (["data.tokenizer=tok.json"], "data.train_tokenizer")],
 )
 def test_cross_field_rules_name_the_setting(sets: list[str], named: str) -> None:

@@ -169,7 +169,7 @@ def test_second_launch_is_refused_in_seconds_and_sigterm_saves_and_exits_143(dat
                          "--max-steps", "300", "--set", "optim.lr=1e-3", timeout=60)
         assert second.returncode == 2 and time.monotonic() - t0 < 30
         assert f"{run} is in use by another launch (pid {first.pid} on {socket.gethostname()}" in second.stderr
-        assert "choose another --run-dir" in second.stderr
+        assert "choose another --out" in second.stderr
         assert (run / "config.yaml").read_text() == config  # the first run keeps its settings
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=120) == 143

@@ -148,7 +148,7 @@ class RunLock:
                 if holder is not None and not is_stale(holder, self.path):
                     raise OminixError(
                         f"{self.path.parent} is in use by another launch ({holder.describe()}: {holder.command})",
-                        "wait for that run to finish, stop it, or choose another --run-dir",
+                        "wait for that run to finish, stop it, or choose another --out",
                     ) from None
                 if holder is not None and self._take_over(holder):
                     notice(f"took over the stale lock of {holder.describe()} "

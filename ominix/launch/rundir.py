@@ -52,7 +52,7 @@ class RunDir:
         self.created = next((d for d in [*reversed(self.path.absolute().parents), self.path.absolute()]
                              if not d.exists()), None)
         if self.existed and not self.path.is_dir():
-            raise OminixError(f"--run-dir {self.path} is a file, not a directory",
+            raise OminixError(f"--out {self.path} is a file, not a directory",
                               "choose a directory for the run (it is created if missing)")
         self.path.mkdir(parents=True, exist_ok=True)
         self.before = set(os.listdir(self.path))
