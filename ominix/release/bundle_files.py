@@ -3,7 +3,8 @@
 bundle against both.
 
 A file from the run or the prepared data is hard-linked when it lies on the bundle's filesystem and
-belongs to this user (so the umask's mode can be applied to it), else copied; never a symbolic link or
+belongs to this user (a link shares the file's mode: it gets the umask's, readable by the group as
+every output OminiX writes, which needs the owner), else copied; never a symbolic link or
 a path pointing outside the bundle, so the bundle stands alone once the run is deleted. Each file is
 read once: a copy is hashed while it is written, a link right after it is made, and a file with a
 sha256 on record (a data shard in its manifest) is refused when it no longer matches.
