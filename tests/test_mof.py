@@ -122,3 +122,14 @@ def test_check_of_a_binary_file_is_one_error(tmp_path: Path) -> None:
     proc = run_cli("mof", "check", str(path))
     assert proc.returncode == 2
     assert f"{path} is not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_of_a_directory_with_mof_yaml_but_no_checksums_fails_and_lone_file_ignores_no_verify(
+        tmp_path: Path) -> None:
+    path = next(p for p in RELEASES if p.name.startswith("Class2RTestFile"))
+    lone = CliRunner().invoke(app, ["check", str(path), "--no-verify", "--json"])
+    assert lone.exit_code == 0 and json.loads(lone.output)["class"] == 2 and "bundle" not in json.loads(lone.output)
+    (tmp_path / "mof.yaml").write_text(path.read_text())
+    proc = run_cli("mof", "check", str(tmp_path))
+    assert proc.returncode == 1
+    assert "problem: SHA256SUMS (not a bundle written by `ominix mof report`): missing" in proc.stderr

@@ -1,6 +1,7 @@
-"""``ominix mof report`` on a run directory in the documented layout, built from real files: a real
-prepared data directory (``data prepare``), real safetensors weights, JSON state, metrics, eval
-results and samples. (The end-to-end test on a trained tiny run lives with the pipeline tests.)"""
+"""``ominix mof report`` / ``mof check`` on a run directory in the documented layout, built from real
+files: a real prepared data directory (``data prepare``), real tiny LLaMA weights in safetensors that
+export to a model transformers loads, JSON state, metrics, eval results and samples. (The end-to-end
+test on a trained tiny run lives with the quickstart tests.)"""
 
 from __future__ import annotations
 
@@ -23,18 +24,18 @@ from ominix.release.bundle import make_bundle, verify_bundle
 from tests.conftest import REPO, run_cli
 
 WORDS = "open models need open data open code and open weights for every reader to audit".split()
-
-
-def _weights(path: Path, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({"model.embed_tokens.weight": torch.randn(300, 8, generator=gen),
-               "lm_head.weight": torch.randn(300, 8, generator=gen)}, str(path / "model.safetensors"))
+MODEL = ["model.vocab_size=300", "data.seq_len=16", "model.hidden_size=16", "model.intermediate_size=32",
+         "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.num_hidden_layers=1",
+         "model.max_position_embeddings=64"]
 
 
 def _checkpoint(ckpts: Path, step: int, cfg) -> None:
+    from ominix.model import build_model
+
     ckpt = ckpts / f"step_{step:08d}"
-    _weights(ckpt / "model", step)
+    (ckpt / "model").mkdir(parents=True)
+    state = {k: v.contiguous() for k, v in build_model(cfg.model, seed=step).state_dict().items()}
+    save_file(state, str(ckpt / "model" / "model.safetensors"), metadata={"format": "pt"})
     (ckpt / "optimizer").mkdir()
     torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": []}, ckpt / "optimizer" / "optimizer.pt")
     torch.save({"last_epoch": step}, ckpt / "scheduler.pt")
@@ -44,9 +45,12 @@ def _checkpoint(ckpts: Path, step: int, cfg) -> None:
     (ckpt / "config.yaml").write_text(dump_yaml(cfg))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("mofrun")
+def _make_run(root: Path, export: bool = True) -> Path:
+    """ROOT/prepared (real `data prepare` of a small local corpus) and ROOT/run: checkpoints at steps
+    2 and 4 with real tiny weights, metrics, train.log, eval results, samples, and (``export``) the
+    run's Hugging Face export of step 4."""
+    from ominix.infer.export import export as export_run
+
     with open(root / "corpus.jsonl", "w") as fh:
         for i in range(120):
             fh.write(json.dumps({"text": " ".join(WORDS[(i + j) % len(WORDS)] for j in range(40 + i % 30))}) + "\n")
@@ -54,10 +58,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           seq_len=16, val_fraction=0.1)
     prepare(data_cfg, root / "prepared", progress=False, command="ominix data prepare corpus.jsonl --out prepared")
     run = root / "run"
-    cfg = load_config("tiny", [f"data.path={root / 'prepared'}", f"logging.run_dir={run}", "model.vocab_size=300",
-                               "data.seq_len=16", "model.hidden_size=8", "model.intermediate_size=16",
-                               "model.num_attention_heads=2", "model.num_key_value_heads=1",
-                               "model.num_hidden_layers=1"])
+    cfg = load_config("tiny", [f"data.path={root / 'prepared'}", f"logging.run_dir={run}", *MODEL])
     run.mkdir()
     (run / "config.yaml").write_text(dump_yaml(cfg))
     for step in (2, 4):
@@ -66,16 +67,20 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(
         {"kind": "train", "step": s, "loss": 5.0, "tokens": s * 64, "tokens_per_s": 1000.0, "mfu": None,
          "step_time_s": 0.5, "memory_gib": 0.3}) + "\n" for s in (2, 4)))
-    _weights(run / "export", 4)
-    (run / "export" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (run / "export" / "ominix_export.json").write_text(json.dumps({"format": "huggingface-llama",
-                                                                   "state": {"step": 4}}))
+    (run / "train.log").write_text("step 2 loss 5.0\nstep 4 loss 4.6\n")
+    if export:
+        export_run(run, verify=False)
     (run / "eval").mkdir()
     (run / "eval" / "eval_results.json").write_text(json.dumps(
         {"data": {"path": str(root / "prepared"), "split": "validation"},
          "perplexity": {"loss": 4.5, "perplexity": 90.0, "tokens": 160, "blocks": 10, "per_source": {}}}))
     (run / "samples.jsonl").write_text(json.dumps({"prompt": "open", "completion": " models"}) + "\n")
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_run(tmp_path_factory.mktemp("mofrun"))
 
 
 def _release(tmp: Path, **changes) -> Path:
@@ -109,14 +114,22 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     for entry in document["release"]["components"]:
         assert (out / entry["component_path"]).exists(), entry
         assert (out / entry["license_path"]).is_file()
-    assert verify_bundle(out) == []
+    assert verify_bundle(out).problems == []
     subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out, check=True)
-    subprocess.run(["sha256sum", "--quiet", "-c", "EXTERNAL_SHA256SUMS"], cwd=out, check=True)
-    # The checkpoints are referenced with the sha256 of each file, not copied.
-    final = json.loads((out / "model" / "final.json").read_text())
-    assert final["step"] == 4 and final["path"] == str(run_dir / "export")
-    assert [c["step"] for c in json.loads((out / "model" / "intermediate.json").read_text())] == [2]
-    assert "optimizer/optimizer.pt" in json.loads((out / "model/metadata/optimizer.json").read_text())[0]["files"]
+    assert not (out / "EXTERNAL_SHA256SUMS").exists()
+    # Everything is inside: the run's export as the final model, the intermediate checkpoint's
+    # weights and state, the prepared data, the logs; no file points outside the bundle.
+    assert (out / "model/final/model.safetensors").read_bytes() == (run_dir / "export/model.safetensors").read_bytes()
+    assert (out / "model/final/tokenizer_config.json").is_file()
+    assert sorted(p.name for p in (out / "model/intermediate").iterdir()) == ["step_00000002"]
+    assert (out / "model/intermediate/step_00000002/model/model.safetensors").is_file()
+    assert not (out / "model/metadata/optimizer").exists()  # optimizer state only when declared
+    assert (out / "logs/train.log").read_text() == (run_dir / "train.log").read_text()
+    assert (out / "data/manifest.json").read_bytes() == (run_dir.parent / "prepared/manifest.json").read_bytes()
+    assert not [p for p in out.rglob("*") if p.is_symlink()]
+    bundle_info = json.loads((out / "BUNDLE.json").read_text())
+    assert bundle_info["data"] == "link" and set(bundle_info["files"]) == {
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "BUNDLE.json")}
     provenance = json.loads((out / "code" / "PROVENANCE.json").read_text())
     assert provenance["data_preprocessing_command"] == "ominix data prepare corpus.jsonl --out prepared"
     assert provenance["git"]["commit"] and len(provenance["git"]["commit"]) == 40
@@ -150,10 +163,11 @@ def test_stale_export_is_not_taken_for_the_final_weights(run_dir: Path, tmp_path
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     (run / "export" / "ominix_export.json").write_text(json.dumps({"state": {"step": 2}}))
-    make_bundle(run, tmp_path / "b", _release(tmp_path))
-    final = json.loads((tmp_path / "b" / "model" / "final.json").read_text())
-    assert final["path"] == str(run / "checkpoints" / "step_00000004" / "model")
-    assert final["format"] == "checkpoint"
+    result, out = make_bundle(run, tmp_path / "b", _release(tmp_path))
+    # The final checkpoint (step 4) is exported into the bundle instead.
+    meta = json.loads((out / "model/final/ominix_export.json").read_text())
+    assert meta["state"]["step"] == 4 and meta["source"] == str(run / "checkpoints" / "step_00000004")
+    assert result.mof_class == 1 and verify_bundle(out).problems == []
 
 
 def test_undeclared_data_license_leaves_data_components_unlicensed(run_dir: Path, tmp_path: Path) -> None:
@@ -165,14 +179,20 @@ def test_undeclared_data_license_leaves_data_components_unlicensed(run_dir: Path
     assert by_name["Model architecture"].license == "MIT"
 
 
-def test_copy_checkpoints_puts_weights_and_optimizer_in_the_bundle(run_dir: Path, tmp_path: Path) -> None:
+def test_declared_checkpoints_and_optimizer_state(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
-    result, _ = make_bundle(run_dir, out, _release(tmp_path), copy_checkpoints=True)
+    result, _ = make_bundle(run_dir, out, _release(tmp_path), optimizer_state=True)
     assert result.mof_class == 1
-    assert (out / "model/final/model.safetensors").read_bytes() == (run_dir / "export/model.safetensors").read_bytes()
-    assert (out / "model/intermediate/step_00000002/model/model.safetensors").is_file()
     assert (out / "model/metadata/optimizer/optimizer.pt").is_file()
-    assert verify_bundle(out) == []
+    assert (out / "model/metadata/scheduler.pt").is_file()
+    assert (out / "model/intermediate/step_00000002/optimizer/optimizer.pt").is_file()
+    # No intermediate checkpoint declared: the component is absent, so Class I is out of reach.
+    result, none = make_bundle(run_dir, tmp_path / "none", _release(tmp_path, intermediate=[]))
+    assert not (none / "model/intermediate").exists()
+    assert "Model parameters (Intermediate)" in result.missing[1] and result.mof_class == 2
+    with pytest.raises(OminixError, match="step 3 is not an intermediate checkpoint") as err:
+        make_bundle(run_dir, tmp_path / "bad", _release(tmp_path, intermediate=[3]))
+    assert "choose among [2]" in err.value.hint
 
 
 def test_existing_bundle_needs_force_and_is_replaced_whole(run_dir: Path, tmp_path: Path) -> None:
@@ -245,14 +265,31 @@ def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path)
     ok = run_cli("mof", "check", str(out))
     assert ok.returncode == 0, ok.stderr
     assert f"verified: every file of {out} matches SHA256SUMS" in ok.stdout
-    (out / "MODEL_CARD.md").write_text("edited after the release\n")
+    card = (out / "MODEL_CARD.md").read_text()
+    (out / "MODEL_CARD.md").write_text(card.replace("tiny-mof", "tiny-MOF"))  # same size, other bytes
+    (out / "eval/eval_results.json").write_text("{}\n")  # another size
     (out / "LICENSE-data").unlink()
+    (out / "notes.txt").write_text("added after the release\n")
     for target in (out, out / "mof.yaml"):  # the bundle directory, or the mof.yaml inside it
         bad = run_cli("mof", "check", str(target), "--json")
         assert bad.returncode == 1, bad.stderr
-        problems = json.loads(bad.stdout)["bundle"]["problems"]
-        assert "MODEL_CARD.md: sha256 mismatch (changed since the bundle was written)" in problems
-        assert "LICENSE-data: missing" in problems
+        found = json.loads(bad.stdout)["bundle"]
+        assert (found["missing"], found["changed"], found["unlisted"]) == (
+            ["LICENSE-data"], ["MODEL_CARD.md", "eval/eval_results.json"], ["notes.txt"])
+        assert "MODEL_CARD.md: sha256 mismatch (changed since the bundle was written)" in found["problems"]
+    text = run_cli("mof", "check", str(out))
+    assert text.returncode == 1
+    assert [line for line in text.stderr.splitlines() if line.startswith("problem:")] == [
+        "problem: LICENSE-data: missing",
+        "problem: MODEL_CARD.md: sha256 mismatch (changed since the bundle was written)",
+        f"problem: eval/eval_results.json: size 3 bytes, was {(run_dir / 'eval/eval_results.json').stat().st_size} "
+        "bytes when released",
+        "problem: notes.txt: not listed in SHA256SUMS"]
+    # --no-verify: no hashing, so the same-size edit goes unseen; presence and sizes are still checked.
+    quick = run_cli("mof", "check", str(out), "--no-verify", "--json")
+    found = json.loads(quick.stdout)["bundle"]
+    assert quick.returncode == 1 and found["verified"] is False
+    assert found["changed"] == ["eval/eval_results.json"] and found["missing"] == ["LICENSE-data"]
     lone = tmp_path / "lone.yaml"
     shutil.copyfile(out / "mof.yaml", lone)
     assert run_cli("mof", "check", str(lone)).returncode == 0  # a lone MOF file is classified as before
@@ -272,3 +309,107 @@ def test_report_hashes_the_shards_it_references(run_dir: Path, tmp_path: Path) -
     assert proc.returncode == 2, proc.stdout
     assert f"{shard}: sha256 does not match the data manifest" in proc.stderr
     assert not out.exists()
+
+
+def test_bundle_moved_elsewhere_with_run_and_data_deleted_stands_alone(tmp_path: Path) -> None:
+    """The issue's "Done when": the bundle of a run that was never exported, moved, with the run and
+    the prepared data deleted, verifies file by file, loads in transformers and is still Class I;
+    `mof check` notices an edited and a deleted file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work = tmp_path / "work"
+    work.mkdir()
+    run = _make_run(work, export=False)
+    release = _release(work)
+    proc = run_cli("mof", "report", str(run), "--out", str(work / "bundle"), "--release", str(release), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["class"] == 1
+    handed = tmp_path / "elsewhere" / "tiny-release"
+    handed.parent.mkdir()
+    shutil.copytree(work / "bundle", handed)  # a copy, not a rename: nothing may depend on the old place
+    shutil.rmtree(work)
+
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=handed, check=True)
+    check = run_cli("mof", "check", str(handed), "--json")
+    assert check.returncode == 0, check.stderr
+    assert json.loads(check.stdout)["class"] == 1 and json.loads(check.stdout)["bundle"]["ok"] is True
+    for entry in yaml.safe_load((handed / "mof.yaml").read_text())["release"]["components"]:
+        assert (handed / entry["component_path"]).exists(), entry
+
+    model_dir = handed / "model" / "final"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    out = model.generate(**tok("open models need", return_tensors="pt"), min_new_tokens=3, max_new_tokens=3)
+    assert out.shape[1] == len(tok("open models need")["input_ids"]) + 3
+    # The bundle's data is a prepared directory that training and eval read.
+    from ominix.data.store import PackedDataset
+
+    assert len(PackedDataset(handed / "data", "validation")) > 0
+
+    (handed / "MODEL_CARD.md").write_text((handed / "MODEL_CARD.md").read_text() + "edited\n")
+    (handed / "model/intermediate/step_00000002/state.json").unlink()
+    bad = run_cli("mof", "check", str(handed))
+    assert bad.returncode == 1
+    assert "problem: MODEL_CARD.md: size" in bad.stderr
+    assert "problem: model/intermediate/step_00000002/state.json: missing" in bad.stderr
+
+
+def test_files_are_hard_links_on_the_same_filesystem_and_copies_when_asked(run_dir: Path, tmp_path: Path) -> None:
+    prepared = run_dir.parent / "prepared"
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    shard = manifest["splits"]["train"]["shards"][0]["file"]
+    _, out = make_bundle(run_dir, tmp_path / "linked", _release(tmp_path))
+    for inside, origin in (("model/final/model.safetensors", run_dir / "export/model.safetensors"),
+                           ("model/intermediate/step_00000002/model/model.safetensors",
+                            run_dir / "checkpoints/step_00000002/model/model.safetensors"),
+                           (f"data/{shard}", prepared / shard)):
+        assert os.stat(out / inside).st_ino == os.stat(origin).st_ino and os.stat(origin).st_nlink >= 2, inside
+    assert (out / "logs/metrics.jsonl").stat().st_ino != (run_dir / "metrics.jsonl").stat().st_ino  # a growing log
+    info = json.loads((out / "BUNDLE.json").read_text())
+    assert info["linked_bytes"] > 0
+    _, copied = make_bundle(run_dir, tmp_path / "copied", _release(tmp_path), data_mode="copy")
+    assert os.stat(copied / "data" / shard).st_ino != os.stat(prepared / shard).st_ino
+    assert (copied / "data" / shard).read_bytes() == (prepared / shard).read_bytes()
+    assert json.loads((copied / "BUNDLE.json").read_text())["data"] == "copy"
+
+
+def test_reference_mode_lists_source_command_and_checksums(run_dir: Path, tmp_path: Path) -> None:
+    prepared = run_dir.parent / "prepared"
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    shards = {s["file"]: s["sha256"] for split in manifest["splits"].values() for s in split["shards"]}
+    # A local corpus cannot be fetched again: the reference is incomplete and does not count.
+    result, out = make_bundle(run_dir, tmp_path / "local", _release(tmp_path), data_mode="reference")
+    ref = json.loads((out / "data/reference.json").read_text())
+    assert ref["prepare_command"] == "ominix data prepare corpus.jsonl --out prepared"
+    assert {k: v for k, v in ref["shards"].items() if k in shards} == shards
+    assert ref["complete"] is False and "is a local path" in ref["missing"][0]
+    assert not any(p.suffix == ".bin" for p in (out / "data").rglob("*"))
+    by_name = {c.name: c for c in result.components}
+    assert not by_name["Datasets"].present and not by_name["Evaluation data"].present
+    assert result.mof_class == 3  # Evaluation data is a Class II component
+    assert "the data reference is incomplete" in result.hints["Datasets"]
+    # The shard list is what `sha256sum -c` checks in the prepared directory.
+    subprocess.run(["sha256sum", "--quiet", "-c", str(out / "data/shards.sha256")], cwd=prepared, check=True)
+
+    # Sources from the Hub at a pinned revision: the reference is complete and counts.
+    data = tmp_path / "hubdata"
+    shutil.copytree(prepared, data)
+    manifest["sources"] = [{"source": "org/corpus", "kind": "hub", "split": "train", "revision": "0123abcd"}]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    result, out = make_bundle(run_dir, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
+    assert result.mof_class == 1
+    ref = json.loads((out / "data/reference.json").read_text())
+    assert ref["complete"] and ref["sources"][0]["where"] == "https://huggingface.co/datasets/org/corpus/tree/0123abcd"
+    text = (out / "data/REFERENCE.md").read_text()
+    assert "ominix data prepare corpus.jsonl --out prepared" in text and "sha256sum -c shards.sha256" in text
+    assert verify_bundle(out).problems == []
+
+
+def test_run_without_release_section_points_at_mof_init(run_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("mof", "report", str(run_dir), "--out", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Unclassified" in proc.stdout
+    assert "ominix mof init" in proc.stdout and "--release release.yaml" in proc.stdout
+    assert "ominix mof init" in (tmp_path / "b" / "MOF_REPORT.md").read_text()
+    bad = run_cli("mof", "report", str(run_dir), "--out", str(tmp_path / "c"), "--data-mode", "hardlink")
+    assert bad.returncode == 2 and "--data-mode 'hardlink' is not one of auto, copy, link, reference" in bad.stderr

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,6 +16,8 @@ app = typer.Typer(
     help="Model Openness Framework: the release bundle of a run and its MOF class (as MOT rates it).",
     no_args_is_help=True,
 )
+
+
 
 STYLE = {"type-appropriate": "green", "open": "yellow", "unlicensed": "red", "invalid": "red", "absent": "dim"}
 
@@ -40,24 +45,51 @@ def _print(result, title: str) -> None:
         console.print(f"Missing for Class {ROMAN[nxt]}:")
         for name, why in missing_reasons(result, nxt):
             console.print(f"  - {name}: {why}", markup=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     for c in result.components:
         if c.status == "open":
             console.print(f"[yellow]warning:[/] {c.name}: {c.license} is open but not a type-appropriate "
                           f"{c.content_type} license", soft_wrap=True)
 
 
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress bar on stderr per phase (placing files, hashing, verifying), in bytes."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
 @app.command("check")
 def check(
-    file: Path = typer.Argument(..., help="MOF model file (YAML or JSON), or a release bundle (its directory "
-                                "or its mof.yaml: SHA256SUMS is verified too)."),
-    as_json: bool = typer.Option(False, "--json/--no-json", help="Print MOT's classification shape as JSON."),
+    file: Path = typer.Argument(..., help="A release bundle (its directory, or the mof.yaml inside it: every "
+                                "file is checked against SHA256SUMS), or a lone MOF model file (YAML or JSON)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Hash every file of a bundle; --no-verify checks presence and sizes only."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print MOT's classification shape as JSON "
+                                 "(with a bundle: and what the check found under 'bundle')."),
 ) -> None:
-    """Classify an existing MOF model file the way the Model Openness Tool does; for a bundle, also
-    check every file against SHA256SUMS. Exits 1 when a file is missing, changed or not listed.
+    """Classify a MOF model file the way the Model Openness Tool does; for a bundle, also check every
+    file against SHA256SUMS. Exits 1 when a file is missing, changed or not listed (one line each).
 
     Examples:
 
       ominix mof check runs/tiny/release
+
+      ominix mof check runs/tiny/release --no-verify
 
       ominix mof check model.yml --json
     """
@@ -67,17 +99,21 @@ def check(
     mof_file, bundle = locate(file)
     document = load_model_file(mof_file)
     result = classify(document["release"])
-    problems = verify_bundle(bundle) if bundle is not None else []
+    found = None
+    if bundle is not None:
+        with _progress(not as_json and sys.stderr.isatty()) as progress:
+            found = verify_bundle(bundle, verify=verify, progress=progress)
     if as_json:
-        extra = {"bundle": {"path": str(bundle), "problems": problems}} if bundle is not None else {}
+        extra = {"bundle": found.to_json()} if found is not None else {}
         typer.echo(json.dumps({**result.to_json(), **extra}, indent=2))
     else:
         _print(result, document["release"]["name"])
-        if bundle is not None and not problems:
-            typer.echo(f"verified: every file of {bundle} matches SHA256SUMS")
-        for problem in problems:
+        if found is not None and not found.problems:
+            typer.echo(f"verified: every file of {bundle} matches SHA256SUMS" if verify else
+                       f"present: every file of {bundle} listed in SHA256SUMS, sizes as released (not hashed)")
+        for problem in found.problems if found is not None else []:
             typer.echo(f"problem: {problem}", err=True)
-    if problems:
+    if found is not None and found.problems:
         raise typer.Exit(1)
 
 
@@ -90,31 +126,39 @@ def report(
     name: str = typer.Option(None, "--name", help="Model name (overrides the release file)."),
     producer: str = typer.Option(None, "--producer", help="Producer (overrides the release file)."),
     data: Path = typer.Option(None, "--data", help="Prepared data directory; default: the run's data.path."),
-    copy_checkpoints: bool = typer.Option(
-        False, "--copy-checkpoints/--no-copy-checkpoints",
-        help="Copy final and intermediate weights and the optimizer state into the bundle instead of "
-             "referencing them by path and sha256."),
+    data_mode: str = typer.Option(
+        None, "--data-mode", help="How the prepared data goes in (overrides release.data): copy, link (hard "
+        "links where possible), reference (source, prepare command, checksums), auto (link when on the "
+        "same filesystem or under 2 GiB, else reference)."),
+    optimizer_state: bool = typer.Option(
+        None, "--optimizer-state/--no-optimizer-state",
+        help="Also put the optimizer and scheduler state in the bundle (overrides release.optimizer_state)."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing bundle."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the classification as JSON."),
 ) -> None:
-    """Write the MOF release bundle of a run and print its class and what the next class needs.
+    """Write the self-contained MOF release bundle of a run (the final model in Hugging Face format,
+    declared checkpoints, tokenizer, code, configs, logs, eval results, data, cards, licenses, one
+    SHA256SUMS) and print its class and what the next class needs.
 
     Examples:
 
       ominix mof report runs/tiny --release release.yaml --out release-tiny
 
-      ominix mof report runs/tiny --copy-checkpoints --force --json
+      ominix mof report runs/tiny --data-mode reference --force --json
     """
     from ominix.release.bundle import make_bundle
 
-    result, bundle = make_bundle(run_dir, out, release, name=name, producer=producer, data_dir=data,
-                                 copy_checkpoints=copy_checkpoints, force=force,
-                                 command=shlex.join(["ominix", *sys.argv[1:]]))
+    with _progress(not as_json and sys.stderr.isatty()) as progress:
+        result, bundle = make_bundle(run_dir, out, release, name=name, producer=producer, data_dir=data,
+                                     data_mode=data_mode,
+                                     optimizer_state=optimizer_state, force=force,
+                                     command=shlex.join(["ominix", *sys.argv[1:]]), progress=progress)
     if as_json:
         typer.echo(json.dumps({**result.to_json(), "bundle": str(bundle)}, indent=2))
     else:
         _print(result, str(bundle))
-        typer.echo(f"wrote {bundle} (verify with: cd {shlex.quote(str(bundle))} && sha256sum -c SHA256SUMS)")
+        typer.echo(f"wrote {bundle} (verify with: ominix mof check {shlex.quote(str(bundle))}, "
+                   f"or cd there and run sha256sum -c SHA256SUMS)")
 
 
 @app.command("init")

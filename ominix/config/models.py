@@ -341,6 +341,20 @@ class ReleaseConfig(Section):
     )
     technical_report: str | None = Field(None, description="Path of the technical report.")
     research_paper: str | None = Field(None, description="Path of the research paper.")
+    data: Literal["auto", "copy", "link", "reference"] = Field(
+        "auto",
+        description="Prepared data in the bundle: copy (independent copies), link (hard links where on "
+        "the same filesystem, else copies), reference (where the source is, the `ominix data prepare` "
+        "command and the shard checksums); auto = link when on the bundle's filesystem or under 2 GiB, "
+        "else reference.",
+    )
+    intermediate: list[int] | None = Field(
+        None, description="Steps of the intermediate checkpoints the bundle holds; None = every "
+        "checkpoint the run kept before the final one; [] = none."
+    )
+    optimizer_state: bool = Field(
+        False, description="Also put the checkpoints' optimizer and scheduler state in the bundle."
+    )
     intended_use: str = Field(
         "Research on language-model pretraining and a base for fine-tuning; not tuned to follow "
         "instructions or for any deployment.",

@@ -1,4 +1,5 @@
-"""``ominix mof report``: gather a run's artifacts into a MOF release bundle and classify it.
+"""``ominix mof report``: gather a run's artifacts into a MOF release bundle that stands on its own,
+and classify it by what it holds.
 
 ```
 BUNDLE/
@@ -9,20 +10,23 @@ BUNDLE/
   code/ominix/             the OminiX source that trained the model (architecture, train, data, infer, eval)
   code/requirements.txt    every installed package ==version (supporting libraries and tools)
   code/PROVENANCE.json     OminiX version, git commit + dirty flag, data preprocessing command, ...
-  model/final/ model/intermediate/step_*/      weights, with --copy-checkpoints
-  model/final.json model/intermediate.json     otherwise: their paths and the sha256 of every file
-  model/metadata/          resolved config.yaml, final state.json, metrics.jsonl, optimizer state
-  data/                    manifest.json, tokenizer/, validation.json (the evaluation split)
+  model/final/             the final model in Hugging Face format with its tokenizer (the run's export
+                           of the final checkpoint, or exported now): AutoModelForCausalLM loads it
+  model/intermediate/step_N/   model/ (weights) and state.json of each declared checkpoint
+                           (+ optimizer/ and scheduler.pt with release.optimizer_state)
+  model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above)
+  logs/                    metrics.jsonl, train.log, tb/ (TensorBoard) as the run wrote them
+  data/                    the prepared data, or a reference to it (see ominix.release.bundle_data)
   eval/eval_results.json  samples/samples.jsonl  docs/ (technical report, research paper)
-  SHA256SUMS               every file above (`sha256sum -c SHA256SUMS`)
-  EXTERNAL_SHA256SUMS      referenced files outside the bundle, by absolute path
+  BUNDLE.json              the size of every file, the data mode, bytes linked and copied
+  SHA256SUMS               every file above (`sha256sum -c SHA256SUMS` from inside the bundle)
 ```
 
-Checkpoints are referenced by default: a 7B run's checkpoints are tens of GB each, and the run
-directory already holds them; the bundle pins them by sha256. ``--copy-checkpoints`` copies them.
-The dataset shards are always referenced, pinned by the sha256 of each file as it is now (a shard that
-no longer matches its data manifest is refused). ``ominix mof check BUNDLE`` verifies SHA256SUMS.
-The bundle is written under a temporary name and renamed, so it never exists half-written.
+Files come in as hard links where the run lies on the same filesystem (no space taken), as copies
+otherwise (see ``ominix.release.bundle_files``); nothing points outside the bundle. A component is
+declared in mof.yaml only when its files are in the bundle (or, for referenced data, the reference is
+complete), so the class is that of what is handed over. The bundle is written under a temporary
+name and renamed, so it never exists half-written.
 """
 
 from __future__ import annotations
@@ -31,22 +35,26 @@ import json
 import shutil
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
 from ominix.atomic import check_replaceable, staged
-from ominix.checkpoint import checksums, files_under
+from ominix.checkpoint.layout import SCHEDULER, STATE
 from ominix.errors import OminixError
-from ominix.hashing import sha256_file
-from ominix.release import cards, mof, provenance
+from ominix.release import bundle_data, cards, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
+from ominix.release.bundle_files import SUMS, BundleCheck, Placer, Progress, verify_bundle
+
+__all__ = ["BundleCheck", "locate", "make_bundle", "verify_bundle"]
 
 FRAMEWORK = {"name": "Model Openness Framework", "version": "1.0", "date": "2024-12-15"}
 OMINIX_CODE_LICENSE = "Apache-2.0"  # OminiX's own license: the code components are OminiX source
 APACHE_TEXT = Path(__file__).parent / "data" / "Apache-2.0.txt"
 LICENSE_FILES = {"distribution": "LICENSE", "code": "LICENSE-code", "data": "LICENSE-data",
                  "document": "LICENSE-document"}
+NOT_DECLARED = ("no release metadata was declared (licenses, technical report, research paper): write "
+                "a release.yaml with `ominix mof init` and pass it with `--release release.yaml`")
 
 
 def load_release(path: Path | None, fallback: Any) -> Any:
@@ -76,9 +84,21 @@ def _doc_path(value: str | None, base: Path, field: str) -> Path | None:
     return path
 
 
+def _declared(art: RunArtifacts, steps: list[int] | None) -> list[Any]:
+    """The intermediate checkpoints ``release.intermediate`` names (None: all the run kept)."""
+    if steps is None:
+        return art.intermediate
+    kept = {c.step: c for c in art.intermediate}
+    unknown = [s for s in steps if s not in kept]
+    if unknown:
+        raise OminixError(f"release intermediate: step {unknown[0]} is not an intermediate checkpoint of "
+                          f"{art.run_dir}", f"choose among {sorted(kept) or 'none (only the final one is left)'}")
+    return [kept[s] for s in sorted(set(steps))]
+
+
 class _Builder:
-    def __init__(self, art: RunArtifacts, release: Any, base: Path, copy_checkpoints: bool) -> None:
-        self.art, self.release, self.base, self.copy = art, release, base, copy_checkpoints
+    def __init__(self, art: RunArtifacts, release: Any, base: Path, out: Path) -> None:
+        self.art, self.release, self.base = art, release, base
         self.licenses = release.licenses.model_dump()
         if not self.licenses["code"]["name"]:
             self.licenses["code"]["name"] = OMINIX_CODE_LICENSE
@@ -89,22 +109,26 @@ class _Builder:
                 _doc_path(ref["path"], base, f"licenses.{kind}.path")
         self.docs = {"Technical report": _doc_path(release.technical_report, base, "technical_report"),
                      "Research paper": _doc_path(release.research_paper, base, "research_paper")}
-        self.external: dict[str, str] = {}
+        self.intermediate = _declared(art, release.intermediate)
+        self.data_mode = bundle_data.resolve_mode(release.data, art.data_dir, out) if art.manifest else None
+        self.data_plan: bundle_data.DataPlan | None = None
         self.eval_results = read_json(art.eval_results) if art.eval_results else None
 
-    def components(self) -> dict[str, str]:
-        """``{component name: path in the bundle}`` for every component this run provides."""
+    def planned(self) -> dict[str, str]:
+        """``{component name: path in the bundle}`` for every component this run can provide."""
         art = self.art
         found = {name: f"code/ominix/{part}" for name, part in provenance.CODE_PARTS.items()}
         found["Supporting libraries and tools"] = "code/requirements.txt"
-        found["Model parameters (Final)"] = "model/final" if self.copy else "model/final.json"
-        if art.intermediate:
-            found["Model parameters (Intermediate)"] = "model/intermediate" if self.copy else "model/intermediate.json"
+        found["Model parameters (Final)"] = "model/final"
+        if self.intermediate:
+            found["Model parameters (Intermediate)"] = "model/intermediate"
         found["Model metadata"] = "model/metadata"
         if art.manifest:
-            found["Datasets"] = "data"
-            if art.validation_split():
-                found["Evaluation data"] = "data/validation.json"
+            found["Datasets"] = bundle_data.DATA
+            split = art.validation_split()
+            if split:
+                found["Evaluation data"] = (f"data/{Path(split['shards'][0]['file']).parent}"
+                                            if self.data_mode != "reference" else "data/reference.json")
             if (art.data_dir / "DATA_CARD.md").is_file():
                 found["Data card"] = "DATA_CARD.md"
         if self.eval_results is not None:
@@ -117,16 +141,28 @@ class _Builder:
                 found[name] = self._doc_name(name, path)
         return found
 
+    def contained(self, tmp: Path) -> dict[str, str]:
+        """The planned components whose files are in the bundle staged at ``tmp`` (referenced data:
+        whose reference is complete)."""
+        def there(rel: str) -> bool:
+            path = tmp / rel
+            return path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*")))
+
+        found = {name: rel for name, rel in self.planned().items() if there(rel)}
+        if self.data_plan is not None and not self.data_plan.complete:
+            found.pop("Datasets", None)
+            found.pop("Evaluation data", None)
+        return found
+
     @staticmethod
     def _doc_name(component: str, path: Path) -> str:
         return f"docs/{component.lower().replace(' ', '_')}{''.join(path.suffixes)}"
 
-    def mof_document(self) -> dict[str, Any]:
+    def mof_document(self, found: dict[str, str]) -> dict[str, Any]:
         r = self.release
         license_block = {kind: {"name": ref["name"], "path": LICENSE_FILES[kind]}
                          for kind, ref in self.licenses.items() if ref["name"]}
         entries = []
-        found = self.components()
         for comp in mof.components():
             if comp.name not in found:
                 continue
@@ -146,76 +182,40 @@ class _Builder:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _reference(self, src: Path, base: Path) -> dict[str, Any]:
-        files = checksums(src, base)
-        for rel, digest in files.items():
-            self.external[str(base / rel)] = digest
-        return {"path": str(src), "files": files}
+    def _weights(self, tmp: Path, placer: Placer, command: str | None) -> None:
+        art, optimizer = self.art, self.release.optimizer_state
+        if art.export_dir:
+            placer.add(art.export_dir, "model/final")
+        else:  # the run was not exported (or only an older checkpoint was): export the final one now
+            from ominix.infer.export import export
 
-    def _weights(self, tmp: Path) -> None:
-        art, model = self.art, tmp / "model"
-        final = art.export_dir or art.final.model_dir
-        if self.copy:
-            shutil.copytree(final, model / "final")
-            for ckpt in art.intermediate:
-                shutil.copytree(ckpt.model_dir, model / "intermediate" / ckpt.path.name / "model")
-        else:
-            model.mkdir()
-            info = {"step": art.final.step, "format": "huggingface export" if art.export_dir else "checkpoint",
-                    **self._reference(final, final)}
-            _write_json(model / "final.json", info)
-            if art.intermediate:
-                _write_json(model / "intermediate.json", [
-                    {"step": c.step, "tokens": c.state.get("tokens"), **self._reference(c.model_dir, c.model_dir)}
-                    for c in art.intermediate])
-        meta = model / "metadata"
-        meta.mkdir()
+            (tmp / "model").mkdir()
+            export(art.final.path, out=tmp / "model" / "final", verify=True,
+                   command=f"{command or 'ominix mof report'} (export of {art.final.path.name})")
+        for ckpt in self.intermediate:
+            rel = f"model/intermediate/{ckpt.path.name}"
+            placer.add(ckpt.model_dir, f"{rel}/model")
+            placer.add(ckpt.state_file, f"{rel}/{STATE}")
+            if optimizer:
+                self._optimizer(ckpt, rel, placer)
+        meta = tmp / "model" / "metadata"
+        meta.mkdir(parents=True)
         (meta / "config.yaml").write_text(art.config_text)
-        shutil.copyfile(art.final.state_file, meta / art.final.state_file.name)
-        if (art.run_dir / "metrics.jsonl").is_file():
-            shutil.copyfile(art.run_dir / "metrics.jsonl", meta / "metrics.jsonl")
-        optim = [p for p in (art.final.optimizer_dir, art.final.scheduler_file) if p.exists()]
-        if self.copy:
-            for p in optim:
-                (shutil.copytree if p.is_dir() else shutil.copyfile)(p, meta / p.name)
-        elif optim:
-            _write_json(meta / "optimizer.json",
-                        [{"step": art.final.step, **self._reference(p, art.final.path)} for p in optim])
+        placer.add(art.final.state_file, f"model/metadata/{STATE}", link=False)
+        if optimizer:
+            self._optimizer(art.final, "model/metadata", placer)
 
-    def _data(self, tmp: Path) -> None:
-        art = self.art
-        if not art.manifest:
-            return
-        data = tmp / "data"
-        data.mkdir()
-        shutil.copyfile(art.data_dir / "manifest.json", data / "manifest.json")
-        tok = art.data_dir / art.manifest.get("tokenizer", {}).get("dir", "tokenizer")
-        if tok.is_dir():
-            shutil.copytree(tok, data / "tokenizer")
-        for split in art.manifest["splits"].values():
-            for shard in split.get("shards", []):
-                self._shard(shard["file"], shard["sha256"])
-                if "sources_file" in shard:
-                    self._shard(shard["sources_file"], shard["sources_sha256"])
-        if art.validation_split():
-            _write_json(data / "validation.json", {"path": str(art.data_dir / "validation"),
-                                                   "manifest_sha256": sha256_file(art.data_dir / "manifest.json"),
-                                                   **art.validation_split()})
-        if (art.data_dir / "DATA_CARD.md").is_file():
-            shutil.copyfile(art.data_dir / "DATA_CARD.md", tmp / "DATA_CARD.md")
+    @staticmethod
+    def _optimizer(ckpt: Any, rel: str, placer: Placer) -> None:
+        for path in (ckpt.optimizer_dir, ckpt.scheduler_file):
+            if path.exists():
+                placer.add(path, f"{rel}/{path.name}")
 
-    def _shard(self, rel: str, listed: str) -> None:
-        """Pin a data shard by the sha256 of the file itself; one that no longer matches its
-        manifest is refused rather than published."""
-        path = self.art.data_dir / rel
-        if not path.is_file():
-            raise OminixError(f"{path} is missing: the prepared data is incomplete",
-                              f"run `ominix data inspect {self.art.data_dir} --verify`, or prepare the data again")
-        digest = sha256_file(path)
-        if digest != listed:
-            raise OminixError(f"{path}: sha256 does not match the data manifest (the shard changed after "
-                              "`ominix data prepare`)", "prepare the data again, or pass --data with the original")
-        self.external[str(path)] = digest
+    def _logs(self, placer: Placer) -> None:
+        for name in ("metrics.jsonl", "train.log", "tb"):
+            path = self.art.run_dir / name
+            if path.exists():  # copied: train.log grows when the run is resumed, a link would follow it
+                placer.add(path, f"logs/{name}", link=False)
 
     def _licenses(self, tmp: Path) -> None:
         for kind, ref in self.licenses.items():
@@ -230,52 +230,60 @@ class _Builder:
                 dest.write_text(f"SPDX-License-Identifier: {ref['name']}\n\nThe {kind} of this release is "
                                 f"licensed under {ref['name']}: https://spdx.org/licenses/{ref['name']}.html\n")
 
-    def write(self, tmp: Path, command: str | None) -> mof.Classification:
+    def write(self, tmp: Path, command: str | None, progress: Progress | None,
+              declared: bool) -> mof.Classification:
         art, release = self.art, self.release
-        document = self.mof_document()  # validated before anything is written
+        self.mof_document(self.planned())  # the release metadata is validated before anything is written
+        placer = Placer(tmp, progress)
         (tmp / "code").mkdir(parents=True)
         provenance.copy_source(tmp / "code")
         (tmp / "code" / "requirements.txt").write_text(provenance.requirements_txt(provenance.package_versions()))
         _write_json(tmp / "code" / "PROVENANCE.json",
                     {**provenance.provenance(art, command), "resolved_config": "model/metadata/config.yaml"})
-        self._weights(tmp)
-        self._data(tmp)
+        self._weights(tmp, placer, command)
+        self._logs(placer)
+        if art.manifest:
+            self.data_plan = bundle_data.place(art, self.data_mode, placer, tmp)
+            if (art.data_dir / "DATA_CARD.md").is_file():
+                placer.add(art.data_dir / "DATA_CARD.md", "DATA_CARD.md", link=False)
         if self.eval_results is not None:
-            (tmp / "eval").mkdir()
-            shutil.copyfile(art.eval_results, tmp / "eval" / "eval_results.json")
+            placer.add(art.eval_results, "eval/eval_results.json", link=False)
         if art.samples:
-            (tmp / "samples").mkdir()
-            shutil.copyfile(art.samples, tmp / "samples" / "samples.jsonl")
+            placer.add(art.samples, "samples/samples.jsonl", link=False)
         for name, path in self.docs.items():
             if path:
-                (tmp / "docs").mkdir(exist_ok=True)
-                shutil.copyfile(path, tmp / self._doc_name(name, path))
+                placer.add(path, self._doc_name(name, path), link=False)
+        placer.place()
         self._licenses(tmp)
         (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results))
+        document = self.mof_document(self.contained(tmp))
         (tmp / "mof.yaml").write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
         result = mof.classify(document["release"])
-        result.hints = _hints(art)
+        result.hints = _hints(art, self.data_plan)
+        result.notes = [] if declared else [NOT_DECLARED]
         (tmp / "MOF_REPORT.md").write_text(cards.report_markdown(result, f"{release.name} {release.version}"))
         _write_json(tmp / "mof_classification.json", result.to_json())
-        (tmp / "EXTERNAL_SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sorted(self.external.items())))
-        sums = checksums(tmp, tmp)
-        (tmp / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sums.items()))
+        placer.seal({"data": self.data_plan.mode if self.data_plan else None,
+                     "data_reference_complete": self.data_plan.complete if self.data_plan else None,
+                     "linked_bytes": placer.linked, "copied_bytes": placer.copied})
         return result
 
 
-def _hints(art: RunArtifacts) -> dict[str, str]:
+def _hints(art: RunArtifacts, data: bundle_data.DataPlan | None) -> dict[str, str]:
     """How to provide each component a run can lack."""
-    data = ("the prepared data directory (config data.path) was not found: pass --data DIR"
-            if art.manifest is None else "the prepared data has no DATA_CARD.md or no validation split")
+    why = ("the prepared data directory (config data.path) was not found: pass --data DIR"
+           if art.manifest is None else "the prepared data has no DATA_CARD.md or no validation split")
+    if data is not None and not data.complete:
+        why = "the data reference is incomplete (" + "; ".join(data.missing) + "): set release.data: link or copy"
     return {
         "Evaluation results": f"run `ominix eval --model {art.run_dir}`",
         "Sample model outputs": f"run `ominix infer --model {art.run_dir} --prompts-file PROMPTS.jsonl`",
-        "Model parameters (Intermediate)": "only one checkpoint is left: keep more with checkpoint.keep_every",
-        "Datasets": data, "Data card": data, "Evaluation data": data,
+        "Model parameters (Intermediate)": "no intermediate checkpoint is declared or kept: keep more with "
+                                           "checkpoint.keep_every, and list them in release.intermediate",
+        "Datasets": why, "Data card": why, "Evaluation data": why,
         "Technical report": "set technical_report in the release file",
         "Research paper": "set research_paper in the release file",
     }
-
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -284,22 +292,35 @@ def _write_json(path: Path, value: Any) -> None:
 
 def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file: str | Path | None = None,
                 name: str | None = None, producer: str | None = None, data_dir: str | Path | None = None,
-                copy_checkpoints: bool = False, force: bool = False,
-                command: str | None = None) -> tuple[mof.Classification, Path]:
-    """Write the MOF release bundle of ``run_dir`` to ``out`` (default RUN_DIR/release)."""
+                data_mode: str | None = None, optimizer_state: bool | None = None, force: bool = False,
+                command: str | None = None,
+                progress: Progress | None = None) -> tuple[mof.Classification, Path]:
+    """Write the MOF release bundle of ``run_dir`` to ``out`` (default RUN_DIR/release).
+    ``data_mode`` and ``optimizer_state`` override the release's ``data`` and ``optimizer_state``;
+    ``progress`` hears how many bytes of the big files are placed and hashed."""
+    from ominix.config import ReleaseConfig
+
     art = collect(run_dir, Path(data_dir) if data_dir else None)
     out = Path(out).expanduser().absolute() if out else art.run_dir / "release"
     release_path = Path(release_file).expanduser().absolute() if release_file else None
     inputs = [p for p in (art.run_dir, art.data_dir, release_path) if p is not None]
     check_replaceable(out, "bundle", force, inputs)
     release = load_release(release_path, art.config.release)
+    declared = release_path is not None or art.config.release != ReleaseConfig()
     release.name = name or release.name or art.run_dir.name
     release.producer = producer if producer is not None else release.producer
     release.date = release.date or date.today().isoformat()
+    if data_mode is not None:
+        modes = get_args(ReleaseConfig.model_fields["data"].annotation)
+        if data_mode not in modes:
+            raise OminixError(f"--data-mode {data_mode!r} is not one of {', '.join(modes)}",
+                              "pass --data-mode link (the default when on one filesystem), copy or reference")
+        release.data = data_mode
+    release.optimizer_state = release.optimizer_state if optimizer_state is None else optimizer_state
     base = release_path.parent if release_path else Path.cwd()
-    builder = _Builder(art, release, base, copy_checkpoints)
+    builder = _Builder(art, release, base, out)
     with staged(out, kind="bundle") as tmp:
-        result = builder.write(tmp, command)
+        result = builder.write(tmp, command, progress, declared)
     return result, out
 
 
@@ -311,27 +332,4 @@ def locate(path: Path) -> tuple[Path, Path | None]:
             raise OminixError(f"{path} is a directory without mof.yaml, not a release bundle",
                               "pass a bundle written by `ominix mof report`, or a MOF model file")
         return path / "mof.yaml", path
-    return path, path.parent if (path.parent / "SHA256SUMS").is_file() else None
-
-
-def verify_bundle(bundle: Path) -> list[str]:
-    """Check every line of ``bundle/SHA256SUMS``; return the problems (empty = OK): files missing,
-    changed or not listed."""
-    sums = bundle / "SHA256SUMS"
-    if not sums.is_file():
-        return ["SHA256SUMS: missing (not a bundle written by `ominix mof report`)"]
-    problems, listed = [], set()
-    for number, line in enumerate(mof.read_text(sums, "a checksum list").splitlines(), 1):
-        digest, sep, rel = line.partition("  ")
-        if not sep or len(digest) != 64:
-            problems.append(f"SHA256SUMS line {number}: not `SHA256  PATH`")
-            continue
-        listed.add(rel)
-        path = bundle / rel
-        if not path.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(path) != digest:
-            problems.append(f"{rel}: sha256 mismatch (changed since the bundle was written)")
-    problems += [f"{p.relative_to(bundle)}: not listed" for p in files_under(bundle)
-                 if p.name != "SHA256SUMS" and str(p.relative_to(bundle)) not in listed]
-    return problems
+    return path, path.parent if (path.parent / SUMS).is_file() else None

@@ -114,6 +114,7 @@ def report_markdown(result: Classification, title: str) -> str:
     """The classification as Markdown: class, progress per class, each component, what is missing."""
     out = [f"# MOF classification of {title}", "", f"**{result.label}**", "",
            "Progress: " + ", ".join(f"Class {ROMAN[c]} {result.progress[c]:.1f} %" for c in (3, 2, 1)), ""]
+    out += [*(f"Note: {note}" for note in result.notes), *([""] if result.notes else [])]
     rows = [[c.name, ROMAN[c.mof_class], "required" if c.required else "optional",
              "yes" if c.present else "no", c.license or "", STATUS_TEXT[c.status], c.path or ""]
             for c in result.components]

@@ -130,6 +130,7 @@ class Classification:
     required: dict[int, list[str]]
     missing: dict[int, list[str]] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)  # component -> how to provide it (mof report)
+    notes: list[str] = field(default_factory=list)  # about the release as a whole (mof report)
 
     @property
     def label(self) -> str:
@@ -147,6 +148,7 @@ class Classification:
             # MOT prints whole percentages as integers (100, 60) and the rest as floats.
             "progress": {str(c): _number(self.progress[c]) for c in (1, 2, 3)},
             "missing": {str(c): self.missing[c] for c in (1, 2, 3)},
+            "notes": self.notes,
             "components": [_component_json(c) for c in self.components],
         }
 
