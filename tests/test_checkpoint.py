@@ -183,7 +183,7 @@ def test_metrics_lines_are_strict_json_with_null_for_what_is_not_a_number(tmp_pa
     from ominix.config import LoggingConfig
     from ominix.train.metrics import MetricsWriter
 
-    out = MetricsWriter(tmp_path, enabled=True, logging=LoggingConfig(tensorboard=False, figure=False))
+    out = MetricsWriter(tmp_path, enabled=True, log_cfg=LoggingConfig(tensorboard=False, figure=False))
     out.record("eval", {"step": 1, "val_loss": float("nan"), "val_perplexity": float("inf")})
     out.record("train", {"step": 1, "loss": 2.5, "grad_norm": None})
     out.close()

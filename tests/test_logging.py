@@ -6,7 +6,9 @@ line before anything starts, a missing matplotlib costs the figure, not the run.
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,9 +88,6 @@ def launch(data: Path, run_dir: Path, *args: str, sets: list[str], env: dict[str
     if python is None:
         return run_cli(*argv, env=env, timeout=300)
     # ``python`` runs first in the CLI's process (the in-process worker's too), e.g. to hide a package
-    import os
-    import subprocess
-
     code = f"import sys; {python}; sys.argv = ['ominix', *sys.argv[1:]]; from ominix.cli.main import run; run()"
     return subprocess.run([sys.executable, "-c", code, *argv], env={**os.environ, **env}, text=True,
                           capture_output=True, timeout=300)

@@ -48,7 +48,7 @@ def draw(run_dir: Path, out: Path | None = None) -> Path:
     """Draw the figure of ``run_dir`` into ``out`` (default RUN_DIR/plots/training.png), written to
     a temporary name and renamed; returns its path."""
     if not available():
-        raise OminixError(MISSING.split(":")[0], "pip install matplotlib (or pip install 'ominix[plot]')")
+        raise OminixError("matplotlib is not installed: cannot draw the training figure", "pip install matplotlib")
     if not (run_dir / "metrics.jsonl").is_file():
         raise OminixError(f"{run_dir / 'metrics.jsonl'} not found",
                           "give a run directory that has trained at least one logged step")

@@ -18,10 +18,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ominix.config.models import LoggingConfig
 from ominix.flops import format_mfu, mfu
+
+if TYPE_CHECKING:
+    from ominix.config.models import LoggingConfig
 
 
 def memory_gib() -> float:
@@ -97,31 +99,30 @@ class MetricsWriter:
     """Rank 0 writes; on other ranks every method does nothing. ``config`` (the resolved config as
     JSON) goes to W&B when ``logging.wandb.enabled``."""
 
-    def __init__(self, run_dir: Path, enabled: bool, logging: LoggingConfig | None = None,
+    def __init__(self, run_dir: Path, enabled: bool, log_cfg: LoggingConfig,
                  config: dict[str, Any] | None = None) -> None:
         self.enabled, self.run_dir = enabled, run_dir
         self.tb = self.wandb = None
         self.figure = self.undrawn = False  # undrawn: records the figure does not show yet
         if not enabled:
             return
-        logging = logging or LoggingConfig()
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
         self.log_file = (run_dir / "train.log").open("a")
-        if logging.tensorboard:
+        if log_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
-        if logging.figure:
+        if log_cfg.figure:
             from ominix.train import figure
 
             self.figure = figure.available()
             if not self.figure:
                 self.line(figure.MISSING)
-        if logging.wandb.enabled:
+        if log_cfg.wandb.enabled:
             from ominix.train.wandb_log import WandbRun
 
-            self.wandb = WandbRun(logging.wandb, run_dir, config or {})
+            self.wandb = WandbRun(log_cfg.wandb, run_dir, config or {})
             self.line(self.wandb.describe())
 
     def line(self, text: str) -> None:
