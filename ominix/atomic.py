@@ -188,9 +188,14 @@ def staged(out: Path, kind: str | None = None) -> Iterator[Path]:
 
 def write_text(path: Path, text: str) -> None:
     """Write the file ``path`` through a temporary sibling and a rename: readers see old or new."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """:func:`write_text` for bytes."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

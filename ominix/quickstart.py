@@ -8,7 +8,8 @@ and its outcome to an ``on_event`` callback (``ominix.cli.quickstart_view`` show
 the summary. Everything goes into one directory:
 
     OUT/data/  OUT/run/  OUT/run/export/  OUT/run/samples.jsonl  OUT/run/eval/eval_results.json
-    OUT/release.yaml  OUT/TECHNICAL_REPORT.md  OUT/release/  OUT/quickstart.json (written last)
+    OUT/release.yaml  OUT/TECHNICAL_REPORT.md + OUT/training.png (the run's figure, which the report
+    shows)  OUT/release/  OUT/quickstart.json (written last)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ominix import atomic
 from ominix.errors import OminixError
+from ominix.train.figure import FIGURE
 
 if TYPE_CHECKING:
     from ominix.data.prepare import PrepareReporter
@@ -118,8 +120,11 @@ def release_yaml(out: Path, report: Path) -> Path:
 
 
 def technical_report(path: Path, facts: dict[str, Any]) -> None:
-    """A short technical report generated from the run's measured numbers."""
+    """A short technical report generated from the run's measured numbers; ``facts["figure"]`` is
+    the training figure's path relative to the report (None: there is none)."""
     m, curve = facts["model"], facts["loss_curve"]
+    figure = (f"![Training and validation loss, learning rate and throughput per step]({facts['figure']})"
+              if facts["figure"] else "(No training figure: matplotlib was not installed when the run trained.)")
     samples = "\n".join(f"- **{s['prompt']}** {' '.join(s['completion'].split())[:160]}" for s in facts["samples"])
     path.write_text(f"""# Technical report: OminiX quickstart ({facts['created']})
 
@@ -138,6 +143,8 @@ LLaMA decoder `tiny`: hidden {m['hidden_size']}, {m['num_hidden_layers']} layers
 through ColossalAI's ddp plugin: a first launch to step {facts['resumed_from_step']}, then a relaunch that
 resumed from that checkpoint (cosine schedule stretched to {facts['steps']} steps). Training loss
 {curve[0]:.3f} -> {curve[-1]:.3f}.
+
+{figure}
 
 ## Evaluation
 Validation loss {facts['eval_loss']:.4f} nats/token (perplexity {facts['eval_perplexity']:.1f}), against
@@ -255,6 +262,10 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
         "unigram_entropy": entropy, "samples": samples,
     }
     report = out / "TECHNICAL_REPORT.md"
+    figure = run_dir / FIGURE  # drawn by training at its end (when matplotlib is installed)
+    if figure.is_file():
+        shutil.copyfile(figure, out / figure.name)  # next to the report, which links it
+    facts["figure"] = figure.name if figure.is_file() else None
     technical_report(report, facts)
     release = release_yaml(out, report)
     bundle_dir = out / "release"
@@ -272,6 +283,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
             "metrics": str(run_dir / "metrics.jsonl"), "checkpoints": str(run_dir / "checkpoints"),
             "export": meta["out"], "samples": str(samples_path), "eval_results": results["out"],
             "technical_report": str(report), "release_yaml": str(release), "bundle": str(bundle),
+            **({"figure": str(out / figure.name)} if facts["figure"] else {}),
         },
         "steps": steps, "resumed": {"from_step": first, "log": resumed},
         "loss_curve": {"first": curve[0], "last": curve[-1], "sparkline": sparkline(curve)},

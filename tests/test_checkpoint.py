@@ -180,9 +180,10 @@ def test_a_save_killed_between_moving_the_old_copy_aside_and_renaming_the_new_on
 
 
 def test_metrics_lines_are_strict_json_with_null_for_what_is_not_a_number(tmp_path: Path) -> None:
+    from ominix.config import LoggingConfig
     from ominix.train.metrics import MetricsWriter
 
-    out = MetricsWriter(tmp_path, enabled=True, tensorboard=False)
+    out = MetricsWriter(tmp_path, enabled=True, log_cfg=LoggingConfig(tensorboard=False, figure=False))
     out.record("eval", {"step": 1, "val_loss": float("nan"), "val_perplexity": float("inf")})
     out.record("train", {"step": 1, "loss": 2.5, "grad_norm": None})
     out.close()

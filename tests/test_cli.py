@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ominix.cli.main import app
 from tests.conftest import run_cli
 
-HEAVY = ("torch", "colossalai", "datasets", "transformers")
+HEAVY = ("torch", "colossalai", "datasets", "transformers", "wandb", "matplotlib")
 
 
 def _commands() -> list[list[str]]:

@@ -60,6 +60,13 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     listing = json.loads(run_cli("checkpoint", "list", str(out / "run"), "--json").stdout)
     assert [e["step"] for e in listing] == [100, 150, 200]
     assert Path(art["export"], "config.json").is_file()
+
+    # The technical report shows the run's training figure (loss, lr, throughput), copied next to it.
+    report = Path(art["technical_report"]).read_text()
+    assert "![Training and validation loss, learning rate and throughput per step](training.png)" in report
+    assert Path(art["figure"]) == out / "training.png"
+    assert (out / "training.png").read_bytes() == (out / "run" / "plots" / "training.png").read_bytes()
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["mfu"] is None and summary["mfu_note"].startswith("n/a")
 
     # A second run into the same directory is refused and leaves the finished one alone.

@@ -1,14 +1,16 @@
-"""``ominix train``: launch a training run (``check-hosts`` is added by ``ominix.cli.hosts_cmd``)."""
+"""``ominix train``: launch a training run (``check-hosts`` is added by ``ominix.cli.hosts_cmd``, ``plot``
+by ``ominix.cli.plot_cmd``)."""
 
 from __future__ import annotations
 
 import typer
 
-from ominix.cli import hosts_cmd
+from ominix.cli import hosts_cmd, plot_cmd
 from ominix.cli.common import CONFIG_OPTION, PRESET_ARGUMENT, SET_OPTION, one_preset
 
-app = typer.Typer(help="Train a model: launch runs, check hosts.", no_args_is_help=True)
+app = typer.Typer(help="Train a model: launch runs, check hosts, plot a run.", no_args_is_help=True)
 hosts_cmd.register(app)
+plot_cmd.register(app)
 
 
 @app.command("launch")

@@ -232,12 +232,31 @@ class CheckpointConfig(Section):
     )
 
 
+class WandbConfig(Section):
+    """Weights & Biases logging from rank 0: the numbers of metrics.jsonl and the config, one W&B run
+    per run directory (its id kept in RUN_DIR/wandb-run.json, so a resumed run logs into it)."""
+
+    enabled: bool = Field(False, description="Log to Weights & Biases (pip install 'ominix[wandb]').")
+    project: str = Field("ominix", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); None = your default entity.")
+    name: str | None = Field(None, description="W&B run name; None = the run directory's name.")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (upload later with `wandb sync`) or disabled; None = $WANDB_MODE if "
+        "set, else offline, so a run never waits on the network unless asked to.",
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
+
+
 class LoggingConfig(Section):
     """Where a run writes and how often it reports."""
 
     run_dir: str = Field("runs/default", description="Run directory: config, logs, metrics, ckpts.")
     log_every: int = Field(1, ge=1, description="Log one line every N steps (rank 0).")
     tensorboard: bool = Field(True, description="Write TensorBoard events under RUN_DIR/tb.")
+    figure: bool = Field(
+        True, description="Draw RUN_DIR/plots/training.png (loss, lr, throughput) at each eval and at the end."
+    )
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
 
 
 class LaunchConfig(Section):

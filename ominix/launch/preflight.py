@@ -1,7 +1,8 @@
 """What can be checked from the config and the prepared data's manifest alone, checked in the
-launcher before any process starts (the workers check again, for a worker started by hand):
-prepared data at ``data.path``, its seq_len and vocabulary against the config, and the resume
-target (exists, is a checkpoint, fits this model, data and rank layout)."""
+launcher before any process starts (the workers check again, for a worker started by hand): the
+wandb package when ``logging.wandb`` is on, prepared data at ``data.path``, its seq_len and
+vocabulary against the config, and the resume target (exists, is a checkpoint, fits this model,
+data and rank layout)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ def preflight(cfg: OminixConfig, world_size: int | None) -> None:
     from ominix.data.store import manifest_sha256
     from ominix.plugins import PLUGINS
     from ominix.train.engine import derive_layout
+    from ominix.train.wandb_log import check_installed
 
+    check_installed(cfg.logging.wandb)
     check_fits(cfg)
     resume = resume_target(cfg)
     if resume is not None and world_size is not None:

@@ -167,7 +167,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
     engine = build_engine(cfg, lr_multiplier(cfg, total))
     loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
-    out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging.tensorboard)
+    out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging, cfg.model_dump(mode="json"))
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()

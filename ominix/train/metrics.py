@@ -1,5 +1,7 @@
-"""Step metrics: one log line per logged step on rank 0, the same numbers in ``metrics.jsonl`` and
-TensorBoard (``RUN_DIR/tb``).
+"""Step metrics: one log line per logged step on rank 0, the same numbers in ``metrics.jsonl``,
+TensorBoard (``RUN_DIR/tb``) and Weights & Biases (``logging.wandb``, ``ominix.train.wandb_log``), and
+the training figure (``RUN_DIR/plots/training.png``, ``ominix.train.figure``) redrawn at each
+evaluation and at the end.
 
 Throughput is measured over the window since the previous log line, so the host waits for the
 device once per window, not once per step. TFLOP/s and MFU use ``ominix.flops``:
@@ -16,9 +18,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ominix.flops import format_mfu, mfu
+
+if TYPE_CHECKING:
+    from ominix.config.models import LoggingConfig
 
 
 def memory_gib() -> float:
@@ -91,20 +96,34 @@ def json_line(values: dict[str, Any]) -> str:
 
 
 class MetricsWriter:
-    """Rank 0 writes; on other ranks every method does nothing."""
+    """Rank 0 writes; on other ranks every method does nothing. ``config`` (the resolved config as
+    JSON) goes to W&B when ``logging.wandb.enabled``."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.tb = None
+    def __init__(self, run_dir: Path, enabled: bool, log_cfg: LoggingConfig,
+                 config: dict[str, Any] | None = None) -> None:
+        self.enabled, self.run_dir = enabled, run_dir
+        self.tb = self.wandb = None
+        self.figure = self.undrawn = False  # undrawn: records the figure does not show yet
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
         self.log_file = (run_dir / "train.log").open("a")
-        if tensorboard:
+        if log_cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tb"))
+        if log_cfg.figure:
+            from ominix.train import figure
+
+            self.figure = figure.available()
+            if not self.figure:
+                self.line(figure.MISSING)
+        if log_cfg.wandb.enabled:
+            from ominix.train.wandb_log import WandbRun
+
+            self.wandb = WandbRun(log_cfg.wandb, run_dir, config or {})
+            self.line(self.wandb.describe())
 
     def line(self, text: str) -> None:
         if self.enabled:
@@ -113,20 +132,38 @@ class MetricsWriter:
             self.log_file.flush()
 
     def record(self, kind: str, values: dict[str, Any]) -> None:
-        """Append one JSON object to metrics.jsonl and its numbers to TensorBoard."""
+        """Append one JSON object to metrics.jsonl and its numbers to TensorBoard and W&B; after an
+        evaluation, redraw the figure."""
         if not self.enabled:
             return
         self.jsonl.write(json_line({"kind": kind, **values}) + "\n")
         self.jsonl.flush()
+        self.undrawn = True
         if self.tb is not None:
             for key, value in values.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(f"{kind}/{key}", value, values["step"])
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(kind, values)
+        if kind == "eval":
+            self.draw()
+
+    def draw(self) -> None:
+        """Redraw RUN_DIR/plots/training.png from metrics.jsonl (with logging.figure and matplotlib)."""
+        if self.enabled and self.figure and self.undrawn:
+            from ominix.train.figure import draw
+
+            draw(self.run_dir)
+            self.undrawn = False
 
     def close(self) -> None:
+        """Draw the figure a last time and close every writer."""
         if self.enabled:
+            self.draw()
             self.jsonl.close()
             self.log_file.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()

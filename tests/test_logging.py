@@ -1,0 +1,178 @@
+"""Loggers and pictures: Weights & Biases (the real package, offline, no network) logs what
+metrics.jsonl holds from rank 0 and a resumed run logs into the same W&B run; the training figure
+(a real PNG from matplotlib) after training, redrawn by `ominix train plot`; a missing wandb is one
+line before anything starts, a missing matplotlib costs the figure, not the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+SETS = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=2", "schedule.eval_every=2",
+        "schedule.eval_batches=2", "checkpoint.keep_last=1", "checkpoint.keep_every=0", "logging.tensorboard=false"]
+WANDB = ["logging.wandb.enabled=true", "logging.wandb.project=ominix-test", "logging.wandb.name=tiny-run",
+         "logging.wandb.tags=[cpu, test]"]
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a W&B transaction log (``run-ID.wandb``), parsed with wandb's own protobuf
+    messages. The framing is LevelDB's log format, as wandb writes it: a 7-byte file header (':W&B',
+    magic 0xBEE1, version 0), then 32 KiB blocks of chunks (crc32, length, type: 1 full, 2 first,
+    3 middle, 4 last); a block's tail shorter than a chunk header is padding."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
+    records, pos, pending = [], 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def offline_runs(wandb_dir: Path) -> list[dict]:
+    """Each offline run under WANDB_DIR, oldest first: its run id, name, project, tags, config and
+    history rows ({key: value})."""
+    runs = []
+    for log in sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        run, history = None, []
+        for r in wandb_records(log):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run = r.run
+            elif kind == "history":
+                history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        config = {u.key: json.loads(u.value_json) for u in run.config.update}
+        runs.append({"id": run.run_id, "name": run.display_name, "project": run.project, "tags": list(run.tags),
+                     "config": config, "history": history})
+    return runs
+
+
+def metrics(run_dir: Path, kind: str, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in rows if r["kind"] == kind}
+
+
+def logged(run: dict, key: str) -> dict[int, float]:
+    return {row["step"]: row[key] for row in run["history"] if key in row}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+def launch(data: Path, run_dir: Path, *args: str, sets: list[str], env: dict[str, str] | None = None,
+           python: str | None = None):
+    flags = [a for s in sets for a in ("--set", s)]
+    argv = ["train", "launch", "tiny", "--data", str(data), "--run-dir", str(run_dir), *args, *flags]
+    env = {"OMP_NUM_THREADS": "1", **(env or {})}
+    if python is None:
+        return run_cli(*argv, env=env, timeout=300)
+    # ``python`` runs first in the CLI's process (the in-process worker's too), e.g. to hide a package
+    code = f"import sys; {python}; sys.argv = ['ominix', *sys.argv[1:]]; from ominix.cli.main import run; run()"
+    return subprocess.run([sys.executable, "-c", code, *argv], env={**os.environ, **env}, text=True,
+                          capture_output=True, timeout=300)
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    _ok(run_cli("data", "prepare", "--config", "tiny", "--out", str(out), timeout=300))
+    return out
+
+
+@pytest.fixture(scope="module")
+def wandb_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """4 steps on 2 processes logged to W&B offline, then a relaunch on 1 process that resumes at
+    step 4 and trains to 6; returns (run directory, WANDB_DIR)."""
+    from tests.conftest import in_private_netns
+
+    if not in_private_netns():
+        pytest.fail("this test starts torchrun: run it via `make test` (private network namespace)")
+    root = tmp_path_factory.mktemp("wandb")
+    run_dir, wandb_dir = root / "run", root / "wandb-files"
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir)}
+    first = launch(data, run_dir, "--nproc-per-node", "2", "--max-steps", "4", sets=[*SETS, *WANDB], env=env)
+    _ok(first)
+    assert len(list(wandb_dir.glob("wandb/offline-run-*"))) == 1  # rank 0 only
+    _ok(launch(data, run_dir, "--max-steps", "6", "--resume", "auto", sets=[*SETS, *WANDB], env=env))
+    return run_dir, wandb_dir
+
+
+def test_wandb_offline_run_holds_what_metrics_jsonl_holds(wandb_run: tuple[Path, Path]) -> None:
+    run_dir, wandb_dir = wandb_run
+    first = offline_runs(wandb_dir)[0]
+    assert (first["name"], first["project"], first["tags"]) == ("tiny-run", "ominix-test", ["cpu", "test"])
+    assert first["config"]["model"]["name"] == "tiny" and first["config"]["schedule"]["max_steps"] == 4
+    losses = metrics(run_dir, "train", "loss")
+    assert logged(first, "train/loss") == {s: losses[s] for s in (1, 2, 3, 4)}
+    assert logged(first, "train/lr") == {s: metrics(run_dir, "train", "lr")[s] for s in (1, 2, 3, 4)}
+    val = metrics(run_dir, "eval", "val_loss")
+    assert logged(first, "eval/val_loss") == {2: val[2], 4: val[4]}
+    assert f"W&B run {first['id']} (offline)" in (run_dir / "train.log").read_text()
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_run(wandb_run: tuple[Path, Path]) -> None:
+    run_dir, wandb_dir = wandb_run
+    first, second = offline_runs(wandb_dir)
+    assert json.loads((run_dir / "wandb-run.json").read_text())["id"] == first["id"] == second["id"]
+    assert second["config"]["schedule"]["max_steps"] == 6  # the config of the relaunch
+    losses = metrics(run_dir, "train", "loss")
+    assert logged(second, "train/loss") == {5: losses[5], 6: losses[6]}  # continues where the first ended
+    assert logged(second, "eval/val_loss") == {6: metrics(run_dir, "eval", "val_loss")[6]}
+
+
+def test_training_draws_the_figure_and_train_plot_redraws_it(wandb_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run_dir, _ = wandb_run
+    figure = run_dir / "plots" / "training.png"
+    assert png_size(figure) == (1200, 360) and figure.stat().st_size > 20_000  # three drawn panels, not blank
+    assert not [p for p in figure.parent.iterdir() if p.name != "training.png"]  # no temporary left behind
+    out = tmp_path / "again.png"
+    result = run_cli("train", "plot", str(run_dir), "--out", str(out))
+    _ok(result)
+    assert f"wrote {out}" in result.stdout and png_size(out) == (1200, 360)
+    missing = run_cli("train", "plot", str(tmp_path))
+    assert missing.returncode == 2 and "metrics.jsonl not found" in missing.stderr
+
+
+def test_wandb_enabled_without_the_package_is_one_line_before_anything_starts(data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # a None entry in sys.modules is how Python marks a module as not importable
+    result = launch(data, run_dir, "--max-steps", "2", sets=[*SETS, *WANDB], python="sys.modules['wandb'] = None")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "logging.wandb.enabled is set but the wandb package is not installed" in result.stderr
+    assert "pip install 'ominix[wandb]'" in result.stderr  # the brackets as written
+    assert not run_dir.exists() and "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_training_without_matplotlib_goes_on_without_the_figure(data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = launch(data, run_dir, "--max-steps", "2", sets=SETS, python="sys.modules['matplotlib'] = None")
+    _ok(result)
+    log = (run_dir / "train.log").read_text()
+    assert log.count("matplotlib is not installed: no training figure") == 1
+    assert sorted(metrics(run_dir, "train", "loss")) == [1, 2] and not (run_dir / "plots").exists()
