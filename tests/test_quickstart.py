@@ -68,6 +68,10 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     assert (out / "training.png").read_bytes() == (out / "run" / "plots" / "training.png").read_bytes()
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["mfu"] is None and summary["mfu_note"].startswith("n/a")
+    # ...and the figure travels with the report into the bundle, which verifies as a whole.
+    assert (bundle / "docs" / "training.png").read_bytes() == (out / "training.png").read_bytes()
+    assert "](training.png)" in (bundle / "docs" / "technical_report.md").read_text()
+    assert run_cli("mof", "check", str(bundle)).returncode == 0
 
     # A second run into the same directory is refused and leaves the finished one alone.
     again = run_cli("quickstart", "--out", str(out))

@@ -32,6 +32,7 @@ name and renamed, so it never exists half-written.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -253,6 +254,8 @@ class _Builder:
         for name, path in self.docs.items():
             if path:
                 placer.add(path, self._doc_name(name, path), link=False)
+                for image in _linked_images(path):  # a report's figures travel with it
+                    placer.add(path.parent / image, f"docs/{image}", link=False)
         placer.place()
         self._licenses(tmp)
         (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results))
@@ -333,3 +336,12 @@ def locate(path: Path) -> tuple[Path, Path | None]:
                               "pass a bundle written by `ominix mof report`, or a MOF model file")
         return path / "mof.yaml", path
     return path, path.parent if (path.parent / SUMS).is_file() else None
+
+
+def _linked_images(doc: Path) -> list[str]:
+    """Relative image links of a markdown document that name files beside it (``![..](fig.png)``)."""
+    if doc.suffix.lower() != ".md":
+        return []
+    links = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", doc.read_text(errors="replace"))
+    return sorted({link for link in links if "://" not in link and not Path(link).is_absolute()
+                   and ".." not in Path(link).parts and (doc.parent / link).is_file()})
