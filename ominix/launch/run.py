@@ -28,6 +28,8 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
     start the worker(s). ``dry_run`` starts, locks and writes nothing: the outcome's text is the
     plan (summary, commands, resolved config)."""
     events = events or Events()
+    if cfg.launch.launcher == "slurm":
+        return start_slurm(cfg, dry_run=dry_run, events=events)
     if not (cfg.launch.nodes > 1 or cfg.launch.hostfile):
         return start_local(cfg, dry_run=dry_run, events=events)
     import torch
@@ -40,8 +42,7 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
         validate(cfg, world, torch.cuda.is_available() or dry_run)
     if dry_run:
         return launch_multinode(cfg, Path(cfg.logging.run_dir), dry_run=True, events=events)
-    if cfg.launch.launcher != "slurm":  # an sbatch file starts nothing here: its nodes check
-        preflight(cfg, world)
+    preflight(cfg, world)
     with RunDir(cfg, events.notice) as claimed, stop_signals() as received:
         try:
             outcome = launch_multinode(cfg, claimed.path, dry_run=False, events=events, prepare=claimed.write_config)
@@ -50,6 +51,27 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
         if outcome.code == 130 and received:
             outcome = Outcome(128 + received[0], outcome.text)
         return claimed.finish(outcome)
+
+
+def start_slurm(cfg: OminixConfig, *, dry_run: bool, events: Events) -> Outcome:
+    """Submit ``cfg`` as a SLURM job (one node or several; no hostfile): the run directory is
+    locked while config.yaml and the sbatch file are written and the job submitted; the job itself
+    holds the lock while it runs (``slurm_job``). ``dry_run``: the sbatch file only."""
+    import torch
+
+    from ominix.train.engine import validate
+
+    launch = cfg.launch
+    gpus = launch.nproc_per_node if launch.slurm.gpus_per_node is None else launch.slurm.gpus_per_node
+    nproc = launch.nproc_per_node or (1 if not gpus else None)
+    if nproc:  # otherwise each node counts its GPUs when the job starts
+        validate(cfg, launch.nodes * nproc, bool(gpus) or torch.cuda.is_available() or dry_run)
+    if dry_run:
+        return slurm.write_sbatch(cfg, Path(cfg.logging.run_dir), dry_run=True)
+    preflight(cfg, nproc and launch.nodes * nproc)  # the data and checkpoint the job will read
+    with RunDir(cfg, events.notice) as claimed:
+        claimed.write_config()
+        return claimed.finish(slurm.write_sbatch(cfg, claimed.path, dry_run=False))
 
 
 def launch(cfg: OminixConfig, events: Events | None = None) -> int:

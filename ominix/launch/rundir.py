@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ominix.errors import OminixError
 from ominix.launch.events import Outcome
 from ominix.launch.lock import RunLock
+from ominix.launch.slurm import refuse_if_queued
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -59,6 +60,11 @@ class RunDir:
             if not self.existed:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()
+            raise
+        try:
+            refuse_if_queued(self.path)  # a SLURM job of this run directory that has not started yet
+        except BaseException:
+            self.lock.release()
             raise
         config = self.path / "config.yaml"
         self.old_config = config.read_bytes() if config.is_file() else None
