@@ -27,7 +27,7 @@ quickstart: install
 # interfaces). test-deps installs the system packages they need where missing (Debian/Ubuntu).
 TEST_DEBS = $(if $(wildcard /usr/sbin/sshd),,openssh-server) $(if $(wildcard /usr/sbin/slurmctld),,slurm-wlm)
 test-deps:
-	@test -z "$(strip $(TEST_DEBS))" || (apt-get update -qq && apt-get install -y -qq $(TEST_DEBS))
+	@test -z "$(strip $(TEST_DEBS))" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_DEBS))
 
 test: install test-deps
 	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -q $(PYTEST_ARGS)'

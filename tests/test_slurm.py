@@ -109,3 +109,22 @@ def test_a_job_trains_is_requeued_twice_and_resumes_each_time(slurm: Slurm, data
     assert "requeueing job" in _log(run)
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{steps:08d}"
     assert not (run / ".ominix.lock").exists()  # the job let go of the run directory
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_scancel_saves_a_checkpoint_and_the_job_stays_cancelled(slurm: Slurm, data_dir: Path,  # noqa: F811
+                                                               tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli("train", "launch", "tiny", "--launcher", "slurm", "--data", str(data_dir), "--run-dir", str(run),
+                     "--max-steps", "200", *_sets(QUICK), env={"SLURM_CONF": str(slurm.conf)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = json.loads((run / "slurm_job.json").read_text())["job_id"]
+    _wait("training to start", lambda: len(_steps(run)) >= 1, 120, slurm, run)
+    assert json.loads((run / ".ominix.lock").read_text())["command"].startswith(f"SLURM job {job}")
+    slurm.run("scancel", job)
+    _wait("the job to end", lambda: slurm.state(job) == "", 90, slurm, run)
+    log = (run / "train.log").read_text()
+    stopped = int(log.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+    assert "restart 1" not in _log(run) and "requeueing" not in _log(run)  # cancelled is cancelled
+    assert not (run / ".ominix.lock").exists()

@@ -35,7 +35,7 @@ def launch(
         None, "--hostfile", help="One host per line: 'host', 'user@host:port', optional 'slots=N'."
     ),
     launcher: str = typer.Option(
-        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (sbatch)."
+        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (submitted with sbatch; launch.slurm.* settings)."
     ),
     master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: the first host)."),
     master_port: int = typer.Option(None, "--master-port", help="Rendezvous port."),
