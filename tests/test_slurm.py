@@ -105,7 +105,7 @@ def test_a_job_trains_is_requeued_twice_and_resumes_each_time(slurm: Slurm, data
     resumed = [int(line.split(" at step ")[1].split()[0]) for line in log.splitlines() if "resumed from" in line]
     assert len(resumed) == 2 and resumed[0] == first["step"], log[-3000:]
     train_steps = _steps(run)
-    assert max(train_steps) == steps and sorted(set(train_steps)) == list(range(1, steps + 1))
+    assert train_steps == list(range(1, steps + 1))  # each step once: every stop saved where it stopped
     assert "requeueing job" in _log(run)
     assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{steps:08d}"
     assert not (run / ".ominix.lock").exists()  # the job let go of the run directory
