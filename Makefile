@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: install quickstart test test-gpu sshd-deps clean
+.PHONY: install quickstart test test-gpu test-deps clean
 
 install: $(VENV)/.installed
 
@@ -22,12 +22,14 @@ $(VENV)/.installed: pyproject.toml requirements/lean.txt
 quickstart: install
 	$(BIN)/ominix quickstart
 
-# Tests start a private sshd and multi-process torchrun jobs: they run inside a private network
-# namespace that has only loopback (torchrun listens on all interfaces).
-sshd-deps:
-	@command -v /usr/sbin/sshd >/dev/null || (apt-get update -qq && apt-get install -y -qq openssh-server)
+# Tests start a private sshd, a private SLURM cluster (slurmctld + slurmd) and multi-process torchrun
+# jobs: they run inside a private network namespace that has only loopback (torchrun listens on all
+# interfaces). test-deps installs the system packages they need where missing (Debian/Ubuntu).
+TEST_DEBS = $(if $(wildcard /usr/sbin/sshd),,openssh-server) $(if $(wildcard /usr/sbin/slurmctld),,slurm-wlm)
+test-deps:
+	@test -z "$(strip $(TEST_DEBS))" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_DEBS))
 
-test: install sshd-deps
+test: install test-deps
 	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -q $(PYTEST_ARGS)'
 
 test-gpu:

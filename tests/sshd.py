@@ -73,7 +73,7 @@ def start_sshd(root: Path) -> Sshd:
     if not in_private_netns():
         pytest.fail("the test sshd must run in a private network namespace (see `make test`)")
     if not Path(SSHD).exists():
-        pytest.fail("openssh-server is not installed: run `make sshd-deps`")
+        pytest.fail("openssh-server is not installed: run `make test-deps`")
     root.mkdir(parents=True, exist_ok=True)
     host_key = keygen(root / "host_ed25519")
     client_key = keygen(root / "client_ed25519")

@@ -43,7 +43,7 @@ def launch(
     ),
     hostfile: str = typer.Option(None, "--hostfile", help=hosts_cmd.HOSTFILE_HELP),
     launcher: str = typer.Option(
-        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (sbatch)."
+        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (submitted with sbatch; launch.slurm.* settings)."
     ),
     master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: the first host)."),
     master_port: int = typer.Option(None, "--master-port", help="Rendezvous port."),

@@ -1,6 +1,7 @@
-"""Start a training run: the one place that chooses how. One machine goes to ``local``; several
-nodes (or a hostfile) to ``multinode`` (torchrun per node over SSH), ``colossalai_run``
-(``colossalai run``) or ``slurm`` (an sbatch file), after checking every host over SSH.
+"""Start a training run: the one place that chooses how. ``--launcher slurm`` submits a job
+(``slurm``); without a hostfile a run is one machine (``local``); a hostfile's nodes go to
+``multinode`` (torchrun per node over SSH) or ``colossalai_run`` (``colossalai run``), after the
+config and data checks and then every host over SSH.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
     asks for hosts, refused once the config and data checks passed. A multi-node launch checks
     everything the config and data decide before it reaches any host over SSH."""
     events = events or Events()
-    if not (cfg.launch.hostfile or (cfg.launch.launcher == "slurm" and cfg.launch.nodes > 1)):
+    if cfg.launch.launcher == "slurm":
+        return start_slurm(cfg, dry_run=dry_run, events=events)
+    if not cfg.launch.hostfile:
         if (nodes_flag or 1) > 1:
             check_before_hosts(cfg, dry_run)
             raise OminixError(f"--nodes {nodes_flag} needs a hostfile naming the nodes",
@@ -75,7 +78,7 @@ def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
 
     nodes, p = cfg.launch.nodes, cfg.parallel
     slots = set()
-    if cfg.launch.hostfile and cfg.launch.launcher != "slurm":  # read here; the hosts are reached later
+    if cfg.launch.hostfile:  # read here; the hosts are reached later
         slots = {h.slots for h in select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)}
     nproc = cfg.launch.nproc_per_node or (slots.pop() if len(slots) == 1 else None)
     world = None
@@ -86,9 +89,30 @@ def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
         smallest = math.lcm(nodes, p.tp * p.pp)  # pipeline micro batches depend on the real dp: not here
         derive_layout(cfg.model_copy(update={"parallel": p.model_copy(update={"num_microbatches": None})}),
                       smallest)
-    if not dry_run and cfg.launch.launcher != "slurm":  # an sbatch file starts nothing here: its nodes check
+    if not dry_run:
         preflight(cfg, world)
     return world
+
+
+def start_slurm(cfg: OminixConfig, *, dry_run: bool, events: Events) -> Outcome:
+    """Submit ``cfg`` as a SLURM job (one node or several; no hostfile): the run directory is
+    locked while config.yaml and the sbatch file are written and the job submitted; the job itself
+    holds the lock while it runs (``slurm_job``). ``dry_run``: the sbatch file only."""
+    import torch
+
+    from ominix.train.engine import validate
+
+    launch = cfg.launch
+    gpus = launch.nproc_per_node if launch.slurm.gpus_per_node is None else launch.slurm.gpus_per_node
+    nproc = launch.nproc_per_node or (1 if not gpus else None)
+    if nproc:  # otherwise each node counts its GPUs when the job starts
+        validate(cfg, launch.nodes * nproc, bool(gpus) or torch.cuda.is_available() or dry_run)
+    if dry_run:
+        return slurm.write_sbatch(cfg, Path(cfg.logging.run_dir), dry_run=True)
+    preflight(cfg, nproc and launch.nodes * nproc)  # the data and checkpoint the job will read
+    with RunDir(cfg, events.notice) as claimed:
+        claimed.write_config()
+        return claimed.finish(slurm.write_sbatch(cfg, claimed.path, dry_run=False))
 
 
 def launch(cfg: OminixConfig, events: Events | None = None) -> int:
@@ -99,15 +123,11 @@ def launch(cfg: OminixConfig, events: Events | None = None) -> int:
 def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events: Events | None = None,
                      prepare: Callable[[], None] = lambda: None) -> Outcome:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
-    to ``colossalai run``, or write an sbatch script); ``dry_run`` returns the commands only.
+    to ``colossalai run``); ``dry_run`` returns the commands only.
     ``prepare`` (writing RUN_DIR/config.yaml) runs after the host checks, before any node starts."""
     from ominix.train.engine import validate
 
     events = events or Events()
-    if cfg.launch.launcher == "slurm":
-        if not dry_run:
-            prepare()
-        return slurm.write_sbatch(cfg, run_dir, dry_run=dry_run)
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master, events.checks)
     nproc = multinode.nproc_per_node(cfg, targets, gpus)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ominix.errors import OminixError
 from ominix.launch.events import Outcome
 from ominix.launch.lock import RunLock
+from ominix.launch.slurm import refuse_if_queued
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -65,6 +66,11 @@ class RunDir:
                         d.rmdir()
                     if d == self.created:
                         break
+            raise
+        try:
+            refuse_if_queued(self.path)  # a SLURM job of this run directory that has not started yet
+        except BaseException:
+            self.lock.release()
             raise
         config = self.path / "config.yaml"
         self.old_config = config.read_bytes() if config.is_file() else None
