@@ -20,20 +20,19 @@ from ominix.config.models import (
     DataConfig,
     InferConfig,
     LaunchConfig,
-    LicenseRef,
     LoggingConfig,
     ModelConfig,
     OminixConfig,
     OptimConfig,
     ParallelConfig,
-    ReleaseConfig,
-    ReleaseLicenses,
     ScheduleConfig,
 )
+from ominix.config.release import LicenseRef, ReleaseConfig, ReleaseLicenses
+from ominix.config.slurm import SlurmConfig
 
 __all__ = [
     "PRESETS_DIR", "SLIMPAJAMA", "CheckpointConfig", "DataConfig", "InferConfig", "LaunchConfig", "LicenseRef",
     "LoggingConfig", "ModelConfig", "OminixConfig", "OptimConfig", "ParallelConfig", "ReleaseConfig",
-    "ReleaseLicenses", "ScheduleConfig", "build_config", "dump_json", "dump_yaml", "format_validation",
+    "ReleaseLicenses", "ScheduleConfig", "SlurmConfig", "build_config", "dump_json", "dump_yaml", "format_validation",
     "load_config", "parse_set", "preset_names", "read_yaml", "save_config", "schema",
 ]

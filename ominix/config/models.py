@@ -1,17 +1,19 @@
 """Every configuration model of OminiX, nested by subsystem, with the rules a config must follow.
 
-Plugin names and the rules that depend on the plugin come from ``ominix.plugins``.
+Plugin names and the rules that depend on the plugin come from ``ominix.plugins``; the release
+section lives in ``release``, ``launch.slurm`` in ``slurm``, the shared base in ``section``.
 """
 
 from __future__ import annotations
 
-import datetime
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ominix import plugins
+from ominix.config.release import ReleaseConfig
+from ominix.config.section import Section
+from ominix.config.slurm import SlurmConfig
 from ominix.plugins import NAMES as PLUGIN_NAMES
 
 SLIMPAJAMA = "cerebras/SlimPajama-627B"
@@ -19,8 +21,6 @@ SLIMPAJAMA = "cerebras/SlimPajama-627B"
 LLAMA2_TOKENIZER = "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -260,50 +260,6 @@ class LoggingConfig(Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
 
 
-# SLURM time limits: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
-# days-hours:minutes, days-hours:minutes:seconds (sbatch --time), or UNLIMITED.
-_SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
-
-
-class SlurmConfig(Section):
-    """What the sbatch file asks of SLURM (``launch.launcher: slurm``)."""
-
-    partition: str | None = Field(None, description="sbatch --partition; None = the cluster's default.")
-    account: str | None = Field(None, description="sbatch --account; None = the user's default.")
-    qos: str | None = Field(None, description="sbatch --qos; None = the default.")
-    time: str | None = Field(
-        None, description="Time limit (sbatch --time): MM, HH:MM:SS, D-HH, D-HH:MM:SS; None = the partition's.",
-    )
-    gpus_per_node: int | None = Field(
-        None, ge=0, description="GPUs asked per node (--gpus-per-node); None = launch.nproc_per_node; 0 = none.",
-    )
-    extra_sbatch: list[str] = Field(
-        default_factory=list, description="More #SBATCH options, one per entry, e.g. '--constraint=h100'.",
-    )
-    requeue: bool = Field(
-        True, description="On preemption or near the time limit: save a checkpoint, requeue the job, and "
-        "resume from the run's latest checkpoint.",
-    )
-    signal_before_s: int = Field(
-        300, ge=10, description="Seconds before the time limit at which the job gets SIGTERM to save (--signal).",
-    )
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: str | None) -> str | None:
-        if value is not None and not _SLURM_TIME.fullmatch(value):
-            raise ValueError(f"launch.slurm.time={value!r} is not a SLURM time: use MM, HH:MM:SS, D-HH or D-HH:MM:SS")
-        return value
-
-    @field_validator("extra_sbatch")
-    @classmethod
-    def _extra(cls, lines: list[str]) -> list[str]:
-        bad = [line for line in lines if not line.startswith("-") or "\n" in line]
-        if bad:
-            raise ValueError(f"launch.slurm.extra_sbatch: {bad[0]!r} is not one sbatch option (write '--name=value')")
-        return lines
-
-
 class LaunchConfig(Section):
     """How processes are started: locally, over SSH on several nodes, or through SLURM."""
 
@@ -368,74 +324,6 @@ class InferConfig(Section):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 on GPU, fp32 on CPU."
     )
-
-
-class LicenseRef(Section):
-    """A license by SPDX id, and where its text lies in the release."""
-
-    name: str | None = Field(None, description="SPDX license id, e.g. Apache-2.0.")
-    path: str | None = Field(None, description="Path of the license text inside the release.")
-
-
-class ReleaseLicenses(Section):
-    """Licenses per content type, as in MOF's release.license."""
-
-    distribution: LicenseRef = Field(default_factory=LicenseRef, description="Fallback license.")
-    code: LicenseRef = Field(default_factory=LicenseRef, description="License of code components.")
-    data: LicenseRef = Field(default_factory=LicenseRef, description="License of data components.")
-    document: LicenseRef = Field(
-        default_factory=LicenseRef, description="License of document components."
-    )
-
-
-class ReleaseConfig(Section):
-    """Release metadata for the MOF bundle (also loadable alone from a release.yaml)."""
-
-    name: str | None = Field(None, description="Model name; None = run directory name.")
-    version: str = Field("1.0", description="Release version.")
-    date: str | None = Field(None, description="Release date YYYY-MM-DD; None = today.")
-    type: str = Field("language", description="MOF model type.")
-    architecture: str = Field("transformer decoder", description="MOF architecture.")
-    origin: str = Field("", description="Base model if fine-tuned; empty for pretraining.")
-    producer: str = Field("", description="Who produced the model.")
-    contact: str = Field("", description="Contact e-mail or URL.")
-    repository: str = Field("", description="Source repository URL.")
-    huggingface: str = Field("", description="Hub location of the weights.")
-    licenses: ReleaseLicenses = Field(
-        default_factory=ReleaseLicenses, description="Licenses per content type."
-    )
-    technical_report: str | None = Field(None, description="Path of the technical report.")
-    research_paper: str | None = Field(None, description="Path of the research paper.")
-    data: Literal["auto", "copy", "link", "reference"] = Field(
-        "auto",
-        description="Prepared data in the bundle: copy (independent copies), link (hard links where on "
-        "the same filesystem, else copies), reference (where the source is, the `ominix data prepare` "
-        "command and the shard checksums); auto = link when on the bundle's filesystem or under 2 GiB, "
-        "else reference.",
-    )
-    intermediate: list[int] | None = Field(
-        None, description="Steps of the intermediate checkpoints the bundle holds; None = every "
-        "checkpoint the run kept before the final one; [] = none."
-    )
-    optimizer_state: bool = Field(
-        False, description="Also put the checkpoints' optimizer and scheduler state in the bundle."
-    )
-    intended_use: str = Field(
-        "Research on language-model pretraining and a base for fine-tuning; not tuned to follow "
-        "instructions or for any deployment.",
-        description="Intended use, written into the model card.",
-    )
-    limitations: str = Field(
-        "A base model: it continues text, may produce wrong, biased or offensive output and has no "
-        "safety tuning; its knowledge is limited to the training data.",
-        description="Known limitations, written into the model card.",
-    )
-
-    @field_validator("date", mode="before")
-    @classmethod
-    def _date_text(cls, value: Any) -> Any:
-        # YAML reads an unquoted 2025-01-31 as a date; MOF wants the text.
-        return value.isoformat() if isinstance(value, datetime.date) else value
 
 
 class OminixConfig(Section):
