@@ -251,3 +251,8 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     assert results["data"]["manifest_sha256"] == manifest_sha256(data)
     assert results["model"]["step"] == 2 and 0 < results["perplexity"]["loss"] < 10
+    # the trainer's evaluation (micro batch 8, eval_batches 1) and `ominix eval` read the same blocks
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val_loss = next(r["val_loss"] for r in val if r.get("step") == 2 and "val_loss" in r)
+    same = run_cli("eval", "--model", str(run), "--batch-size", "8", "--max-batches", "1", "--json")
+    assert json.loads(same.stdout)["perplexity"]["loss"] == pytest.approx(val_loss, rel=1e-4)

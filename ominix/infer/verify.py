@@ -48,8 +48,11 @@ def verify_export(out: Path, model_cfg: ModelConfig, source: dict[str, TensorInf
     ids = ids[:, : model_cfg.max_position_embeddings].to(device)
     positions = torch.arange(ids.shape[1], device=device)[None]
     total = model_cfg.num_hidden_layers + 2
+    # one pair of layers holds every layer's weights in turn: real storage is allocated once (the
+    # allocator would keep freed layers' pages if each layer got its own)
+    layer_a, layer_b = ours.model.layers[0], theirs.model.layers[0]
     pieces = [("model.embed_tokens.", ours.model.embed_tokens, theirs.model.embed_tokens)]
-    pieces += [(f"model.layers.{i}.", a, b) for i, (a, b) in enumerate(zip(ours.model.layers, theirs.model.layers))]
+    pieces += [(f"model.layers.{i}.", layer_a, layer_b) for i in range(model_cfg.num_hidden_layers)]
     pieces.append(("", _Head(ours), _Head(theirs)))
     ours.model.rotary_emb.to_empty(device=device)
     ours.model.rotary_emb.reset_parameters()
@@ -57,8 +60,11 @@ def verify_export(out: Path, model_cfg: ModelConfig, source: dict[str, TensorInf
     hidden_diff = 0.0
     with torch.no_grad():
         for done, (prefix, a, b) in enumerate(pieces, 1):
-            _materialize(a, prefix, mine, device)
-            _materialize(b, prefix, yours, device)
+            for module, read in ((a, mine), (b, yours)):
+                if next(module.named_parameters())[1].is_meta:
+                    module.to_empty(device=device)
+                for name, param in module.named_parameters():
+                    param.copy_(read(name if isinstance(module, _Head) else prefix + name))
             if done == 1:
                 x, y = a(ids), b(ids)
                 cos, sin = ours.model.rotary_emb(positions, torch.float32)
@@ -70,8 +76,9 @@ def verify_export(out: Path, model_cfg: ModelConfig, source: dict[str, TensorInf
                 hidden_diff = max(hidden_diff, (x - y).abs().max().item())
             else:
                 x, y = a(x), b(y)
-            a.to_empty(device="meta")
-            b.to_empty(device="meta")
+            if done in (1, total - 1):  # the embedding, then the shared layers, are done with
+                a.to_empty(device="meta")
+                b.to_empty(device="meta")
             if progress is not None:
                 progress(done, total)
     diff = (x - y).abs().max().item()
@@ -126,11 +133,3 @@ def _check_names(theirs: Any, exported: dict[str, TensorInfo], tied: bool) -> No
         odd = sorted(set(got) ^ set(expected)) or [k for k in expected if got[k] != expected[k]]
         raise OminixError(f"verification failed: the export's tensors are not those transformers expects "
                           f"(first difference: {odd[0]})", BUG, exit_code=1)
-
-
-def _materialize(module: Any, prefix: str, read: Callable[[str], Any], device: str) -> None:
-    """Give ``module``'s parameters real storage on ``device`` and read them by their full names."""
-    module.to_empty(device=device)
-    for name, param in module.named_parameters():
-        full = name if isinstance(module, _Head) else prefix + name
-        param.copy_(read(full))
