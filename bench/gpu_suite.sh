@@ -16,7 +16,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 run() {  # run N PRESET NAME ARGS...
     local n=$1 preset=$2 name=$3; shift 3
     echo "== $name on $n GPU(s)"
-    torchrun --standalone --nproc-per-node "$n" bench/train_throughput.py "$preset" --set model.compile=true "$@" \
+    python bench/train_throughput.py "$preset" --nproc-per-node "$n" --set model.compile=true "$@" \
         --out "$results/train_${name}_${n}gpu_${card}.json" || echo "FAILED: $name on $n GPU(s)"
 }
 

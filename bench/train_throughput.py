@@ -7,9 +7,13 @@ OminiX's decoder for transformers' LlamaForCausalLM (4.51.3) of the same shape -
 timed steps each. Prints tokens/s (total and per GPU), TFLOP/s per GPU, MFU and peak memory, and
 saves the figures to ``bench/results/`` (``--out``).
 
-    torchrun --standalone --nproc-per-node 1 bench/train_throughput.py tinyllama-1.1b --plugin gemini \\
+Each side runs in its own process (``torchrun`` with ``--nproc-per-node`` ranks, or one plain
+process), one after the other: the host memory of the first engine (a 7B model's optimizer state
+under Gemini or zero2_cpu lives there) is gone before the second is built.
+
+    python bench/train_throughput.py tinyllama-1.1b --plugin gemini \\
         --micro-batch 4 --set model.compile=true --out bench/results/train_1.1b_gemini_1gpu.json
-    torchrun --standalone --nproc-per-node 4 bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16
+    python bench/train_throughput.py llama2-7b --nproc-per-node 4 --plugin gemini --micro-batch 16
     python bench/train_throughput.py tiny --plugin ddp --steps 2      # CPU smoke run
 """
 
@@ -18,7 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -65,17 +72,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int) -> dict:
     return {"seconds_per_step": seconds, "tokens_per_step": layout.tokens_per_step, "peak_mem_gib": peak}
 
 
-def free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", help="config file or preset")
     ap.add_argument("--plugin", default=None)
@@ -84,10 +81,19 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks of each side (torchrun when > 1)")
     ap.add_argument("--no-baseline", action="store_true", help="measure OminiX only")
     ap.add_argument("--out", help="JSON results file")
-    args = ap.parse_args()
+    ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # a child: measure this side
+    ap.add_argument("--side-out", help=argparse.SUPPRESS)  # where the child writes its row
+    return ap.parse_args()
 
+
+SIDES = {"ominix": "ominix", "baseline": "baseline: transformers LlamaForCausalLM"}
+
+
+def measure_side(args: argparse.Namespace) -> int:
+    """The child: build one engine (OminiX's model or the baseline), time it, write its row."""
     import torch.distributed as dist
 
     from ominix.config import load_config
@@ -95,7 +101,7 @@ def main() -> int:
     from ominix.train import cpu_shims
     from ominix.train.engine import init_distributed, one_process_env
 
-    run = contextlib.ExitStack()  # the run's process-wide settings, kept until this script exits
+    run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
     run.enter_context(cpu_shims.patched())
     init_distributed(seed=0)
@@ -113,35 +119,63 @@ def main() -> int:
 
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(device_name())
-    rows = []
-    for name, hf in (("ominix", False), ("baseline: transformers LlamaForCausalLM", True)):
-        if hf and args.no_baseline:
-            continue
-        r = _measure(cfg, hf, args.warmup, args.steps)
-        free_memory()  # the engine of the first measurement is gone: give its memory back
-        tps = r["tokens_per_step"] / r["seconds_per_step"]
-        row = {"model": name, "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
-               "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),
-               "peak_mem_gib": None if r["peak_mem_gib"] is None else round(r["peak_mem_gib"], 1)}
-        rows.append(row)
-        if dist.get_rank() == 0:
-            print(json.dumps(row), flush=True)
+    r = _measure(cfg, args.side == "baseline", args.warmup, args.steps)
+    tps = r["tokens_per_step"] / r["seconds_per_step"]
+    row = {"model": SIDES[args.side], "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
+           "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),
+           "peak_mem_gib": None if r["peak_mem_gib"] is None else round(r["peak_mem_gib"], 1),
+           "pid": os.getpid()}
     if dist.get_rank() == 0:
-        ours, base = rows[0], rows[-1]
-        result = {
-            "name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro} "
-                    f"{cfg.parallel.plugin} x{world}",
-            "card": device_name(), "gpus": world, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
-            "value": ours["tokens_per_s"], "unit": "tokens/s", "mfu": ours["mfu"],
-            "baseline": base["tokens_per_s"], "baseline_mfu": base["mfu"],
-            "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 3), "rows": rows,
-        }
-        print(json.dumps(result, indent=1))
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
+        print(json.dumps(row), flush=True)
+        meta = {"name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro} "
+                        f"{cfg.parallel.plugin} x{world}", "card": device_name(), "gpus": world}
+        with open(args.side_out, "w") as f:
+            json.dump({"row": row, "meta": meta}, f)
     dist.destroy_process_group()
+    return 0
+
+
+def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
+    """This script for one side: under torchrun with several ranks, else one plain process."""
+    argv = [args.preset, "--warmup", str(args.warmup), "--steps", str(args.steps), "--side", side, "--side-out", out]
+    for flag, value in (("--plugin", args.plugin), ("--micro-batch", args.micro_batch), ("--seq", args.seq)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [a for s in args.sets for a in ("--set", s)]
+    if args.nproc_per_node > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={args.nproc_per_node}", __file__, *argv]
+    return [sys.executable, __file__, *argv]
+
+
+def main() -> int:
+    args = parse_args()
+    if args.side:
+        return measure_side(args)
+    if "LOCAL_RANK" in os.environ:
+        sys.exit("run this script with python and --nproc-per-node N: it starts torchrun for each side itself")
+    rows, meta = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in ("ominix",) if args.no_baseline else ("ominix", "baseline"):
+            out = os.path.join(tmp, f"{side}.json")
+            subprocess.run(child_command(args, side, out), check=True)
+            with open(out) as f:
+                got = json.load(f)
+            rows.append(got["row"])
+            meta = got["meta"]
+    ours, base = rows[0], rows[-1]
+    result = {
+        **meta, "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
+        "value": ours["tokens_per_s"], "unit": "tokens/s", "mfu": ours["mfu"],
+        "baseline": base["tokens_per_s"], "baseline_mfu": base["mfu"],
+        "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 3), "rows": rows,
+        "processes": "one per side, one after the other",
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
     return 0
 
 

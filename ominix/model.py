@@ -52,6 +52,7 @@ def resolve_attn(choice: str) -> str:
 class CausalLMOutput:
     loss: torch.Tensor | None
     logits: torch.Tensor | None
+    token_loss: torch.Tensor | None = None  # [batch, seq] float32, with labels and no grad (evaluation)
 
 
 class KVCache:
@@ -261,9 +262,24 @@ class LlamaForCausalLM(nn.Module):
         plain_weight = type(self.lm_head.weight) in (torch.Tensor, nn.Parameter)
         if chunk and plain_weight and torch.is_grad_enabled() and h.requires_grad:
             loss = ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, labels, chunk)
+        elif not torch.is_grad_enabled():  # evaluation: per-token losses, fp32 logits of one chunk at a time
+            tokens = chunked_token_loss(h, self.lm_head.weight, labels, chunk or h.shape[0])
+            loss = tokens.sum() / (labels != -100).sum().clamp(min=1)
+            return CausalLMOutput(loss=loss, logits=None, token_loss=tokens.view(input_ids.shape))
         else:
             loss = F.cross_entropy(self.lm_head(h).float(), labels, ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=None)
+
+
+def chunked_token_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Cross-entropy of every token of ``h @ weight.T`` (0 where the label is -100), computed
+    ``chunk`` tokens at a time so the [tokens, vocab] fp32 logits are never held whole."""
+    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+    for start in range(0, h.shape[0], chunk):
+        logits = F.linear(h[start : start + chunk], weight).float()
+        out[start : start + chunk] = F.cross_entropy(logits, labels[start : start + chunk], ignore_index=-100,
+                                                     reduction="none")
+    return out
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ def test_train_throughput_bench_smoke(private_netns: None, tmp_path: Path) -> No
     assert result["card"] == "cpu" and result["mfu"] is None  # no peak for a CPU: n/a, not a guess
     assert [r["model"] for r in result["rows"]] == ["ominix", "baseline: transformers LlamaForCausalLM"]
     assert result["value"] > 0 and result["baseline"] > 0
+    pids = {r["pid"] for r in result["rows"]}  # each side in its own process, so a 7B comparison fits the host
+    assert len(pids) == 2 and os.getpid() not in pids
 
 
 def test_loss_match_bench_trains_both_paths(private_netns: None, tmp_path: Path) -> None:

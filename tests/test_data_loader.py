@@ -122,11 +122,11 @@ def test_eval_batches_fixed_order_split_over_ranks(prepared: Path) -> None:
     ds = PackedDataset(prepared, "validation")
     whole = list(eval_batches(ds, 4))
     assert sum(len(b) for b, _ in whole) == len(ds)
-    assert torch.equal(whole[0][0][1], torch.from_numpy(ds[1]))
+    assert torch.equal(whole[0][0][1], torch.from_numpy(ds[1].astype("int64")))
     assert whole[0][1][0] == ds.source_of(0)
-    r1 = list(eval_batches(ds, 2, rank=1, world_size=2, max_batches=1))
-    assert len(r1) == 1 and torch.equal(r1[0][0][0], torch.from_numpy(ds[len(ds) // 4]))
-    capped = [s for _, names in eval_batches(ds, 2, max_batches=len(ds) // 4) for s in names]
+    r1 = list(eval_batches(ds, 2, rank=1, world_size=2, max_blocks=4))  # blocks 0, n/4, n/2, 3n/4
+    assert len(r1) == 1 and torch.equal(r1[0][0][0], torch.from_numpy(ds[len(ds) // 4].astype("int64")))
+    capped = [s for _, names in eval_batches(ds, 2, max_blocks=len(ds) // 2) for s in names]
     assert set(capped) == set(ds.sources)  # a capped evaluation still sees every source set
 
 

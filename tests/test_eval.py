@@ -104,3 +104,45 @@ def test_eval_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_pat
     assert result.returncode == 2, result.stderr
     assert expect in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_held_out_blocks_do_not_depend_on_world_size_or_batch_size(run_dir: Path) -> None:
+    """The trainer (any plugin: each data-parallel rank a share) and `ominix eval` read the blocks of
+    held_out_ids: the same blocks, so the same loss, whatever the world size and batch size."""
+    from ominix.data.loader import eval_batches, held_out_ids
+    from ominix.data.store import PackedDataset
+    from ominix.infer.load import load_model, resolve
+    from ominix.perplexity import evaluate
+
+    data = PackedDataset(run_dir.parent / "data", "validation")
+    chosen = held_out_ids(len(data), 6)
+    assert len(set(chosen.tolist())) == 6 and chosen[0] == 0 and chosen[-1] > len(data) // 2  # spread out
+    for world in (1, 2, 3):
+        rows = torch.cat([b for r in range(world) for b, _ in eval_batches(data, 2, r, world, max_blocks=6)])
+        assert sorted(tuple(row.tolist()) for row in rows) == sorted(tuple(data[int(i)].tolist()) for i in chosen)
+
+    model = load_model(resolve(run_dir))
+    whole = evaluate(model, data, batch_size=2, max_batches=3)
+    assert whole["blocks"] == 6
+    assert evaluate(model, data, batch_size=3, max_batches=2)["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    shares = [evaluate(model, data, batch_size=3, max_batches=2, rank=r, world_size=2) for r in (0, 1)]
+    assert sum(s["blocks"] for s in shares) == 6
+    combined = sum(s["loss"] * s["tokens"] for s in shares) / sum(s["tokens"] for s in shares)
+    assert combined == pytest.approx(whole["loss"], rel=1e-6)
+
+
+def test_evaluation_never_holds_the_full_logits(run_dir: Path) -> None:
+    """With labels and no grad the model returns per-token losses computed a chunk at a time, equal
+    to the cross-entropy of the full logits."""
+    from ominix.infer.load import load_model, resolve
+
+    model = load_model(resolve(run_dir))
+    model.config.loss_chunk = 7  # several chunks, one of them partial
+    ids = torch.randint(0, model.config.vocab_size, (2, SEQ + 1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(ids[:, :-1], labels=ids[:, 1:])
+        logits = model(ids[:, :-1]).logits
+    assert out.logits is None and out.token_loss.shape == (2, SEQ)
+    full = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    torch.testing.assert_close(out.token_loss, full, rtol=1e-5, atol=1e-5)
+    assert out.loss.item() == pytest.approx(full.mean().item(), rel=1e-5)

@@ -85,6 +85,18 @@ def test_export_loads_in_transformers_with_same_logits_and_tokenizer(run_dir: Pa
     meta = json.loads(result.stdout)
     assert meta["verify"]["max_abs_logit_diff"] < 1e-4
     assert len(meta["files"]) > 1 and (out / "model.safetensors.index.json").is_file()
+    from safetensors.torch import load_file
+
+    from ominix.checkpoint import read_weights
+
+    # the streamed shards hold exactly the checkpoint's tensors (fp32 -> fp32: bit for bit), each
+    # file one safetensors' own reader accepts, shards filled in the model's order (layer 0 first)
+    exported = {k: v for f in out.glob("model-*.safetensors") for k, v in load_file(f).items()}
+    source = read_weights(run_dir / "checkpoints" / "step_00000010")
+    assert exported.keys() == source.keys() and all(torch.equal(exported[k], source[k]) for k in source)
+    weight_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert weight_map["model.embed_tokens.weight"] <= weight_map["model.layers.0.mlp.down_proj.weight"] \
+        <= weight_map["model.layers.3.mlp.down_proj.weight"] <= weight_map["lm_head.weight"]
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
     assert not list(tmp_path.glob(".hf.tmp-*"))
@@ -251,3 +263,8 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     assert results["data"]["manifest_sha256"] == manifest_sha256(data)
     assert results["model"]["step"] == 2 and 0 < results["perplexity"]["loss"] < 10
+    # the trainer's evaluation (micro batch 8, eval_batches 1) and `ominix eval` read the same blocks
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val_loss = next(r["val_loss"] for r in val if r.get("step") == 2 and "val_loss" in r)
+    same = run_cli("eval", "--model", str(run), "--batch-size", "8", "--max-batches", "1", "--json")
+    assert json.loads(same.stdout)["perplexity"]["loss"] == pytest.approx(val_loss, rel=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import sys
@@ -20,7 +21,7 @@ def export(
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32; default the run's training precision."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Load the export with transformers and compare logits."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing output directory."),
-    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard (2GB, 500MB...)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard (5GB, 500MB, 2GiB...); one model.safetensors when all fits."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the export metadata as JSON."),
 ) -> None:
     """Export a checkpoint to the Hugging Face format (config.json, generation_config.json,
@@ -34,10 +35,14 @@ def export(
 
       ominix checkpoint export runs/tinyllama-1.1b --out /models/tl --force --max-shard-size 500MB
     """
+    from ominix.cli.progress_view import stage_progress
     from ominix.infer.export import export as do_export, parse_size
 
-    meta = do_export(source, out, dtype=dtype, verify=verify, force=force,
-                     max_shard_size=parse_size(max_shard_size), command=shlex.join(["ominix", *sys.argv[1:]]))
+    size = parse_size(max_shard_size)
+    progress = stage_progress(not as_json)
+    with progress or contextlib.nullcontext():
+        meta = do_export(source, out, dtype=dtype, verify=verify, force=force, max_shard_size=size,
+                         command=shlex.join(["ominix", *sys.argv[1:]]), progress=progress)
     if as_json:
         typer.echo(json.dumps(meta, indent=2))
         return

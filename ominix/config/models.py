@@ -169,7 +169,9 @@ class ScheduleConfig(Section):
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
     eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
-    eval_batches: int = Field(20, ge=1, description="Micro batches per evaluation.")
+    eval_batches: int = Field(20, ge=1, description="Held-out blocks per evaluation, in micro batches: "
+                              "eval_batches x micro_batch_size blocks over all ranks together, the same "
+                              "blocks under every plugin and world size (ominix eval --batch-size M --max-batches N).")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips the update (skip)."

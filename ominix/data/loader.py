@@ -122,25 +122,27 @@ class BlockLoader:
         self._order = epoch_order(len(self.dataset), self.seed, self.epoch, self.shuffle)
 
 
+def held_out_ids(n: int, max_blocks: int | None = None) -> np.ndarray:
+    """The held-out blocks an evaluation reads, of a split of ``n``: all of them, or ``max_blocks``
+    spread evenly over the split (so every source set is represented). Depends on nothing else,
+    so the trainer under any plugin and world size and ``ominix eval`` read the same blocks."""
+    if max_blocks is None or max_blocks >= n:
+        return np.arange(n)
+    return np.arange(max_blocks) * n // max_blocks
+
+
 def eval_batches(
     dataset: PackedDataset,
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
-    max_batches: int | None = None,
+    max_blocks: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Blocks in a fixed order (the same every time), rank ``r`` taking every ``world_size``-th one.
-
-    Yields ``(LongTensor[b, seq_len + 1], source set names of the b rows)``. ``max_batches`` caps
-    the batches per rank (None = the whole split); the capped subset is spread evenly over the
-    split rather than its first blocks, so every source set is represented.
-    """
-    ids = np.arange(len(dataset))
-    if max_batches is not None and max_batches * batch_size * world_size < len(dataset):
-        limit = max_batches * batch_size * world_size
-        ids = np.arange(limit) * len(dataset) // limit
-    ids = ids[rank::world_size]
+    """The blocks of :func:`held_out_ids` in a fixed order, rank ``r`` taking every
+    ``world_size``-th one. Yields ``(LongTensor[b, seq_len + 1], source set names of the b rows)``.
+    ``max_blocks`` caps the blocks over all ranks together (None = the whole split)."""
+    ids = held_out_ids(len(dataset), max_blocks)[rank::world_size]
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([dataset[int(i)] for i in chunk]))
+        batch = torch.from_numpy(np.stack([dataset[int(i)] for i in chunk]).astype(np.int64))
         yield batch, [dataset.source_of(int(i)) for i in chunk]

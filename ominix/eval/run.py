@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,14 @@ def default_out(source: ModelSource) -> Path:
 def run_eval(model_path: str | Path, data: str | Path | None = None, split: str = "validation",
              out: Path | None = None, batch_size: int = 8, max_batches: int | None = None,
              device: str = "auto", dtype: str = "auto", command: str | None = None,
-             tasks: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results."""
+             tasks: list[str] | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results.
+
+    The blocks are those the trainer's evaluation reads with ``micro_batch_size = batch_size`` and
+    ``eval_batches = max_batches`` (:func:`ominix.data.loader.held_out_ids`), so the loss is
+    comparable with the run's ``val_loss``. ``progress("eval", blocks_done, blocks)`` after each batch.
+    """
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.perplexity import evaluate
 
@@ -61,7 +68,8 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     dtype = pick_dtype(dtype, device)
     model = load_model(source, device, dtype)
     started = time.time()
-    numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device)
+    numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device,
+                       progress=None if progress is None else lambda done, total: progress("eval", done, total))
     dataset.check(wait=True)  # no results from shards that do not match their manifest
     results: dict[str, Any] = {
         "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),

@@ -1,10 +1,14 @@
 """Export a checkpoint to the Hugging Face format that transformers loads with no custom code.
 
 The directory holds ``config.json`` (LlamaConfig), ``generation_config.json``, ``model.safetensors``
-(or shards with ``model.safetensors.index.json``), the tokenizer files, ``README.md`` (a model card
-with Hub front matter) and ``ominix_export.json`` (source checkpoint, step, dtype, OminiX model
-config, sha256 of every weight file). It is written under a temporary name and renamed once
-complete and verified.
+(or, past ``--max-shard-size``, default 5 GB as in transformers, shards with
+``model.safetensors.index.json``), the tokenizer files, ``README.md`` (a model card with Hub front
+matter) and ``ominix_export.json`` (source checkpoint, step, dtype, OminiX model config, sha256 of
+every weight file). It is written under a temporary name and renamed once complete and verified.
+
+Tensors stream: each is read from the checkpoint, cast and written before the next is read, and
+the verification runs the two models one layer at a time (:mod:`ominix.infer.verify`), so the
+export of a 70B model needs host memory for one tensor and two copies of one layer, not the model.
 
 The tokenizer takes ``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))``
 works), pads on the left (as batched generation with a decoder-only model needs) and has a pad
@@ -15,32 +19,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ominix.atomic import check_replaceable, staged
-from ominix.checkpoint import model_checksum, read_weights
-from ominix.checkpoint.weights import INDEX, SINGLE
+from ominix.checkpoint import model_checksum
+from ominix.checkpoint.weights import TensorSpec, read_tensor, weight_infos, write_sharded
 from ominix.dtypes import dtype_name
 from ominix.errors import OminixError
 from ominix.hashing import sha256_file
-from ominix.infer.load import (
-    EXPORT_META, ModelSource, build_from_state, check_state, load_tokenizer, resolve, torch_dtype,
-)
+from ominix.infer.load import EXPORT_META, ModelSource, check_state, load_tokenizer, resolve, torch_dtype
 from ominix.infer.model_card import model_card
 
-DEFAULT_SHARD = 2 * 1024**3
+DEFAULT_SHARD = 5 * 10**9  # transformers' default "5GB"
+# progress(stage, done, total): stage "write" counts bytes, "verify" the model's pieces
+Progress = Callable[[str, int, int], None]
 
 
 def parse_size(text: str) -> int:
-    """``2GB``, ``500MB``, ``100KB`` or a byte count."""
-    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3}
+    """A size the way transformers reads ``max_shard_size``: ``5GB``, ``500MB``, ``100KB``
+    (powers of 1000), ``2GiB``, ``500MiB``, ``100KiB`` (powers of 1024), or a byte count."""
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 10**3, "MB": 10**6, "GB": 10**9}
     raw = text.strip().upper()
     for unit, scale in units.items():
         if raw.endswith(unit) and raw[: -len(unit)].replace(".", "", 1).isdigit():
             return int(float(raw[: -len(unit)]) * scale)
     if raw.isdigit():
         return int(raw)
-    raise OminixError(f"--max-shard-size {text!r} is not a size", "e.g. 2GB, 500MB, 100KB")
+    raise OminixError(f"--max-shard-size {text!r} is not a size", "e.g. 5GB, 500MB, 2GiB, 100KB")
 
 
 def default_out(source: ModelSource) -> Path:
@@ -51,11 +57,12 @@ def default_out(source: ModelSource) -> Path:
 
 def export(path: str | Path, out: Path | None = None, dtype: str | None = None, verify: bool = True,
            force: bool = False, max_shard_size: int = DEFAULT_SHARD, device: str = "cpu",
-           command: str | None = None) -> dict[str, Any]:
+           command: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Write the export of ``path`` (run, checkpoint or export) to ``out``; returns its metadata.
 
     ``dtype`` None keeps the run's training precision. Every input problem is raised before
-    anything is written; a failed verification leaves no output behind.
+    anything is written; a failed verification leaves no output behind. ``progress`` hears of
+    each tensor written and each piece verified.
     """
     source = resolve(path)
     out = Path(out) if out is not None else default_out(source)
@@ -68,14 +75,20 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
                           f"{source.model.vocab_size}", "the tokenizer does not belong to this model")
     pad = prepare_tokenizer(tokenizer)
-    state = read_weights(source.weights)
-    check_state(state, source.model, source.weights)
-    if source.model.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # transformers re-ties it from the embedding
-    state = {k: v.to(target).contiguous() for k, v in state.items()}
+    infos = weight_infos(source.weights)
+    check_state(infos, source.model, source.weights)
+    specs = [TensorSpec(name, target, infos[name].shape) for name in _export_names(source.model)]
+
+    def tensor(name: str) -> Any:
+        return read_tensor(infos[name], name).to(target).contiguous()
+
+    def written(_name: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress("write", done, total)
 
     with staged(out, kind="export") as tmp:
-        files = _write_weights(state, tmp, max_shard_size)
+        names = write_sharded(specs, tensor, tmp, max_shard_size, written)
+        files = {name: sha256_file(tmp / name) for name in names}
         _write_configs(source, tokenizer, tmp, dtype)
         save_tokenizer(tokenizer, tmp)
         meta = {
@@ -93,7 +106,10 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(source, meta, _name(source, out)))
         if verify:
-            meta["verify"] = verify_export(tmp, source.model, state, device)
+            from ominix.infer.verify import verify_export
+
+            meta["verify"] = verify_export(tmp, source.model, infos, target, device,
+                                           None if progress is None else lambda d, t: progress("verify", d, t))
             (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     meta["out"] = str(out)
     return meta
@@ -127,31 +143,16 @@ def _name(source: ModelSource, out: Path) -> str:
     return release or (source.run_dir.name if source.run_dir else out.name)
 
 
-def _write_weights(state: dict[str, Any], out: Path, max_shard_size: int) -> dict[str, str]:
-    """Shard in parameter order, at most ``max_shard_size`` bytes each (a bigger tensor goes alone)."""
-    from safetensors.torch import save_file
+def _export_names(model_cfg) -> list[str]:
+    """The tensors an export holds, in the model's order (a layer's tensors share a shard); a tied
+    lm_head is left out: transformers ties it to the embedding again."""
+    import torch
 
-    shards: list[dict[str, Any]] = [{}]
-    size = 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_size:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += nbytes
-    if len(shards) == 1:
-        names = [SINGLE]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        index = {
-            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-            "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
-        }
-        (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    for name, shard in zip(names, shards):
-        save_file(shard, out / name, metadata={"format": "pt"})
-    return {name: sha256_file(out / name) for name in names}
+    from ominix.model import LlamaForCausalLM
+
+    with torch.device("meta"):
+        names = list(LlamaForCausalLM(model_cfg, attn="sdpa").state_dict())
+    return [n for n in names if not (model_cfg.tie_word_embeddings and n == "lm_head.weight")]
 
 
 def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> None:
@@ -171,28 +172,3 @@ def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> Non
         if infer.top_k:
             sampling["top_k"] = infer.top_k
     GenerationConfig(**ids, **sampling).save_pretrained(out)
-
-
-def verify_export(out: Path, model_cfg, state: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
-    """Load ``out`` with transformers (no custom code) and compare its logits with OminiX's model
-    holding the same (exported-precision) weights, both computed in float32."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    theirs = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).to(device).eval()
-    ours = build_from_state(model_cfg, {k: v.float() for k, v in state.items()}, device, "fp32")
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    ids = tokenizer("OminiX exports a model that transformers can load.", return_tensors="pt").input_ids
-    ids = ids[:, : model_cfg.max_position_embeddings].to(device)
-    with torch.no_grad():
-        a, b = ours(ids).logits, theirs(ids).logits
-    diff = (a - b).abs().max().item()
-    scale = b.abs().max().item()
-    del theirs, ours
-    if not diff <= 1e-4 * max(1.0, scale):
-        raise OminixError(f"verification failed: logits of the export differ from OminiX's by {diff:.3g} "
-                          f"(max |logit| {scale:.3g})", "report this as a bug; --no-verify skips the check",
-                          exit_code=1)
-    return {"tokens": ids.shape[1], "max_abs_logit_diff": diff}
-
-

@@ -8,14 +8,16 @@ An export carries both itself (``config.json`` and the tokenizer files).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint import (
-    has_weights, is_checkpoint, read_state, read_weights, resolve_checkpoint, run_dir_of, weights_dir,
+    has_weights, is_checkpoint, read_state, resolve_checkpoint, run_dir_of, weights_dir,
 )
 from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB
+from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.dtypes import torch_dtype
 from ominix.errors import OminixError
@@ -115,8 +117,10 @@ def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
     return ModelConfig(name=path.name, attn="sdpa", **{k: hf[k] for k in keys if k in hf})
 
 
-def check_state(state: dict[str, Any], model: ModelConfig, source: Path) -> None:
-    """Refuse weights that do not fit ``model`` with one line naming the first offending tensor."""
+def check_state(state: Mapping[str, Any], model: ModelConfig, source: Path) -> None:
+    """Refuse weights that do not fit ``model`` with one line naming the first offending tensor.
+    ``state`` maps names to anything with a ``shape``: tensors, or the headers of
+    :func:`~ominix.checkpoint.weights.weight_infos`."""
     import torch
 
     from ominix.model import LlamaForCausalLM
@@ -140,8 +144,8 @@ def check_state(state: dict[str, Any], model: ModelConfig, source: Path) -> None
                               "the checkpoint belongs to another model shape; check config.yaml / config.json")
 
 
-def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str = "cpu", dtype: str = "fp32"):
-    """An eval-mode OminiX model on ``device`` in ``dtype`` holding ``state`` (already checked)."""
+def empty_model(model_cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32"):
+    """An eval-mode OminiX model on ``device`` in ``dtype`` with uninitialised weights (to fill)."""
     import torch
 
     from ominix.model import LlamaForCausalLM
@@ -153,15 +157,35 @@ def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str 
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary_emb.reset_parameters()  # float32 frequencies, like transformers
-    model.load_state_dict(state, strict=not cfg.tie_word_embeddings)
     return model.eval().requires_grad_(False)
 
 
+def fill(model, tensors: Iterable[tuple[str, Any]]):
+    """Copy ``(name, tensor)`` pairs (already checked) into ``model`` one at a time, converting
+    the dtype on the way, so no second copy of the weights is ever held; returns ``model``."""
+    import torch
+
+    params = model.state_dict(keep_vars=True)
+    tied = model.config.tie_word_embeddings
+    with torch.no_grad():
+        for name, tensor in tensors:
+            if not (tied and name == "lm_head.weight"):
+                params[name].copy_(tensor)
+    return model
+
+
+def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str = "cpu", dtype: str = "fp32"):
+    """An eval-mode OminiX model on ``device`` in ``dtype`` holding ``state`` (already checked)."""
+    return fill(empty_model(model_cfg, device, dtype), state.items())
+
+
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
-    """Read, check and load the weights of ``source``."""
-    state = read_weights(source.weights)
-    check_state(state, source.model, source.weights)
-    return build_from_state(source.model, state, device, dtype)
+    """Check the weights of ``source`` against its shape (headers only), then load them into a
+    model built empty on ``device``, one tensor at a time: host memory holds the model (when
+    ``device`` is the CPU) and one tensor, never a second copy of the weights."""
+    infos = weight_infos(source.weights)
+    check_state(infos, source.model, source.weights)
+    return fill(empty_model(source.model, device, dtype), iter_weights(source.weights, infos))
 
 
 def load_tokenizer(source: ModelSource):

@@ -232,7 +232,8 @@ class Engine:
         return norm, True
 
     def evaluate(self, dataset, max_batches: int) -> dict[str, Any]:
-        """Validation loss and perplexity over ``max_batches`` micro batches per data-parallel rank."""
+        """Validation loss and perplexity over ``max_batches`` micro batches' worth of held-out blocks,
+        over all data-parallel ranks together: the same blocks under every plugin and world size."""
         import math
 
         import torch
@@ -252,7 +253,7 @@ class Engine:
         # the pipeline schedule keeps one batch size for good: evaluate in whole rank batches
         size = layout.rank_batch if layout.pp > 1 else layout.micro_batch
         with torch.no_grad():
-            for block, _ in eval_batches(dataset, size, self.dp_rank, layout.dp, max_batches):
+            for block, _ in eval_batches(dataset, size, self.dp_rank, layout.dp, max_batches * layout.micro_batch):
                 block = block.to(self.device)
                 if layout.pp > 1 and len(block) < size:
                     break
