@@ -61,16 +61,21 @@ def evaluate(
     mine, done = len(chosen[rank::world_size]), 0
     was_training = model.training
     model.eval()
-    for batch, sources in eval_batches(dataset, batch_size, rank, world_size, limit):
+    # padded: every rank makes as many forward passes (collective under Gemini / ZeRO-3)
+    for batch, sources in eval_batches(dataset, batch_size, rank, world_size, limit, pad=world_size > 1):
         batch = batch.to(device)
         token_loss = model(batch[:, :-1], labels=batch[:, 1:]).token_loss  # [batch, seq_len] fp32
-        rows = torch.tensor([index[s] for s in sources], device=device)
+        real = [k for k, s in enumerate(sources) if s is not None]  # padding rows count nothing
+        if not real:
+            continue
+        token_loss = token_loss[real]
+        rows = torch.tensor([index[sources[k]] for k in real], device=device)
         per_row = torch.stack(
             [token_loss.sum(1).double(), torch.full_like(rows, token_loss.shape[1], dtype=torch.float64),
              torch.ones_like(rows, dtype=torch.float64)], dim=1,
         )
         sums.index_add_(0, rows, per_row)
-        done += len(sources)
+        done += len(real)
         if progress is not None:
             progress(done, mine)
     model.train(was_training)

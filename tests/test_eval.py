@@ -121,6 +121,13 @@ def test_held_out_blocks_do_not_depend_on_world_size_or_batch_size(run_dir: Path
         rows = torch.cat([b for r in range(world) for b, _ in eval_batches(data, 2, r, world, max_blocks=6)])
         assert sorted(tuple(row.tolist()) for row in rows) == sorted(tuple(data[int(i)].tolist()) for i in chosen)
 
+    # padded for collective forward passes (Gemini): 7 blocks over 3 ranks is 3 passes on every
+    # rank, the padding rows have no source and the real rows are still each block once
+    padded = [list(eval_batches(data, 2, r, 3, max_blocks=7, pad=True)) for r in range(3)]
+    assert [len(p) for p in padded] == [2, 2, 2] and [sum(len(b) for b, _ in p) for p in padded] == [3, 3, 3]
+    real = sorted(tuple(row.tolist()) for p in padded for b, src in p for row, s in zip(b, src) if s is not None)
+    assert real == sorted(tuple(data[int(i)].tolist()) for i in held_out_ids(len(data), 7))
+
     model = load_model(resolve(run_dir))
     whole = evaluate(model, data, batch_size=2, max_batches=3)
     assert whole["blocks"] == 6

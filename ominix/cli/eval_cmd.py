@@ -17,7 +17,7 @@ def eval_(
     split: str = typer.Option("validation", "--split", help="Split of the prepared data."),
     out: Path = typer.Option(None, "--out", "-o", help="Results file; default RUN_DIR/eval/eval_results.json."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass."),
-    max_batches: int = typer.Option(None, "--max-batches", help="Stop after N batches; default the whole split."),
+    max_batches: int = typer.Option(None, "--max-batches", help="Read N x --batch-size held-out blocks, spread over the split (what a run with micro batch M and schedule.eval_batches N reads); default the whole split."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness tasks (needs ominix[eval])."),

@@ -137,12 +137,20 @@ def eval_batches(
     rank: int = 0,
     world_size: int = 1,
     max_blocks: int | None = None,
-) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    pad: bool = False,
+) -> Iterator[tuple[torch.Tensor, list[str | None]]]:
     """The blocks of :func:`held_out_ids` in a fixed order, rank ``r`` taking every
     ``world_size``-th one. Yields ``(LongTensor[b, seq_len + 1], source set names of the b rows)``.
-    ``max_blocks`` caps the blocks over all ranks together (None = the whole split)."""
-    ids = held_out_ids(len(dataset), max_blocks)[rank::world_size]
+    ``max_blocks`` caps the blocks over all ranks together (None = the whole split). ``pad``: every
+    rank yields as many rows (and batches) as the rank with the most, repeating the first block with
+    source None, so plugins whose forward pass is collective (Gemini, ZeRO-3) run the same number
+    of passes on every rank; the caller gives those rows no weight."""
+    chosen = held_out_ids(len(dataset), max_blocks)
+    ids = [int(i) for i in chosen[rank::world_size]]
+    real = len(ids)
+    if pad and len(chosen):
+        ids += [int(chosen[0])] * (-(-len(chosen) // world_size) - real)
     for start in range(0, len(ids), batch_size):
         chunk = ids[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([dataset[int(i)] for i in chunk]).astype(np.int64))
-        yield batch, [dataset.source_of(int(i)) for i in chunk]
+        batch = torch.from_numpy(np.stack([dataset[i] for i in chunk]).astype(np.int64))
+        yield batch, [dataset.source_of(i) if start + k < real else None for k, i in enumerate(chunk)]
