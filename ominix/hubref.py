@@ -78,7 +78,7 @@ def fetch(hub_id: HubId, patterns: tuple[str, ...], what: str) -> Path:
         return Path(snapshot_download(hub_id.repo_id, revision=hub_id.revision, allow_patterns=list(patterns)))
     except GatedRepoError as exc:
         raise OminixError(f"{lead} it is gated: access was refused",
-                          f"accept its terms on the Hub, then `huggingface-cli login`") from exc
+                          "accept its terms on the Hub, then `huggingface-cli login`") from exc
     except RepositoryNotFoundError as exc:
         raise OminixError(f"{lead} it does not exist (or is private)",
                           "check the spelling or the path; for a private repo `huggingface-cli login` "
@@ -96,7 +96,8 @@ def fetch(hub_id: HubId, patterns: tuple[str, ...], what: str) -> Path:
                           "or pass a local path") from exc
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:  # SSL and proxy errors
         raise OminixError(f"{lead} it could not be fetched: the Hub ({_endpoint()}) cannot be reached "
-                          f"({type(exc).__name__})", "check the network and proxy settings, or pass a local path") from exc
+                          f"({type(exc).__name__})",
+                          "check the network and proxy settings, or pass a local path") from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise OminixError(f"{lead} it could not be fetched: the Hub answered HTTP {status}",

@@ -24,7 +24,7 @@ def prepare(
     config: str = typer.Option(None, "--config", "-c", help="Config file or preset whose data section to use."),
     sets: list[str] = SET_OPTION,
     split: str = typer.Option(None, "--split", help="datasets split expression, e.g. 'train[:10%]'."),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="Hugging Face tokenizer directory or tokenizer.json."),
+    tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer directory, tokenizer.json or Hub id."),
     train_tokenizer: bool = typer.Option(
         None, "--train-tokenizer/--no-train-tokenizer", help="Train a byte-level BPE on the source."
     ),

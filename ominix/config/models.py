@@ -53,7 +53,7 @@ class ModelConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
     init_from: str | None = Field(
-        None, description="Hugging Face checkpoint directory to start from (continued pretraining)."
+        None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
     )
 
     @property
@@ -92,7 +92,7 @@ class DataConfig(Section):
     text_field: str = Field("text", description="Record field holding the document text.")
     path: str | None = Field(None, description="Prepared data directory (output of data prepare).")
     tokenizer: str | None = Field(
-        None, description="Tokenizer directory or tokenizer.json; None with train_tokenizer trains one."
+        None, description="Tokenizer directory, tokenizer.json or Hub id; None with train_tokenizer trains one."
     )
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the source.")
     # 2**20 ids: four times the largest vocabulary in use (~256k), far below the uint32 a shard holds;
