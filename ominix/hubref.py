@@ -22,11 +22,19 @@ MAX_ID = 96  # the Hub's limit on a repo id
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json", "vocab.json", "merges.txt", "config.json")
+# literal names: huggingface_hub matches with fnmatch, whose * crosses "/" (a "*.safetensors" would
+# also fetch every intermediate checkpoint of a pushed bundle)
+WEIGHT_FILES = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+                "generation_config.json", "ominix_export.json")
 BUNDLE_MODEL = "model/final"  # where a bundle pushed by `ominix release push` keeps its final model
-MODEL_FILES = (*TOKENIZER_FILES, "*.safetensors", "model.safetensors.index.json", "generation_config.json",
-               "ominix_export.json", *(f"{BUNDLE_MODEL}/{p}" for p in TOKENIZER_FILES),
-               f"{BUNDLE_MODEL}/*.safetensors", f"{BUNDLE_MODEL}/model.safetensors.index.json",
-               f"{BUNDLE_MODEL}/ominix_export.json")
+
+
+def _and_bundle(files: tuple[str, ...]) -> tuple[str, ...]:
+    return (*files, *(f"{BUNDLE_MODEL}/{name}" for name in files))
+
+
+TOKENIZER_PATTERNS = _and_bundle(TOKENIZER_FILES)
+MODEL_PATTERNS = _and_bundle(TOKENIZER_FILES + WEIGHT_FILES)
 
 
 @dataclass(frozen=True)
@@ -114,13 +122,13 @@ def model_dir(snapshot: Path) -> Path:
 def model_path(name: str | Path) -> Path:
     """The local directory of the model ``name`` (a path, or a Hub id fetched into the cache)."""
     hub_id = parse(name)
-    return Path(name) if hub_id is None else model_dir(fetch(hub_id, MODEL_FILES, "model"))
+    return Path(name) if hub_id is None else model_dir(fetch(hub_id, MODEL_PATTERNS, "model"))
 
 
 def tokenizer_path(name: str | Path) -> Path:
     """The local tokenizer directory or file ``name`` (a path, or a Hub id fetched into the cache)."""
     hub_id = parse(name)
-    return Path(name) if hub_id is None else model_dir(fetch(hub_id, TOKENIZER_FILES, "tokenizer"))
+    return Path(name) if hub_id is None else model_dir(fetch(hub_id, TOKENIZER_PATTERNS, "tokenizer"))
 
 
 def weights_path(name: str | Path) -> str:
@@ -129,7 +137,7 @@ def weights_path(name: str | Path) -> str:
     hub_id = parse(name)
     if hub_id is None:
         return str(name)
-    directory = model_dir(fetch(hub_id, MODEL_FILES, "model"))
+    directory = model_dir(fetch(hub_id, MODEL_PATTERNS, "model"))
     index = directory / "model.safetensors.index.json"
     return str(index if index.is_file() else directory / "model.safetensors")
 

@@ -22,6 +22,7 @@ from tests.conftest import run_cli
 from tests.test_export import CORPUS, make_run
 
 REPO_ID = "ominix-test/tiny-llama"
+BUNDLE_ID = "ominix-test/tiny-release"  # the same model as a pushed bundle: model/final/
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_TESTtokenVALUEthatMUSTneverBEprinted"
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
@@ -60,6 +61,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert result.returncode == 0, result.stderr
     files = {p.name: p for p in export.iterdir() if p.is_file() and not p.name.startswith(".")}
     write_hub_cache(root / "hf", REPO_ID, files)
+    write_hub_cache(root / "hf", BUNDLE_ID, {f"model/final/{rel}": path for rel, path in files.items()})
     corpus = root / "c.jsonl"
     words = CORPUS.split()
     corpus.write_text("".join(json.dumps({"text": " ".join(words[i:] + words[:i])}) + "\n" for i in range(120)))
@@ -96,7 +98,7 @@ def test_the_cache_written_here_is_one_huggingface_hub_reads(hub: dict[str, Path
 
     info = scan_cache_dir(hub["hf_home"] / "hub")
     assert not info.warnings
-    (repo,) = info.repos
+    repo = next(r for r in info.repos if r.repo_id == REPO_ID)
     assert repo.repo_id == REPO_ID and [r.commit_hash for r in repo.revisions] == [COMMIT]
     assert {f.file_name for f in next(iter(repo.revisions)).files} >= {"config.json", "model.safetensors"}
 
@@ -118,8 +120,8 @@ def test_prepare_infer_and_eval_take_a_cached_hub_id_offline(hub: dict[str, Path
     assert by_id.returncode == 0 and by_path.returncode == 0, by_id.stderr + by_path.stderr
     assert json.loads(by_id.stdout)["completion"] == json.loads(by_path.stdout)["completion"]
 
-    out = hub["root"] / "eval.json"
-    result = run_cli("eval", "-m", f"{REPO_ID}@{COMMIT}", "--data", str(prepared), "--out", str(out), "--max-batches",
+    out = hub["root"] / "eval.json"  # a pushed bundle at a pinned commit: its model/final is the model
+    result = run_cli("eval", "-m", f"{BUNDLE_ID}@{COMMIT}", "--data", str(prepared), "--out", str(out), "--max-batches",
                      "2", *FAST[:4], env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["model"]["sha256"] == model_checksum(hub["export"])
