@@ -108,8 +108,9 @@ def fetch(hub_id: HubId, patterns: tuple[str, ...], what: str) -> Path:
                           "check the network and proxy settings, or pass a local path") from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
-        raise OminixError(f"{lead} it could not be fetched: the Hub answered HTTP {status}",
-                          "try again later, or pass a local path") from exc
+        hint = ("`huggingface-cli login` (or set HF_TOKEN) with a token that may read it" if status in (401, 403)
+                else "try again later, or pass a local path")
+        raise OminixError(f"{lead} it could not be fetched: the Hub answered HTTP {status}", hint) from exc
 
 
 def model_dir(snapshot: Path) -> Path:
