@@ -26,7 +26,7 @@ from tests.conftest import REPO, run_cli
 SKIP = re.compile(r"^(make|pip|python3 -m venv)\b")
 GROUPS = ["ominix config", "ominix data prepare", "ominix data inspect", "ominix train launch",
           "ominix train check-hosts", "ominix checkpoint list", "ominix checkpoint export", "ominix infer",
-          "ominix eval", "ominix mof init", "ominix mof report", "ominix mof check", "ominix quickstart"]
+          "ominix eval", "ominix mof init", "ominix mof report", "ominix mof check", "ominix release push", "ominix quickstart"]
 
 
 def block_lines(lang: str) -> list[str]:

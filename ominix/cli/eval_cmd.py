@@ -12,7 +12,7 @@ import typer
 
 
 def eval_(
-    model: Path = typer.Option(..., "--model", "-m", help="Run directory, checkpoint directory, or export."),
+    model: Path = typer.Option(..., "--model", "-m", help="Run, checkpoint, export, or Hub id ORG/NAME."),
     data: Path = typer.Option(None, "--data", help="Prepared data directory; default the run's data.path."),
     split: str = typer.Option("validation", "--split", help="Split of the prepared data."),
     out: Path = typer.Option(None, "--out", "-o", help="Results file; default RUN_DIR/eval/eval_results.json."),

@@ -11,7 +11,7 @@ import typer
 
 
 def infer(
-    model: Path = typer.Option(..., "--model", "-m", help="Run directory, checkpoint directory, or export."),
+    model: Path = typer.Option(..., "--model", "-m", help="Run, checkpoint, export, or Hub id ORG/NAME."),
     prompt: str = typer.Option(None, "--prompt", "-p", help="One prompt; the completion is streamed."),
     prompts_file: Path = typer.Option(None, "--prompts-file", help='JSON Lines, one {"prompt": ...} per line.'),
     out: Path = typer.Option(None, "--out", "-o", help="Output JSONL (with --prompts-file default RUN_DIR/samples.jsonl)."),

@@ -11,6 +11,7 @@ from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.cli import quickstart_cmd
 from ominix.cli.quiet import filter_third_party_warnings
+from ominix.cli import release_cmd
 from ominix.cli.render import debug_enabled, report_error
 from ominix.cli.spelling import Group
 from ominix.errors import OminixError
@@ -35,6 +36,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(checkpoint_cmd.app, name="checkpoint")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(mof_cmd.app, name="mof")
+app.add_typer(release_cmd.app, name="release")
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_)
 app.command("quickstart")(quickstart_cmd.quickstart)

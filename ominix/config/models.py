@@ -56,7 +56,7 @@ class ModelConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
     init_from: str | None = Field(
-        None, description="Hugging Face checkpoint directory to start from (continued pretraining)."
+        None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
     )
 
     @property

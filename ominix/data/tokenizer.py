@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ominix import hubref
 from ominix.errors import OminixError
 
 BOS, EOS = "<s>", "</s>"
@@ -29,7 +30,7 @@ class LoadedTokenizer:
     tokenizer: Any
     eos: str
     bos: str | None
-    origin: str  # "trained" or the path it was loaded from
+    origin: str  # "trained", the path it was loaded from, or ORG/NAME@COMMIT of a Hub id
     source_dir: Path | None = None
 
     @property
@@ -79,10 +80,11 @@ def _special(directory: Path, name: str) -> str | None:
 
 
 def load(path: str | Path) -> LoadedTokenizer:
-    """Load a tokenizer directory (with tokenizer.json, or a slow one transformers converts) or a tokenizer.json."""
+    """Load a tokenizer directory (with tokenizer.json, or a slow one transformers converts), a
+    tokenizer.json, or the tokenizer of a Hugging Face Hub id (``gpt2``, ``ORG/NAME[@REVISION]``)."""
     from tokenizers import Tokenizer
 
-    path = Path(path).expanduser()
+    name, path = path, hubref.tokenizer_path(path).expanduser()
     directory = path if path.is_dir() else path.parent
     not_one = OminixError(
         f"{path} is not a tokenizer",
@@ -108,7 +110,7 @@ def load(path: str | Path) -> LoadedTokenizer:
             "set eos_token in its tokenizer_config.json",
         )
     bos = _special(directory, "bos_token")
-    return LoadedTokenizer(tok, eos, bos if bos in vocab else None, str(path),
+    return LoadedTokenizer(tok, eos, bos if bos in vocab else None, hubref.origin(name, path),
                            directory if path.is_dir() else None)
 
 

@@ -21,6 +21,7 @@ from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.dtypes import torch_dtype
 from ominix.errors import OminixError
+from ominix.hubref import model_path
 
 EXPORT_META = "ominix_export.json"
 HINT_SOURCES = (f"pass a run directory, RUN_DIR/{CHECKPOINTS}/{STEP_GLOB}, or a directory written by "
@@ -49,8 +50,9 @@ class ModelSource:
 
 
 def resolve(path: str | Path) -> ModelSource:
-    """Classify ``path`` and read its model shape; raises OminixError for anything else."""
-    path = Path(path)
+    """Classify ``path`` (or the Hub id it spells) and read its model shape; raises OminixError for
+    anything else."""
+    path = model_path(path)
     if not path.exists():
         raise OminixError(f"{path} does not exist", HINT_SOURCES)
     if (path / "config.json").is_file() and has_weights(path):

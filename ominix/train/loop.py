@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ominix import hubref
 from ominix.config import OminixConfig, dump_yaml, load_config
 from ominix.errors import OminixError
 
@@ -179,7 +180,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         state = LoopState(**saved["loop"])
         out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens)")
     elif cfg.model.init_from:
-        engine.booster.load_model(engine.model, cfg.model.init_from)
+        engine.booster.load_model(engine.model, hubref.weights_path(cfg.model.init_from))
         out.line(f"initialised from {cfg.model.init_from}")
 
     name = device_name()

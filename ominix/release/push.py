@@ -1,0 +1,130 @@
+"""``ominix release push``: upload a release bundle to a Hugging Face Hub model repository.
+
+The files uploaded are those the bundle's SHA256SUMS lists (and SHA256SUMS itself), so the Hub copy
+verifies with ``sha256sum -c SHA256SUMS``; a bundle without one is walked. The model card of the
+bundle's final model (``model/final/README.md``, Hub front matter) becomes the repository's README.md
+unless the bundle has its own. The token comes from HF_TOKEN or ``huggingface-cli login`` and never
+appears in a message: the Hub's error texts are scrubbed of it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ominix.atomic import MARKER
+from ominix.checkpoint import files_under
+from ominix.errors import OminixError
+from ominix.hubref import valid_repo_id
+
+SUMS = "SHA256SUMS"
+CARD = "README.md"
+MODEL_CARDS = ("model/final/README.md", "model/README.md")  # the bundle's model dir, newest layout first
+LOGIN_HINT = "run `huggingface-cli login` (a token with write access), or set HF_TOKEN"
+
+
+@dataclass
+class PushPlan:
+    """What a push uploads: ``files`` maps the path in the repo to the local file."""
+
+    bundle: Path
+    repo_id: str
+    revision: str
+    private: bool
+    files: dict[str, Path] = field(default_factory=dict)
+    card_from: str | None = None  # the bundle file uploaded as the repo's README.md
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files.values())
+
+
+def _listed(bundle: Path) -> list[str]:
+    sums = bundle / SUMS
+    if not sums.is_file():
+        return [str(p.relative_to(bundle).as_posix()) for p in files_under(bundle) if p.name != MARKER]
+    listed = []
+    for number, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or rel.startswith("/") or ".." in Path(rel).parts:
+            raise OminixError(f"{sums} line {number} is not `SHA256  RELATIVE/PATH`",
+                              "write the bundle again with `ominix mof report`")
+        listed.append(rel)
+    return [*listed, SUMS]
+
+
+def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private: bool = False) -> PushPlan:
+    """Check ``bundle`` cheaply (it is a bundle, every listed file is present) and list the upload."""
+    bundle = Path(bundle).expanduser()
+    if not valid_repo_id(repo_id) or "/" not in repo_id:
+        raise OminixError(f"--repo-id {repo_id!r} is not a Hub model id",
+                          "give ORG/NAME (letters, digits, '-', '_', '.'), e.g. --repo-id my-org/tiny-llama")
+    if not bundle.is_dir() or not (bundle / "mof.yaml").is_file():
+        what = "does not exist" if not bundle.exists() else "is not a release bundle (no mof.yaml)"
+        raise OminixError(f"{bundle} {what}", "pass the directory `ominix mof report` wrote")
+    rels = _listed(bundle)
+    missing = [rel for rel in rels if not (bundle / rel).is_file()]
+    if missing:
+        raise OminixError(f"{bundle} lacks {len(missing)} file(s) its {SUMS} lists, first {missing[0]}",
+                          f"run `ominix mof check {bundle}`, or write the bundle again")
+    result = PushPlan(bundle, repo_id, revision or "main", private, {rel: bundle / rel for rel in rels})
+    if CARD not in result.files:
+        result.card_from = next((c for c in MODEL_CARDS if c in result.files), None)
+        if result.card_from:
+            result.files[CARD] = bundle / result.card_from
+    return result
+
+
+def get_token() -> str:
+    """The user's Hub token (HF_TOKEN, else the saved login); refuses with the login hint."""
+    from huggingface_hub import get_token as hub_token
+
+    token = hub_token()
+    if not token:
+        raise OminixError("no Hugging Face token: set HF_TOKEN or log in", LOGIN_HINT)
+    return token
+
+
+def push(p: PushPlan) -> str:
+    """Create the repository (kept if it exists) and the branch, upload ``p.files`` in one commit;
+    returns the commit's URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise OminixError(f"cannot push {p.repo_id}: HF_HUB_OFFLINE is set",
+                          "unset HF_HUB_OFFLINE on a machine with network (--dry-run lists the upload offline)")
+    token = get_token()
+    api = HfApi(token=token)
+    ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for rel, path in sorted(p.files.items())]
+    try:
+        api.create_repo(p.repo_id, private=p.private, exist_ok=True, repo_type="model")
+        if p.revision != "main":
+            api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
+        info = api.create_commit(p.repo_id, ops, commit_message=f"OminiX release bundle {p.bundle.name}",
+                                 revision=p.revision)
+    except Exception as exc:  # noqa: BLE001 - requests, huggingface_hub and OS errors: one line, no token
+        raise _push_error(exc, p, token) from exc
+    return info.commit_url
+
+
+def _push_error(exc: Exception, p: PushPlan, token: str) -> OminixError:
+    import requests
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    where = f"cannot push to {p.repo_id} ({constants.ENDPOINT})"
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return OminixError(f"{where}: the Hub cannot be reached ({type(exc).__name__})",
+                           "check the network, proxy and HF_ENDPOINT; then push again (the upload is one commit)")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            return OminixError(f"{where}: the Hub refused the token (HTTP 401)", LOGIN_HINT)
+        if status == 403:
+            return OminixError(f"{where}: the token may not write to {p.repo_id.split('/')[0]} (HTTP 403)",
+                               "use a token with write access to that user or organization")
+        detail = (exc.server_message or "").strip().splitlines()[:1]
+        text = f"{where}: the Hub answered HTTP {status}" + (f": {detail[0]}" if detail else "")
+        return OminixError(text.replace(token, "***"), "check --repo-id and --revision, then push again")
+    return OminixError(f"{where}: {type(exc).__name__}: {exc}".replace(token, "***"),
+                       "run with --debug for the traceback")
