@@ -111,13 +111,16 @@ def main() -> int:
         verify = ["--no-verify"] if args.no_verify else []
         cli = [sys.executable, "-m", "ominix", "checkpoint", "export", str(root / "run"), "--dtype", args.export_dtype,
                "--json", *verify]
-        env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
+        # this checkout first, then whatever the caller's path adds (e.g. wheels installed with --target)
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {"PYTHONPATH": path, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
         rows = [{"what": f"export -> {args.export_dtype}" + ("" if verify else " + verify"),
                  **measure([*cli, "--out", str(root / "export")], env)}]
         if args.baseline_pythonpath:
             rows.append({"what": f"baseline export ({args.baseline_pythonpath})",
                          **measure([*cli, "--out", str(root / "export_base")],
-                                   {**env, "PYTHONPATH": args.baseline_pythonpath})})
+                                   {**env, "PYTHONPATH": os.pathsep.join(
+                                       filter(None, [args.baseline_pythonpath, os.environ.get("PYTHONPATH")]))})})
         for dtype in filter(None, args.load.split(",")):
             code = (f"from ominix.infer.load import load_model, resolve; "
                     f"load_model(resolve({str(root / 'run')!r}), {args.load_device!r}, {dtype!r})")
