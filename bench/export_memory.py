@@ -85,6 +85,16 @@ def measure(argv: list[str], env: dict | None = None) -> dict:
     return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3)}
 
 
+def _card_name() -> str:
+    """The GPU's name, as ``nvidia-smi`` gives it (the parent process holds no CUDA context)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout.split("\n")[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    return out or "cuda"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", help="small (~322M) or an OminiX preset, e.g. llama2-7b")
@@ -139,7 +149,7 @@ def main() -> int:
     result = {
         "name": f"export peak host memory, {made['model']} ({made['params'] / 1e6:.0f}M params, {args.dtype} "
                 f"checkpoint -> {args.export_dtype} export)",
-        "card": "cpu" if args.device == "cpu" else args.device,
+        "card": "cpu" if args.device == "cpu" else _card_name(),
         "host": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "command": shlex.join(["python", "bench/export_memory.py", *sys.argv[1:]]),
@@ -159,3 +169,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
