@@ -270,8 +270,9 @@ def test_slurm_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = OminixConfig(launch=LaunchConfig(
         launcher="slurm", nodes=4, nproc_per_node=8, forward_env=["WANDB_API_KEY"],
         node_env={"*": {"NCCL_SOCKET_IFNAME": "ib0"}}, workdir="/scratch/my project"))
-    text = _dry(cfg, tmp_path / "run")
-    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    outcome = write_sbatch(cfg, tmp_path / "run", dry_run=True)
+    text = outcome.text
+    assert outcome.code == 0 and not (tmp_path / "run").exists()  # a dry run writes nothing
     script = tmp_path / "launch.sbatch"  # submitted for real in tests/test_slurm.py
     script.write_text(text)
     assert "wandb_secret_value" not in text
