@@ -3,9 +3,9 @@ with a gloo all-reduce worker; explicit env, secrets, logs, fail fast, Ctrl-C, n
 
 from __future__ import annotations
 
-import _thread
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -188,13 +188,20 @@ def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str) ->
     assert _leftovers(tmp_path) == []
 
 
+def _ctrl_c() -> None:
+    """What Ctrl-C does to the launcher: a real SIGINT to the main thread, which interrupts the call
+    it is blocked in (``_thread.interrupt_main`` only sets a flag, which a blocked main thread did
+    not see once under heavy load)."""
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
 def test_ctrl_c_stops_every_node(sshd: Sshd, tmp_path: Path) -> None:
     cfg = _cfg(sshd, tmp_path)
 
     def interrupt() -> None:
         while not (tmp_path / "rank1.json").exists():
             time.sleep(0.1)
-        _thread.interrupt_main()
+        _ctrl_c()
 
     threading.Thread(target=interrupt, daemon=True).start()
     assert run_nodes(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs") == 130
@@ -213,7 +220,7 @@ def _interrupt_when_running(tmp_path: Path, times: int = 1, pause_s: float = 1.0
             if i:
                 time.sleep(pause_s)
             at[:] = [time.monotonic()]
-            _thread.interrupt_main()
+            _ctrl_c()
 
     threading.Thread(target=interrupt, daemon=True).start()
     return at
