@@ -49,8 +49,8 @@ os.replace(os.path.join(out, f"rank{rank}.json.tmp"), os.path.join(out, f"rank{r
 print(f"rank {rank} all-reduce sum {t.item():g}", flush=True)
 if mode == "crash" and rank == 1:
     sys.exit(3)
-while mode != "ok":  # 'crash', 'hang': keep talking to the peer like a training loop
-    if mode in ("crash", "hang"):
+while mode != "ok":  # 'hang': keep talking to the peer like a training loop; 'crash': rank 0
+    if mode == "hang":  # waits quietly, so node 1 is surely the node that failed first
         dist.all_reduce(t)
     time.sleep(0.05)
 dist.destroy_process_group()
