@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ominix import compiled
 from ominix.config import ModelConfig
 from ominix.ops import apply_rotary_qk, rms_normalize, swiglu
+from ominix.recompute import run_checkpointed
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
         self.rotary_emb = RotaryEmbedding(cfg)
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.checkpoint_policy = cfg.checkpoint_policy
         self.run_layer = None  # compile_hooked_layers: run_layer(layer, x, cos, sin), one compiled region
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -223,7 +224,7 @@ class LlamaModel(nn.Module):
         for layer in self.layers:
             fn, args = (region, (layer, x, cos, sin)) if region else (layer, (x, cos, sin, cache))
             if self.gradient_checkpointing and self.training and cache is None:
-                x = checkpoint(fn, *args, use_reentrant=False)
+                x = run_checkpointed(fn, *args, policy=self.checkpoint_policy)
             else:
                 x = fn(*args)
         if cache is not None:

@@ -73,14 +73,36 @@ def test_kv_cache_decoding_equals_full_forward() -> None:
 
 
 def test_gradient_checkpointing_gives_same_gradients() -> None:
+    """Full and selective checkpointing give the gradients of no checkpointing; full runs every
+    matmul of a layer again in backward, selective keeps their outputs and runs none again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+                                   torch.ops.aten.bmm.default)
+            return func(*args, **(kwargs or {}))
+
     cfg = SHAPES["gqa"]
     ids = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
-    grads = []
-    for ckpt in (False, True):
-        model = build_model(cfg.model_copy(update={"gradient_checkpointing": ckpt}), seed=6).train()
-        model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
-        grads.append(model.model.layers[0].mlp.up_proj.weight.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1])
+    grads, matmuls = {}, {}
+    for name, update in [("none", {"gradient_checkpointing": False}),
+                         ("full", {"gradient_checkpointing": True}),
+                         ("selective", {"gradient_checkpointing": True, "checkpoint_policy": "selective"})]:
+        model = build_model(cfg.model_copy(update=update), seed=6).train()
+        with CountMatmuls() as counter:
+            model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
+        matmuls[name] = counter.count
+        grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for name in ("full", "selective"):
+        for n, g in grads["none"].items():
+            torch.testing.assert_close(grads[name][n], g, msg=f"{name}: {n}")
+    assert matmuls["full"] >= matmuls["none"] + 6 * cfg.num_hidden_layers  # the layers' projections again
+    assert matmuls["selective"] == matmuls["none"]
 
 
 def test_meta_build_initialises_every_parameter() -> None:

@@ -55,6 +55,11 @@ class ModelConfig(Section):
         8192, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy; 0 = unfused."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
+    checkpoint_policy: Literal["full", "selective"] = Field(
+        "full", description="With gradient_checkpointing, what backward recomputes: full (the whole layer; "
+        "least memory) or selective (keep matmul and attention outputs, recompute norms, rotary, SwiGLU "
+        "and adds; less recompute, more memory).",
+    )
     init_from: str | None = Field(
         None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
     )

@@ -189,7 +189,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params)
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
              f"{compiled.SCOPES.get(chosen, 'eager')}; "
-             f"gradient checkpointing {'on' if cfg.model.gradient_checkpointing else 'off'}; {total} steps; "
+             f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
+             f"{total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
     if state.step >= total:
         out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
