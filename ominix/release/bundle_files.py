@@ -24,7 +24,7 @@ from pathlib import Path
 from ominix.atomic import umask
 from ominix.checkpoint import files_under
 from ominix.errors import OminixError
-from ominix.hashing import CHUNK
+from ominix.hashing import CHUNK, sha256_file
 
 SUMS = "SHA256SUMS"
 SIZES = "BUNDLE.json"
@@ -81,7 +81,7 @@ class Placer:
             def moved(n: int, base: int = done) -> None:
                 self.progress("placing files", base + n, total)
 
-            digest = _hash(dest, moved) if linked else _copy(item.src, dest, moved)
+            digest = sha256_file(dest, moved) if linked else _copy(item.src, dest, moved)
             if item.expect is not None and digest != item.expect:
                 raise OminixError(f"{item.src}: sha256 does not match {item.why}",
                                   "prepare the data again, or pass --data with the original")
@@ -134,17 +134,6 @@ def _copy(src: Path, dest: Path, moved: Callable[[int], None]) -> str:
     return digest.hexdigest()
 
 
-def _hash(path: Path, moved: Callable[[int], None]) -> str:
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-            done += len(block)
-            moved(done)
-    return digest.hexdigest()
-
-
 def _hash_all(root: Path, files: list[Path], known: dict[str, str], progress: Progress,
               what: str = "hashing") -> dict[str, str]:
     todo = [p for p in files if str(p.relative_to(root)) not in known]
@@ -152,7 +141,7 @@ def _hash_all(root: Path, files: list[Path], known: dict[str, str], progress: Pr
     done = 0
     sums = {rel: digest for rel, digest in known.items() if (root / rel).is_file()}
     for path in todo:
-        sums[str(path.relative_to(root))] = _hash(path, lambda n, base=done: progress(what, base + n, total))
+        sums[str(path.relative_to(root))] = sha256_file(path, lambda n, base=done: progress(what, base + n, total))
         done += path.stat().st_size
     progress(what, total, total)
     return sums
