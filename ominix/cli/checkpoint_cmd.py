@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import sys
@@ -35,12 +34,11 @@ def export(
 
       ominix checkpoint export runs/tinyllama-1.1b --out /models/tl --force --max-shard-size 500MB
     """
-    from ominix.cli.progress_view import stage_progress
+    from ominix.cli.progress_view import shown_progress
     from ominix.infer.export import export as do_export, parse_size
 
     size = parse_size(max_shard_size)
-    progress = stage_progress(not as_json)
-    with progress or contextlib.nullcontext():
+    with shown_progress(not as_json) as progress:
         meta = do_export(source, out, dtype=dtype, verify=verify, force=force, max_shard_size=size,
                          command=shlex.join(["ominix", *sys.argv[1:]]), progress=progress)
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import sys
@@ -33,7 +32,7 @@ def eval_(
 
       ominix eval --model runs/tiny --max-batches 10 --json
     """
-    from ominix.cli.progress_view import stage_progress
+    from ominix.cli.progress_view import shown_progress
     from ominix.errors import OminixError
     from ominix.eval.run import run_eval
     from ominix.infer.load import torch_dtype
@@ -43,8 +42,7 @@ def eval_(
     if dtype != "auto":
         torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    progress = stage_progress(not as_json)
-    with progress or contextlib.nullcontext():
+    with shown_progress(not as_json) as progress:
         results = run_eval(model, data, split, out, batch_size, max_batches, device, dtype,
                            shlex.join(["ominix", *sys.argv[1:]]), task_list, progress)
     if as_json:

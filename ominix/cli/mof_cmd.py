@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
+
+from ominix.cli.progress_view import shown_progress
 
 app = typer.Typer(
     help="Model Openness Framework: the release bundle of a run and its MOF class (as MOT rates it).",
     no_args_is_help=True,
 )
-
-
 
 STYLE = {"type-appropriate": "green", "open": "yellow", "unlicensed": "red", "invalid": "red", "absent": "dim"}
 
@@ -53,26 +50,6 @@ def _print(result, title: str) -> None:
                           f"{c.content_type} license", soft_wrap=True)
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A rich progress bar on stderr per phase (placing files, hashing, verifying), in bytes."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-    tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        def update(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done, total=total)
-
-        yield update
-
-
 @app.command("check")
 def check(
     file: Path = typer.Argument(..., help="A release bundle (its directory, or the mof.yaml inside it: every "
@@ -101,7 +78,7 @@ def check(
     result = classify(document["release"])
     found = None
     if bundle is not None:
-        with _progress(not as_json and sys.stderr.isatty()) as progress:
+        with shown_progress(not as_json) as progress:
             found = verify_bundle(bundle, verify=verify, progress=progress)
     if as_json:
         extra = {"bundle": found.to_json()} if found is not None else {}
@@ -148,7 +125,7 @@ def report(
     """
     from ominix.release.bundle import make_bundle
 
-    with _progress(not as_json and sys.stderr.isatty()) as progress:
+    with shown_progress(not as_json) as progress:
         result, bundle = make_bundle(run_dir, out, release, name=name, producer=producer, data_dir=data,
                                      data_mode=data_mode,
                                      optimizer_state=optimizer_state, force=force,

@@ -1,9 +1,12 @@
 """A rich progress bar on stderr for long library calls that report ``progress(stage, done, total)``
-(export: bytes written, pieces verified; eval: blocks evaluated). Shown only on a terminal."""
+(export: bytes written, pieces verified; eval: blocks evaluated; a release bundle: bytes placed,
+hashed, verified). Shown only on a terminal."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # stage -> (description, whether done/total count bytes)
@@ -11,6 +14,9 @@ STAGES = {
     "write": ("writing weights", True),
     "verify": ("verifying layer by layer", False),
     "eval": ("evaluating blocks", False),
+    "placing files": ("placing files", True),
+    "hashing": ("hashing", True),
+    "verifying": ("verifying", True),
 }
 
 
@@ -41,6 +47,12 @@ class StageProgress:
         self._progress.update(self._tasks[stage], completed=done, total=total, count=count)
 
 
-def stage_progress(enabled: bool) -> StageProgress | None:
-    """A :class:`StageProgress` when ``enabled`` and stderr is a terminal, else None."""
-    return StageProgress() if enabled and sys.stderr.isatty() else None
+@contextmanager
+def shown_progress(enabled: bool) -> Iterator[StageProgress | None]:
+    """``with shown_progress(not as_json) as progress:``: a running :class:`StageProgress` when
+    ``enabled`` and stderr is a terminal, else None (pass it on to the library as is)."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    with StageProgress() as progress:
+        yield progress
