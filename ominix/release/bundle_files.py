@@ -171,17 +171,20 @@ class BundleCheck:
                 "unlisted": self.unlisted, "problems": self.problems}
 
 
-def _listed(bundle: Path, check: BundleCheck) -> dict[str, str]:
+def read_sums(bundle: Path) -> tuple[dict[str, str], list[str]]:
+    """The files the bundle's SHA256SUMS lists (relative path -> sha256), and one line per line of
+    it that is not ``SHA256  RELATIVE/PATH`` (a path leaving the bundle counts as such)."""
     from ominix.release.mof import read_text
 
     listed: dict[str, str] = {}
+    malformed = []
     for number, line in enumerate(read_text(bundle / SUMS, "a checksum list").splitlines(), 1):
         digest, sep, rel = line.partition("  ")
-        if not sep or len(digest) != 64:
-            check.malformed.append(f"{SUMS} line {number}: not `SHA256  PATH`")
+        if not sep or len(digest) != 64 or rel.startswith("/") or ".." in Path(rel).parts:
+            malformed.append(f"{SUMS} line {number}: not `SHA256  RELATIVE/PATH`")
         else:
             listed[rel] = digest
-    return listed
+    return listed, malformed
 
 
 def _recorded_sizes(bundle: Path) -> dict[str, int]:
@@ -198,7 +201,7 @@ def verify_bundle(bundle: Path, verify: bool = True, progress: Progress | None =
     if not (bundle / SUMS).is_file():
         check.missing.append(f"{SUMS} (not a bundle written by `ominix mof report`)")
         return check
-    listed = _listed(bundle, check)
+    listed, check.malformed = read_sums(bundle)
     sizes = _recorded_sizes(bundle)
     present = []
     for rel in listed:

@@ -15,11 +15,11 @@ from pathlib import Path
 from ominix.atomic import MARKER
 from ominix.checkpoint import files_under
 from ominix.errors import OminixError
-from ominix.hubref import valid_repo_id
+from ominix.hubref import BUNDLE_MODEL, valid_repo_id
+from ominix.release.bundle_files import SUMS, read_sums
 
-SUMS = "SHA256SUMS"
 CARD = "README.md"
-MODEL_CARDS = ("model/final/README.md", "model/README.md")  # the bundle's model dir, newest layout first
+MODEL_CARDS = (f"{BUNDLE_MODEL}/README.md", "model/README.md")  # the bundle's model dir, newest layout first
 LOGIN_HINT = "run `huggingface-cli login` (a token with write access), or set HF_TOKEN"
 
 
@@ -40,16 +40,11 @@ class PushPlan:
 
 
 def _listed(bundle: Path) -> list[str]:
-    sums = bundle / SUMS
-    if not sums.is_file():
+    if not (bundle / SUMS).is_file():
         return [str(p.relative_to(bundle).as_posix()) for p in files_under(bundle) if p.name != MARKER]
-    listed = []
-    for number, line in enumerate(sums.read_text(errors="replace").splitlines(), 1):
-        digest, sep, rel = line.partition("  ")
-        if not sep or len(digest) != 64 or rel.startswith("/") or ".." in Path(rel).parts:
-            raise OminixError(f"{sums} line {number} is not `SHA256  RELATIVE/PATH`",
-                              "write the bundle again with `ominix mof report`")
-        listed.append(rel)
+    listed, malformed = read_sums(bundle)
+    if malformed:
+        raise OminixError(f"{bundle / malformed[0]}", "write the bundle again with `ominix mof report`")
     return [*listed, SUMS]
 
 
