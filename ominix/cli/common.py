@@ -13,7 +13,6 @@ import typer
 
 from ominix.errors import OminixError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 SHOW = "`ominix config show PRESET` prints every default it sets"
 
 SET_OPTION = typer.Option(
@@ -34,6 +33,8 @@ CONFIG_OPTION = typer.Option(
 
 def is_preset(name: str) -> bool:
     """``name`` is a shipped preset (and no file or directory of that name is here), or a YAML file."""
+    from ominix.config.loading import PRESETS_DIR  # here: `ominix --help` does not load the config package
+
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         return True
