@@ -169,15 +169,11 @@ def _header(shard: list[TensorSpec]) -> bytes:
 
 
 def _write_tensor(fh, spec: TensorSpec, value: Any) -> int:
+    import torch
+
     if value.dtype != spec.dtype or tuple(value.shape) != spec.shape:
         raise OminixError(f"{spec.name} came as {value.dtype} {list(value.shape)}, expected "
                           f"{spec.dtype} {list(spec.shape)}", "report this as a bug")
-    raw = value.detach().cpu().contiguous().reshape(-1).view(_uint8()).numpy()
+    raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
     fh.write(memoryview(raw))
     return raw.nbytes
-
-
-def _uint8() -> Any:
-    import torch
-
-    return torch.uint8
