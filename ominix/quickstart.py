@@ -44,7 +44,7 @@ GPU_COMMANDS = [
     ("ominix data prepare --config llama2-7b cerebras/SlimPajama-627B --tokenizer ./llama2-tokenizer "
      "--out /shared/data/slimpajama"),
     "ominix train check-hosts llama2-7b --hostfile hosts.txt --nodes 4",
-    ("ominix train launch llama2-7b --data /shared/data/slimpajama --run-dir /shared/runs/llama2-7b "
+    ("ominix train launch llama2-7b --data /shared/data/slimpajama --out /shared/runs/llama2-7b "
      "--hostfile hosts.txt --nodes 4 --nproc-per-node 8"),
     "ominix mof report /shared/runs/llama2-7b --release release.yaml --out /shared/release/llama2-7b",
 ]
@@ -215,7 +215,7 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
 
     flags = {"data.path": str(data), "logging.run_dir": str(run_dir), "launch.nproc_per_node": NPROC}
     first = steps - RESUME_STEPS
-    launch_cmd = f"ominix train launch tiny --data {data} --run-dir {run_dir} --nproc-per-node {NPROC}"
+    launch_cmd = f"ominix train launch tiny --data {data} --out {run_dir} --nproc-per-node {NPROC}"
     with stage(f"train to step {first} ({NPROC} processes, ddp)", f"{launch_cmd} --max-steps {first}"):
         _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": first})), "training")
     # A relaunch with more steps resumes model, optimizer, data position and RNG from the latest

@@ -163,7 +163,7 @@ class RunLock:
             threading.Thread(target=self._heartbeat, daemon=True).start()
             return
         raise OminixError(f"cannot take the lock {self.path}: other launches keep taking it",
-                          "launch once at a time into one --run-dir")
+                          "launch once at a time into one --out")
 
     def _take_over(self, stale: Holder) -> bool:
         """Move the stale file aside; if what moved was not the file judged stale (another launch

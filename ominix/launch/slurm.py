@@ -121,7 +121,7 @@ def refuse_if_queued(run_dir: Path) -> None:
     state = job_state(job)
     if state in ACTIVE:
         raise OminixError(f"{run_dir} belongs to SLURM job {job}, which is {state}",
-                          f"wait for it (squeue -j {job}), cancel it (scancel {job}), or choose another --run-dir")
+                          f"wait for it (squeue -j {job}), cancel it (scancel {job}), or choose another --out")
 
 
 def write_sbatch(cfg: OminixConfig, run_dir: Path, *, dry_run: bool) -> Outcome:
