@@ -11,6 +11,7 @@ Hugging Face way (``model.safetensors`` when one shard holds everything, else
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -131,10 +132,11 @@ def plan_shards(specs: list[TensorSpec], max_shard_size: int) -> list[list[Tenso
 
 
 def write_sharded(specs: list[TensorSpec], tensor: Callable[[str], Any], out: Path, max_shard_size: int,
-                  progress: Callable[[str, int, int], None] | None = None) -> list[str]:
+                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, str]:
     """Write the tensors ``specs`` names (each made by ``tensor(name)`` when its turn comes, in the
-    spec's dtype and shape) into ``out`` as Hugging Face shards; returns the file names.
-    ``progress(name, done_bytes, total_bytes)`` is called after each tensor."""
+    spec's dtype and shape) into ``out`` as Hugging Face shards; returns each file's name and
+    sha256 (hashed as written, not read back). ``progress(name, done_bytes, total_bytes)`` is
+    called after each tensor."""
     shards = plan_shards(specs, max_shard_size)
     total = sum(s.nbytes for s in specs)
     if len(shards) == 1:
@@ -144,15 +146,25 @@ def write_sharded(specs: list[TensorSpec], tensor: Callable[[str], Any], out: Pa
         index = {"metadata": {"total_size": total},
                  "weight_map": {s.name: name for name, shard in zip(names, shards) for s in shard}}
         (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    done = 0
+    done, digests = 0, {}
     for name, shard in zip(names, shards):
+        digest = hashlib.sha256()
         with open(out / name, "wb") as fh:
-            fh.write(_header(shard))
+            _write(fh, digest, _header(shard))
             for spec in shard:
-                done += _write_tensor(fh, spec, tensor(spec.name))
+                done += _write(fh, digest, _tensor_bytes(spec, tensor(spec.name)))
                 if progress is not None:
                     progress(spec.name, done, total)
-    return names
+        digests[name] = digest.hexdigest()
+    return digests
+
+
+def _write(fh: Any, digest: Any, data: Any) -> int:
+    """Write ``data`` (bytes or a byte array) to ``fh`` and feed it to ``digest``; its length."""
+    view = memoryview(data)
+    fh.write(view)
+    digest.update(view)
+    return view.nbytes
 
 
 def _header(shard: list[TensorSpec]) -> bytes:
@@ -168,12 +180,11 @@ def _header(shard: list[TensorSpec]) -> bytes:
     return len(text).to_bytes(8, "little") + text
 
 
-def _write_tensor(fh, spec: TensorSpec, value: Any) -> int:
+def _tensor_bytes(spec: TensorSpec, value: Any) -> Any:
+    """The raw bytes of ``value`` (which must match ``spec``), as a numpy uint8 array."""
     import torch
 
     if value.dtype != spec.dtype or tuple(value.shape) != spec.shape:
         raise OminixError(f"{spec.name} came as {value.dtype} {list(value.shape)}, expected "
                           f"{spec.dtype} {list(spec.shape)}", "report this as a bug")
-    raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-    fh.write(memoryview(raw))
-    return raw.nbytes
+    return value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()

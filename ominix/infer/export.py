@@ -18,8 +18,8 @@ token: the tokenizer's own, else its end-of-text token (recorded as ``pad_token.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ominix.atomic import check_replaceable, staged
@@ -27,7 +27,6 @@ from ominix.checkpoint import model_checksum
 from ominix.checkpoint.weights import TensorSpec, read_tensor, weight_infos, write_sharded
 from ominix.dtypes import dtype_name
 from ominix.errors import OminixError
-from ominix.hashing import sha256_file
 from ominix.infer.load import EXPORT_META, ModelSource, check_state, load_tokenizer, resolve, torch_dtype
 from ominix.infer.model_card import model_card
 
@@ -87,8 +86,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
             progress("write", done, total)
 
     with staged(out, kind="export") as tmp:
-        names = write_sharded(specs, tensor, tmp, max_shard_size, written)
-        files = {name: sha256_file(tmp / name) for name in names}
+        files = write_sharded(specs, tensor, tmp, max_shard_size, written)  # name -> sha256
         _write_configs(source, tokenizer, tmp, dtype)
         save_tokenizer(tokenizer, tmp)
         meta = {
