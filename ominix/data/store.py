@@ -177,7 +177,7 @@ class PackedDataset:
 
     def _verify(self, shards: list[dict[str, Any]]) -> None:
         """Hash every file of the split (runs in the verifier thread; hashlib releases the GIL)."""
-        for rel, listed in _listed_files(shards):
+        for rel, listed in listed_files(shards):
             file = self.path / rel
             try:
                 digest = sha256_file(file)
@@ -260,10 +260,11 @@ class PackedDataset:
         )
 
 
-def _listed_files(shards: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(relative path, sha256) of every file of ``shards`` as the manifest lists them."""
+def listed_files(shards: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file of ``shards`` as the manifest lists them (a shard's
+    token file and, where it has one, its per-block source file)."""
     return [(shard[key], shard[digest]) for shard in shards
-            for key, digest in (("file", "sha256"), ("sources_file", "sources_sha256"))]
+            for key, digest in (("file", "sha256"), ("sources_file", "sources_sha256")) if key in shard]
 
 
 def verify(path: str | Path) -> list[str]:
@@ -272,7 +273,7 @@ def verify(path: str | Path) -> list[str]:
     manifest = read_manifest(path)
     problems: list[str] = []
     shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
-    checks = [*_listed_files(shards), (manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"])]
+    checks = [*listed_files(shards), (manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"])]
     for rel, expected in checks:
         file = path / rel
         if not file.is_file():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint import files_under
+from ominix.data.store import listed_files
 from ominix.errors import OminixError
 from ominix.release.bundle_files import Placer
 
@@ -49,13 +50,7 @@ def resolve_mode(mode: str, data_dir: Path, out: Path) -> str:
 
 def _shards(manifest: dict[str, Any]) -> dict[str, str]:
     """``{file relative to the data directory: sha256}`` of every shard the manifest lists."""
-    found = {}
-    for split in manifest["splits"].values():
-        for shard in split.get("shards", []):
-            found[shard["file"]] = shard["sha256"]
-            if "sources_file" in shard:
-                found[shard["sources_file"]] = shard["sources_sha256"]
-    return found
+    return dict(listed_files([shard for split in manifest["splits"].values() for shard in split.get("shards", [])]))
 
 
 def _where(source: dict[str, Any]) -> tuple[str | None, str | None]:
