@@ -7,6 +7,12 @@ OminiX's decoder for transformers' LlamaForCausalLM (4.51.3) of the same shape -
 timed steps each. Prints tokens/s (total and per GPU), TFLOP/s per GPU, MFU and peak memory, and
 saves the figures to ``bench/results/`` (``--out``).
 
+``--cli DATA`` adds a third row: the real ``ominix train launch`` of the same shape on prepared data
+(its own process tree; logging every step, no evaluation, one checkpoint at the end), its tokens/s
+taken from ``metrics.jsonl`` over the steps after the warm-up, and its ratio to the bench's OminiX row
+(``cli_vs_bench``). ``--global-batch`` (sequences per GPU per step, a multiple of ``--micro-batch``)
+makes every side accumulate gradients as the CLI does.
+
 Each side runs in its own process (``torchrun`` with ``--nproc-per-node`` ranks, or one plain
 process), one after the other: the host memory of the first engine (a 7B model's optimizer state
 under Gemini or zero2_cpu lives there) is gone before the second is built.
@@ -14,6 +20,8 @@ under Gemini or zero2_cpu lives there) is gone before the second is built.
     python bench/train_throughput.py tinyllama-1.1b --plugin gemini \\
         --micro-batch 4 --set model.compile=true --out bench/results/train_1.1b_gemini_1gpu.json
     python bench/train_throughput.py llama2-7b --nproc-per-node 4 --plugin gemini --micro-batch 16
+    python bench/train_throughput.py tinyllama-1.1b --micro-batch 4 --global-batch 32 --no-baseline \
+        --cli data/c4096 --out bench/results/train_1.1b_cli_vs_bench.json
     python bench/train_throughput.py tiny --plugin ddp --steps 2      # CPU smoke run
 """
 
@@ -77,12 +85,18 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("preset", help="config file or preset")
     ap.add_argument("--plugin", default=None)
     ap.add_argument("--micro-batch", type=int, default=None, help="sequences per GPU per step")
+    ap.add_argument("--global-batch", type=int, default=None,
+                    help="sequences per GPU per optimizer step (default: one micro batch)")
     ap.add_argument("--seq", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks of each side (torchrun when > 1)")
     ap.add_argument("--no-baseline", action="store_true", help="measure OminiX only")
+    ap.add_argument("--cli", metavar="DATA", help="also run `ominix train launch` of this shape on DATA")
+    ap.add_argument("--cli-run", metavar="DIR", help="the CLI run's directory, kept (default: a temporary one)")
+    ap.add_argument("--cli-set", dest="cli_sets", action="append", default=[],
+                    help="config override for the CLI run only, e.g. checkpoint.every=3 (repeatable)")
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # a child: measure this side
     ap.add_argument("--side-out", help=argparse.SUPPRESS)  # where the child writes its row
@@ -100,7 +114,9 @@ def measure_side(args: argparse.Namespace) -> int:
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
     from ominix.train import cpu_shims
     from ominix.train.engine import init_distributed, one_process_env
+    from ominix.train.loop import expandable_segments
 
+    expandable_segments()  # as the training loop does
     run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
     run.enter_context(cpu_shims.patched())
@@ -108,14 +124,13 @@ def measure_side(args: argparse.Namespace) -> int:
     world = dist.get_world_size()
     sets = list(args.sets)
     if args.micro_batch:
-        sets += [f"schedule.micro_batch_size={args.micro_batch}",
-                 f"schedule.global_batch_size={args.micro_batch * world}"]
+        sets += [f"schedule.micro_batch_size={args.micro_batch}"]
     if args.seq:
         sets += [f"data.seq_len={args.seq}"]
     cfg = load_config(args.preset, sets, {"parallel.plugin": args.plugin})
     # the global batch is per GPU x GPUs: recompute it for this world size
     micro = cfg.schedule.micro_batch_size
-    cfg.schedule.global_batch_size = micro * world // (cfg.parallel.tp * cfg.parallel.pp) or micro
+    cfg.schedule.global_batch_size = (args.global_batch or micro) * world // (cfg.parallel.tp * cfg.parallel.pp) or micro
 
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(device_name())
@@ -127,7 +142,8 @@ def measure_side(args: argparse.Namespace) -> int:
            "pid": os.getpid()}
     if dist.get_rank() == 0:
         print(json.dumps(row), flush=True)
-        meta = {"name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro} "
+        accum = f" x accum {args.global_batch // micro}" if args.global_batch and args.global_batch > micro else ""
+        meta = {"name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro}{accum} "
                         f"{cfg.parallel.plugin} x{world}", "card": device_name(), "gpus": world}
         with open(args.side_out, "w") as f:
             json.dump({"row": row, "meta": meta}, f)
@@ -138,7 +154,8 @@ def measure_side(args: argparse.Namespace) -> int:
 def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
     """This script for one side: under torchrun with several ranks, else one plain process."""
     argv = [args.preset, "--warmup", str(args.warmup), "--steps", str(args.steps), "--side", side, "--side-out", out]
-    for flag, value in (("--plugin", args.plugin), ("--micro-batch", args.micro_batch), ("--seq", args.seq)):
+    for flag, value in (("--plugin", args.plugin), ("--micro-batch", args.micro_batch), ("--seq", args.seq),
+                        ("--global-batch", args.global_batch)):
         if value is not None:
             argv += [flag, str(value)]
     argv += [a for s in args.sets for a in ("--set", s)]
@@ -146,6 +163,40 @@ def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={args.nproc_per_node}", __file__, *argv]
     return [sys.executable, __file__, *argv]
+
+
+def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
+    """``ominix train launch`` of the bench's shape on ``data``: tokens/s, MFU and peak memory over
+    the steps after the warm-up (one log line per step), and the final checkpoint's save time."""
+    total = args.warmup + args.steps
+    sets = [*args.sets, "logging.log_every=1", "schedule.eval_every=0", *args.cli_sets]
+    if args.micro_batch:
+        sets.append(f"schedule.micro_batch_size={args.micro_batch}")
+    per_gpu = args.global_batch or args.micro_batch
+    if per_gpu:
+        sets.append(f"schedule.global_batch_size={per_gpu * args.nproc_per_node}")
+    if args.seq:
+        sets.append(f"data.seq_len={args.seq}")
+    cmd = [sys.executable, "-m", "ominix", "train", "launch", args.preset, "--data", data, "--out", run_dir,
+           "--nodes", "1", "--nproc-per-node", str(args.nproc_per_node), "--max-steps", str(total),
+           *(["--plugin", args.plugin] if args.plugin else []), *[a for x in sets for a in ("--set", x)]]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    timed = [r for r in records if r["kind"] == "train" and r["step"] > args.warmup]
+    seconds = sum(r["step_time_s"] for r in timed)
+    tokens = timed[-1]["tokens"] - next(r["tokens"] for r in records if r.get("step") == args.warmup
+                                        and r["kind"] == "train")
+    tps = tokens / seconds
+    per_token_mfu = timed[0]["mfu"] / timed[0]["tokens_per_s"] if timed[0]["mfu"] else None
+    saves = [r for r in records if r["kind"] == "checkpoint" and r.get("action") == "save"]
+    return {"model": "ominix train launch", "tokens_per_s": round(tps),
+            "tokens_per_s_per_gpu": round(tps / args.nproc_per_node),
+            "mfu": per_token_mfu * tps if per_token_mfu else None,
+            "peak_mem_gib": round(max(r["memory_gib"] for r in timed), 1),
+            "timed_steps": len(timed), "losses": [r["loss"] for r in records if r["kind"] == "train"],
+            "checkpoint_saves": [{k: r[k] for k in ("step", "seconds", "bytes")} for r in saves]}
 
 
 def main() -> int:
@@ -158,19 +209,30 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for side in ("ominix",) if args.no_baseline else ("ominix", "baseline"):
             out = os.path.join(tmp, f"{side}.json")
-            subprocess.run(child_command(args, side, out), check=True)
+            done = subprocess.run(child_command(args, side, out))
+            if done.returncode != 0:  # an out-of-memory side is a result too: record it, go on
+                rows.append({"model": SIDES[side], "tokens_per_s": None, "mfu": None,
+                             "failed": f"exit {done.returncode} (see the output above)"})
+                continue
             with open(out) as f:
                 got = json.load(f)
             rows.append(got["row"])
             meta = got["meta"]
-    ours, base = rows[0], rows[-1]
+        if args.cli:
+            rows.append(cli_row(args, args.cli, args.cli_run or os.path.join(tmp, "cli-run")))
+    ours = rows[0]
+    base = rows[1] if not args.no_baseline else {"tokens_per_s": None, "mfu": None}
+    cli = rows[-1] if args.cli else None
+    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
     result = {
         **meta, "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
         "value": ours["tokens_per_s"], "unit": "tokens/s", "mfu": ours["mfu"],
         "baseline": base["tokens_per_s"], "baseline_mfu": base["mfu"],
-        "ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 3), "rows": rows,
-        "processes": "one per side, one after the other",
+        "ratio": ratio(ours["tokens_per_s"], base["tokens_per_s"]),
+        **({"cli": cli["tokens_per_s"], "cli_mfu": cli["mfu"],
+            "cli_vs_bench": ratio(cli["tokens_per_s"], ours["tokens_per_s"])} if cli else {}),
+        "rows": rows, "processes": "one per side, one after the other",
     }
     print(json.dumps(result, indent=1))
     if args.out:

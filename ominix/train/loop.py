@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -95,6 +96,27 @@ def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: in
             )
 
 
+def to_device(batch, device):
+    """The batch on ``device``: on a GPU through pinned memory, queued without waiting for the GPU
+    (a copy from pageable memory makes the host wait until the GPU has finished the step before)."""
+    if device.type != "cuda":
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
+def expandable_segments() -> None:
+    """Let the CUDA caching allocator grow its segments in place (``expandable_segments``) unless
+    PYTORCH_CUDA_ALLOC_CONF says otherwise. Gradient accumulation under Gemini keeps a gradient chunk
+    per parameter chunk between micro batches; with fixed segments, a 7B run at micro batch 8 x 2
+    then failed with 12.5 GiB free but fragmented (bench/NOTES.md, section 6)."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available() and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+
+
 def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
     """The checkpoint to resume from and notices about damaged ones passed over: rank 0 checks, every
     rank gets its answer (or its error)."""
@@ -157,6 +179,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
 
     s, c = cfg.schedule, cfg.checkpoint
+    expandable_segments()
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
@@ -176,9 +199,14 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         if notice:
             out.line(notice)
     if resume is not None:
-        ckpt.load_checkpoint(engine, loader, resume, load_optimizer=c.save_optimizer and saved["has_optimizer"])
+        began = time.perf_counter()
+        with_optimizer = c.save_optimizer and saved["has_optimizer"]
+        ckpt.load_checkpoint(engine, loader, resume, load_optimizer=with_optimizer)
         state = LoopState(**saved["loop"])
-        out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens)")
+        seconds = time.perf_counter() - began
+        out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens) in {seconds:.1f} s"
+                 + ("" if with_optimizer else "; optimizer state starts afresh (the checkpoint has none)"))
+        out.record("checkpoint", {"step": state.step, "action": "load", "seconds": seconds})
     elif cfg.model.init_from:
         engine.booster.load_model(engine.model, hubref.weights_path(cfg.model.init_from))
         out.line(f"initialised from {cfg.model.init_from}")
@@ -203,10 +231,14 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
             "plugin": cfg.parallel.plugin, "has_optimizer": c.save_optimizer,
             "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
         }
+        began = time.perf_counter()
         path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
                                     c.save_optimizer)
+        seconds = time.perf_counter() - began
+        size = sum(f.stat().st_size for f in ckpt.files_under(path))
         if announce:
-            out.line(f"saved checkpoint {path}")
+            out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s")
+        out.record("checkpoint", {"step": state.step, "action": "save", "seconds": seconds, "bytes": size})
         meter.restart()
         return path
 
@@ -214,7 +246,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
     while state.step < total:
-        batch = next(loader).to(engine.device)
+        batch = to_device(next(loader), engine.device)
         if layout.pp > 1:  # the plugin splits the batch into micro batches and runs the pipeline
             loss = engine.pipeline_loss(batch)
         else:
