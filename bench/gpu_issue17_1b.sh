@@ -26,7 +26,7 @@ data=$tmp/c4096
     --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
 
 echo "== 1.1B bench, one micro batch per step ($(( $(date +%s) - start )) s)"
-timeout 150 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --no-baseline \
+[ "${MICRO4:-1}" = 0 ] || timeout 150 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --no-baseline \
     --out "$out/train_1.1b_gemini_1gpu_micro4.json" > "$out/train_1.1b_micro4.log" 2>&1 || echo "FAILED (see train_1.1b_micro4.log)"
 grep -E '"(value|mfu|peak_mem_gib)"' "$out/train_1.1b_gemini_1gpu_micro4.json" 2>/dev/null | head -3
 

@@ -8,7 +8,10 @@
 #      optimizer state), all in one results file;
 #   3. the CLI run resumed from its step-3 checkpoint to step 6: load time, and its losses next to
 #      the first run's;
-#   4. if time is left: OminiX alone at micro batch 16 in one pass (the preset's per-GPU batch).
+# The shape: MICRO (default 8) sequences per pass, GLOBAL (16) per step; BASELINE=0 skips the
+# transformers side; WARMUP/STEPS (2/4) bench steps (the CLI runs WARMUP + STEPS, saving every
+# SAVE_EVERY = 3 steps, and the resume starts from the first save). If the bench's OminiX side fails
+# (out of memory), the CLI runs FALLBACK_MICRO (8) x accumulation instead.
 # Writes $OUT/train_7b_gemini_1gpu.json, $OUT/resume_7b.json, logs, and $OUT/colossalai_ext.tgz (the
 # JIT-built ColossalAI kernels, to carry to a later call as .ext/).
 #   OUT=/path bash bench/gpu_issue17_7b.sh        (the device runner sets OUT)
@@ -29,23 +32,28 @@ data=$tmp/c4096
 [ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
     --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
 
+micro=${MICRO:-8} global=${GLOBAL:-16} warm=${WARMUP:-2} steps=${STEPS:-4} every=${SAVE_EVERY:-3}
+baseline=$([ "${BASELINE:-1}" = 0 ] && echo --no-baseline)
 run=$tmp/r7b
 rm -rf "$run" "$run-resume"
 echo "== 7B bench + CLI ($(( $(date +%s) - start )) s)"
-timeout $(( $(left) - 100 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 8 --global-batch 16 \
-    --warmup 2 --steps 4 --set model.compile=true --cli "$data" --cli-run "$run" \
-    --cli-set checkpoint.every=3 --cli-set checkpoint.save_optimizer=false --cli-set checkpoint.keep_last=2 \
-    --out "$out/train_7b_gemini_1gpu.json" > "$out/train_7b.log" 2>&1 || echo "FAILED: 7B bench (see train_7b.log)"
+bench() {  # MICRO_BATCH, then extra arguments
+    timeout $(( $(left) - ${RESERVE:-150} )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch "$1" \
+        --global-batch "$global" --warmup "$warm" --steps "$steps" --set model.compile=true --set model.attn=auto \
+        --cli "$data" --cli-run "$run" --cli-set checkpoint.every="$every" --cli-set checkpoint.save_optimizer=false \
+        --cli-set checkpoint.keep_last=2 --out "$out/train_7b_gemini_1gpu.json" "${@:2}" >> "$out/train_7b.log" 2>&1
+}
+bench "$micro" $baseline || { echo "FAILED: 7B bench at micro $micro (see train_7b.log)"
+    grep -m1 -E "OutOfMemory|CUDA out of memory" "$out/train_7b.log" && [ "$micro" != "${FALLBACK_MICRO:-8}" ] \
+    && { rm -rf "$run"; bench "${FALLBACK_MICRO:-8}" --no-baseline || echo "FAILED: fallback"; }; }
 grep -v "^ " "$out/train_7b.log" | grep -iE "error|step |saved|tokens_per_s|ratio|cli|mfu" | tail -30
 [ -d ~/.cache/colossalai ] && tar czf "$out/colossalai_ext.tgz" -C ~/.cache colossalai
 
-echo "== 7B resume from step 3 ($(( $(date +%s) - start )) s)"
-if [ -d "$run/checkpoints/step_00000003" ] && [ "$(left)" -gt 60 ]; then
-    timeout $(( $(left) - 10 )) "$python" -m ominix train launch llama2-7b --data "$data" --out "$run-resume" --nodes 1 \
-        --nproc-per-node 1 --plugin gemini --max-steps 6 --resume "$run/checkpoints/step_00000003" \
-        --set model.compile=true --set schedule.micro_batch_size=8 --set schedule.global_batch_size=16 \
-        --set logging.log_every=1 --set schedule.eval_every=0 --set checkpoint.every=3 \
-        --set checkpoint.save_optimizer=false --set checkpoint.keep_last=1 > "$out/resume_7b.log" 2>&1 \
+echo "== 7B resume from step $every ($(( $(date +%s) - start )) s)"
+first=$(printf '%s/checkpoints/step_%08d' "$run" "$every")
+if [ -d "$first" ] && [ "$(left)" -gt 60 ]; then
+    timeout $(( $(left) - 10 )) "$python" -m ominix train launch --config "$run/config.yaml" --out "$run-resume" \
+        --nodes 1 --nproc-per-node 1 --resume "$first" --set checkpoint.keep_last=1 > "$out/resume_7b.log" 2>&1 \
         || echo "FAILED: 7B resume (see resume_7b.log)"
     tail -12 "$out/resume_7b.log"
     "$python" - "$run" "$out" <<'PY'
@@ -67,13 +75,5 @@ result = {"name": "llama2-7b gemini x1: model-only checkpoint save, load and res
 (out / "resume_7b.json").write_text(json.dumps(result, indent=1) + "\n")
 print(json.dumps(result, indent=1))
 PY
-fi
-rm -rf "$run-resume"
-echo "== 7B bench, micro batch 16 in one pass, if time is left ($(( $(date +%s) - start )) s)"
-if [ "$(left)" -gt 150 ]; then
-    timeout $(( $(left) - 5 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 \
-        --warmup 1 --steps 2 --no-baseline --set model.compile=true --out "$out/train_7b_gemini_1gpu_micro16.json" \
-        > "$out/train_7b_micro16.log" 2>&1 || echo "FAILED: micro 16 (see train_7b_micro16.log)"
-    grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/train_7b_micro16.log" | tail -5
 fi
 echo "== done in $(( $(date +%s) - start )) s"

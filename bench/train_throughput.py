@@ -10,7 +10,8 @@ saves the figures to ``bench/results/`` (``--out``).
 ``--cli DATA`` adds a third row: the real ``ominix train launch`` of the same shape on prepared data
 (its own process tree; logging every step, no evaluation, one checkpoint at the end), its tokens/s
 taken from ``metrics.jsonl`` over the steps after the warm-up, and its ratio to the bench's OminiX row
-(``cli_vs_bench``). ``--global-batch`` (sequences per GPU per step, a multiple of ``--micro-batch``)
+(``cli_vs_bench``). ``--data DATA`` feeds the bench sides the training loop's loader over prepared data instead of
+random token ids. ``--global-batch`` (sequences per GPU per step, a multiple of ``--micro-batch``)
 makes every side accumulate gradients as the CLI does.
 
 Each side runs in its own process (``torchrun`` with ``--nproc-per-node`` ranks, or one plain
@@ -37,7 +38,27 @@ import tempfile
 import time
 
 
-def _measure(cfg, hf_baseline: bool, warmup: int, steps: int) -> dict:
+def _batches(cfg, engine, data: str | None):
+    """Endless rank batches: random token ids, or the training loop's own loader over prepared ``data``."""
+    import torch
+
+    from ominix.train.loop import to_device
+
+    layout = engine.layout
+    if data:
+        from ominix.data.loader import BlockLoader
+        from ominix.data.store import PackedDataset
+
+        loader = BlockLoader(PackedDataset(data, "train"), layout.rank_batch, engine.dp_rank, layout.dp)
+        while True:
+            yield to_device(next(loader), engine.device)
+    gen = torch.Generator().manual_seed(engine.rank)
+    while True:
+        batch = torch.randint(0, cfg.model.vocab_size, (layout.rank_batch, cfg.data.seq_len + 1), generator=gen)
+        yield batch.to(engine.device, non_blocking=True)
+
+
+def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None = None) -> dict:
     import torch
     import torch.distributed as dist
 
@@ -45,13 +66,11 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int) -> dict:
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
     layout = engine.layout
-    gen = torch.Generator().manual_seed(engine.rank)
-    seq = cfg.data.seq_len
+    batches = _batches(cfg, engine, data)
     cuda = engine.device.type == "cuda"
 
     def step() -> None:
-        batch = torch.randint(0, cfg.model.vocab_size, (layout.rank_batch, seq + 1), generator=gen)
-        batch = batch.to(engine.device, non_blocking=True)
+        batch = next(batches)
         if layout.pp > 1:
             engine.pipeline_loss(batch)
         else:
@@ -93,6 +112,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--nproc-per-node", type=int, default=1, help="ranks of each side (torchrun when > 1)")
     ap.add_argument("--no-baseline", action="store_true", help="measure OminiX only")
+    ap.add_argument("--data", help="prepared data for the bench sides (default: random token ids)")
     ap.add_argument("--cli", metavar="DATA", help="also run `ominix train launch` of this shape on DATA")
     ap.add_argument("--cli-run", metavar="DIR", help="the CLI run's directory, kept (default: a temporary one)")
     ap.add_argument("--cli-set", dest="cli_sets", action="append", default=[],
@@ -134,7 +154,7 @@ def measure_side(args: argparse.Namespace) -> int:
 
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(device_name())
-    r = _measure(cfg, args.side == "baseline", args.warmup, args.steps)
+    r = _measure(cfg, args.side == "baseline", args.warmup, args.steps, args.data)
     tps = r["tokens_per_step"] / r["seconds_per_step"]
     row = {"model": SIDES[args.side], "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
            "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),
@@ -155,7 +175,7 @@ def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
     """This script for one side: under torchrun with several ranks, else one plain process."""
     argv = [args.preset, "--warmup", str(args.warmup), "--steps", str(args.steps), "--side", side, "--side-out", out]
     for flag, value in (("--plugin", args.plugin), ("--micro-batch", args.micro_batch), ("--seq", args.seq),
-                        ("--global-batch", args.global_batch)):
+                        ("--global-batch", args.global_batch), ("--data", args.data)):
         if value is not None:
             argv += [flag, str(value)]
     argv += [a for s in args.sets for a in ("--set", s)]
@@ -169,7 +189,7 @@ def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
     """``ominix train launch`` of the bench's shape on ``data``: tokens/s, MFU and peak memory over
     the steps after the warm-up (one log line per step), and the final checkpoint's save time."""
     total = args.warmup + args.steps
-    sets = [*args.sets, "logging.log_every=1", "schedule.eval_every=0", *args.cli_sets]
+    sets = [*args.sets, "logging.log_every=1", "schedule.eval_every=0", *args.cli_sets]  # cli_sets win
     if args.micro_batch:
         sets.append(f"schedule.micro_batch_size={args.micro_batch}")
     per_gpu = args.global_batch or args.micro_batch
@@ -184,10 +204,14 @@ def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
     subprocess.run(cmd, check=True)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    timed = [r for r in records if r["kind"] == "train" and r["step"] > args.warmup]
-    seconds = sum(r["step_time_s"] for r in timed)
-    tokens = timed[-1]["tokens"] - next(r["tokens"] for r in records if r.get("step") == args.warmup
-                                        and r["kind"] == "train")
+    train = [r for r in records if r["kind"] == "train"]
+    before = [r for r in train if r["step"] <= args.warmup]
+    if not before or before[-1]["step"] != args.warmup:
+        sys.exit(f"the CLI logged no line at step {args.warmup}: its logging.log_every must divide --warmup")
+    timed = [r for r in train if r["step"] > args.warmup]
+    steps = [r["step"] - p["step"] for p, r in zip([before[-1], *timed], timed)]  # steps in each log window
+    seconds = sum(r["step_time_s"] * n for r, n in zip(timed, steps))
+    tokens = timed[-1]["tokens"] - before[-1]["tokens"]
     tps = tokens / seconds
     per_token_mfu = timed[0]["mfu"] / timed[0]["tokens_per_s"] if timed[0]["mfu"] else None
     saves = [r for r in records if r["kind"] == "checkpoint" and r.get("action") == "save"]
@@ -195,7 +219,7 @@ def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
             "tokens_per_s_per_gpu": round(tps / args.nproc_per_node),
             "mfu": per_token_mfu * tps if per_token_mfu else None,
             "peak_mem_gib": round(max(r["memory_gib"] for r in timed), 1),
-            "timed_steps": len(timed), "losses": [r["loss"] for r in records if r["kind"] == "train"],
+            "timed_steps": sum(steps), "losses": [r["loss"] for r in records if r["kind"] == "train"],
             "checkpoint_saves": [{k: r[k] for k in ("step", "seconds", "bytes")} for r in saves]}
 
 

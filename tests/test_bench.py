@@ -68,3 +68,26 @@ def test_decode_levers_headline_is_best_against_cublas() -> None:
     assert head["value"] == 875.0 and head["value_variant"] == "compiled, tuned reductions"
     assert head["baseline"] == 700.0 and head["ratio"] == 1.25
     assert _headline(rows[2:])["baseline"] is None  # no baseline in the run: none invented
+
+
+def test_train_throughput_bench_records_the_cli_at_the_same_step(private_netns: None, tmp_path: Path) -> None:
+    """--global-batch makes every side accumulate; --data feeds the bench the training loop's loader;
+    --cli adds `ominix train launch` of the same shape to the same results file."""
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
+    out = tmp_path / "tt.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "tiny", "--plugin", "ddp",
+                    "--micro-batch", "2", "--global-batch", "4", "--warmup", "2", "--steps", "2", "--no-baseline",
+                    "--data", str(data), "--cli", str(data), "--cli-set", "logging.log_every=2",
+                    "--cli-set", "checkpoint.every=2", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert "micro 2 x accum 2" in result["name"]
+    assert result["baseline"] is None and result["ratio"] is None  # no baseline side: no ratio of one to itself
+    cli = result["rows"][-1]
+    assert cli["model"] == "ominix train launch" and cli["timed_steps"] == 2 and len(cli["losses"]) == 2
+    assert result["cli"] == cli["tokens_per_s"] > 0
+    assert result["cli_vs_bench"] == round(cli["tokens_per_s"] / result["value"], 3)
+    assert [s["step"] for s in cli["checkpoint_saves"]] == [2, 4] and all(s["bytes"] > 0 for s in cli["checkpoint_saves"])

@@ -216,3 +216,18 @@ def test_saved_files_get_the_mode_the_umask_gives_not_safetensors_0600(tmp_path:
         finally:
             os.umask(old)
         assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()} == {mode}
+
+
+def test_the_integrity_record_hashes_in_threads_and_equals_one_thread(tmp_path: Path) -> None:
+    import hashlib
+
+    from ominix.checkpoint.integrity import describe
+
+    files = []
+    for i in range(5):
+        f = tmp_path / f"shard{i}.bin"
+        f.write_bytes(bytes([i]) * (1000 + i))
+        files.append(f)
+    threaded, one = describe(tmp_path, files, threads=4), describe(tmp_path, files, threads=1)
+    assert threaded == one
+    assert one["shard3.bin"] == {"size": 1003, "sha256": hashlib.sha256(bytes([3]) * 1003).hexdigest()}

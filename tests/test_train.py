@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,11 @@ def test_ddp_trains_and_writes_metrics_tensorboard_and_checkpoints(ddp_run: Path
     state = json.loads((ckpts / "step_00000004" / "state.json").read_text())
     assert (state["step"], state["tokens"], state["world_size"]) == (4, 4 * 16 * 128, 2)
     assert state["last_loss"] == losses[4] and not list(ckpts.glob(".*tmp*"))
+    saves = [json.loads(x) for x in (ddp_run / "metrics.jsonl").read_text().splitlines() if '"checkpoint"' in x]
+    assert [(r["action"], r["step"]) for r in saves] == [("save", 2), ("save", 4)]
+    on_disk = sum(f.stat().st_size for f in (ckpts / "step_00000004").rglob("*") if f.is_file())
+    assert saves[1]["bytes"] == on_disk and saves[1]["seconds"] > 0
+    assert re.search(r"saved checkpoint \S+step_00000004 \(\d+\.\d\d GiB\) in \d+\.\d s", log)
 
     from ominix.checkpoint import read_weights, resolve_checkpoint
 
@@ -225,7 +231,9 @@ def test_ddp_resume_is_bit_exact(ddp_run: Path, data_dir: Path, tmp_path: Path) 
     result = _launch(data_dir, again, "--nproc-per-node", "2", "--max-steps", "4",
                      "--resume", str(ddp_run / "checkpoints" / "step_00000002"), sets=SETS)
     _ok(result)
-    assert "resumed from" in result.stdout
+    assert re.search(r"resumed from \S+ at step 2 \([\d,]+ tokens\) in \d+\.\d s", result.stdout)
+    loads = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines() if '"load"' in x]
+    assert [r["step"] for r in loads] == [2] and loads[0]["seconds"] > 0
     assert _losses(again) == {s: _losses(ddp_run)[s] for s in (3, 4)}  # bit-identical, not approximately
 
 
@@ -307,3 +315,19 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tm
     _ok(result)
     assert f"at step {stopped}" in result.stdout and time.time() - t0 < 120
     assert max(_losses(run)) == stopped + 1
+
+
+def test_training_turns_on_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch) -> None:
+    import torch
+
+    from ominix.train.loop import expandable_segments
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    expandable_segments()
+    assert calls == ["expandable_segments:True"]
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    expandable_segments()
+    assert calls == ["expandable_segments:True"]  # the user's setting stands
