@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,15 @@ def test_host_dropping_stops_the_job(sshd: Sshd, tmp_path: Path, victim: str) ->
     err = _failed_first(cfg, _nodes(sshd, cfg, tmp_path, "hang"), tmp_path / "logs")
     assert "node 1 (127.0.0.2" in err and "no exit status came back" in err
     assert _leftovers(tmp_path) == []
+
+
+@pytest.fixture(autouse=True)
+def _sigint_raises() -> Iterator[None]:
+    """Python's own Ctrl-C handler in this process: a test run started in the background of a
+    non-interactive shell inherits SIGINT ignored, and the launcher would never see the test's Ctrl-C."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _ctrl_c() -> None:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 17's open GPU questions, one STAGE per device call of under 10 minutes (1 x H200):
+#   STAGE=grads   tests/gpu/test_compiled_gemini.py (every parameter's gradient, compiled region vs
+#                 eager: fp32 alone, and under Gemini), then bench/loss_match.py at 1.1B for 100 steps
+#                 with eager layers on both sides: the noise floor of the 0.02-nat bound
+#   STAGE=cli     where the CLI's 8.7% at 1.1B goes: the bench fed the CLI's real data, and the CLI
+#                 logging every 2 steps instead of every step, in one results file
+#   STAGE=decode  three bench/decode.py runs and their median (bench/gpu_issue17.sh, EXPORT_7B=0)
+#   STAGE=zero2cpu  llama2-7b under zero2_cpu (optimizer state on the host), micro 16
+# Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
+#   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/results}
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python=${PYTHON:-python}
+tmp=${TMPDIR:-/tmp}
+[ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ] && mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
+data=$tmp/c4096
+[ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
+    --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu}" in
+grads)
+    timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
+        > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"
+    timeout 270 "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" --plugin gemini --steps 100 \
+        --tol 0.02 --set schedule.global_batch_size=4 --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 \
+        --set checkpoint.save_optimizer=false --set model.compile=false --set model.loss_chunk=0 \
+        --out "$out/loss_match_1.1b_eager_both_h200.json" > "$out/loss_match.log" 2>&1
+    grep -E '"(value|last10_mean_loss_diff|ok)"' "$out/loss_match_1.1b_eager_both_h200.json" ;;
+cli)
+    timeout 560 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
+        --warmup 2 --steps 6 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
+        --cli-set logging.log_every=2 --out "$out/train_1.1b_cli_vs_bench_realdata_h200.json" > "$out/cli.log" 2>&1
+    grep -E '"(value|cli|cli_vs_bench)"' "$out/train_1.1b_cli_vs_bench_realdata_h200.json" ;;
+decode)
+    EXPORT_7B=0 bash bench/gpu_issue17.sh ;;
+zero2cpu)
+    timeout 560 "$python" bench/train_throughput.py llama2-7b --plugin zero2_cpu --micro-batch 16 --warmup 1 --steps 2 \
+        --no-baseline --set model.compile=true --set model.attn=auto --out "$out/train_7b_zero2cpu_1gpu_h200.json" \
+        > "$out/zero2cpu.log" 2>&1
+    grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/zero2cpu.log" | tail -5 ;;
+esac
