@@ -8,22 +8,11 @@
 #      loss against eager layers + the unfused loss (mean |diff| <= 0.02 nats).
 # Writes $OUT/train_1.1b_*.json, $OUT/loss_match_1.1b.json and logs.
 #   OUT=/path bash bench/gpu_issue17_1b.sh        (the device runner sets OUT)
-set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}
-mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python=${PYTHON:-python}
-tmp=${TMPDIR:-/tmp}
-start=$(date +%s)
-left() { echo $(( ${BUDGET:-575} - ($(date +%s) - start) )); }
-[ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ] && mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
+source bench/gpu_common.sh
 rm -rf "$tmp/r7b" "$tmp/r7b-resume"  # a warm machine still holds the 7B call's checkpoints
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-data=$tmp/c4096
-[ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
-    --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
+prepare_c4096
 
 echo "== 1.1B bench, one micro batch per step ($(( $(date +%s) - start )) s)"
 [ "${MICRO4:-1}" = 0 ] || timeout 150 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --no-baseline \

@@ -15,22 +15,11 @@
 # Writes $OUT/train_7b_gemini_1gpu.json, $OUT/resume_7b.json, logs, and $OUT/colossalai_ext.tgz (the
 # JIT-built ColossalAI kernels, to carry to a later call as .ext/).
 #   OUT=/path bash bench/gpu_issue17_7b.sh        (the device runner sets OUT)
-set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}
-mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python=${PYTHON:-python}
-tmp=${TMPDIR:-/tmp}
-start=$(date +%s)
-left() { echo $(( ${BUDGET:-575} - ($(date +%s) - start) )); }
-[ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ] && mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
+source bench/gpu_common.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; free -g | head -2; df -h "$tmp" | tail -1
 
-data=$tmp/c4096
-[ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
-    --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
+prepare_c4096
 
 micro=${MICRO:-8} global=${GLOBAL:-16} warm=${WARMUP:-2} steps=${STEPS:-4} every=${SAVE_EVERY:-3}
 baseline=$([ "${BASELINE:-1}" = 0 ] && echo --no-baseline)

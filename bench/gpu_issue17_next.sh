@@ -9,18 +9,9 @@
 #   STAGE=zero2cpu  llama2-7b under zero2_cpu (optimizer state on the host), micro 16
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
-set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}
-mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python=${PYTHON:-python}
-tmp=${TMPDIR:-/tmp}
-[ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ] && mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
-data=$tmp/c4096
-[ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
-    --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
+source bench/gpu_common.sh
+prepare_c4096
 case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu}" in
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \

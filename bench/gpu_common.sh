@@ -1,0 +1,25 @@
+# Sourced by the bench/gpu_*.sh scripts (from the repository root): what every GPU call sets up.
+#   out      where results go ($OUT, which the device runner sets; else bench/results)
+#   python   the interpreter ($PYTHON; default python)
+#   tmp      scratch space ($TMPDIR; default /tmp)
+#   left     seconds left of the call's budget ($BUDGET, default 575 s, counted from sourcing)
+#   prepare_c4096   the embedded corpus at seq 4096 (a trained BPE of 8,192 ids) in $tmp/c4096
+# NCCL's NVLink multicast switches are set off: they fail on the H200 hosts measured here. The
+# JIT-built ColossalAI kernels come from .ext/colossalai_ext.tgz when a call carries them.
+set -uo pipefail
+out=${OUT:-bench/results}
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python=${PYTHON:-python}
+tmp=${TMPDIR:-/tmp}
+start=$(date +%s)
+left() { echo $(( ${BUDGET:-575} - ($(date +%s) - start) )); }
+if [ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ]; then
+    mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
+fi
+data=$tmp/c4096
+prepare_c4096() {
+    [ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
+        --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
+}
