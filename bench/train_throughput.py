@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -82,6 +83,8 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
         engine.optimizer.zero_grad()
 
     engine.model.train()
+    gc.collect()
+    gc.freeze()  # as the training loop does once it is set up
     for _ in range(warmup):
         step()
     if cuda:

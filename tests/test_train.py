@@ -331,3 +331,22 @@ def test_training_turns_on_expandable_segments_unless_the_user_configured_the_al
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
     expandable_segments()
     assert calls == ["expandable_segments:True"]  # the user's setting stands
+
+
+def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
+        private_netns: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The objects of the setup (torch, the engine) are frozen while the steps run, so full garbage
+    collections scan only what the steps allocate; an in-process run leaves the collector as it was."""
+    import gc
+
+    from ominix.train import loop
+    from ominix.train.metrics import MetricsWriter
+
+    frozen: list[int] = []
+    record = MetricsWriter.record
+    monkeypatch.setattr(MetricsWriter, "record", lambda self, kind, values: (
+        frozen.append(gc.get_freeze_count()), record(self, kind, values))[1])
+    cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=2"])
+    assert loop.train(cfg, tmp_path / "run") == 0
+    assert frozen and min(frozen) > 10_000  # torch alone is more than that
+    assert gc.get_freeze_count() == 0
