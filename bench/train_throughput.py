@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import subprocess
@@ -64,6 +63,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
     import torch.distributed as dist
 
     from ominix.train.engine import build_engine
+    from ominix.train.loop import freeze_heap
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
     layout = engine.layout
@@ -83,8 +83,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
         engine.optimizer.zero_grad()
 
     engine.model.train()
-    gc.collect()
-    gc.freeze()  # as the training loop does once it is set up
+    freeze_heap()  # as the training loop does once it is set up
     for _ in range(warmup):
         step()
     if cuda:
@@ -137,9 +136,6 @@ def measure_side(args: argparse.Namespace) -> int:
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
     from ominix.train import cpu_shims
     from ominix.train.engine import init_distributed, one_process_env
-    from ominix.train.loop import expandable_segments
-
-    expandable_segments()  # as the training loop does
     run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
     run.enter_context(cpu_shims.patched())

@@ -318,11 +318,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tm
 
 
 def test_training_turns_on_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch) -> None:
+    import colossalai
     import torch
 
-    from ominix.train.loop import expandable_segments
+    from ominix.train.engine import init_distributed
+
+    def expandable_segments() -> None:  # joining the process group sets the allocator up first
+        init_distributed(seed=0)
 
     calls: list[str] = []
+    monkeypatch.setattr(colossalai, "launch_from_torch", lambda **kwargs: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)

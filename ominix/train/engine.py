@@ -358,9 +358,16 @@ def one_process_env() -> Iterator[None]:
 
 
 def init_distributed(seed: int) -> None:
-    """Join the process group torchrun set up (in-process: inside ``one_process_env``)."""
+    """Join the process group torchrun set up (in-process: inside ``one_process_env``). On a GPU,
+    first let the CUDA caching allocator grow its segments in place (``expandable_segments``) unless
+    PYTORCH_CUDA_ALLOC_CONF says otherwise: gradient accumulation under Gemini keeps a gradient chunk
+    per parameter chunk between micro batches, and with fixed segments a 7B run at micro batch 8 x 2
+    failed with 12.5 GiB free but fragmented (bench/NOTES.md, section 6)."""
     import colossalai
+    import torch
 
+    if torch.cuda.is_available() and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     colossalai.launch_from_torch(seed=seed, verbose=False)
 
 

@@ -105,17 +105,13 @@ def to_device(batch, device):
     return batch.pin_memory().to(device, non_blocking=True)
 
 
-def expandable_segments() -> None:
-    """Let the CUDA caching allocator grow its segments in place (``expandable_segments``) unless
-    PYTORCH_CUDA_ALLOC_CONF says otherwise. Gradient accumulation under Gemini keeps a gradient chunk
-    per parameter chunk between micro batches; with fixed segments, a 7B run at micro batch 8 x 2
-    then failed with 12.5 GiB free but fragmented (bench/NOTES.md, section 6)."""
-    import os
-
-    import torch
-
-    if torch.cuda.is_available() and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+def freeze_heap() -> None:
+    """Move everything built so far out of the garbage collector's reach (``gc.freeze``; ``train``
+    thaws it when it returns). Setup leaves ~450k long-lived objects (torch, ColossalAI, the engine);
+    a full collection scanned them all, ~250 ms on the CI machine's CPU: a pause of the host that the
+    GPU feels wherever the host runs little ahead of it (bench/NOTES.md, section 7)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
@@ -183,7 +179,6 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
 
     s, c = cfg.schedule, cfg.checkpoint
-    expandable_segments()
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
@@ -246,12 +241,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         meter.restart()
         return path
 
-    # Everything built so far (torch, ColossalAI, the engine: ~450k objects) lives as long as the run:
-    # move it out of the collector's reach, so a full collection during training scans only what the
-    # steps allocate (a full collection took ~250 ms before, on the CI machine's CPU): a pause of the
-    # host that the GPU feels wherever the host runs little ahead of it (bench/NOTES.md, section 7).
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()

@@ -64,29 +64,40 @@ def _report(label: str, errors: dict[str, float]) -> float:
     return errors[worst]
 
 
-def test_compiled_region_matches_eager_in_fp32(tmp_path: Path) -> None:
-    eager = _probe(tmp_path, "plain", "eager")
-    compiled = _probe(tmp_path, "plain", "inductor")
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory):
+    """``probe(mode, compile, nproc=1, run=0)``: the probe's result, each variant run once per module
+    (``run`` tells apart repeated runs of one variant)."""
+    done: dict[tuple, dict] = {}
+
+    def get(mode: str, compile: str, nproc: int = 1, run: int = 0) -> dict:
+        if _gpus() < nproc:
+            pytest.skip(f"needs {nproc} GPUs")
+        key = (mode, compile, nproc, run)
+        if key not in done:
+            done[key] = _probe(tmp_path_factory.mktemp("probe"), mode, compile, nproc)
+        return done[key]
+
+    return get
+
+
+def test_compiled_region_matches_eager_in_fp32(probe) -> None:
+    eager = probe("plain", "eager")
+    compiled = probe("plain", "inductor")
     assert _report("fp32, Inductor region vs eager", _errors(compiled, eager)) <= 1e-5
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize("nproc", [1, 2], ids=["1gpu", "2gpu"])
-def test_hooked_region_routes_gradients_like_eager_under_gemini(nproc: int, tmp_path: Path) -> None:
-    if _gpus() < nproc:
-        pytest.skip(f"needs {nproc} GPUs")
-    eager = _probe(tmp_path, "gemini", "eager", nproc)
-    traced = _probe(tmp_path, "gemini", "aot_eager", nproc)
+def test_hooked_region_routes_gradients_like_eager_under_gemini(nproc: int, probe) -> None:
+    eager, traced = probe("gemini", "eager", nproc), probe("gemini", "aot_eager", nproc)
     assert _report(f"gemini x{nproc}, traced region vs eager", _errors(traced, eager)) <= 1e-5
 
 
 @pytest.mark.parametrize("nproc", [1, 2], ids=["1gpu", "2gpu"])
-def test_inductor_region_under_gemini_is_within_bf16_rounding(nproc: int, tmp_path: Path) -> None:
-    if _gpus() < nproc:
-        pytest.skip(f"needs {nproc} GPUs")
-    eager = _probe(tmp_path, "gemini", "eager", nproc)
-    again = _probe(tmp_path, "gemini", "eager", nproc)
-    compiled = _probe(tmp_path, "gemini", "inductor", nproc)
+def test_inductor_region_under_gemini_is_within_bf16_rounding(nproc: int, probe) -> None:
+    eager, again = probe("gemini", "eager", nproc), probe("gemini", "eager", nproc, run=1)
+    compiled = probe("gemini", "inductor", nproc)
     spread = _report(f"gemini x{nproc}, eager vs eager", _errors(again, eager))
     worst = _report(f"gemini x{nproc}, Inductor region vs eager", _errors(compiled, eager))
     assert spread <= 1e-5  # eager is deterministic here: the comparison below is against rounding alone
