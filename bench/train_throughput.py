@@ -24,6 +24,10 @@ under Gemini or zero2_cpu lives there) is gone before the second is built.
     python bench/train_throughput.py tinyllama-1.1b --micro-batch 4 --global-batch 32 --no-baseline \
         --cli data/c4096 --out bench/results/train_1.1b_cli_vs_bench.json
     python bench/train_throughput.py tiny --plugin ddp --steps 2      # CPU smoke run
+
+``--profile N`` runs N more steps on every side after the timed ones under ``torch.profiler``
+(the CLI through ``logging.profile_steps``), with the training loop's phases named: a Chrome trace and
+a summary per side (GPU busy, the host's time per phase) in ``--profile-dir``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def _batches(cfg, engine, data: str | None):
@@ -58,29 +64,44 @@ def _batches(cfg, engine, data: str | None):
         yield batch.to(engine.device, non_blocking=True)
 
 
-def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None = None) -> dict:
+def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None = None,
+             profile: int = 0, profile_dir: str | None = None) -> dict:
     import torch
     import torch.distributed as dist
 
     from ominix.train.engine import build_engine
     from ominix.train.loop import freeze_heap
+    from ominix.train.profile import StepProfiler
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
     layout = engine.layout
     batches = _batches(cfg, engine, data)
     cuda = engine.device.type == "cuda"
+    # the training loop's profiler and phases, so a trace of the bench and one of the CLI compare
+    window = (warmup + steps + 1, warmup + steps + profile) if profile else None  # after the timed steps
+    profiler = StepProfiler(window, Path(profile_dir or "."), engine.rank == 0)
+    done = 0
 
     def step() -> None:
-        batch = next(batches)
+        nonlocal done
+        profiler.before(done + 1)
+        with profiler.phase("data"):
+            batch = next(batches)
         if layout.pp > 1:
-            engine.pipeline_loss(batch)
+            with profiler.phase("forward"):
+                engine.pipeline_loss(batch)
         else:
             for i, micro in enumerate(batch.split(layout.micro_batch)):
-                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast():
+                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast(), profiler.phase("forward"):
                     loss = engine.loss(micro)
-                engine.booster.backward(loss / layout.accum, engine.optimizer)
-        engine.clip_and_step(cfg.optim.grad_clip)
-        engine.optimizer.zero_grad()
+                with profiler.phase("backward"):
+                    engine.booster.backward(loss / layout.accum, engine.optimizer)
+        with profiler.phase("optimizer"):
+            engine.clip_and_step(cfg.optim.grad_clip)
+            engine.optimizer.zero_grad()
+        done += 1
+        if line := profiler.after(done):
+            print(line, flush=True)
 
     engine.model.train()
     freeze_heap()  # as the training loop does once it is set up
@@ -98,6 +119,8 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
     dist.barrier()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    for _ in range(profile):
+        step()
     return {"seconds_per_step": seconds, "tokens_per_step": layout.tokens_per_step, "peak_mem_gib": peak}
 
 
@@ -119,6 +142,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--cli-run", metavar="DIR", help="the CLI run's directory, kept (default: a temporary one)")
     ap.add_argument("--cli-set", dest="cli_sets", action="append", default=[],
                     help="config override for the CLI run only, e.g. checkpoint.every=3 (repeatable)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="profile N more steps after the timed ones, on every side (the CLI through "
+                         "logging.profile_steps): traces and summaries in --profile-dir")
+    ap.add_argument("--profile-dir", help="where the profiles go (default: beside --out, else ./profile)")
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # a child: measure this side
     ap.add_argument("--side-out", help=argparse.SUPPRESS)  # where the child writes its row
@@ -134,11 +161,11 @@ def measure_side(args: argparse.Namespace) -> int:
 
     from ominix.config import load_config
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
-    from ominix.train import cpu_shims
+    from ominix.train import shims
     from ominix.train.engine import init_distributed, one_process_env
     run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
-    run.enter_context(cpu_shims.patched())
+    run.enter_context(shims.patched())
     init_distributed(seed=0)
     world = dist.get_world_size()
     sets = list(args.sets)
@@ -153,7 +180,8 @@ def measure_side(args: argparse.Namespace) -> int:
 
     fpt = flops_per_token(cfg.model, cfg.data.seq_len)
     peak = peak_flops(device_name())
-    r = _measure(cfg, args.side == "baseline", args.warmup, args.steps, args.data)
+    r = _measure(cfg, args.side == "baseline", args.warmup, args.steps, args.data, args.profile,
+                 os.path.join(profile_dir(args), args.side))
     tps = r["tokens_per_step"] / r["seconds_per_step"]
     row = {"model": SIDES[args.side], "tokens_per_s": round(tps), "tokens_per_s_per_gpu": round(tps / world),
            "tflops_per_gpu": round(tps / world * fpt / 1e12, 1), "mfu": mfu(tps / world, fpt, peak),
@@ -174,7 +202,8 @@ def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
     """This script for one side: under torchrun with several ranks, else one plain process."""
     argv = [args.preset, "--warmup", str(args.warmup), "--steps", str(args.steps), "--side", side, "--side-out", out]
     for flag, value in (("--plugin", args.plugin), ("--micro-batch", args.micro_batch), ("--seq", args.seq),
-                        ("--global-batch", args.global_batch), ("--data", args.data)):
+                        ("--global-batch", args.global_batch), ("--data", args.data),
+                        ("--profile", args.profile or None), ("--profile-dir", profile_dir(args))):
         if value is not None:
             argv += [flag, str(value)]
     argv += [a for s in args.sets for a in ("--set", s)]
@@ -184,11 +213,18 @@ def child_command(args: argparse.Namespace, side: str, out: str) -> list[str]:
     return [sys.executable, __file__, *argv]
 
 
+def profile_dir(args: argparse.Namespace) -> str:
+    return args.profile_dir or os.path.join(os.path.dirname(os.path.abspath(args.out or ".")), "profile")
+
+
 def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
     """``ominix train launch`` of the bench's shape on ``data``: tokens/s, MFU and peak memory over
     the steps after the warm-up (one log line per step), and the final checkpoint's save time."""
-    total = args.warmup + args.steps
+    timed_end = args.warmup + args.steps
+    total = timed_end + args.profile
     sets = [*args.sets, "logging.log_every=1", "schedule.eval_every=0", *args.cli_sets]  # cli_sets win
+    if args.profile:
+        sets.append(f"logging.profile_steps=[{timed_end + 1},{total}]")
     if args.micro_batch:
         sets.append(f"schedule.micro_batch_size={args.micro_batch}")
     per_gpu = args.global_batch or args.micro_batch
@@ -207,13 +243,15 @@ def cli_row(args: argparse.Namespace, data: str, run_dir: str) -> dict:
     before = [r for r in train if r["step"] <= args.warmup]
     if not before or before[-1]["step"] != args.warmup:
         sys.exit(f"the CLI logged no line at step {args.warmup}: its logging.log_every must divide --warmup")
-    timed = [r for r in train if r["step"] > args.warmup]
+    timed = [r for r in train if args.warmup < r["step"] <= timed_end]
     steps = [r["step"] - p["step"] for p, r in zip([before[-1], *timed], timed)]  # steps in each log window
     seconds = sum(r["step_time_s"] * n for r, n in zip(timed, steps))
     tokens = timed[-1]["tokens"] - before[-1]["tokens"]
     tps = tokens / seconds
     per_token_mfu = timed[0]["mfu"] / timed[0]["tokens_per_s"] if timed[0]["mfu"] else None
     saves = [r for r in records if r["kind"] == "checkpoint" and r.get("action") == "save"]
+    if args.profile:  # the CLI's profile beside the bench sides'
+        shutil.copytree(os.path.join(run_dir, "profile"), os.path.join(profile_dir(args), "cli"), dirs_exist_ok=True)
     return {"model": "ominix train launch", "tokens_per_s": round(tps),
             "tokens_per_s_per_gpu": round(tps / args.nproc_per_node),
             "mfu": per_token_mfu * tps if per_token_mfu else None,

@@ -81,13 +81,18 @@ def test_train_throughput_bench_records_the_cli_at_the_same_step(private_netns: 
     subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "tiny", "--plugin", "ddp",
                     "--micro-batch", "2", "--global-batch", "4", "--warmup", "2", "--steps", "2", "--no-baseline",
                     "--data", str(data), "--cli", str(data), "--cli-set", "logging.log_every=2",
-                    "--cli-set", "checkpoint.every=2", "--out", str(out)],
+                    "--cli-set", "checkpoint.every=2", "--profile", "1", "--out", str(out)],
                    check=True, capture_output=True, timeout=600, cwd=tmp_path)
     result = json.loads(out.read_text())
     assert "micro 2 x accum 2" in result["name"]
     assert result["baseline"] is None and result["ratio"] is None  # no baseline side: no ratio of one to itself
     cli = result["rows"][-1]
-    assert cli["model"] == "ominix train launch" and cli["timed_steps"] == 2 and len(cli["losses"]) == 2
+    # the timed steps are 3-4; step 5, profiled on both sides, is not timed
+    assert cli["model"] == "ominix train launch" and cli["timed_steps"] == 2 and len(cli["losses"]) == 3
     assert result["cli"] == cli["tokens_per_s"] > 0
     assert result["cli_vs_bench"] == round(cli["tokens_per_s"] / result["value"], 3)
-    assert [s["step"] for s in cli["checkpoint_saves"]] == [2, 4] and all(s["bytes"] > 0 for s in cli["checkpoint_saves"])
+    assert [s["step"] for s in cli["checkpoint_saves"]] == [2, 4, 5] and all(s["bytes"] > 0 for s in cli["checkpoint_saves"])
+    for side in ("ominix", "cli"):
+        summary = json.loads((tmp_path / "profile" / side / "steps_5-5.json").read_text())
+        assert summary["host_phase_s"]["forward"] > 0 and summary["host_phase_s"]["backward"] > 0
+        assert (tmp_path / "profile" / side / "steps_5-5.trace.json.gz").stat().st_size > 0

@@ -176,3 +176,26 @@ def test_training_without_matplotlib_goes_on_without_the_figure(data: Path, tmp_
     log = (run_dir / "train.log").read_text()
     assert log.count("matplotlib is not installed: no training figure") == 1
     assert sorted(metrics(run_dir, "train", "loss")) == [1, 2] and not (run_dir / "plots").exists()
+
+
+def test_profile_summary_counts_overlapping_gpu_work_once() -> None:
+    """GPU busy is the union of kernel and copy intervals (overlapping streams count once); the
+    host's phases add up over micro batches; CPU-side ops are neither."""
+    from ominix.train.profile import busy_seconds, summarize
+
+    assert busy_seconds([(0, 10), (5, 15), (20, 30), (22, 25)]) == 25
+    assert busy_seconds([]) == 0
+    events = [
+        {"ph": "X", "cat": "kernel", "name": "gemm", "ts": 0, "dur": 400_000},
+        {"ph": "X", "cat": "kernel", "name": "nccl", "ts": 300_000, "dur": 200_000},  # overlaps the gemm
+        {"ph": "X", "cat": "gpu_memcpy", "name": "HtoD", "ts": 600_000, "dur": 100_000},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 900_000},
+        {"ph": "X", "cat": "user_annotation", "name": "forward", "ts": 0, "dur": 100_000},
+        {"ph": "X", "cat": "user_annotation", "name": "forward", "ts": 200_000, "dur": 50_000},
+        {"ph": "X", "cat": "user_annotation", "name": "log", "ts": 700_000, "dur": 250_000},
+        {"ph": "i", "cat": "kernel", "name": "marker", "ts": 0},
+    ]
+    s = summarize({"traceEvents": events}, wall_s=1.0)
+    assert s["gpu_busy_s"] == 0.6 and s["gpu_busy_fraction"] == 0.6 and s["gpu_kernels"] == 2
+    assert s["host_phase_s"]["forward"] == 0.15 and s["host_phase_s"]["log"] == 0.25
+    assert s["host_phase_s"]["backward"] == 0

@@ -275,7 +275,7 @@ def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir:
 @pytest.mark.slow
 @pytest.mark.usefixtures("private_netns")
 @pytest.mark.parametrize("plugin, sets", [
-    ("zero2", []),  # LowLevelZero through the CPU shims (ominix/train/cpu_shims.py)
+    ("zero2", []),  # LowLevelZero through the CPU shims (ominix/train/shims.py)
     ("3d", ["parallel.tp=2"]),  # transformers' LlamaForCausalLM, tensor parallel over 2 ranks
     ("3d", ["parallel.pp=2"]),  # two pipeline stages, 2 micro batches per step
 ])
@@ -355,3 +355,59 @@ def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
     assert loop.train(cfg, tmp_path / "run") == 0
     assert frozen and min(frozen) > 10_000  # torch alone is more than that
     assert gc.get_freeze_count() == 0
+
+
+def test_profile_steps_write_a_trace_and_a_summary_of_the_window(
+        private_netns: None, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """logging.profile_steps runs that window under torch.profiler: a gzipped Chrome trace and a summary
+    with the host's time per phase; a window past the run's end closes at its last step."""
+    import gzip
+
+    from ominix.train import loop
+
+    cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=3",
+                               "logging.profile_steps=[2, 9]"])
+    assert loop.train(cfg, tmp_path / "run") == 0
+    folder = tmp_path / "run" / "profile"
+    summary = json.loads((folder / "steps_2-3.json").read_text())
+    assert summary["steps"] == [2, 3] and summary["wall_s"] > 0
+    assert summary["gpu_busy_fraction"] is None  # a CPU run says nothing of a GPU
+    phases = summary["host_phase_s"]
+    assert phases["forward"] > 0 and phases["backward"] > 0 and phases["optimizer"] > 0
+    names = {e.get("name") for e in json.loads(gzip.decompress((folder / "steps_2-3.trace.json.gz").read_bytes()))
+             ["traceEvents"]}
+    assert {"forward", "backward", "optimizer", "data", "log"} <= names
+    assert "profiled steps 2-3:" in capsys.readouterr().out
+    assert not (folder / "steps_2-3.trace.json").exists()  # only the compressed trace stays
+
+
+def test_a_profile_window_must_be_first_to_last() -> None:
+    with pytest.raises(OminixError, match=r"logging.profile_steps"):
+        load_config("tiny", ["logging.profile_steps=[3, 2]"])
+
+
+def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini logs a debug record after every backward; ColossalAI's logger walked the whole stack
+    (inspect.stack) for it even at INFO, ~40 ms per micro batch in the worker on the GPU host. Under
+    the run's shims a debug call costs nothing at INFO, still logs at DEBUG, and the shim goes away after."""
+    import inspect
+
+    from colossalai.logging import get_dist_logger
+    from colossalai.logging.logger import DistributedLogger
+
+    from ominix.train import shims
+
+    stacks: list[int] = []
+    stack = inspect.stack
+    monkeypatch.setattr(inspect, "stack", lambda *a, **k: (stacks.append(1), stack(*a, **k))[1])
+    logger, original = get_dist_logger(), DistributedLogger.debug
+    with shims.patched():
+        logger.debug("not logged at INFO")
+        assert stacks == []
+        logger.set_level("DEBUG")
+        try:
+            logger.debug("logged")
+        finally:
+            logger.set_level("INFO")
+        assert stacks  # at DEBUG the record (with its call site) is built as before
+    assert DistributedLogger.debug is original

@@ -265,6 +265,19 @@ class LoggingConfig(Section):
         True, description="Draw RUN_DIR/plots/training.png (loss, lr, throughput) at each eval and at the end."
     )
     wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
+    profile_steps: tuple[int, int] | None = Field(
+        None, description="Profile steps [FIRST, LAST] on rank 0 (torch.profiler): a Chrome trace and a summary "
+        "(GPU busy, the host's time per phase) in RUN_DIR/profile/, e.g. [5, 6]."
+    )
+
+    @model_validator(mode="after")
+    def _profile_window(self) -> LoggingConfig:
+        if self.profile_steps is not None:
+            first, last = self.profile_steps
+            if not 1 <= first <= last:
+                raise ValueError(f"logging.profile_steps: [{first}, {last}] is not a window of steps "
+                                 "(want [FIRST, LAST] with 1 <= FIRST <= LAST, e.g. [5, 6])")
+        return self
 
 
 class LaunchConfig(Section):

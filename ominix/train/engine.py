@@ -381,7 +381,7 @@ def _free_port() -> int:
 
 def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_baseline: bool = False) -> Engine:
     """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up,
-    inside ``cpu_shims.patched()``, which must last as long as the engine is used).
+    inside ``shims.patched()``, which must last as long as the engine is used).
 
     ``hf_baseline`` trains transformers' LlamaForCausalLM instead of OminiX's decoder through the same
     plugin and optimizer: ColossalAI's own LLaMA path, the baseline of ``bench/train_throughput.py``."""

@@ -154,10 +154,10 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
 
     What the run changes in the process (a one-process group's environment variables when run
     in-process, the CPU shims, the signal handlers) is undone when it returns or raises."""
-    from ominix.train import cpu_shims
+    from ominix.train import shims
     from ominix.train.engine import one_process_env
 
-    with one_process_env(), cpu_shims.patched(), _preemption() as preempt:
+    with one_process_env(), shims.patched(), _preemption() as preempt:
         try:
             return _train(cfg, run_dir, preempt)
         finally:
@@ -176,6 +176,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, derive_layout, init_distributed
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
+    from ominix.train.profile import StepProfiler
     from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
 
     s, c = cfg.schedule, cfg.checkpoint
@@ -241,32 +242,39 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         meter.restart()
         return path
 
+    profiler = StepProfiler(cfg.logging.profile_steps, run_dir / "profile", engine.rank == 0)
     freeze_heap()
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
     while state.step < total:
-        batch = to_device(next(loader), engine.device)
+        profiler.before(state.step + 1)
+        with profiler.phase("data"):
+            batch = to_device(next(loader), engine.device)
         if layout.pp > 1:  # the plugin splits the batch into micro batches and runs the pipeline
-            loss = engine.pipeline_loss(batch)
+            with profiler.phase("forward"):
+                loss = engine.pipeline_loss(batch)
         else:
             loss = torch.zeros((), device=engine.device)
             for i, micro in enumerate(batch.split(layout.micro_batch)):
-                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast():
+                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast(), profiler.phase("forward"):
                     micro_loss = engine.loss(micro)
-                engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
+                with profiler.phase("backward"):
+                    engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
                 loss += micro_loss.detach().float() / layout.accum
         skip = s.on_nan == "skip"
-        if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
-            norm, stepped = torch.tensor(float("nan")), False
-        else:
-            norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
+        with profiler.phase("optimizer"):
+            if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
+                norm, stepped = torch.tensor(float("nan")), False
+            else:
+                norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
         if not stepped:
             state.skipped_steps += 1
             out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
         lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
-        engine.scheduler.step()
-        engine.optimizer.zero_grad()
+        with profiler.phase("optimizer"):
+            engine.scheduler.step()
+            engine.optimizer.zero_grad()
         state.step += 1
         state.tokens += layout.tokens_per_step
         window.append((loss, norm))
@@ -274,17 +282,18 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         done = state.step >= total
         saving = done or (c.every and state.step % c.every == 0)
         if state.step % cfg.logging.log_every == 0 or saving or done:
-            first = state.step - len(window) + 1
-            losses = _mean_over_dp([w[0] for w in window], engine)
-            norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
-            if s.on_nan == "stop":
-                _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
-            state.last_loss = losses[-1]
-            record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
-                      "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
-            out.line(format_step(record, total))
-            out.record("train", record)
-            window = []
+            with profiler.phase("log"):  # where the host waits for the GPU, once per window
+                first = state.step - len(window) + 1
+                losses = _mean_over_dp([w[0] for w in window], engine)
+                norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
+                if s.on_nan == "stop":
+                    _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
+                state.last_loss = losses[-1]
+                record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
+                          "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
+                out.line(format_step(record, total))
+                out.record("train", record)
+                window = []
         if s.eval_every and (state.step % s.eval_every == 0 or done):
             result = engine.evaluate(val_set, s.eval_batches)
             record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
@@ -293,6 +302,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
             engine.model.train()
             meter.restart()
         stop = state.step % cfg.logging.log_every == 0 and _agree(preempt.requested, engine)
+        if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
+            out.line(line)
         if saving or stop:
             path = save(announce=not (stop and not done))
         if stop and not done:  # the rank that saw no signal stops as the others do, with their code

@@ -48,7 +48,7 @@ def gemini_grads(compiled: bool) -> tuple[dict[str, torch.Tensor], float, int]:
     import torch.distributed as dist
     from colossalai.zero.gemini.gemini_ddp import GeminiDDP
 
-    from ominix.train import cpu_shims
+    from ominix.train import shims
     from ominix.train.engine import build_engine, init_distributed, one_process_env
 
     grads: dict[str, torch.Tensor] = {}
@@ -61,7 +61,7 @@ def gemini_grads(compiled: bool) -> tuple[dict[str, torch.Tensor], float, int]:
     GeminiDDP.grad_handle = staticmethod(recording)  # bound into each parameter's hook when boosted
     run = contextlib.ExitStack()
     run.enter_context(one_process_env())
-    run.enter_context(cpu_shims.patched())
+    run.enter_context(shims.patched())
     init_distributed(seed=0)
     world, rank = dist.get_world_size(), dist.get_rank()
     cfg = _config(compiled, "bf16", world)

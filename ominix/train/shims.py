@@ -1,10 +1,12 @@
-"""Shims that let ColossalAI 0.5.0's ZeRO (LowLevelZero) and tensor/pipeline-parallel code run on its
-CPU accelerator (gloo), so those plugins are tested on CPU machines. ``patched()`` applies them for
-the length of a run (the CPU ones only without a GPU) and restores what they replaced.
+"""Shims over ColossalAI 0.5.0 for the length of a run: ``patched()`` applies them and restores what
+they replaced on exit.
 
-On a CPU every operation is synchronous, so CUDA streams and synchronisation are no-ops; ColossalAI's
-``CpuAccelerator`` raises on them instead. Each patch below replaces one such raising method (or one
-check that only admits CUDA/NPU) and nothing else.
+- On its CPU accelerator (gloo), ZeRO (LowLevelZero) and tensor/pipeline-parallel code run, so those
+  plugins are tested on CPU machines. On a CPU every operation is synchronous, so CUDA streams and
+  synchronisation are no-ops; ColossalAI's ``CpuAccelerator`` raises on them instead. Each patch
+  replaces one such raising method (or one check that only admits CUDA/NPU) and nothing else.
+- Its logger's ``debug`` checks the level before it builds the record's call site (below).
+- Its pipeline code finds ``torch.distributed.is_hccl_available`` on torch releases without it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,25 @@ def _torch_compat() -> contextlib.AbstractContextManager:
     return _replaced(dist, is_hccl_available=lambda: False)
 
 
+def _debug_checks_level() -> contextlib.AbstractContextManager:
+    """ColossalAI's ``DistributedLogger.debug`` finds its caller with ``inspect.stack()`` before the
+    logger drops the record (its level is INFO). Gemini calls it after every backward: 3-5 ms from a
+    script, 26-50 ms in the worker on the H200 host, where ``python -m``'s frozen runpy frames make
+    ``inspect`` search every loaded module for each call. That was the training CLI's ~10% gap to
+    the bench at 1.1B with 8 micro batches per step (bench/NOTES.md, section 9)."""
+    import logging
+
+    from colossalai.logging.logger import DistributedLogger
+
+    debug = DistributedLogger.debug
+
+    def checked(self, message: str, ranks: list[int] | None = None) -> None:
+        if self._logger.isEnabledFor(logging.DEBUG):
+            debug(self, message, ranks)
+
+    return _replaced(DistributedLogger, debug=checked)
+
+
 @contextlib.contextmanager
 def _cpu_accelerator() -> Iterator[None]:
     import torch
@@ -95,5 +116,6 @@ def patched() -> Iterator[None]:
     """The shims a run needs (the CPU accelerator ones only without a GPU), undone on exit."""
     import torch
 
-    with _torch_compat(), (_cpu_accelerator() if not torch.cuda.is_available() else contextlib.nullcontext()):
+    cpu = _cpu_accelerator() if not torch.cuda.is_available() else contextlib.nullcontext()
+    with _torch_compat(), _debug_checks_level(), cpu:
         yield
