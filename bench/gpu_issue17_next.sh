@@ -9,12 +9,13 @@
 #   STAGE=zero2cpu  llama2-7b under zero2_cpu (optimizer state on the host), micro 16
 #   STAGE=profile the 1.1B bench and CLI on real data, then 2 more steps of each under torch.profiler
 #                 (bench --profile 2): where the CLI's ~11% goes; then zero2cpu in the time left
+#   STAGE=verify  after the logger fix (bench/NOTES.md section 9): the 1.1B bench and CLI again, profiled
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
 cd "$(dirname "$0")/.."
 source bench/gpu_common.sh
 prepare_c4096
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify}" in
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
         > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"
@@ -30,6 +31,12 @@ cli)
     grep -E '"(value|cli|cli_vs_bench)"' "$out/train_1.1b_cli_vs_bench_realdata_h200.json" ;;
 decode)
     EXPORT_7B=0 bash bench/gpu_issue17.sh ;;
+verify)
+    timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
+        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
+        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
+        --out "$out/train_1.1b_cli_vs_bench_fixed_h200.json" > "$out/verify.log" 2>&1
+    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log" ;;
 profile)
     timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
         --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \

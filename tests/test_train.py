@@ -411,3 +411,48 @@ def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch:
             logger.set_level("INFO")
         assert stacks  # at DEBUG the record (with its call site) is built as before
     assert DistributedLogger.debug is original
+
+
+def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(private_netns: None) -> None:
+    """Gemini read every gradient chunk's norm back to the host (a sync per chunk per micro batch);
+    under the run's shims it stays a tensor, and the optimizer's global norm (gathered chunks, and
+    sharded ones through its all-reduce) is the same number, read once."""
+    import contextlib
+    import math
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+    from colossalai.zero.gemini.gemini_optimizer import GeminiOptimizer
+
+    from ominix.train import shims
+    from ominix.train.engine import one_process_env
+
+    torch.manual_seed(0)
+    values = [torch.randn(n, dtype=torch.bfloat16) for n in (300, 77, 1024)]
+
+    def chunk(v: torch.Tensor, gathered: bool) -> SimpleNamespace:
+        return SimpleNamespace(is_gathered=gathered, cuda_global_chunk=v, utilized_size=len(v) - 5,
+                               cuda_shard=v, valid_end=len(v) - 5, l2_norm=None, torch_pg=dist.group.WORLD)
+
+    def global_norm(patched: bool) -> tuple[float, list]:
+        chunks = [chunk(v, gathered=i != 1) for i, v in enumerate(values)]
+        with shims.patched() if patched else contextlib.nullcontext():
+            for c in chunks:
+                Chunk.set_l2_norm(c)
+            kinds = [type(c.l2_norm) for c in chunks]
+            opt = SimpleNamespace(chunk16_set=chunks, module=SimpleNamespace(
+                chunk_manager=SimpleNamespace(reuse_fp16_chunk=True)))
+            return GeminiOptimizer._calc_global_norm(opt), kinds
+
+    with one_process_env():
+        dist.init_process_group("gloo")
+        try:
+            plain, plain_kinds = global_norm(patched=False)
+            lazy, lazy_kinds = global_norm(patched=True)
+        finally:
+            dist.destroy_process_group()
+    assert plain_kinds == [float] * 3 and lazy_kinds == [torch.Tensor] * 3
+    expected = math.sqrt(sum(float(v[: len(v) - 5].float().norm()) ** 2 for v in values))
+    assert isinstance(lazy, float) and lazy == pytest.approx(plain, rel=1e-6) == pytest.approx(expected, rel=1e-6)
