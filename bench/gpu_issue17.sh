@@ -9,6 +9,7 @@
 # Writes $OUT/decode_run{1,2,3}.json, $OUT/decode_median.json, $OUT/export_memory_7b.json and logs.
 #   OUT=/path bash bench/gpu_issue17.sh        (the device runner sets OUT)
 #   EXPORT_7B=0 bash bench/gpu_issue17.sh      (decode only)
+#   DECODE_ARGS=--prefill-graphs ...            (extra bench/decode.py options)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}
@@ -23,7 +24,7 @@ free -g | head -2; df -h "$tmp" | tail -1
 
 for i in 1 2 3; do  # ~1.5 min each: export + compile + 3 timed runs + transformers
     echo "== decode run $i ($(( $(date +%s) - start )) s)"
-    timeout 170 "$python" bench/decode.py --out "$out/decode_run$i.json" > "$out/decode_run$i.log" 2>&1 \
+    timeout 170 "$python" bench/decode.py ${DECODE_ARGS:-} --out "$out/decode_run$i.json" > "$out/decode_run$i.log" 2>&1 \
         || echo "FAILED: decode run $i (see decode_run$i.log)"
     tail -3 "$out/decode_run$i.log"
 done
@@ -33,7 +34,8 @@ from pathlib import Path
 out = Path(sys.argv[1])
 runs = [json.loads(p.read_text()) for p in sorted(out.glob("decode_run*.json"))]
 if runs:
-    keys = ("value", "fraction_of_bandwidth_limit", "ominix_prefill_ms", "baseline", "bandwidth_limit")
+    keys = ("value", "fraction_of_bandwidth_limit", "ominix_prefill_ms", "ominix_prefill_eager_ms", "baseline",
+            "bandwidth_limit")
     med = {k: statistics.median(r[k] for r in runs) for k in keys if all(r.get(k) is not None for r in runs)}
     result = {**{k: runs[0][k] for k in ("name", "card", "date", "unit")},
               "command": "bash bench/gpu_issue17.sh (3 x python bench/decode.py)", "runs": len(runs), **med,

@@ -9,13 +9,18 @@
 #   STAGE=zero2cpu  llama2-7b under zero2_cpu (optimizer state on the host), micro 16
 #   STAGE=profile the 1.1B bench and CLI on real data, then 2 more steps of each under torch.profiler
 #                 (bench --profile 2): where the CLI's ~11% goes; then zero2cpu in the time left
-#   STAGE=verify  after the logger fix (bench/NOTES.md section 9): the 1.1B bench and CLI again, profiled
+#   STAGE=verify  after the logger and chunk-norm fixes (bench/NOTES.md sections 9, 11): the 1.1B bench
+#                 and CLI again, profiled
+#   STAGE=prefill three decode runs with the prompt as a CUDA graph (bench/decode.py --prefill-graphs,
+#                 which times the eager prefill too), then tests/gpu/test_infer_gpu.py
+#   STAGE=casts   the 200-step 1.1B loss match of section 8 with Inductor emulating eager's bf16 casts
+#                 (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1): is the compiled layers' +0.019 rounding?
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
 cd "$(dirname "$0")/.."
 source bench/gpu_common.sh
 prepare_c4096
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|casts|prefill}" in
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
         > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"
@@ -37,6 +42,15 @@ verify)
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
         --out "$out/train_1.1b_cli_vs_bench_fixed_h200.json" > "$out/verify.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log" ;;
+prefill)
+    EXPORT_7B=0 DECODE_ARGS=--prefill-graphs bash bench/gpu_issue17.sh | tail -25
+    timeout $(( $(left) - 10 )) "$python" -m pytest -q -m gpu tests/gpu/test_infer_gpu.py -p no:cacheprovider 2>&1 | tail -5 ;;
+casts)
+    TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 timeout 560 "$python" bench/loss_match.py --preset tinyllama-1.1b \
+        --data "$data" --plugin gemini --steps 200 --tol 0.02 --set schedule.global_batch_size=4 \
+        --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
+        --out "$out/loss_match_1.1b_gemini_casts_h200.json" > "$out/loss_match_casts.log" 2>&1
+    grep -E '"(value|last10_mean_loss_diff|max_abs_diff|ok)"' "$out/loss_match_1.1b_gemini_casts_h200.json" ;;
 profile)
     timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
         --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \

@@ -95,6 +95,32 @@ def test_static_decode_steps_equal_the_full_forward(attention: str) -> None:
     torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
 
 
+def test_a_prompt_padded_to_its_prefill_size_gives_the_same_logits_and_decoding() -> None:
+    """The prefill graph's padding (tests/gpu runs the graph itself): the prompt padded with zeros to
+    a power of two gives the last real position's logits, and decoding over the pads' cache rows
+    gives the full forward's. Without a CUDA device there are no graphs: prefill runs eagerly."""
+    from ominix.config import ModelConfig
+    from ominix.infer.generate import StaticDecoder, prefill_size
+    from ominix.model import build_model
+
+    assert [prefill_size(n, 40) for n in (1, 16, 17, 33)] == [16, 16, 32, 40]
+    cfg = ModelConfig(vocab_size=61, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=48, attn="sdpa")
+    model = build_model(cfg, seed=1).eval()
+    ids = torch.randint(1, 61, (1, 12), generator=torch.Generator().manual_seed(0))
+    decoder = StaticDecoder(model, 40, prefill_graphs=True)
+    assert not decoder.prefill_graphs  # no CUDA graphs on a CPU
+    padded = torch.zeros(1, prefill_size(5, 40), dtype=torch.long)
+    padded[:, :5] = ids[:, :5]
+    with torch.no_grad():
+        first = decoder._prompt_logits(padded, torch.tensor([4]))
+    decoder.cache.pos = 5
+    steps = [first] + [decoder.step(int(ids[0, i]), i) for i in range(5, 12)]
+    with torch.no_grad():
+        full = model(ids).logits[0, 4:]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
+
+
 def test_decode_kernels_equal_the_full_forward() -> None:
     """OminiX's Triton decode kernels (run here by Triton's interpreter on the CPU, which must be
     chosen before Triton is imported: a fresh process; on a GPU by tests/gpu) give the decode step

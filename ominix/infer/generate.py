@@ -5,6 +5,11 @@ through ``StaticDecoder.step``: the same modules, but every shape is fixed (the 
 full length under a mask of the filled positions, and the position is a tensor), so on a GPU the
 step is compiled with ``torch.compile`` and captured once in a CUDA graph. A decode step is then one
 graph replay instead of hundreds of kernel launches, which is what batch-1 decoding is bound by.
+
+With ``prefill_graphs`` the prompt's forward is a CUDA graph too: the prompt is padded to a power of
+two (``prefill_size``) and one graph per size is captured on first use. Padding is exact: attention is
+causal, so the real positions never see the pads, and decoding writes each cache row it reads before
+reading it (the pads' rows are past the position being decoded).
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class Sampling:
         return asdict(self)
 
 
+PREFILL_MIN = 16  # the smallest padded prompt of a prefill graph
+
+
+def prefill_size(length: int, max_len: int) -> int:
+    """The padded length of a ``length``-token prompt's prefill graph: the next power of two (at least
+    ``PREFILL_MIN``), never past the cache."""
+    return min(max(PREFILL_MIN, 1 << (length - 1).bit_length()), max_len)
+
+
 # Inductor options for the compiled decode step. With coordinate-descent tuning on, Inductor also
 # rewrites each batch-1 matrix-vector product as a multiply-and-sum that it generates and tunes
 # itself (instead of a cuBLAS call), so the norms before it and the residual add after it fuse in.
@@ -56,12 +70,13 @@ class StaticDecoder:
 
     def __init__(self, model: LlamaForCausalLM, max_len: int, compile: bool = False,
                  cuda_graph: bool = False, attention: str | None = None,
-                 inductor: dict | None = None, kernels: bool = False) -> None:
+                 inductor: dict | None = None, kernels: bool = False, prefill_graphs: bool = False) -> None:
         """``attention``: "sdpa" (torch's kernel) or "dot" (plain products and sums, which the
         compiler fuses: faster on a GPU when compiled); None picks "dot" when ``compile``.
         ``inductor``: options for the compiler (default ``INDUCTOR``). ``kernels``: the layers run
         as OminiX's Triton kernels (``ominix.infer.kernels``: products with their norms, SwiGLU and
-        residual adds, and attention with rotary and cache writes); ``attention`` is then unused."""
+        residual adds, and attention with rotary and cache writes); ``attention`` is then unused.
+        ``prefill_graphs``: run the prompt as a CUDA graph of its padded length (with ``cuda_graph``)."""
         if kernels:
             if not triton_kernels.available(model.lm_head.weight.device):
                 raise OminixError("the decode kernels need Triton and a CUDA device", "leave them off")
@@ -91,8 +106,11 @@ class StaticDecoder:
         self._step = (torch.compile(self._decode, fullgraph=True, dynamic=False, options=options)
                       if compile else self._decode)
         self._graph: torch.cuda.CUDAGraph | None = None
+        # padded prompt length -> (graph, its token ids, index of the last real position, its logits)
+        self._prefills: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         if cuda_graph and self.device.type == "cuda":
             self._capture()  # before any prefill: the warm-up steps write cache rows the prompt overwrites
+        self.prefill_graphs = prefill_graphs and self._graph is not None
 
     @property
     def use_graph(self) -> bool:
@@ -102,8 +120,42 @@ class StaticDecoder:
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt ``ids`` [1, T] from an empty cache; returns the last position's logits."""
         self.cache.pos = 0
-        logits = self.model(ids.to(self.device), cache=self.cache).logits
-        return logits[:, -1].float()
+        if not self.prefill_graphs:
+            logits = self.model(ids.to(self.device), cache=self.cache).logits
+            return logits[:, -1].float()
+        t = ids.shape[1]
+        graph, tokens, last, logits = self.prefill_graph(t)
+        tokens.zero_()
+        tokens[:, :t].copy_(ids)
+        last.fill_(t - 1)
+        graph.replay()
+        self.cache.pos = t
+        return logits.float()
+
+    def prefill_graph(self, length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prefill graph that takes a ``length``-token prompt, captured on first use (callers may
+        capture ahead of time: two eager forwards and the capture)."""
+        size = prefill_size(length, self.max_len)
+        if size not in self._prefills:
+            tokens = torch.zeros(1, size, dtype=torch.long, device=self.device)
+            last = torch.zeros(1, dtype=torch.long, device=self.device)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.no_grad():  # warm up outside the graph
+                for _ in range(2):
+                    self._prompt_logits(tokens, last)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                logits = self._prompt_logits(tokens, last)
+            self._prefills[size] = (graph, tokens, last, logits)
+        return self._prefills[size]
+
+    def _prompt_logits(self, tokens: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The prompt ``tokens`` from an empty cache; logits [1, vocab] at position ``last`` alone."""
+        self.cache.pos = 0
+        hidden = self.model.model(tokens, cache=self.cache)
+        return self.model.lm_head(hidden.index_select(1, last))[:, 0]
 
     @torch.no_grad()
     def step(self, token: int, pos: int) -> torch.Tensor:

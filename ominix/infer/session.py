@@ -46,13 +46,18 @@ class Session:
             raise OminixError("the prompt is empty and the tokenizer adds no BOS token", "give a prompt")
         return ids
 
-    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None) -> StaticDecoder:
+    def decoder(self, longest: int, sampling: Sampling, inductor: dict | None = None,
+                prefill_graphs: bool = False) -> StaticDecoder:
         """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
-        (default ``generate.INDUCTOR``)."""
+        (default ``generate.INDUCTOR``); ``prefill_graphs``: prompts run as CUDA graphs (on a GPU),
+        the one that takes ``longest`` tokens captured now."""
         max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
         on_gpu = self.device.startswith("cuda")
-        return StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
-                             inductor=inductor, kernels=self.kernels)
+        decoder = StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
+                                inductor=inductor, kernels=self.kernels, prefill_graphs=prefill_graphs)
+        if decoder.prefill_graphs:
+            decoder.prefill_graph(longest)
+        return decoder
 
     def record(self, prompt: dict[str, Any], ids: list[int], result: Generation,
                sampling: Sampling) -> dict[str, Any]:

@@ -34,6 +34,31 @@ def test_cuda_graph_decode_equals_full_forward(compile: bool, attention: str, ke
     torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("length", [5, 16, 17, 31])
+def test_prefill_graph_of_a_padded_prompt_equals_the_full_forward(length: int) -> None:
+    """The prompt padded to a power of two and run as a CUDA graph gives the last position's logits
+    of the full forward, and decoding after it (over the pads' cache rows) does too; one graph serves
+    every length of its size."""
+    from ominix.config import ModelConfig
+    from ominix.infer.generate import StaticDecoder, prefill_size
+    from ominix.model import build_model
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, attn="sdpa")
+    model = build_model(cfg, device="cuda", seed=0).eval()
+    ids = torch.randint(0, 97, (1, length + 8), generator=torch.Generator().manual_seed(length)).cuda()
+    decoder = StaticDecoder(model, 48, compile=True, cuda_graph=True, kernels=True, prefill_graphs=True)
+    assert decoder.prefill_graphs
+    decoder.prefill(ids[:, :3])  # an earlier, shorter prompt in the same decoder
+    steps = [decoder.prefill(ids[:, :length])]
+    steps += [decoder.step(int(ids[0, i]), i) for i in range(length, length + 8)]
+    with torch.no_grad():
+        full = model(ids).logits[0, length - 1 :]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=1e-4)
+    assert set(decoder._prefills) == {prefill_size(3, 48), prefill_size(length, 48)}
+
+
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "compiled"])
 def test_greedy_equals_transformers_on_gpu_fp32(tmp_path: Path, kernels: bool) -> None:
     from transformers import AutoModelForCausalLM
