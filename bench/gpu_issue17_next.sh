@@ -13,6 +13,7 @@
 #                 and CLI again, profiled
 #   STAGE=prefill three decode runs with the prompt as a CUDA graph (bench/decode.py --prefill-graphs,
 #                 which times the eager prefill too), then tests/gpu/test_infer_gpu.py
+#   STAGE=verify7b  llama2-7b micro 16 (the preset's step) after the chunk-norm fix, one more step profiled
 #   STAGE=casts   the 200-step 1.1B loss match of section 8 with Inductor emulating eager's bf16 casts
 #                 (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1): is the compiled layers' +0.019 rounding?
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
@@ -20,7 +21,7 @@
 cd "$(dirname "$0")/.."
 source bench/gpu_common.sh
 prepare_c4096
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|casts|prefill}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill}" in
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
         > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"
@@ -42,6 +43,11 @@ verify)
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
         --out "$out/train_1.1b_cli_vs_bench_fixed_h200.json" > "$out/verify.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log" ;;
+verify7b)
+    timeout 560 "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 --warmup 1 --steps 2 \
+        --profile 1 --no-baseline --set model.compile=true --set model.attn=auto --profile-dir "$out/profile" \
+        --out "$out/train_7b_gemini_1gpu_micro16_fixed_h200.json" > "$out/verify7b.log" 2>&1
+    grep -E 'profiled|"(value|mfu|peak_mem_gib)"' "$out/verify7b.log" ;;
 prefill)
     EXPORT_7B=0 DECODE_ARGS=--prefill-graphs bash bench/gpu_issue17.sh | tail -25
     timeout $(( $(left) - 10 )) "$python" -m pytest -q -m gpu tests/gpu/test_infer_gpu.py -p no:cacheprovider 2>&1 | tail -5 ;;

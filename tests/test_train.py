@@ -456,3 +456,14 @@ def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(
     assert plain_kinds == [float] * 3 and lazy_kinds == [torch.Tensor] * 3
     expected = math.sqrt(sum(float(v[: len(v) - 5].float().norm()) ** 2 for v in values))
     assert isinstance(lazy, float) and lazy == pytest.approx(plain, rel=1e-6) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:
+    from ominix.train.profile import StepProfiler
+
+    def note(steps, done, total, enabled=True):
+        return StepProfiler(steps, Path("unused"), enabled).unreachable(done, total)
+
+    assert note((5, 6), 0, 10) is None and note(None, 0, 10) is None and note((5, 6), 0, 2, enabled=False) is None
+    assert "the run's 4 steps end before it" in note((5, 6), 0, 4)
+    assert "resumes at step 8" in note((5, 6), 7, 10)

@@ -74,6 +74,8 @@ def launch(
 
       ominix train launch tiny --data data/tiny --out runs/tiny --resume auto
 
+      ominix train launch tiny --data data/tiny --set "logging.profile_steps=[5, 6]"   # trace in RUN_DIR/profile
+
       ominix train launch llama2-7b --plugin gemini --nodes 4 --hostfile hosts.txt --data data/slimpajama --dry-run
     """
     from ominix.errors import OminixError

@@ -243,6 +243,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         return path
 
     profiler = StepProfiler(cfg.logging.profile_steps, run_dir / "profile", engine.rank == 0)
+    if note := profiler.unreachable(state.step, total):
+        out.line(note)
     freeze_heap()
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
