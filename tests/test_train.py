@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -338,8 +339,19 @@ def test_training_turns_on_expandable_segments_unless_the_user_configured_the_al
     assert calls == ["expandable_segments:True"]  # the user's setting stands
 
 
+@pytest.fixture
+def in_process(private_netns: None) -> Iterator[None]:
+    """For a test that calls ``loop.train`` in this process: the process group it joins is left
+    behind by ``train`` (the worker's ``main`` tears it down), so tear it down after the test."""
+    import torch.distributed as dist
+
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
-        private_netns: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        in_process: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The objects of the setup (torch, the engine) are frozen while the steps run, so full garbage
     collections scan only what the steps allocate; an in-process run leaves the collector as it was."""
     import gc
@@ -358,7 +370,7 @@ def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
 
 
 def test_profile_steps_write_a_trace_and_a_summary_of_the_window(
-        private_netns: None, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        in_process: None, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """logging.profile_steps runs that window under torch.profiler: a gzipped Chrome trace and a summary
     with the host's time per phase; a window past the run's end closes at its last step."""
     import gzip
