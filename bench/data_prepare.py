@@ -23,13 +23,13 @@ import json
 import os
 import platform
 import resource
-import shlex
-import subprocess
 import sys
 import sysconfig
 import time
 from datetime import date
 from pathlib import Path
+
+import childproc  # bench/childproc.py: this script's folder is on sys.path
 
 SEQ_LEN = 2048
 VOCAB = 32000
@@ -128,19 +128,9 @@ def stage_datasets(corpus: Path, tokenizer: Path, work: Path) -> dict:
 
 
 def measured(cmd: list[str]) -> dict:
-    """Run ``cmd`` in a fresh wrapper process; wall seconds and peak RSS of the largest process."""
-    wrapper = (
-        "import json, resource, subprocess, sys, time\n"
-        "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'rc': r.returncode, 'stdout': r.stdout,\n"
-        "  'stderr': r.stderr[-2000:], 'peak_rss_mb': u.ru_maxrss / 1024, 'cpu_seconds': u.ru_utime + u.ru_stime}))"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    if result["rc"] != 0:
-        raise SystemExit(f"{shlex.join(cmd)} failed:\n{result['stderr']}")
-    return result
+    """Run ``cmd`` as a child: wall seconds, CPU seconds, output and the peak RSS of its largest process."""
+    result = childproc.run(cmd)
+    return {**result, "peak_rss_mb": result["peak_rss_bytes"] / 2**20}
 
 
 def ours_run(cmd: list[str]) -> dict:

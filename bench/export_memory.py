@@ -2,8 +2,8 @@
 infer/eval, on a random-init checkpoint made in a temporary directory.
 
 Each measured command runs in its own child process; its peak RSS is the kernel's ``ru_maxrss``
-of that child alone (``os.wait4``). The bound the export must hold: peak <= 0.5 x the checkpoint's
-weight bytes + 1 GiB. ``--baseline-pythonpath DIR`` runs the same export with another checkout's
+of that child and what it waited for (``bench/childproc.py``). The bound the export must hold:
+peak <= 0.5 x the checkpoint's weight bytes + 1 GiB. ``--baseline-pythonpath DIR`` runs the same export with another checkout's
 ``ominix`` (an older main) in the same call, for a same-run before/after.
 
     python bench/export_memory.py --out bench/results/export_memory_cpu.json          # ~300M, fp32
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import childproc  # bench/childproc.py: this script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -75,14 +77,8 @@ print(json.dumps({{"params": sum(v.numel() for v in state.values()), "model": cf
 
 def measure(argv: list[str], env: dict | None = None) -> dict:
     """Run ``argv``; its wall time and peak RSS (this child alone)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{shlex.join(argv)} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3)}
+    result = childproc.run(argv, env)
+    return {"seconds": round(result["seconds"], 2), "peak_rss_gib": round(result["peak_rss_bytes"] / GIB, 3)}
 
 
 def _card_name() -> str:

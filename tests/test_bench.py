@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -96,3 +98,21 @@ def test_train_throughput_bench_records_the_cli_at_the_same_step(private_netns: 
         summary = json.loads((tmp_path / "profile" / side / "steps_5-5.json").read_text())
         assert summary["host_phase_s"]["forward"] > 0 and summary["host_phase_s"]["backward"] > 0
         assert (tmp_path / "profile" / side / "steps_5-5.trace.json.gz").stat().st_size > 0
+
+
+def test_the_benches_measure_a_child_its_peak_memory_and_all_its_output() -> None:
+    """bench/childproc.py: the peak RSS of a child (and of what it runs) and its CPU time; output
+    beyond a pipe's capacity does not block it; a failure stops the bench with the output."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import childproc
+    finally:
+        sys.path.pop(0)
+    hold = "import sys; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); sys.stderr.write('.' * 2**20)"
+    inner = [sys.executable, "-c", hold]
+    r = childproc.run([sys.executable, "-c", f"import subprocess; subprocess.run({inner!r})"])
+    assert r["rc"] == 0 and r["peak_rss_bytes"] >= 300 * 2**20 and r["cpu_seconds"] > 0
+    assert len(r["stderr"]) == 2**20  # a megabyte through a 64 KiB pipe, all of it
+    with pytest.raises(SystemExit, match=r"failed \(3\)"):
+        childproc.run([sys.executable, "-c", "import sys; print('why'); sys.exit(3)"])
+    assert childproc.run([sys.executable, "-c", "raise SystemExit(2)"], check=False)["rc"] == 2
