@@ -130,7 +130,7 @@ class StaticDecoder:
         last.fill_(t - 1)
         graph.replay()
         self.cache.pos = t
-        return logits.float()
+        return logits.to(torch.float32, copy=True)  # the graph's buffer is reused by the next replay
 
     def prefill_graph(self, length: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The prefill graph that takes a ``length``-token prompt, captured on first use (callers may
