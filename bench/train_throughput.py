@@ -70,7 +70,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
     import torch.distributed as dist
 
     from ominix.train.engine import build_engine
-    from ominix.train.loop import freeze_heap
+    from ominix.train.loop import forward_backward, freeze_heap
     from ominix.train.profile import StepProfiler
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
@@ -87,15 +87,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
         profiler.before(done + 1)
         with profiler.phase("data"):
             batch = next(batches)
-        if layout.pp > 1:
-            with profiler.phase("forward"):
-                engine.pipeline_loss(batch)
-        else:
-            for i, micro in enumerate(batch.split(layout.micro_batch)):
-                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast(), profiler.phase("forward"):
-                    loss = engine.loss(micro)
-                with profiler.phase("backward"):
-                    engine.booster.backward(loss / layout.accum, engine.optimizer)
+        forward_backward(engine, batch, profiler.phase)  # the training loop's own step
         with profiler.phase("optimizer"):
             engine.clip_and_step(cfg.optim.grad_clip)
             engine.optimizer.zero_grad()

@@ -8,12 +8,12 @@ and over the steps since the last log line, read from the device once per log wi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +50,7 @@ class _Preemption:
         self.signal = self.signal or signum
 
 
-@contextmanager
+@contextlib.contextmanager
 def _preemption() -> Iterator[_Preemption]:
     """The stop-signal handlers for the length of the run; the previous handlers are back afterwards."""
     preempt = _Preemption()
@@ -103,6 +103,28 @@ def to_device(batch, device):
     if device.type != "cuda":
         return batch
     return batch.pin_memory().to(device, non_blocking=True)
+
+
+def forward_backward(engine, batch, phase=lambda name: contextlib.nullcontext()):
+    """Forward and backward of one step's ``batch`` (the rank's sequences): through the pipeline
+    (the plugin splits it into micro batches), or micro batch by micro batch with the gradients
+    accumulated and synchronised after the last. Returns the step's mean loss, on the device. ``phase``
+    names the host's time (``StepProfiler.phase``). The training loop and bench/train_throughput.py
+    both run this, so the bench times the loop's own step."""
+    import torch
+
+    layout = engine.layout
+    if layout.pp > 1:
+        with phase("forward"):
+            return engine.pipeline_loss(batch)
+    loss = torch.zeros((), device=engine.device)
+    for i, micro in enumerate(batch.split(layout.micro_batch)):
+        with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast(), phase("forward"):
+            micro_loss = engine.loss(micro)
+        with phase("backward"):
+            engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
+        loss += micro_loss.detach().float() / layout.accum
+    return loss
 
 
 def freeze_heap() -> None:
@@ -253,17 +275,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
         profiler.before(state.step + 1)
         with profiler.phase("data"):
             batch = to_device(next(loader), engine.device)
-        if layout.pp > 1:  # the plugin splits the batch into micro batches and runs the pipeline
-            with profiler.phase("forward"):
-                loss = engine.pipeline_loss(batch)
-        else:
-            loss = torch.zeros((), device=engine.device)
-            for i, micro in enumerate(batch.split(layout.micro_batch)):
-                with engine.no_sync(last_micro=i == layout.accum - 1), engine.autocast(), profiler.phase("forward"):
-                    micro_loss = engine.loss(micro)
-                with profiler.phase("backward"):
-                    engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
-                loss += micro_loss.detach().float() / layout.accum
+        loss = forward_backward(engine, batch, profiler.phase)
         skip = s.on_nan == "skip"
         with profiler.phase("optimizer"):
             if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
