@@ -10,10 +10,10 @@
 #   STAGE=profile the 1.1B bench and CLI on real data, then 2 more steps of each under torch.profiler
 #                 (bench --profile 2): where the CLI's ~11% goes; then zero2cpu in the time left
 #   STAGE=verify  after the logger and chunk-norm fixes (bench/NOTES.md sections 9, 11): the 1.1B bench
-#                 and CLI again, profiled
+#                 and CLI again, profiled (THEN_7B=1: verify7b after it in the same call, in the time left)
+#   STAGE=verify7b  llama2-7b micro 16 (the preset's step) after the chunk-norm fix, one more step profiled
 #   STAGE=prefill three decode runs with the prompt as a CUDA graph (bench/decode.py --prefill-graphs,
 #                 which times the eager prefill too), then tests/gpu/test_infer_gpu.py
-#   STAGE=verify7b  llama2-7b micro 16 (the preset's step) after the chunk-norm fix, one more step profiled
 #   STAGE=casts   the 200-step 1.1B loss match of section 8 with Inductor emulating eager's bf16 casts
 #                 (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1): is the compiled layers' +0.019 rounding?
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
@@ -42,9 +42,10 @@ verify)
         --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
         --out "$out/train_1.1b_cli_vs_bench_fixed_h200.json" > "$out/verify.log" 2>&1
-    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log" ;;
+    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log"
+    [ "${THEN_7B:-0}" = 1 ] && STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0" ;;
 verify7b)
-    timeout 560 "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 --warmup 1 --steps 2 \
+    timeout $(( $(left) < 560 ? $(left) : 560 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 --warmup 1 --steps 2 \
         --profile 1 --no-baseline --set model.compile=true --set model.attn=auto --profile-dir "$out/profile" \
         --out "$out/train_7b_gemini_1gpu_micro16_fixed_h200.json" > "$out/verify7b.log" 2>&1
     grep -E 'profiled|"(value|mfu|peak_mem_gib)"' "$out/verify7b.log" ;;
