@@ -23,3 +23,12 @@ prepare_c4096() {
     [ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \
         --val-fraction 0.1 --out "$data" > "$out/prepare.log" 2>&1 || { tail "$out/prepare.log"; exit 1; }
 }
+# The device returns at most 8 files: pack $out/profile (traces and summaries, from --profile) into
+# one profiles.tgz, keep each summary beside it as profile_SIDE_STEPS.json, and drop prepare.log.
+pack_profiles() {
+    [ -d "$out/profile" ] || return 0
+    for f in "$out"/profile/*/steps_*.json; do
+        [ -f "$f" ] && cp "$f" "$out/profile_$(basename "$(dirname "$f")")_$(basename "$f")"
+    done
+    tar czf "$out/profiles.tgz" -C "$out" profile && rm -rf "$out/profile" "$out/prepare.log"
+}

@@ -72,3 +72,4 @@ zero2cpu)
         > "$out/zero2cpu.log" 2>&1
     grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/zero2cpu.log" | tail -5 ;;
 esac
+pack_profiles
