@@ -21,6 +21,14 @@
 cd "$(dirname "$0")/.."
 source bench/gpu_common.sh
 prepare_c4096
+# The 1.1B preset's step (micro 4 x 8) through the bench and the CLI on real data, 4 timed steps, then
+# 2 profiled per side: results in $out/$1.json, the log in $out/$2.log
+profiled_1b() {
+    timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
+        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
+        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$1.json" > "$out/$2.log" 2>&1
+    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$2.log"
+}
 case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill}" in
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
@@ -38,11 +46,7 @@ cli)
 decode)
     EXPORT_7B=0 bash bench/gpu_issue17.sh ;;
 verify)
-    timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
-        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
-        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
-        --out "$out/train_1.1b_cli_vs_bench_fixed_h200.json" > "$out/verify.log" 2>&1
-    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/verify.log"
+    profiled_1b train_1.1b_cli_vs_bench_fixed_h200 verify
     [ "${THEN_7B:-0}" = 1 ] && STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0" ;;
 verify7b)
     timeout $(( $(left) < 560 ? $(left) : 560 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 --warmup 1 --steps 2 \
@@ -59,11 +63,7 @@ casts)
         --out "$out/loss_match_1.1b_gemini_casts_h200.json" > "$out/loss_match_casts.log" 2>&1
     grep -E '"(value|last10_mean_loss_diff|max_abs_diff|ok)"' "$out/loss_match_1.1b_gemini_casts_h200.json" ;;
 profile)
-    timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
-        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
-        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" \
-        --out "$out/train_1.1b_cli_vs_bench_profiled_h200.json" > "$out/profile.log" 2>&1
-    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/profile.log"
+    profiled_1b train_1.1b_cli_vs_bench_profiled_h200 profile
     cat "$out"/profile/*/steps_*.json
     STAGE=zero2cpu BUDGET=$(( $(left) - 15 )) bash "$0" ;;
 zero2cpu)

@@ -175,7 +175,7 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     128 + the signal: 143 for SIGTERM, 130 for Ctrl-C), or a non-finite loss (raise).
 
     What the run changes in the process (a one-process group's environment variables when run
-    in-process, the CPU shims, the signal handlers) is undone when it returns or raises."""
+    in-process, the ColossalAI shims, the signal handlers) is undone when it returns or raises."""
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 

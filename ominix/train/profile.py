@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -107,16 +106,14 @@ class StepProfiler:
         prof.__exit__(None, None, None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = f"steps_{self.first}-{self.last}"
-        raw = self.out_dir / f"{name}.trace.json"
-        prof.export_chrome_trace(str(raw))
-        trace = json.loads(raw.read_text())
-        with raw.open("rb") as src, gzip.open(self.out_dir / f"{name}.trace.json.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        raw.unlink()
+        trace_file = self.out_dir / f"{name}.trace.json.gz"
+        prof.export_chrome_trace(str(trace_file))  # torch compresses a path ending in .gz
+        with gzip.open(trace_file, "rt") as f:
+            trace = json.load(f)
         summary = {"steps": [self.first, self.last], **summarize(trace, wall)}
         (self.out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
         host = ", ".join(f"{k} {v:.3f}" for k, v in summary["host_phase_s"].items())
         busy = summary["gpu_busy_fraction"]
         return (f"profiled steps {self.first}-{self.last}: {wall:.3f} s"
                 + (f", GPU busy {busy:.1%}" if busy is not None else "")
-                + f"; host s: {host}; trace {self.out_dir / name}.trace.json.gz")
+                + f"; host s: {host}; trace {trace_file}")
