@@ -58,6 +58,15 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
         offload_optim_frac=p.offload_optim_frac if (placement or p.gemini_placement) == "static" else 0.0,
         enable_gradient_accumulation=layout.accum > 1,
         max_norm=cfg.optim.grad_clip,
+        # Gemini's async reduce runs each gradient chunk's reduction on a side stream and frees the
+        # chunk from the host without telling the allocator that stream still reads it. Stock
+        # ColossalAI is saved by accident: with clipping on it reads every chunk's norm back
+        # (`.item()`), which waits for the side stream. Once the norms stay on the device (shims.py)
+        # nothing waits, and 7B at micro 16 (133 GiB, the allocator reusing and unmapping freed
+        # memory) died with an illegal memory access. The reduction on the compute stream is ordered
+        # by construction; the host still never waits. Pinned memory is what async reduce turned on.
+        enable_async_reduce=False,
+        pin_memory=True,
     )
 
 

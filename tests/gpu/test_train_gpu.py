@@ -67,3 +67,33 @@ def test_fp16_loss_scaling_trains(data_dir: Path, tmp_path: Path) -> None:
                 sets=[*SETS, "parallel.precision=fp16", "schedule.eval_every=0"]))
     losses = _losses(run)
     assert losses[6] < losses[1]
+
+
+def test_chunk_norm_reads_back_on_a_side_stream() -> None:
+    """The run's chunk-norm shim keeps a gradient chunk's norm on the device on the compute stream,
+    and reads it back (Gemini's own behaviour) on any other stream, where that read is what orders
+    the host's frees after the stream's reads."""
+    from types import SimpleNamespace
+
+    import torch
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    from ominix.train import shims
+
+    v = torch.randn(1000, device="cuda", dtype=torch.bfloat16)
+    expected = float(v[:990].float().norm()) ** 2
+
+    def norm() -> object:
+        c = SimpleNamespace(is_gathered=True, cuda_global_chunk=v, utilized_size=990, l2_norm=None)
+        Chunk.set_l2_norm(c)
+        return c.l2_norm
+
+    with shims.patched():
+        on_device = norm()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            read_back = norm()
+    assert isinstance(on_device, torch.Tensor) and on_device.is_cuda
+    assert isinstance(read_back, float)
+    assert float(on_device) == pytest.approx(expected, rel=1e-5) and read_back == pytest.approx(expected, rel=1e-5)
