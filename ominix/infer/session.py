@@ -173,7 +173,9 @@ def complete_file(session: Session, prompts: list[dict[str, Any]], sampling: Sam
                   progress: Callable[[int, dict[str, Any]], None] | None = None) -> int:
     """Generate for every prompt (all checked before the first) into ``out``, written atomically."""
     encoded = [session.encode(p["prompt"]) for p in prompts]
-    decoder = session.decoder(max(len(ids) for ids in encoded), sampling)
+    # prompts run as CUDA graphs, one per padded length (3.2 ms instead of ~19 for a short prompt at
+    # 1.1B on an H200); one prompt alone would pay the capture (two forwards and a graph) for nothing
+    decoder = session.decoder(max(len(ids) for ids in encoded), sampling, prefill_graphs=len(encoded) > 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

@@ -89,3 +89,27 @@ def test_infer_cli_uses_bf16_and_the_kernels_on_gpu(tmp_path: Path) -> None:
     assert record["settings"]["device"] == "cuda" and record["settings"]["dtype"] == "bf16"
     assert record["settings"]["kernels"] is True
     assert 1 <= record["completion_tokens"] <= 16
+
+
+def test_prompt_file_runs_prompts_as_graphs_and_matches_one_by_one(tmp_path: Path) -> None:
+    """A file of prompts runs each prompt as a CUDA graph of its padded length; the greedy
+    completions are those of one prompt at a time (eager prefill)."""
+    from ominix.infer.generate import Sampling, generate
+    from ominix.infer.load import resolve
+    from ominix.infer.session import complete_file, open_session
+    from ominix.infer.export import export
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    run = make_run(tmp_path, initializer_range=0.3)
+    export(run, tmp_path / "hf", dtype="fp32", device="cuda")
+    session = open_session(resolve(tmp_path / "hf"), "cuda", "fp32", compile=True, kernels=True)
+    prompts = [{"prompt": p} for p in ("Once", "Once upon a time there was", "The quick brown fox jumps over the lazy dog")]
+    sampling = Sampling(max_new_tokens=24, temperature=0)
+    assert complete_file(session, prompts, sampling, tmp_path / "out.jsonl") == 3
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    for p, record in zip(prompts, records):
+        ids = session.encode(p["prompt"])
+        decoder = session.decoder(len(ids), sampling)
+        assert not decoder.prefill_graphs
+        alone = generate(decoder, ids, sampling, session.tokenizer.eos_token_id).tokens
+        assert record["completion_ids"] == alone
