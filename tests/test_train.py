@@ -473,7 +473,8 @@ def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(
 def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     """With the chunk norms on the device nothing makes the host wait for Gemini's async-reduce
     stream, whose chunks the host frees while that stream may still read them (7B at micro 16 died
-    with an illegal memory access). The plugin reduces on the compute stream, with pinned memory."""
+    with an illegal memory access). The plugin reduces on the compute stream, with pinned memory,
+    unless chunks move to the host."""
     import torch.distributed as dist
 
     from ominix.train import shims
@@ -482,14 +483,20 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     cfg = load_config("llama2-7b", sets=["schedule.global_batch_size=32"])
     layout = derive_layout(cfg, 1)
     assert layout.accum == 2
+    offload = load_config("llama2-7b", sets=["parallel.offload_optim_frac=0.5"])
     with shims.patched(), one_process_env():
         dist.init_process_group("gloo")
         try:
             config = BUILDERS["gemini"](cfg, layout).gemini_config
+            auto = BUILDERS["gemini_auto"](cfg, layout).gemini_config
+            offloaded = BUILDERS["gemini"](offload, derive_layout(offload, 1)).gemini_config
         finally:
             dist.destroy_process_group()
     assert config["enable_async_reduce"] is False and config["pin_memory"] is True
     assert config["enable_gradient_accumulation"] is True
+    # where chunks move to the host the side stream overlaps the copies (the shim reads back there)
+    assert auto["enable_async_reduce"] is True and offloaded["enable_async_reduce"] is True
+    assert offloaded["offload_optim_frac"] == 0.5
 
 
 def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:

@@ -52,21 +52,25 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     from colossalai.booster.plugin import GeminiPlugin
 
     p = cfg.parallel
+    placement = placement or p.gemini_placement
+    offload_optim_frac = p.offload_optim_frac if placement == "static" else 0.0
+    # Gemini's async reduce runs each gradient chunk's reduction on a side stream and frees the
+    # chunk from the host without telling the allocator that the stream still reads it. Stock
+    # ColossalAI is saved by accident: with clipping on it reads every chunk's norm back (`.item()`),
+    # which waits for the side stream. With the norms on the device (shims.py) nothing waited, and 7B
+    # at micro 16 (133 GiB: the allocator reusing and unmapping freed memory) died with an illegal
+    # memory access. So the reduction runs on the compute stream, ordered by construction, and the
+    # host still never waits. Where chunks move to the host (auto placement, optimizer offload) the
+    # side stream is what overlaps those copies; there it stays, and the shim reads the norm back.
+    offloads = placement == "auto" or offload_optim_frac > 0
     return GeminiPlugin(
         precision=p.precision,
-        placement_policy=placement or p.gemini_placement,
-        offload_optim_frac=p.offload_optim_frac if (placement or p.gemini_placement) == "static" else 0.0,
+        placement_policy=placement,
+        offload_optim_frac=offload_optim_frac,
         enable_gradient_accumulation=layout.accum > 1,
         max_norm=cfg.optim.grad_clip,
-        # Gemini's async reduce runs each gradient chunk's reduction on a side stream and frees the
-        # chunk from the host without telling the allocator that stream still reads it. Stock
-        # ColossalAI is saved by accident: with clipping on it reads every chunk's norm back
-        # (`.item()`), which waits for the side stream. Once the norms stay on the device (shims.py)
-        # nothing waits, and 7B at micro 16 (133 GiB, the allocator reusing and unmapping freed
-        # memory) died with an illegal memory access. The reduction on the compute stream is ordered
-        # by construction; the host still never waits. Pinned memory is what async reduce turned on.
-        enable_async_reduce=False,
-        pin_memory=True,
+        enable_async_reduce=offloads,
+        pin_memory=True,  # what async reduce turns on; offloaded chunks copy from pinned memory
     )
 
 
