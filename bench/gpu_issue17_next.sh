@@ -16,6 +16,12 @@
 #                 which times the eager prefill too), then tests/gpu/test_infer_gpu.py
 #   STAGE=casts   the 200-step 1.1B loss match of section 8 with Inductor emulating eager's bf16 casts
 #                 (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1): is the compiled layers' +0.019 rounding?
+#   STAGE=recheck after Gemini's reduce moved to the compute stream (bench/NOTES.md section 13): the 1.1B
+#                 bench and CLI profiled, then verify7b (micro 16, which crashed on the side stream)
+#   STAGE=cli7b   llama2-7b through the bench and `ominix train launch` at MICRO (default 8) x
+#                 accumulation to 16 sequences per step, one results file (the preset's step on 1 GPU)
+#   STAGE=gputests  the GPU tests added or left unrun on 2026-12-02: the chunk-norm read-back on a side
+#                 stream, a prompt file as CUDA graphs, and the rest of tests/gpu/test_infer_gpu.py
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
 cd "$(dirname "$0")/.."
@@ -29,7 +35,21 @@ profiled_1b() {
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$1.json" > "$out/$2.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$2.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests}" in
+recheck)
+    profiled_1b train_1.1b_cli_vs_bench_syncreduce_h200 recheck
+    STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0" ;;
+cli7b)
+    micro=${MICRO:-8}
+    timeout $(( $(left) - 10 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch "$micro" \
+        --global-batch 16 --warmup 1 --steps 3 --no-baseline --set model.compile=true --set model.attn=auto \
+        --cli "$data" --cli-set checkpoint.save_optimizer=false --cli-set checkpoint.every=0 \
+        --out "$out/train_7b_gemini_1gpu_micro${micro}_cli_h200.json" > "$out/cli7b.log" 2>&1
+    grep -E '"(value|cli|cli_vs_bench|mfu|cli_mfu|peak_mem_gib)"|Error' "$out/cli7b.log" | tail -12 ;;
+gputests)
+    timeout $(( $(left) - 10 )) "$python" -m pytest -q -m gpu tests/gpu/test_infer_gpu.py \
+        "tests/gpu/test_train_gpu.py::test_chunk_norm_reads_back_on_a_side_stream" -p no:cacheprovider \
+        > "$out/gputests.txt" 2>&1; tail -5 "$out/gputests.txt" ;;
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
         > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"
