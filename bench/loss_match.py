@@ -34,7 +34,15 @@ def _train(args, run_dir: Path, optimised: bool) -> dict[int, float]:
     cmd = [sys.executable, "-m", "ominix", "train", "launch", args.preset, "--data", args.data,
            "--run-dir", str(run_dir), "--plugin", args.plugin, "--nproc-per-node", str(args.nproc),
            "--max-steps", str(args.steps), *[x for s in sets for x in ("--set", s)]]
-    subprocess.run(cmd, check=True, env={**GPU_ENV, **os.environ})
+    env = {**GPU_ENV, **os.environ}
+    if optimised and args.compile_backend:  # every torch.compile of the run's processes takes it
+        site = run_dir.parent / "site-optimised"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(
+            "import functools\nimport torch\n"
+            f"torch.compile = functools.partial(torch.compile, backend={args.compile_backend!r})\n")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    subprocess.run(cmd, check=True, env=env)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
@@ -64,6 +72,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--tol", type=float, default=0.05, help="allowed mean per-step and final loss difference")
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--compile-backend", help="torch.compile backend of the optimised side (aot_eager: the "
+                    "compiled region traced and run by eager kernels, which tells tracing from fusion)")
     ap.add_argument("--summarize", help="re-check the losses saved in this results file (no training)")
     ap.add_argument("--out")
     args = ap.parse_args()
