@@ -81,11 +81,10 @@ def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
     GPU's queue, which then waits while Gemini's hooks refill it. The norm now stays a device tensor;
     ``GeminiOptimizer._calc_global_norm`` adds them up and its ``math.sqrt`` reads the total once per
     step (the chunk norms of earlier micro batches, overwritten by the last, are never read).
-    On a side stream (Gemini's async reduce, which OminiX turns off) the read-back stays: it is
-    what orders the host's frees after that stream's reads."""
-    from colossalai.zero.gemini.chunk.chunk import Chunk
-
+    On a side stream (Gemini's async reduce, which OminiX keeps only where chunks move to the host)
+    the read-back stays: it is what orders the host's frees after that stream's reads."""
     import torch
+    from colossalai.zero.gemini.chunk.chunk import Chunk
 
     original = Chunk.set_l2_norm
 
@@ -93,7 +92,7 @@ def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
         valid = self.cuda_global_chunk if self.is_gathered else self.cuda_shard
         if valid.is_cuda and torch.cuda.current_stream(valid.device) != torch.cuda.default_stream(valid.device):
             # on Gemini's async-reduce stream the read-back is the only thing that orders the host's
-            # frees after that stream's reads (engine.py turns async reduce off for this reason)
+            # frees after that stream's reads (engine.py keeps async reduce off where it can)
             return original(self)
         assert self.l2_norm is None, "you are calculating the l2 norm twice"
         valid = valid[: self.utilized_size] if self.is_gathered else valid[: self.valid_end]
