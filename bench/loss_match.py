@@ -30,7 +30,8 @@ GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NV
 
 def _train(args, run_dir: Path, optimised: bool) -> dict[int, float]:
     sets = [f"model.compile={str(optimised).lower()}", f"model.loss_chunk={8192 if optimised else 0}",
-            "schedule.eval_every=0", "logging.log_every=1", "checkpoint.every=0", *args.sets]
+            "schedule.eval_every=0", "logging.log_every=1", "checkpoint.every=0", *args.sets,
+            *(args.optimised_sets if optimised else [])]
     cmd = [sys.executable, "-m", "ominix", "train", "launch", args.preset, "--data", args.data,
            "--run-dir", str(run_dir), "--plugin", args.plugin, "--nproc-per-node", str(args.nproc),
            "--max-steps", str(args.steps), *[x for s in sets for x in ("--set", s)]]
@@ -72,6 +73,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--tol", type=float, default=0.05, help="allowed mean per-step and final loss difference")
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--optimised-set", dest="optimised_sets", action="append", default=[],
+                    help="a setting of the optimised side only (after --set); with --set model.compile=false "
+                    "--set model.loss_chunk=0 it compares eager against eager with one change, e.g. "
+                    "model.attn=cudnn: another kernel's rounding, the same math")
     ap.add_argument("--compile-backend", help="torch.compile backend of the optimised side (aot_eager: the "
                     "compiled region traced and run by eager kernels, which tells tracing from fusion)")
     ap.add_argument("--summarize", help="re-check the losses saved in this results file (no training)")
