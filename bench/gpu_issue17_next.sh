@@ -17,7 +17,8 @@
 #   STAGE=casts   the 200-step 1.1B loss match of section 8 with Inductor emulating eager's bf16 casts
 #                 (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1): is the compiled layers' +0.019 rounding?
 #   STAGE=recheck after Gemini's reduce moved to the compute stream (bench/NOTES.md section 13): the 1.1B
-#                 bench and CLI profiled, then verify7b (micro 16, which crashed on the side stream)
+#                 bench and CLI profiled, then verify7b (micro 16, which crashed on the side stream);
+#                 THEN_TESTS=1: gputests in the time left
 #   STAGE=cli7b   llama2-7b through the bench and `ominix train launch` at MICRO (default 8) x
 #                 accumulation to 16 sequences per step, one results file (the preset's step on 1 GPU)
 #   STAGE=gputests  the GPU tests added or left unrun on 2026-12-02: the chunk-norm read-back on a side
@@ -43,7 +44,9 @@ profiled_1b() {
 case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2}" in
 recheck)
     profiled_1b train_1.1b_cli_vs_bench_syncreduce_h200 recheck
-    STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0" ;;
+    NAME7B=train_7b_gemini_1gpu_micro16_syncreduce_h200 STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0"
+    [ "${THEN_TESTS:-0}" = 1 ] && [ "$(left)" -gt 60 ] && STAGE=gputests BUDGET=$(( $(left) - 5 )) bash "$0"
+    (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;  # the device returns 8 files at most
 cli7b)
     micro=${MICRO:-8}
     timeout $(( $(left) - 10 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch "$micro" \
@@ -90,7 +93,7 @@ verify)
 verify7b)
     timeout $(( $(left) < 560 ? $(left) : 560 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 --warmup 1 --steps 2 \
         --profile 1 --no-baseline --set model.compile=true --set model.attn=auto --profile-dir "$out/profile" \
-        --out "$out/train_7b_gemini_1gpu_micro16_fixed_h200.json" > "$out/verify7b.log" 2>&1
+        --out "$out/${NAME7B:-train_7b_gemini_1gpu_micro16_fixed_h200}.json" > "$out/verify7b.log" 2>&1
     grep -E 'profiled|"(value|mfu|peak_mem_gib)"' "$out/verify7b.log" ;;
 prefill)
     EXPORT_7B=0 DECODE_ARGS=--prefill-graphs bash bench/gpu_issue17.sh | tail -25
