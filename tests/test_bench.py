@@ -43,6 +43,26 @@ def test_loss_match_bench_trains_both_paths(private_netns: None, tmp_path: Path)
     assert result["losses"]["plain"][-1] < result["losses"]["plain"][0]  # it trained
 
 
+def test_loss_match_changes_the_optimised_side_alone(private_netns: None, tmp_path: Path) -> None:
+    """--optimised-set reaches the optimised run only (eager against eager with one change), and
+    --compile-backend is the backend of every torch.compile in the optimised run's processes."""
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
+    bench = [sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin", "ddp",
+             "--steps", "1", "--tol", "10"]
+    out = tmp_path / "lm.json"
+    subprocess.run([*bench, "--set", "model.compile=false", "--set", "model.loss_chunk=0",
+                    "--optimised-set", "model.initializer_range=0.1", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    plain, changed = json.loads(out.read_text())["first_loss"]
+    assert abs(changed - plain) > 0.01  # other initial weights on one side only
+    failed = subprocess.run([*bench, "--compile-backend", "no_such_backend"], capture_output=True, text=True,
+                            timeout=900, cwd=tmp_path)
+    assert failed.returncode != 0 and "no_such_backend" in failed.stdout + failed.stderr
+
+
 def test_loss_match_summary_is_a_curve_check() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     try:
