@@ -10,6 +10,10 @@ mean loss must both be within ``--tol``; the largest single-step difference is r
     python bench/loss_match.py --data prepared/tiny --plugin gemini --steps 50 \\
         --out bench/results/loss_match_tiny_gemini.json
     python bench/loss_match.py --summarize bench/results/loss_match_tiny_gemini.json   # re-check saved losses
+
+Controls: ``--compile-backend aot_eager`` traces the optimised side's compiled code but runs it with
+eager kernels (tracing and hooks without fusion); ``--set model.compile=false --set model.loss_chunk=0
+--optimised-set model.attn=cudnn`` runs eager on both sides with one change (another kernel's rounding).
 """
 
 from __future__ import annotations
