@@ -59,6 +59,27 @@ def test_run_checkpoint_and_export_give_the_same_greedy_text(run_dir: Path, expo
     assert a["model"]["step"] == 10 and a["model"]["kind"] == "checkpoint"
 
 
+def test_a_session_keeps_its_decoder_for_prompts_that_fit_it(run_dir: Path) -> None:
+    """Calls whose prompt and completion fit the last decoder's power-of-two cache reuse it (its
+    compiled step and graphs); a longer one gets a new decoder, and its text equals a fresh session's."""
+    from ominix.infer.generate import Sampling, generate
+    from ominix.infer.load import resolve
+    from ominix.infer.session import cache_length, complete, open_session
+
+    assert [cache_length(n, 4096) for n in (1, 64, 65, 200, 5000)] == [64, 64, 128, 256, 4096]
+    session = open_session(resolve(run_dir), "cpu", "fp32", compile=False, kernels=False)
+    sampling = Sampling(max_new_tokens=20, temperature=0)
+    first = session.decoder(5, sampling)
+    assert first.max_len == 64 and session.decoder(40, sampling) is first
+    longer = session.decoder(50, sampling)
+    assert longer is not first and longer.max_len == 128
+    record = complete(session, PROMPT, sampling, lambda text: None)
+    fresh = open_session(resolve(run_dir), "cpu", "fp32", compile=False, kernels=False)
+    ids = fresh.encode(PROMPT)
+    alone = generate(fresh.decoder(len(ids), sampling), ids, sampling, fresh.tokenizer.eos_token_id).tokens
+    assert record["completion_ids"] == alone and len(alone) == 20
+
+
 def test_sampling_is_reproducible_per_seed() -> None:
     from ominix.config import ModelConfig
     from ominix.infer.generate import Sampling, StaticDecoder, generate

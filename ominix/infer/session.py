@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,15 @@ from ominix.infer.generate import Generation, Sampling, StaticDecoder, generate
 from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve, torch_dtype
 
 
+CACHE_MIN = 64  # the shortest KV cache a decoder is built with
+
+
+def cache_length(needed: int, limit: int) -> int:
+    """The KV cache length of a decoder that must hold ``needed`` positions: the next power of two
+    (at least ``CACHE_MIN``), never past the model's context ``limit``."""
+    return min(max(CACHE_MIN, 1 << (needed - 1).bit_length()), limit)
+
+
 @dataclass
 class Session:
     source: ModelSource
@@ -35,6 +44,7 @@ class Session:
     checksum: str
     compile: bool
     kernels: bool
+    _decoder: tuple[tuple, StaticDecoder] | None = field(default=None, repr=False)
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer(text, verbose=False).input_ids  # the length is checked here, not warned about
@@ -50,11 +60,21 @@ class Session:
                 prefill_graphs: bool = False) -> StaticDecoder:
         """A decoder with room for ``longest`` prompt tokens; ``inductor``: compiler options
         (default ``generate.INDUCTOR``); ``prefill_graphs``: prompts run as CUDA graphs (on a GPU),
-        the one that takes ``longest`` tokens captured now."""
-        max_len = min(self.source.model.max_position_embeddings, longest + sampling.max_new_tokens)
-        on_gpu = self.device.startswith("cuda")
-        decoder = StaticDecoder(self.model, max_len, compile=self.compile and on_gpu, cuda_graph=on_gpu,
-                                inductor=inductor, kernels=self.kernels, prefill_graphs=prefill_graphs)
+        the one that takes ``longest`` tokens captured now.
+
+        The cache length is rounded up to a power of two (``cache_length``) and the last decoder is
+        kept: a call whose prompt fits it reuses its compiled step and CUDA graphs, and a process
+        compiles the step at most once per power of two, under the compiler's limit of 8 versions
+        of one function (past it, a ``fullgraph`` compile fails)."""
+        max_len = cache_length(longest + sampling.max_new_tokens, self.source.model.max_position_embeddings)
+        key = (max_len, prefill_graphs, json.dumps(inductor, sort_keys=True))
+        if self._decoder is None or self._decoder[0] != key:
+            self._decoder = None  # the previous cache and graphs go before the next are allocated
+            on_gpu = self.device.startswith("cuda")
+            self._decoder = (key, StaticDecoder(self.model, max_len, compile=self.compile and on_gpu,
+                                                cuda_graph=on_gpu, inductor=inductor, kernels=self.kernels,
+                                                prefill_graphs=prefill_graphs))
+        decoder = self._decoder[1]
         if decoder.prefill_graphs:
             decoder.prefill_graph(longest)
         return decoder
