@@ -28,6 +28,12 @@
 #                 and hooks, no fusion), then eager against eager with cuDNN attention on one side
 #                 (another kernel's rounding, the same math: is 0.02 within reach of any kernel change?)
 #   STAGE=bisect2 the same with only parameter-free ops compiled (compile_scope=ops)
+#   STAGE=seeds   the 200-step 1.1B loss match for each seed in SEEDS (default "7 1234"), each with the
+#                 plain run trained twice (--control: the floor of the same code run again), one results
+#                 file per seed for `loss_match.py --combine`; a seed starts only with ~6 minutes left
+#   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
+#                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
+#                 tests (THEN_TESTS=1)
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
 cd "$(dirname "$0")/.."
@@ -41,7 +47,23 @@ profiled_1b() {
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$1.json" > "$out/$2.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$2.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b}" in
+seeds)
+    for seed in ${SEEDS:-7 1234}; do
+        [ "$(left)" -lt 360 ] && { echo "seed $seed: not started, $(left) s left"; continue; }
+        timeout $(( $(left) - 5 )) "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" \
+            --plugin gemini --steps 200 --tol 0.02 --seed "$seed" --control --set schedule.global_batch_size=4 \
+            --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
+            --out "$out/loss_match_1.1b_gemini_seed${seed}_h200.json" > "$out/loss_match_seed$seed.log" 2>&1
+        grep -E '"(value|last10_mean_loss_diff|ok)"' "$out/loss_match_1.1b_gemini_seed${seed}_h200.json"
+    done
+    (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;
+base7b)
+    timeout $(( $(left) < 450 ? $(left) - 10 : 440 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini \
+        --micro-batch 8 --warmup 1 --steps 2 --set model.compile=true --set model.attn=auto \
+        --out "$out/train_7b_gemini_1gpu_micro8_vs_baseline_syncreduce_h200.json" > "$out/base7b.log" 2>&1
+    grep -E '"(value|mfu|baseline|ratio|peak_mem_gib)"|Error' "$out/base7b.log" | tail -8
+    [ "${THEN_TESTS:-0}" = 1 ] && [ "$(left)" -gt 60 ] && STAGE=gputests BUDGET=$(( $(left) - 5 )) bash "$0" ;;
 recheck)
     profiled_1b train_1.1b_cli_vs_bench_syncreduce_h200 recheck
     NAME7B=train_7b_gemini_1gpu_micro16_syncreduce_h200 STAGE=verify7b BUDGET=$(( $(left) - 10 )) bash "$0"
@@ -69,9 +91,9 @@ bisect|bisect2)
         grep -E '"(value|last10_mean_loss_diff|max_abs_diff|ok)"' "$out/loss_match_1.1b_gemini_${variant}_h200.json"
     done ;;
 gputests)
-    timeout $(( $(left) - 10 )) "$python" -m pytest -q -m gpu tests/gpu/test_infer_gpu.py \
+    timeout $(( $(left) - 10 )) "$python" -m pytest -q -rA --tb=short -m gpu tests/gpu/test_infer_gpu.py \
         "tests/gpu/test_train_gpu.py::test_chunk_norm_reads_back_on_a_side_stream" -p no:cacheprovider \
-        > "$out/gputests.txt" 2>&1; tail -5 "$out/gputests.txt" ;;
+        > "$out/gputests.txt" 2>&1; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/gputests.txt" | tail -20 ;;
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
         > "$out/compiled_gemini_grads.txt" 2>&1; grep -E "relative error|passed|failed|skipped" "$out/compiled_gemini_grads.txt"

@@ -14,6 +14,15 @@ mean loss must both be within ``--tol``; the largest single-step difference is r
 Controls: ``--compile-backend aot_eager`` traces the optimised side's compiled code but runs it with
 eager kernels (tracing and hooks without fusion); ``--set model.compile=false --set model.loss_chunk=0
 --optimised-set model.attn=cudnn`` runs eager on both sides with one change (another kernel's rounding).
+``--control`` trains the plain run a second time (plus any ``--control-set``) and reports it against
+the first the same way: the floor that the same code, run again, reaches (bf16 GPU kernels with
+atomics are not bit-reproducible, and 200 steps amplify any difference).
+
+One seed is one sample of a chaotic difference; ``--seed N`` picks the run's seed (``schedule.seed``:
+initialisation and data order) and ``--combine`` checks the mean over several seeds' results files:
+
+    for s in 7 42 1234; do python bench/loss_match.py ... --seed $s --control --out lm_$s.json; done
+    python bench/loss_match.py --combine lm_7.json lm_42.json lm_1234.json --tol 0.02 --out lm.json
 """
 
 from __future__ import annotations
@@ -32,10 +41,13 @@ from pathlib import Path
 GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def _train(args, run_dir: Path, optimised: bool) -> dict[int, float]:
+def _train(args, run_dir: Path, side: str) -> dict[int, float]:
+    """Train one side: ``plain``, ``optimised`` or ``control`` (plain with ``--control-set``)."""
+    optimised = side == "optimised"
     sets = [f"model.compile={str(optimised).lower()}", f"model.loss_chunk={8192 if optimised else 0}",
-            "schedule.eval_every=0", "logging.log_every=1", "checkpoint.every=0", *args.sets,
-            *(args.optimised_sets if optimised else [])]
+            "schedule.eval_every=0", "logging.log_every=1", "checkpoint.every=0",
+            *([f"schedule.seed={args.seed}"] if args.seed is not None else []), *args.sets,
+            *(args.optimised_sets if optimised else []), *(args.control_sets if side == "control" else [])]
     cmd = [sys.executable, "-m", "ominix", "train", "launch", args.preset, "--data", args.data,
            "--run-dir", str(run_dir), "--plugin", args.plugin, "--nproc-per-node", str(args.nproc),
            "--max-steps", str(args.steps), *[x for s in sets for x in ("--set", s)]]
@@ -68,6 +80,40 @@ def summarize(plain: list[float], fast: list[float], tol: float) -> dict:
     }
 
 
+def combine(results: list[dict], tol: float) -> dict:
+    """The check over several seeds: the mean of each seed's mean |diff| and of its last-10 signed
+    difference (a systematic offset survives the mean, chaos of either sign averages out); each
+    seed's figures, and the control's where every file has one, stay in the result."""
+    def mean(values: list[float]) -> float:
+        return round(sum(values) / len(values), 5)
+
+    seeds = [r.get("seed") for r in results]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: --combine takes one results file per seed, got seeds {seeds}")
+    names = {r["name"].split(", seed")[0] for r in results}
+    if len(names) != 1:
+        raise SystemExit(f"error: --combine takes results of one comparison, got {sorted(names)}")
+    per_seed = [{"seed": r.get("seed"), "value": r["value"], "last10_mean_loss_diff": r["last10_mean_loss_diff"],
+                 "max_abs_diff": r["max_abs_diff"], "control": r.get("control")} for r in results]
+    value, final = mean([r["value"] for r in results]), mean([r["last10_mean_loss_diff"] for r in results])
+    out = {
+        "name": f"{names.pop()}, mean over {len(results)} seeds",
+        "card": results[0].get("card"), "date": max(r.get("date", "") for r in results),
+        "baseline": None, "ratio": None,
+        "value": value, "unit": "mean over seeds of the mean |loss difference| per step",
+        "last10_mean_loss_diff": final, "max_abs_diff": max(r["max_abs_diff"] for r in results),
+        "tolerance": tol, "ok": value <= tol and abs(final) <= tol,
+        "check": "mean over seeds of mean |diff| <= tolerance and |mean over seeds of the last-10 mean diff| <= tolerance",
+        "seeds": seeds, "per_seed": per_seed, "commands": [r.get("command") for r in results],
+    }
+    if all(r.get("control") for r in results):
+        controls = [r["control"] for r in results]
+        out["control"] = {"value": mean([c["value"] for c in controls]),
+                          "last10_mean_loss_diff": mean([c["last10_mean_loss_diff"] for c in controls]),
+                          "settings": controls[0].get("settings")}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
@@ -83,10 +129,23 @@ def main() -> int:
                     "model.attn=cudnn: another kernel's rounding, the same math")
     ap.add_argument("--compile-backend", help="torch.compile backend of the optimised side (aot_eager: the "
                     "compiled region traced and run by eager kernels, which tells tracing from fusion)")
+    ap.add_argument("--control", action="store_true", help="train the plain side again (with any --control-set) "
+                    "and report it against the first: the floor of the same code run twice")
+    ap.add_argument("--control-set", dest="control_sets", action="append", default=[],
+                    help="a setting of the control run only (implies --control), e.g. model.attn=cudnn")
+    ap.add_argument("--seed", type=int, help="the runs' seed (schedule.seed: initialisation and data order)")
     ap.add_argument("--summarize", help="re-check the losses saved in this results file (no training)")
+    ap.add_argument("--combine", nargs="+", metavar="FILE", help="check the mean over these results files, one "
+                    "per seed (no training)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
+    if args.combine:
+        result = combine([json.loads(Path(f).read_text()) for f in args.combine], args.tol)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0 if result["ok"] else 1
     if args.summarize:
         result = json.loads(Path(args.summarize).read_text())
         result.update(summarize(result["losses"]["plain"], result["losses"]["optimised"], args.tol))
@@ -95,20 +154,29 @@ def main() -> int:
         return 0 if result["ok"] else 1
     if not args.data:
         ap.error("--data is required (or --summarize FILE)")
+    args.control = args.control or bool(args.control_sets)
     with tempfile.TemporaryDirectory() as tmp:
-        plain = _train(args, Path(tmp) / "plain", optimised=False)
-        fast = _train(args, Path(tmp) / "optimised", optimised=True)
+        plain = _train(args, Path(tmp) / "plain", "plain")
+        fast = _train(args, Path(tmp) / "optimised", "optimised")
+        control = _train(args, Path(tmp) / "control", "control") if args.control else None
     steps = sorted(plain)
     from ominix.flops import device_name
 
+    seed = f", seed {args.seed}" if args.seed is not None else ""
     result = {
-        "name": f"loss match {args.preset} {args.plugin} x{args.nproc}, {len(steps)} steps: optimised vs plain",
+        "name": f"loss match {args.preset} {args.plugin} x{args.nproc}, {len(steps)} steps: optimised vs plain{seed}",
         "card": device_name(), "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]),
-        "baseline": None, "ratio": None,
+        "baseline": None, "ratio": None, "seed": args.seed,
         **summarize([plain[s] for s in steps], [fast[s] for s in steps], args.tol),
         "losses": {"plain": [plain[s] for s in steps], "optimised": [fast[s] for s in steps]},
     }
+    if control is not None:
+        result["control"] = {
+            **{k: v for k, v in summarize([plain[s] for s in steps], [control[s] for s in steps], args.tol).items()
+               if k in ("value", "last10_mean_loss_diff", "max_abs_diff", "ok")},
+            "settings": args.control_sets or "the plain run again"}
+        result["losses"]["control"] = [control[s] for s in steps]
     print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

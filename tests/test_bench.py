@@ -58,6 +58,14 @@ def test_loss_match_changes_the_optimised_side_alone(private_netns: None, tmp_pa
                    check=True, capture_output=True, timeout=900, cwd=tmp_path)
     plain, changed = json.loads(out.read_text())["first_loss"]
     assert abs(changed - plain) > 0.01  # other initial weights on one side only
+    # --seed reaches every run and --control-set the control alone: the control put back the
+    # preset's seed (42), so it starts elsewhere than the plain run of seed 3
+    subprocess.run([*bench, "--set", "model.compile=false", "--set", "model.loss_chunk=0", "--seed", "3",
+                    "--control-set", "schedule.seed=42", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["seed"] == 3 and result["value"] == 0  # eager against eager, fp32 on the CPU: equal
+    assert result["control"]["value"] > 0.01 and len(result["losses"]["control"]) == 1
     failed = subprocess.run([*bench, "--compile-backend", "no_such_backend"], capture_output=True, text=True,
                             timeout=900, cwd=tmp_path)
     assert failed.returncode != 0 and "no_such_backend" in failed.stdout + failed.stderr
@@ -75,6 +83,36 @@ def test_loss_match_summary_is_a_curve_check() -> None:
     s = summarize(plain, spike, 0.05)
     assert s["ok"] and s["max_abs_diff_step"] == 17 and s["max_abs_diff"] == 0.4
     assert not summarize(plain, drift, 0.05)["ok"]
+
+
+def test_loss_match_combines_seeds_by_their_mean() -> None:
+    """--combine checks the mean over seeds: one seed over the bound passes when the others are
+    under it, a systematic offset of one sign fails, and one file per seed of one comparison."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from loss_match import combine, summarize
+    finally:
+        sys.path.pop(0)
+    plain = [7.0 - 0.01 * i for i in range(20)]
+
+    def seed(n: int, offsets: list[float]) -> dict:
+        fast = [x + offsets[i % len(offsets)] for i, x in enumerate(plain)]
+        control = {"value": 0.01, "last10_mean_loss_diff": -0.01, "settings": "the plain run again"}
+        return {"name": f"loss match tiny gemini x1, 20 steps: optimised vs plain, seed {n}", "seed": n,
+                "date": "2026-12-02", **summarize(plain, fast, 0.02), "control": control}
+
+    chaos = [seed(1, [0.03, -0.03]), seed(2, [0.01, -0.01]), seed(3, [0.005, -0.005])]
+    assert not chaos[0]["ok"]
+    result = combine(chaos, 0.02)
+    assert result["ok"] and result["value"] == 0.015 and result["seeds"] == [1, 2, 3]
+    assert [r["value"] for r in result["per_seed"]] == [0.03, 0.01, 0.005]
+    assert result["control"]["value"] == 0.01 and result["name"].endswith("mean over 3 seeds")
+    assert not combine([seed(1, [0.03]), seed(2, [0.03]), seed(3, [0.01])], 0.02)["ok"]  # one sign, every seed
+    with pytest.raises(SystemExit, match="one results file per seed"):
+        combine([chaos[0], chaos[0]], 0.02)
+    other = {**chaos[1], "name": "loss match 1.1b gemini x1, 20 steps: optimised vs plain, seed 2"}
+    with pytest.raises(SystemExit, match="one comparison"):
+        combine([chaos[0], other], 0.02)
 
 
 def test_decode_levers_headline_is_best_against_cublas() -> None:
