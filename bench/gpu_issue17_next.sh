@@ -29,8 +29,9 @@
 #                 (another kernel's rounding, the same math: is 0.02 within reach of any kernel change?)
 #   STAGE=bisect2 the same with only parameter-free ops compiled (compile_scope=ops)
 #   STAGE=seeds   the 200-step 1.1B loss match for each seed in SEEDS (default "7 1234"), each with the
-#                 plain run trained twice (--control: the floor of the same code run again), one results
-#                 file per seed for `loss_match.py --combine`; a seed starts only with ~6 minutes left
+#                 plain run trained twice (--control: the floor of the same code run again; CONTROL=0
+#                 leaves it out), one results file per seed for `loss_match.py --combine`; a seed
+#                 starts only with the time for its runs left
 #   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
 #                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
 #                 tests (THEN_TESTS=1)
@@ -49,10 +50,11 @@ profiled_1b() {
 }
 case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b}" in
 seeds)
+    control=$([ "${CONTROL:-1}" = 1 ] && echo --control)
     for seed in ${SEEDS:-7 1234}; do
-        [ "$(left)" -lt 360 ] && { echo "seed $seed: not started, $(left) s left"; continue; }
+        [ "$(left)" -lt "$([ -n "$control" ] && echo 360 || echo 240)" ] && { echo "seed $seed: not started, $(left) s left"; continue; }
         timeout $(( $(left) - 5 )) "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" \
-            --plugin gemini --steps 200 --tol 0.02 --seed "$seed" --control --set schedule.global_batch_size=4 \
+            --plugin gemini --steps 200 --tol 0.02 --seed "$seed" $control --set schedule.global_batch_size=4 \
             --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
             --out "$out/loss_match_1.1b_gemini_seed${seed}_h200.json" > "$out/loss_match_seed$seed.log" 2>&1
         grep -E '"(value|last10_mean_loss_diff|ok)"' "$out/loss_match_1.1b_gemini_seed${seed}_h200.json"
