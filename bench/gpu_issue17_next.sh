@@ -32,6 +32,9 @@
 #                 plain run trained twice (--control: the floor of the same code run again; CONTROL=0
 #                 leaves it out), one results file per seed for `loss_match.py --combine`; a seed
 #                 starts only with the time for its runs left
+#   STAGE=selective  llama2-7b with selective checkpointing (matmul and attention outputs kept) at
+#                 MICRO (default 2) x accumulation to 16 sequences per step; micro 1 if that runs out
+#                 of memory (bench/NOTES.md section 14 has the memory arithmetic)
 #   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
 #                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
 #                 tests (THEN_TESTS=1)
@@ -48,7 +51,7 @@ profiled_1b() {
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$1.json" > "$out/$2.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$2.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective}" in
 seeds)
     control=$([ "${CONTROL:-1}" = 1 ] && echo --control)
     for seed in ${SEEDS:-7 1234}; do
@@ -60,6 +63,16 @@ seeds)
         grep -E '"(value|last10_mean_loss_diff|ok)"' "$out/loss_match_1.1b_gemini_seed${seed}_h200.json"
     done
     (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;
+selective)
+    for micro in ${MICRO:-2} 1; do
+        [ "$(left)" -lt 200 ] && break
+        timeout $(( $(left) - 10 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch "$micro" \
+            --global-batch 16 --warmup 1 --steps 2 --no-baseline --set model.compile=true --set model.attn=auto \
+            --set model.checkpoint_policy=selective --out "$out/train_7b_gemini_1gpu_selective_micro${micro}_h200.json" \
+            > "$out/selective$micro.log" 2>&1
+        grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/selective$micro.log" | tail -4
+        grep -q "OutOfMemoryError\|out of memory" "$out/selective$micro.log" || break
+    done ;;
 base7b)
     timeout $(( $(left) < 450 ? $(left) - 10 : 440 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini \
         --micro-batch 8 --warmup 1 --steps 2 --set model.compile=true --set model.attn=auto \
