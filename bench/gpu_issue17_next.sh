@@ -21,8 +21,8 @@
 #                 THEN_TESTS=1: gputests in the time left
 #   STAGE=cli7b   llama2-7b through the bench and `ominix train launch` at MICRO (default 8) x
 #                 accumulation to 16 sequences per step, one results file (the preset's step on 1 GPU)
-#   STAGE=gputests  the GPU tests added or left unrun on 2026-12-02: the chunk-norm read-back on a side
-#                 stream, a prompt file as CUDA graphs, and the rest of tests/gpu/test_infer_gpu.py
+#   STAGE=gputests  tests/gpu/test_infer_gpu.py in one process, then the tests added on 2026-12-02: the
+#                 chunk norm on any stream, a side-stream reduction holding its frees, Gemini training with it
 #   STAGE=bisect  where the compiled layers' +0.019-nat offset comes from: the 200-step 1.1B loss match
 #                 with the region traced but run by eager kernels (--compile-backend aot_eager: tracing
 #                 and hooks, no fusion), then eager against eager with cuDNN attention on one side
@@ -35,6 +35,9 @@
 #   STAGE=selective  llama2-7b with selective checkpointing (matmul and attention outputs kept) at
 #                 MICRO (default 2) x accumulation to 16 sequences per step; micro 1 if that runs out
 #                 of memory (bench/NOTES.md section 14 has the memory arithmetic)
+#   STAGE=asyncreduce  Gemini's reduction back on its side stream, its frees now held until the stream
+#                 has read the chunk (parallel.gemini_async_reduce=true, shims.frees_after_reads): the
+#                 stream tests, the 1.1B bench and CLI profiled, then 7B micro 16 in the time left
 #   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
 #                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
 #                 tests (THEN_TESTS=1)
@@ -45,13 +48,14 @@ source bench/gpu_common.sh
 prepare_c4096
 # The 1.1B preset's step (micro 4 x 8) through the bench and the CLI on real data, 4 timed steps, then
 # 2 profiled per side: results in $out/$1.json, the log in $out/$2.log
-profiled_1b() {
+profiled_1b() {  # $3...: more --set options for both sides
+    local name=$1 log=$2; shift 2
     timeout 330 "$python" bench/train_throughput.py tinyllama-1.1b --plugin gemini --micro-batch 4 --global-batch 32 \
-        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true --data "$data" --cli "$data" \
-        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$1.json" > "$out/$2.log" 2>&1
-    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$2.log"
+        --warmup 2 --steps 4 --profile 2 --no-baseline --set model.compile=true "$@" --data "$data" --cli "$data" \
+        --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$name.json" > "$out/$log.log" 2>&1
+    grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$log.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective|asyncreduce}" in
 seeds)
     control=$([ "${CONTROL:-1}" = 1 ] && echo --control)
     for seed in ${SEEDS:-7 1234}; do
@@ -73,6 +77,15 @@ selective)
         grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/selective$micro.log" | tail -4
         grep -q "OutOfMemoryError\|out of memory" "$out/selective$micro.log" || break
     done ;;
+asyncreduce)
+    timeout 120 "$python" -m pytest -q -rA --tb=short -m gpu tests/gpu/test_train_gpu.py -k "side_stream or any_stream" \
+        -p no:cacheprovider > "$out/streamtests.txt" 2>&1; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/streamtests.txt"
+    profiled_1b train_1.1b_cli_vs_bench_asyncreduce_h200 asyncreduce --set parallel.gemini_async_reduce=true
+    [ "$(left)" -gt 240 ] && timeout $(( $(left) - 10 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini \
+        --micro-batch 16 --warmup 1 --steps 2 --no-baseline --set model.compile=true --set model.attn=auto \
+        --set parallel.gemini_async_reduce=true --out "$out/train_7b_gemini_1gpu_micro16_asyncreduce_h200.json" \
+        > "$out/asyncreduce7b.log" 2>&1 && grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/asyncreduce7b.log" | tail -4
+    (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;
 base7b)
     timeout $(( $(left) < 450 ? $(left) - 10 : 440 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini \
         --micro-batch 8 --warmup 1 --steps 2 --set model.compile=true --set model.attn=auto \
@@ -107,7 +120,9 @@ bisect|bisect2)
     done ;;
 gputests)
     timeout $(( $(left) - 10 )) "$python" -m pytest -q -rA --tb=short -m gpu tests/gpu/test_infer_gpu.py \
-        "tests/gpu/test_train_gpu.py::test_chunk_norm_reads_back_on_a_side_stream" -p no:cacheprovider \
+        tests/gpu/test_train_gpu.py::test_chunk_norm_stays_on_the_device_on_any_stream \
+        tests/gpu/test_train_gpu.py::test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_it \
+        "tests/gpu/test_train_gpu.py::test_plugin_trains_and_resumes_on_gpu[gemini-1gpu-gemini_async_reduce]" -p no:cacheprovider \
         > "$out/gputests.txt" 2>&1; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/gputests.txt" | tail -20 ;;
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \

@@ -471,10 +471,8 @@ def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(
 
 
 def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
-    """With the chunk norms on the device nothing makes the host wait for Gemini's async-reduce
-    stream, whose chunks the host frees while that stream may still read them (7B at micro 16 died
-    with an illegal memory access). The plugin reduces on the compute stream, with pinned memory,
-    unless chunks move to the host."""
+    """By default the plugin reduces gradient chunks on the compute stream, with pinned memory,
+    unless chunks move to the host; parallel.gemini_async_reduce chooses either way."""
     import torch.distributed as dist
 
     from ominix.train import shims
@@ -484,19 +482,67 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     layout = derive_layout(cfg, 1)
     assert layout.accum == 2
     offload = load_config("llama2-7b", sets=["parallel.offload_optim_frac=0.5"])
+    side = load_config("llama2-7b", sets=["parallel.gemini_async_reduce=true"])
+    ordered = load_config("llama2-7b", sets=["parallel.offload_optim_frac=0.5", "parallel.gemini_async_reduce=false"])
     with shims.patched(), one_process_env():
         dist.init_process_group("gloo")
         try:
             config = BUILDERS["gemini"](cfg, layout).gemini_config
             auto = BUILDERS["gemini_auto"](cfg, layout).gemini_config
-            offloaded = BUILDERS["gemini"](offload, derive_layout(offload, 1)).gemini_config
+            offloaded, on_side, on_compute = (BUILDERS["gemini"](c, derive_layout(c, 1)).gemini_config
+                                              for c in (offload, side, ordered))
         finally:
             dist.destroy_process_group()
     assert config["enable_async_reduce"] is False and config["pin_memory"] is True
     assert config["enable_gradient_accumulation"] is True
-    # where chunks move to the host the side stream overlaps the copies (the shim reads back there)
+    # where chunks move to the host the side stream overlaps the copies
     assert auto["enable_async_reduce"] is True and offloaded["enable_async_reduce"] is True
     assert offloaded["offload_optim_frac"] == 0.5
+    assert on_side["enable_async_reduce"] is True and on_compute["enable_async_reduce"] is False
+
+
+def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frees inside a chunk's reduction on a side stream are held until the reduction is enqueued;
+    then the stream waits for the collective, and each tensor is recorded on the stream before it is
+    freed. On the default stream (or for a chunk not gathered) the reduction is untouched."""
+    from ominix.train import shims
+
+    events: list = []
+    side = object()
+
+    class Tensor:
+        is_cuda = True
+
+        def record_stream(self, stream: object) -> None:
+            events.append(("record", "side" if stream is side else stream))
+
+    class Chunk:
+        def __init__(self) -> None:
+            self.is_gathered, self.cuda_global_chunk, self.grad_reduce_work = True, Tensor(), None
+
+        def wait_async_reduce(self) -> None:
+            if self.grad_reduce_work is not None:
+                events.append("stream waits for the collective")
+                self.grad_reduce_work = None
+
+    def reduce(chunk: Chunk, async_op: bool = False) -> None:  # ColossalAI's order: enqueue, free at once
+        events.append("reduce-scatter enqueued")
+        chunk.grad_reduce_work = "pending"
+        free_storage(chunk.cuda_global_chunk)
+        events.append("reduce returns")
+
+    reduce_then_free, free_storage = shims.frees_after_reads(reduce, lambda t: events.append("freed"))
+    monkeypatch.setattr(shims, "_side_stream", lambda tensor: side)
+    reduce_then_free(Chunk(), True)
+    assert events == ["reduce-scatter enqueued", "reduce returns", "stream waits for the collective",
+                      ("record", "side"), "freed"]
+    events.clear()
+    monkeypatch.setattr(shims, "_side_stream", lambda tensor: None)  # the compute stream: as ColossalAI does
+    reduce_then_free(Chunk(), False)
+    assert events == ["reduce-scatter enqueued", "freed", "reduce returns"]
+    events.clear()
+    free_storage(Tensor())  # outside a reduction a free is a free
+    assert events == ["freed"]
 
 
 def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:

@@ -216,6 +216,11 @@ class ParallelConfig(Section):
     offload_optim_frac: float = Field(
         0.0, ge=0.0, le=1.0, description="Gemini: fraction of optimizer state kept on CPU."
     )
+    gemini_async_reduce: bool | None = Field(
+        None, description="Gemini: reduce gradient chunks on a side stream, overlapped with backward "
+        "(true) or on the compute stream (false); None: on where chunks move to the host (auto "
+        "placement, offload_optim_frac > 0), off otherwise.",
+    )
     overlap_communication: bool = Field(True, description="Overlap gradient communication (zero).")
 
     @model_validator(mode="after")

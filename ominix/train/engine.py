@@ -54,22 +54,21 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     p = cfg.parallel
     placement = placement or p.gemini_placement
     offload_optim_frac = p.offload_optim_frac if placement == "static" else 0.0
-    # Gemini's async reduce runs each gradient chunk's reduction on a side stream and frees the
-    # chunk from the host without telling the allocator that the stream still reads it. Stock
-    # ColossalAI is saved by accident: with clipping on it reads every chunk's norm back (`.item()`),
-    # which waits for the side stream. With the norms on the device (shims.py) nothing waited, and 7B
-    # at micro 16 (133 GiB: the allocator reusing and unmapping freed memory) died with an illegal
-    # memory access. So the reduction runs on the compute stream, ordered by construction, and the
-    # host still never waits. Where chunks move to the host (auto placement, optimizer offload) the
-    # side stream is what overlaps those copies; there it stays, and the shim reads the norm back.
+    # Gemini's async reduce runs each gradient chunk's reduction on a side stream. Its frees of the
+    # gathered chunks wait for that stream (shims.frees_after_reads); without that, 7B at micro 16
+    # died with an illegal memory access once the chunk norms stopped making the host wait. Until
+    # the side stream with those frees is measured on GPUs (bench/NOTES.md section 14), the default
+    # reduces on the compute stream, except where chunks move to the host: there the side stream
+    # overlaps those copies.
     offloads = placement == "auto" or offload_optim_frac > 0
+    async_reduce = offloads if p.gemini_async_reduce is None else p.gemini_async_reduce
     return GeminiPlugin(
         precision=p.precision,
         placement_policy=placement,
         offload_optim_frac=offload_optim_frac,
         enable_gradient_accumulation=layout.accum > 1,
         max_norm=cfg.optim.grad_clip,
-        enable_async_reduce=offloads,
+        enable_async_reduce=async_reduce,
         pin_memory=True,  # what async reduce turns on; offloaded chunks copy from pinned memory
     )
 

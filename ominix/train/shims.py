@@ -7,12 +7,15 @@ they replaced on exit.
   replaces one such raising method (or one check that only admits CUDA/NPU) and nothing else.
 - Its logger's ``debug`` checks the level before it builds the record's call site (below).
 - Gemini keeps each gradient chunk's norm on the device instead of reading it back per chunk (below).
+- Gemini's reduction on a side stream frees a gathered chunk only once that stream (and its
+  collective) has read it (below).
 - Its pipeline code finds ``torch.distributed.is_hccl_available`` on torch releases without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,24 +84,75 @@ def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
     GPU's queue, which then waits while Gemini's hooks refill it. The norm now stays a device tensor;
     ``GeminiOptimizer._calc_global_norm`` adds them up and its ``math.sqrt`` reads the total once per
     step (the chunk norms of earlier micro batches, overwritten by the last, are never read).
-    On a side stream (Gemini's async reduce, which OminiX keeps only where chunks move to the host)
-    the read-back stays: it is what orders the host's frees after that stream's reads."""
-    import torch
+    Those reads were also what kept Gemini's async reduce safe; ``_reduce_frees_after_reads`` does
+    that now."""
     from colossalai.zero.gemini.chunk.chunk import Chunk
 
-    original = Chunk.set_l2_norm
-
     def set_l2_norm(self) -> None:
-        valid = self.cuda_global_chunk if self.is_gathered else self.cuda_shard
-        if valid.is_cuda and torch.cuda.current_stream(valid.device) != torch.cuda.default_stream(valid.device):
-            # on Gemini's async-reduce stream the read-back is the only thing that orders the host's
-            # frees after that stream's reads (engine.py keeps async reduce off where it can)
-            return original(self)
         assert self.l2_norm is None, "you are calculating the l2 norm twice"
+        valid = self.cuda_global_chunk if self.is_gathered else self.cuda_shard
         valid = valid[: self.utilized_size] if self.is_gathered else valid[: self.valid_end]
         self.l2_norm = valid.data.float().norm(2).square()
 
     return _replaced(Chunk, set_l2_norm=set_l2_norm)
+
+
+def _side_stream(tensor: Any) -> Any:
+    """The current CUDA stream if ``tensor`` is on a GPU and that stream is not the default one."""
+    import torch
+
+    if not (isinstance(tensor, torch.Tensor) and tensor.is_cuda):
+        return None
+    stream = torch.cuda.current_stream(tensor.device)
+    return None if stream == torch.cuda.default_stream(tensor.device) else stream
+
+
+def frees_after_reads(reduce: Any, free: Any) -> tuple[Any, Any]:
+    """``Chunk.reduce`` (``reduce``) and the chunk module's ``free_storage`` (``free``), changed so
+    that a reduction on a side stream frees GPU memory only after that stream has read it.
+
+    Gemini's async reduce runs a chunk's reduction on a side stream: a copy into the shard on one
+    GPU, a reduce-scatter (on NCCL's own stream) on several. Right after enqueueing it, the host
+    frees the gathered chunk, which the allocator gives back to the compute stream it was allocated
+    on, with no record that the side stream still reads it: the next allocation can take it, and at
+    7B micro 16 (memory reused and unmapped near the card's limit) the late read faulted. Here each
+    free of a GPU tensor inside ``reduce`` on a side stream is held until the reduction is enqueued;
+    then the stream waits for the chunk's collective, and each held tensor is recorded on the stream
+    (``record_stream``) and freed: the allocator hands the memory out again only once the stream has
+    passed this point. The host never waits. Returns the new ``reduce`` and ``free_storage``."""
+    holding = threading.local()  # the frees held by the reduction running in this thread
+
+    def free_storage(tensor: Any) -> None:
+        held = getattr(holding, "held", None)
+        if held is not None and tensor.is_cuda:
+            held.append(tensor)
+        else:
+            free(tensor)
+
+    def reduce_then_free(self, async_op: bool = False) -> None:
+        stream = _side_stream(self.cuda_global_chunk) if self.is_gathered else None
+        if stream is None:
+            return reduce(self, async_op)
+        holding.held = held = []
+        try:
+            reduce(self, async_op)
+        finally:
+            holding.held = None
+            self.wait_async_reduce()  # this stream waits for the collective (the host does not)
+            for tensor in held:
+                tensor.record_stream(stream)
+                free(tensor)
+
+    return reduce_then_free, free_storage
+
+
+@contextlib.contextmanager
+def _reduce_frees_after_reads() -> Iterator[None]:
+    from colossalai.zero.gemini.chunk import chunk as chunk_module
+
+    reduce, free_storage = frees_after_reads(chunk_module.Chunk.reduce, chunk_module.free_storage)
+    with _replaced(chunk_module, free_storage=free_storage), _replaced(chunk_module.Chunk, reduce=reduce):
+        yield
 
 
 @contextlib.contextmanager
@@ -145,5 +199,5 @@ def patched() -> Iterator[None]:
     import torch
 
     cpu = _cpu_accelerator() if not torch.cuda.is_available() else contextlib.nullcontext()
-    with _torch_compat(), _debug_checks_level(), _chunk_norms_on_device(), cpu:
+    with _torch_compat(), _debug_checks_level(), _chunk_norms_on_device(), _reduce_frees_after_reads(), cpu:
         yield

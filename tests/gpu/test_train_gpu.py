@@ -29,6 +29,8 @@ def _gpus() -> int:
     ("gemini", 2, []),
     ("gemini", 1, ["model.compile=true"]),  # auto scope under Gemini: hooked compiled decoder layers
     ("gemini", 2, ["model.compile=true"]),
+    ("gemini", 1, ["parallel.gemini_async_reduce=true"]),  # the reduction on a side stream (shims.py)
+    ("gemini", 2, ["parallel.gemini_async_reduce=true"]),
     ("zero2", 2, []),
     ("zero2", 1, ["model.compile=true"]),  # compiled decoder layers
     ("zero2_cpu", 2, []),
@@ -69,10 +71,9 @@ def test_fp16_loss_scaling_trains(data_dir: Path, tmp_path: Path) -> None:
     assert losses[6] < losses[1]
 
 
-def test_chunk_norm_reads_back_on_a_side_stream() -> None:
-    """The run's chunk-norm shim keeps a gradient chunk's norm on the device on the compute stream,
-    and reads it back (Gemini's own behaviour) on any other stream, where that read is what orders
-    the host's frees after the stream's reads."""
+def test_chunk_norm_stays_on_the_device_on_any_stream() -> None:
+    """The run's chunk-norm shim keeps a gradient chunk's norm on the device, on the compute stream
+    and on Gemini's async-reduce stream alike (no host sync per chunk)."""
     from types import SimpleNamespace
 
     import torch
@@ -89,11 +90,55 @@ def test_chunk_norm_reads_back_on_a_side_stream() -> None:
         return c.l2_norm
 
     with shims.patched():
-        on_device = norm()
+        on_compute = norm()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            read_back = norm()
-    assert isinstance(on_device, torch.Tensor) and on_device.is_cuda
-    assert isinstance(read_back, float)
-    assert float(on_device) == pytest.approx(expected, rel=1e-5) and read_back == pytest.approx(expected, rel=1e-5)
+            on_side = norm()
+        torch.cuda.current_stream().wait_stream(side)
+    for value in (on_compute, on_side):
+        assert isinstance(value, torch.Tensor) and value.is_cuda
+        assert float(value) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["colossalai", "ominix"])
+def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_it(held: bool) -> None:
+    """Gemini's one-GPU reduction on its side stream copies the gathered chunk into the shard and
+    frees the chunk at once. As ColossalAI does it, the compute stream's next allocation gets the
+    chunk's memory while the (busy) side stream has yet to copy it, and the shard gets what the
+    compute stream wrote there; with the run's shim the memory waits for the side stream."""
+    import torch
+
+    from ominix.train import shims
+
+    def reduce(chunk: object, async_op: bool = False) -> None:
+        chunk.cuda_shard = torch.empty_like(chunk.cuda_global_chunk)
+        chunk.cuda_shard.copy_(chunk.cuda_global_chunk)
+        free_storage(chunk.cuda_global_chunk)
+
+    def free(tensor: torch.Tensor) -> None:  # ColossalAI's free_storage
+        tensor.untyped_storage().resize_(0)
+
+    class Chunk:
+        is_gathered, grad_reduce_work = True, None
+
+        def wait_async_reduce(self) -> None:
+            pass
+
+    reduce_then_free, free_storage = shims.frees_after_reads(reduce, free)
+    chunk = Chunk()
+    chunk.cuda_global_chunk = torch.ones(1 << 24, device="cuda")  # 64 MiB, allocated on the compute stream
+    where = chunk.cuda_global_chunk.data_ptr()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(1 << 30)  # the side stream is busy: its copy runs long after the host moves on
+        (reduce_then_free if held else reduce)(chunk)
+    following = torch.empty(1 << 24, device="cuda")  # the compute stream's next allocation of that size
+    following.zero_()
+    torch.cuda.synchronize()
+    if held:
+        assert following.data_ptr() != where and bool((chunk.cuda_shard == 1).all())
+    else:  # the race this shim closes: the shard holds the compute stream's zeros
+        assert following.data_ptr() == where and not bool((chunk.cuda_shard == 1).all())
+
