@@ -504,7 +504,10 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
 def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     """Frees inside a chunk's reduction on a side stream are held until the reduction is enqueued;
     then the stream waits for the collective, and each tensor is recorded on the stream before it is
-    freed. On the default stream (or for a chunk not gathered) the reduction is untouched."""
+    freed. Other frees on a side stream are recorded, then freed. On the default stream nothing
+    changes."""
+    from types import SimpleNamespace
+
     from ominix.train import shims
 
     events: list = []
@@ -515,6 +518,9 @@ def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(mo
 
         def record_stream(self, stream: object) -> None:
             events.append(("record", "side" if stream is side else stream))
+
+        def untyped_storage(self) -> object:
+            return SimpleNamespace(size=lambda: 4)  # not yet freed
 
     class Chunk:
         def __init__(self) -> None:
@@ -541,8 +547,12 @@ def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(mo
     reduce_then_free(Chunk(), False)
     assert events == ["reduce-scatter enqueued", "freed", "reduce returns"]
     events.clear()
-    free_storage(Tensor())  # outside a reduction a free is a free
+    free_storage(Tensor())  # outside a reduction, on the compute stream, a free is a free
     assert events == ["freed"]
+    events.clear()
+    monkeypatch.setattr(shims, "_side_stream", lambda tensor: side)
+    free_storage(Tensor())  # outside a reduction on a side stream (a chunk released there): recorded first
+    assert events == [("record", "side"), "freed"]
 
 
 def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:

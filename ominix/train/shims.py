@@ -119,15 +119,20 @@ def frees_after_reads(reduce: Any, free: Any) -> tuple[Any, Any]:
     free of a GPU tensor inside ``reduce`` on a side stream is held until the reduction is enqueued;
     then the stream waits for the chunk's collective, and each held tensor is recorded on the stream
     (``record_stream``) and freed: the allocator hands the memory out again only once the stream has
-    passed this point. The host never waits. Returns the new ``reduce`` and ``free_storage``."""
+    passed this point. Any other free on a side stream (Gemini releasing a parameter chunk there,
+    copying it into its shard first) is recorded on that stream and freed at once. The host never
+    waits. Returns the new ``reduce`` and ``free_storage``."""
     holding = threading.local()  # the frees held by the reduction running in this thread
 
     def free_storage(tensor: Any) -> None:
-        held = getattr(holding, "held", None)
-        if held is not None and tensor.is_cuda:
-            held.append(tensor)
-        else:
-            free(tensor)
+        stream = _side_stream(tensor) if tensor.untyped_storage().size() else None  # else nothing to free
+        if stream is not None:
+            held = getattr(holding, "held", None)
+            if held is not None:
+                held.append(tensor)
+                return
+            tensor.record_stream(stream)
+        free(tensor)
 
     def reduce_then_free(self, async_op: bool = False) -> None:
         stream = _side_stream(self.cuda_global_chunk) if self.is_gathered else None

@@ -101,23 +101,24 @@ def test_chunk_norm_stays_on_the_device_on_any_stream() -> None:
         assert float(value) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("held", [False, True], ids=["colossalai", "ominix"])
-def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_it(held: bool) -> None:
+@pytest.mark.parametrize("how", ["colossalai", "reduce", "release"])
+def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_it(how: str) -> None:
     """Gemini's one-GPU reduction on its side stream copies the gathered chunk into the shard and
-    frees the chunk at once. As ColossalAI does it, the compute stream's next allocation gets the
-    chunk's memory while the (busy) side stream has yet to copy it, and the shard gets what the
-    compute stream wrote there; with the run's shim the memory waits for the side stream."""
+    frees the chunk at once (and so does releasing a parameter chunk there). As ColossalAI does it,
+    the compute stream's next allocation gets the chunk's memory while the (busy) side stream has yet
+    to copy it, and the shard gets what the compute stream wrote there; with the run's shim (the
+    reduction's frees held, or a free on the side stream recorded) the memory waits for the stream."""
     import torch
 
     from ominix.train import shims
 
-    def reduce(chunk: object, async_op: bool = False) -> None:
-        chunk.cuda_shard = torch.empty_like(chunk.cuda_global_chunk)
-        chunk.cuda_shard.copy_(chunk.cuda_global_chunk)
-        free_storage(chunk.cuda_global_chunk)
-
     def free(tensor: torch.Tensor) -> None:  # ColossalAI's free_storage
         tensor.untyped_storage().resize_(0)
+
+    def scatter(chunk: object, async_op: bool = False) -> None:
+        chunk.cuda_shard = torch.empty_like(chunk.cuda_global_chunk)
+        chunk.cuda_shard.copy_(chunk.cuda_global_chunk)
+        (free if how == "colossalai" else free_storage)(chunk.cuda_global_chunk)
 
     class Chunk:
         is_gathered, grad_reduce_work = True, None
@@ -125,7 +126,7 @@ def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_i
         def wait_async_reduce(self) -> None:
             pass
 
-    reduce_then_free, free_storage = shims.frees_after_reads(reduce, free)
+    reduce_then_free, free_storage = shims.frees_after_reads(scatter, free)
     chunk = Chunk()
     chunk.cuda_global_chunk = torch.ones(1 << 24, device="cuda")  # 64 MiB, allocated on the compute stream
     where = chunk.cuda_global_chunk.data_ptr()
@@ -133,12 +134,11 @@ def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_i
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         torch.cuda._sleep(1 << 30)  # the side stream is busy: its copy runs long after the host moves on
-        (reduce_then_free if held else reduce)(chunk)
+        (reduce_then_free if how == "reduce" else scatter)(chunk)
     following = torch.empty(1 << 24, device="cuda")  # the compute stream's next allocation of that size
     following.zero_()
     torch.cuda.synchronize()
-    if held:
-        assert following.data_ptr() != where and bool((chunk.cuda_shard == 1).all())
-    else:  # the race this shim closes: the shard holds the compute stream's zeros
+    if how == "colossalai":  # the race the shim closes: the shard holds the compute stream's zeros
         assert following.data_ptr() == where and not bool((chunk.cuda_shard == 1).all())
-
+    else:
+        assert following.data_ptr() != where and bool((chunk.cuda_shard == 1).all())
