@@ -23,6 +23,7 @@
 #                 accumulation to 16 sequences per step, one results file (the preset's step on 1 GPU)
 #   STAGE=gputests  tests/gpu/test_infer_gpu.py in one process, then the tests added on 2026-12-02: the
 #                 chunk norm on any stream, a side-stream reduction holding its frees, Gemini training with it
+#                 at static placement and (its default) at auto placement
 #   STAGE=bisect  where the compiled layers' +0.019-nat offset comes from: the 200-step 1.1B loss match
 #                 with the region traced but run by eager kernels (--compile-backend aot_eager: tracing
 #                 and hooks, no fusion), then eager against eager with cuDNN attention on one side
@@ -122,7 +123,8 @@ gputests)
     timeout $(( $(left) - 10 )) "$python" -m pytest -q -rA --tb=short -m gpu tests/gpu/test_infer_gpu.py \
         tests/gpu/test_train_gpu.py::test_chunk_norm_stays_on_the_device_on_any_stream \
         tests/gpu/test_train_gpu.py::test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_it \
-        "tests/gpu/test_train_gpu.py::test_plugin_trains_and_resumes_on_gpu[gemini-1gpu-gemini_async_reduce]" -p no:cacheprovider \
+        "tests/gpu/test_train_gpu.py::test_plugin_trains_and_resumes_on_gpu[gemini-1gpu-gemini_async_reduce]" \
+        "tests/gpu/test_train_gpu.py::test_plugin_trains_and_resumes_on_gpu[gemini_auto-1gpu-default]" -p no:cacheprovider \
         > "$out/gputests.txt" 2>&1; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/gputests.txt" | tail -20 ;;
 grads)
     timeout 300 "$python" -m pytest -q -m gpu tests/gpu/test_compiled_gemini.py -s -p no:cacheprovider \
