@@ -90,8 +90,7 @@ def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
 
     def set_l2_norm(self) -> None:
         assert self.l2_norm is None, "you are calculating the l2 norm twice"
-        valid = self.cuda_global_chunk if self.is_gathered else self.cuda_shard
-        valid = valid[: self.utilized_size] if self.is_gathered else valid[: self.valid_end]
+        valid = self.cuda_global_chunk[: self.utilized_size] if self.is_gathered else self.cuda_shard[: self.valid_end]
         self.l2_norm = valid.data.float().norm(2).square()
 
     return _replaced(Chunk, set_l2_norm=set_l2_norm)
