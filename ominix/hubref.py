@@ -71,46 +71,80 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+@dataclass(frozen=True)
+class HubFailure:
+    """What a failed Hub call means, whatever raised it: ``kind`` is one of "unreachable" (no network,
+    proxy or TLS failure, HF_HUB_OFFLINE), "uncached" (a download offline or unreachable, not in the
+    cache), "gated", "missing" (no such repo, or private), "revision", "token" (HTTP 401), "forbidden"
+    (HTTP 403) or "http" (another answer). ``status`` is the HTTP status of an answer, ``detail`` the
+    first line of the Hub's message (the exception's class for an unreachable Hub)."""
+
+    kind: str
+    status: int | None = None
+    detail: str = ""
+
+
+def classify(exc: BaseException) -> HubFailure | None:
+    """The one reading of huggingface_hub's and requests' exceptions; None for anything else."""
+    import requests
+    from huggingface_hub.errors import (
+        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    http = isinstance(exc, HfHubHTTPError)
+    status = exc.response.status_code if http and exc.response is not None else None
+    detail = next(iter((exc.server_message or "").strip().splitlines()), "") if http else type(exc).__name__
+    if isinstance(exc, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
+        return HubFailure("gated", status, detail)
+    if isinstance(exc, RepositoryNotFoundError):
+        return HubFailure("missing", status, detail)
+    if isinstance(exc, RevisionNotFoundError):
+        return HubFailure("revision", status, detail)
+    if isinstance(exc, LocalEntryNotFoundError):
+        return HubFailure("uncached")
+    if isinstance(exc, (OfflineModeIsEnabled, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return HubFailure("unreachable", detail=detail)  # SSL and proxy errors are ConnectionErrors
+    if http:
+        return HubFailure({401: "token", 403: "forbidden"}.get(status, "http"), status, detail)
+    return None
+
+
 def fetch(hub_id: HubId, patterns: tuple[str, ...], what: str) -> Path:
     """The snapshot directory of ``hub_id`` holding the files matching ``patterns`` (fetched when not
     cached and online); ``what`` ("tokenizer", "model") names it in errors."""
-    import requests
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-    )
 
-    lead = f"{hub_id} is not a local path, and as a Hugging Face Hub {what} id"
-    download = f"`huggingface-cli download {hub_id.repo_id}` on a machine with network"
     try:
         return Path(snapshot_download(hub_id.repo_id, revision=hub_id.revision, allow_patterns=list(patterns)))
-    except GatedRepoError as exc:
-        raise OminixError(f"{lead} it is gated: access was refused",
-                          "accept its terms on the Hub, then `huggingface-cli login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise OminixError(f"{lead} it does not exist (or is private)",
-                          "check the spelling or the path; for a private repo `huggingface-cli login` "
-                          "or set HF_TOKEN") from exc
-    except RevisionNotFoundError as exc:
-        raise OminixError(f"{lead} it has no revision {hub_id.revision!r}",
-                          "name an existing branch, tag or commit after @") from exc
-    except LocalEntryNotFoundError as exc:
-        if offline():
-            raise OminixError(f"{lead} it is not in the local cache ({_cache()}) and HF_HUB_OFFLINE is set",
-                              f"fetch it with {download} (same HF_HOME), unset HF_HUB_OFFLINE, "
-                              "or pass a local path") from exc
-        raise OminixError(f"{lead} it is not in the local cache ({_cache()}) and the Hub "
-                          f"({_endpoint()}) cannot be reached", f"check the network, fetch it with {download}, "
-                          "or pass a local path") from exc
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:  # SSL and proxy errors
-        raise OminixError(f"{lead} it could not be fetched: the Hub ({_endpoint()}) cannot be reached "
-                          f"({type(exc).__name__})",
-                          "check the network and proxy settings, or pass a local path") from exc
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        hint = ("`huggingface-cli login` (or set HF_TOKEN) with a token that may read it" if status in (401, 403)
-                else "try again later, or pass a local path")
-        raise OminixError(f"{lead} it could not be fetched: the Hub answered HTTP {status}", hint) from exc
+    except Exception as exc:  # noqa: BLE001 - classify() names the Hub's failures; anything else is re-raised
+        failure = classify(exc)
+        if failure is None:
+            raise
+        raise _fetch_error(failure, hub_id, what) from exc
+
+
+def _fetch_error(failure: HubFailure, hub_id: HubId, what: str) -> OminixError:
+    lead = f"{hub_id} is not a local path, and as a Hugging Face Hub {what} id"
+    download = f"`huggingface-cli download {hub_id.repo_id}` on a machine with network"
+    if failure.kind == "uncached" and offline():
+        return OminixError(f"{lead} it is not in the local cache ({_cache()}) and HF_HUB_OFFLINE is set",
+                           f"fetch it with {download} (same HF_HOME), unset HF_HUB_OFFLINE, or pass a local path")
+    token = "`huggingface-cli login` (or set HF_TOKEN) with a token that may read it"
+    reason, hint = {
+        "gated": ("it is gated: access was refused", "accept its terms on the Hub, then `huggingface-cli login`"),
+        "missing": ("it does not exist (or is private)",
+                    "check the spelling or the path; for a private repo `huggingface-cli login` or set HF_TOKEN"),
+        "revision": (f"it has no revision {hub_id.revision!r}", "name an existing branch, tag or commit after @"),
+        "uncached": (f"it is not in the local cache ({_cache()}) and the Hub ({_endpoint()}) cannot be reached",
+                     f"check the network, fetch it with {download}, or pass a local path"),
+        "unreachable": (f"it could not be fetched: the Hub ({_endpoint()}) cannot be reached ({failure.detail})",
+                        "check the network and proxy settings, or pass a local path"),
+        "token": ("it could not be fetched: the Hub answered HTTP 401", token),
+        "forbidden": ("it could not be fetched: the Hub answered HTTP 403", token),
+    }.get(failure.kind, (f"it could not be fetched: the Hub answered HTTP {failure.status or '?'}",
+                         "try again later, or pass a local path"))
+    return OminixError(f"{lead} {reason}", hint)
 
 
 def model_dir(snapshot: Path) -> Path:

@@ -170,10 +170,18 @@ class _FakeHub(http.server.BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         type(self).seen.append(self.headers.get("authorization", ""))
-        if self.path.startswith("/api/models/"):  # repo_info: the repository does not exist
+        dataset = self.path.startswith("/api/datasets/")
+        if self.path.startswith("/api/models/") or (dataset and "no-such" in self.path):  # no such repository
             self.send_response(404)
             self.send_header("X-Error-Code", "RepoNotFound")
             self.send_header("X-Error-Message", "Repository not found")
+        elif dataset and "gated" in self.path:
+            self.send_response(403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to this dataset is restricted")
+        elif dataset and "busy" in self.path:
+            self.send_response(503)
+            self.send_header("X-Error-Message", "Service unavailable\nretry later")
         else:  # create_repo and the rest: the token is refused
             self.send_response(401)
             self.send_header("X-Error-Message", "Invalid credentials in Authorization header")
@@ -200,6 +208,44 @@ def test_an_unknown_hub_id_online_is_one_line(hub: dict[str, Path], fake_hub: st
     result = run_cli("infer", "-m", "ominix-test/no-such-model", "--prompt", "hi",
                      env=_env(hub, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub))
     _one_clear_line(result, "ominix-test/no-such-model", "does not exist (or is private)", "huggingface-cli login")
+
+
+@pytest.mark.parametrize("repo, needles", [
+    ("ominix-test/no-such-data", ("no dataset 'ominix-test/no-such-data' on the Hugging Face Hub", "check the id")),
+    ("ominix-test/gated-data", ("ominix-test/gated-data is gated on the Hub", "accept its terms")),
+    ("ominix-test/busy-data", ("the Hub refused to list ominix-test/busy-data: HTTP 503 Service unavailable",
+                               "try again later")),
+    ("ominix-test/some-data", ("the Hub refused the token listing ominix-test/some-data (HTTP 401)", "HF_TOKEN")),
+])
+def test_a_hub_dataset_the_hub_refuses_is_one_line(repo: str, needles: tuple[str, ...], hub: dict[str, Path],
+                                                   fake_hub: str, tmp_path: Path) -> None:
+    """The Hub's answers to a dataset listing, read by the classifier the model fetch and push share."""
+    result = run_cli("data", "prepare", repo, "--split", "train[:1%]", "--out", str(tmp_path / "out"),
+                     env=_env(hub, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub, HF_TOKEN=TOKEN))
+    _one_clear_line(result, *needles)
+    assert TOKEN not in result.stdout + result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_hub_failures_are_read_in_one_place() -> None:
+    """Every caller gets the same reading of huggingface_hub's and requests' exceptions."""
+    import requests
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from ominix.hubref import HubFailure, classify
+
+    def answer(status: int) -> requests.Response:
+        response = requests.Response()
+        response.status_code = status
+        return response
+
+    assert classify(requests.exceptions.SSLError("bad certificate")) == HubFailure("unreachable", None, "SSLError")
+    assert classify(OfflineModeIsEnabled("offline")).kind == "unreachable"
+    assert classify(LocalEntryNotFoundError("not cached")) == HubFailure("uncached")
+    assert classify(GatedRepoError("gated", response=answer(403))).kind == "gated"
+    assert classify(HfHubHTTPError("no", response=answer(401))) == HubFailure("token", 401, "")
+    assert classify(HfHubHTTPError("no", response=answer(403))).kind == "forbidden"
+    assert classify(HfHubHTTPError("no", response=answer(500))) == HubFailure("http", 500, "")
+    assert classify(ValueError("not the Hub's")) is None
 
 
 # --- release push ------------------------------------------------------------------------------------

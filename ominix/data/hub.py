@@ -14,45 +14,44 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from ominix import hubref
 from ominix.data import readers
 from ominix.data.parts import SPLIT_DIRS, Part, natural_key, sliced
 from ominix.data.splits import SplitPart
 from ominix.errors import OminixError
 
 
-def _offline_error(repo: str, exc: Exception) -> OminixError:
-    return OminixError(
-        f"cannot reach the Hugging Face Hub to list the files of {repo} ({type(exc).__name__})",
-        "check the network (HF_ENDPOINT, proxy, HF_HUB_OFFLINE), or download the files once and pass "
-        "the local directory, e.g. `ominix data prepare ./SlimPajama-627B --split train[:1%]`",
-    )
-
-
 def list_files(repo: str, revision: str | None = None) -> tuple[dict[str, int], str | None]:
     """``{path: bytes}`` of the supported data files of a hub dataset, and the commit listed."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-    from requests.exceptions import ConnectionError, Timeout
 
     api = HfApi()
     try:
         info = api.dataset_info(repo, revision=revision)
         entries = api.list_repo_tree(repo, repo_type="dataset", recursive=True, revision=info.sha)
         files = {e.path: e.size for e in entries if getattr(e, "size", None) is not None and readers.kind(e.path)}
-    except (OfflineModeIsEnabled, ConnectionError, Timeout) as exc:
-        raise _offline_error(repo, exc) from exc
-    except GatedRepoError as exc:
-        raise OminixError(f"{repo} is gated on the Hub", "accept its terms on the website and set HF_TOKEN") from exc
-    except RepositoryNotFoundError as exc:
-        raise OminixError(f"no dataset {repo!r} on the Hugging Face Hub", "check the id (owner/name)") from exc
-    except HfHubHTTPError as exc:
-        raise OminixError(f"the Hub refused to list {repo}: {exc}", "try again later or check HF_TOKEN") from exc
+    except Exception as exc:  # noqa: BLE001 - classify() names the Hub's failures; anything else is re-raised
+        failure = hubref.classify(exc)
+        if failure is None:
+            raise
+        raise _list_error(failure, repo) from exc
     return files, info.sha
+
+
+def _list_error(failure: hubref.HubFailure, repo: str) -> OminixError:
+    token = "use a token that may read it: set HF_TOKEN, or `huggingface-cli login`"
+    reason, hint = {
+        "unreachable": (f"cannot reach the Hugging Face Hub to list the files of {repo} ({failure.detail})",
+                        "check the network (HF_ENDPOINT, proxy, HF_HUB_OFFLINE), or download the files once and "
+                        "pass the local directory, e.g. `ominix data prepare ./SlimPajama-627B --split train[:1%]`"),
+        "gated": (f"{repo} is gated on the Hub", "accept its terms on the website, then set HF_TOKEN "
+                                                   "(or `huggingface-cli login`)"),
+        "missing": (f"no dataset {repo!r} on the Hugging Face Hub", "check the id (owner/name)"),
+        "token": (f"the Hub refused the token listing {repo} (HTTP 401)", token),
+        "forbidden": (f"the token may not read {repo} (HTTP 403)", token),
+    }.get(failure.kind, (f"the Hub refused to list {repo}: HTTP {failure.status or '?'} {failure.detail}".rstrip(),
+                         "try again later or check HF_TOKEN"))
+    return OminixError(reason, hint)
 
 
 def _split_of(path: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ominix.atomic import MARKER
 from ominix.checkpoint import files_under
 from ominix.errors import OminixError
-from ominix.hubref import BUNDLE_MODEL, valid_repo_id
+from ominix.hubref import BUNDLE_MODEL, classify, valid_repo_id
 from ominix.release.bundle_files import SUMS, read_sums
 
 CARD = "README.md"
@@ -103,23 +103,21 @@ def push(p: PushPlan) -> str:
 
 
 def _push_error(exc: Exception, p: PushPlan, token: str) -> OminixError:
-    import requests
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError
 
     where = f"cannot push to {p.repo_id} ({constants.ENDPOINT})"
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-        return OminixError(f"{where}: the Hub cannot be reached ({type(exc).__name__})",
+    failure = classify(exc)
+    kind = failure.kind if failure else None
+    if kind == "unreachable":
+        return OminixError(f"{where}: the Hub cannot be reached ({failure.detail})",
                            "check the network, proxy and HF_ENDPOINT; then push again (the upload is one commit)")
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        if status == 401:
-            return OminixError(f"{where}: the Hub refused the token (HTTP 401)", LOGIN_HINT)
-        if status == 403:
-            return OminixError(f"{where}: the token may not write to {p.repo_id.split('/')[0]} (HTTP 403)",
-                               "use a token with write access to that user or organization")
-        detail = (exc.server_message or "").strip().splitlines()[:1]
-        text = f"{where}: the Hub answered HTTP {status}" + (f": {detail[0]}" if detail else "")
+    if kind == "token":
+        return OminixError(f"{where}: the Hub refused the token (HTTP 401)", LOGIN_HINT)
+    if kind == "forbidden":
+        return OminixError(f"{where}: the token may not write to {p.repo_id.split('/')[0]} (HTTP 403)",
+                           "use a token with write access to that user or organization")
+    if failure is not None:
+        text = f"{where}: the Hub answered HTTP {failure.status}" + (f": {failure.detail}" if failure.detail else "")
         return OminixError(text.replace(token, "***"), "check --repo-id and --revision, then push again")
     return OminixError(f"{where}: {type(exc).__name__}: {exc}".replace(token, "***"),
                        "run with --debug for the traceback")
