@@ -65,7 +65,7 @@ def _ok(result) -> None:
     (["parallel.plugin=3d", "parallel.pp=2", "parallel.num_microbatches=4"], 2, True, "num_microbatches"),
 ])
 def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     with pytest.raises(OminixError, match=needle) as info:
         validate(load_config("tiny", sets), nproc, gpu=gpu)
@@ -73,18 +73,18 @@ def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
 
 
 def test_fsdp_is_refused_on_torch_older_than_2_7(monkeypatch) -> None:
-    from ominix.train import engine
+    from ominix.train import layout
 
     cfg = load_config("tiny", ["parallel.plugin=fsdp"])
-    engine.validate(cfg, 2, gpu=True)  # the installed torch is new enough
-    monkeypatch.setattr(engine, "torch_version", lambda: (2, 5))
+    layout.validate(cfg, 2, gpu=True)  # the installed torch is new enough
+    monkeypatch.setattr(layout, "torch_version", lambda: (2, 5))
     with pytest.raises(OminixError, match=r"fsdp needs torch >= 2.7 \(installed: 2.5\)") as info:
-        engine.validate(cfg, 2, gpu=True)
+        layout.validate(cfg, 2, gpu=True)
     assert "torch>=2.7" in info.value.hint
 
 
 def test_layout_is_derived_in_one_place() -> None:
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     layout = validate(load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"]), 4, gpu=True)
     assert (layout.dp, layout.accum, layout.rank_batch, layout.tokens_per_step) == (2, 1, 8, 16 * 128)
@@ -152,7 +152,7 @@ def test_max_tokens_stops_at_the_step_that_reaches_it() -> None:
 
 def test_3d_checkpoint_is_refused_on_another_rank_count() -> None:
     from ominix.checkpoint import check_compatible
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     cfg = load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"])
     saved = {"model": cfg.model.model_dump(), "data_manifest_sha256": "x", "plugin": "3d",
@@ -476,7 +476,8 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     import torch.distributed as dist
 
     from ominix.train import shims
-    from ominix.train.engine import BUILDERS, derive_layout, one_process_env
+    from ominix.train.engine import BUILDERS, one_process_env
+    from ominix.train.layout import derive_layout
 
     cfg = load_config("llama2-7b", sets=["schedule.global_batch_size=32"])
     layout = derive_layout(cfg, 1)

@@ -71,7 +71,7 @@ def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_a
 
 def summary(cfg: OminixConfig, nproc: int) -> str:
     """What a dry run says the job is: model, data, layout, schedule, run directory."""
-    from ominix.train.engine import derive_layout
+    from ominix.train.layout import derive_layout
     from ominix.train.schedule import total_steps, warmup_note, warmup_steps
 
     layout = derive_layout(cfg, nproc * cfg.launch.nodes)

@@ -49,7 +49,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     import torch
 
     from ominix.cli.render import debug_enabled
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     events = events or Events()
     nproc = local_nproc(cfg)

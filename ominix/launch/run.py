@@ -74,7 +74,7 @@ def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
     processes per node unknown (counted on the nodes later) the layout is checked at the
     smallest world the nodes can form, where a batch that does not divide fails for any GPU count.
     Returns the world size when it is known."""
-    from ominix.train.engine import derive_layout, validate
+    from ominix.train.layout import derive_layout, validate
 
     nodes, p = cfg.launch.nodes, cfg.parallel
     slots = set()
@@ -100,7 +100,7 @@ def start_slurm(cfg: OminixConfig, *, dry_run: bool, events: Events) -> Outcome:
     holds the lock while it runs (``slurm_job``). ``dry_run``: the sbatch file only."""
     import torch
 
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     launch = cfg.launch
     gpus = launch.nproc_per_node if launch.slurm.gpus_per_node is None else launch.slurm.gpus_per_node
@@ -125,7 +125,7 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
     to ``colossalai run``); ``dry_run`` returns the commands only.
     ``prepare`` (writing RUN_DIR/config.yaml) runs after the host checks, before any node starts."""
-    from ominix.train.engine import validate
+    from ominix.train.layout import validate
 
     events = events or Events()
     targets, master = cluster(cfg, cfg.launch.nodes)

@@ -1,4 +1,4 @@
-"""The ColossalAI engine: validation of a parallel layout, and the Booster that trains it.
+"""The ColossalAI engine: the Booster that trains a validated ``ominix.train.layout.Layout``.
 
 This is the only module that imports ColossalAI plugins, and it does so inside functions (the import
 costs ~7 s). Each plugin is one small builder in ``BUILDERS``, keyed by the names of the plugin table
@@ -15,37 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ominix.config import OminixConfig
-from ominix.errors import OminixError
-from ominix.plugins import PLUGINS, Plugin, cpu_choices
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a global batch is split: derived in one place, printed at start."""
-
-    world_size: int
-    dp: int
-    tp: int
-    pp: int
-    global_batch: int
-    micro_batch: int
-    accum: int  # micro batches per rank per optimizer step (pipeline: micro batches per step)
-    seq_len: int
-
-    @property
-    def rank_batch(self) -> int:
-        return self.global_batch // self.dp
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch * self.seq_len
-
-    def describe(self) -> str:
-        return (
-            f"world {self.world_size} = dp {self.dp} x tp {self.tp} x pp {self.pp}; global batch "
-            f"{self.global_batch} = micro {self.micro_batch} x accum {self.accum} x dp {self.dp}; "
-            f"{self.tokens_per_step:,} tokens/step (seq {self.seq_len})"
-        )
+from ominix.plugins import PLUGINS, Plugin
+from ominix.train.layout import Layout, validate
 
 
 def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
@@ -129,59 +100,6 @@ BUILDERS: dict[str, Callable[[OminixConfig, Layout], Any]] = {
     "fsdp": _fsdp,
 }
 assert BUILDERS.keys() == PLUGINS.keys(), "every plugin of ominix.plugins has one builder here"
-
-
-def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
-    """Split the world into dp x tp x pp and the global batch into micro batches, or say what to change."""
-    p, s = cfg.parallel, cfg.schedule
-    if world_size % (p.tp * p.pp):
-        raise OminixError(
-            f"parallel.tp x parallel.pp ({p.tp} x {p.pp}) does not divide the {world_size} processes",
-            "change parallel.tp/pp or --nproc-per-node (x nodes) so that tp x pp x dp = processes",
-        )
-    dp = world_size // (p.tp * p.pp)
-    if s.global_batch_size % (s.micro_batch_size * dp):
-        raise OminixError(
-            f"schedule.global_batch_size ({s.global_batch_size}) is not a multiple of "
-            f"micro_batch_size x data-parallel size ({s.micro_batch_size} x {dp})",
-            f"set schedule.global_batch_size to a multiple of {s.micro_batch_size * dp}",
-        )
-    accum = s.global_batch_size // (s.micro_batch_size * dp)
-    if p.pp > 1 and p.num_microbatches is not None and p.num_microbatches != accum:
-        raise OminixError(
-            f"parallel.num_microbatches ({p.num_microbatches}) must equal global batch / "
-            f"(micro batch x dp) = {accum} with pipeline parallelism",
-            "leave parallel.num_microbatches unset, or change schedule.global_batch_size",
-        )
-    return Layout(world_size, dp, p.tp, p.pp, s.global_batch_size, s.micro_batch_size, accum, cfg.data.seq_len)
-
-
-def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
-    """Check a config against the processes and hardware before anything starts; return the layout.
-    (Rules that depend on the config alone are checked when it is loaded: ``ominix.plugins``.)"""
-    p = cfg.parallel
-    if not gpu and PLUGINS[p.plugin].gpu_only:
-        raise OminixError(
-            f"parallel.plugin={p.plugin} needs a CUDA GPU (this machine has none)",
-            f"on CPU use --plugin {cpu_choices()}",
-        )
-    if not gpu and cfg.optim.optimizer == "hybrid_adam":
-        raise OminixError("optim.optimizer=hybrid_adam needs a CUDA GPU", "set optim.optimizer=auto or adamw")
-    if PLUGINS[p.plugin].one_param_group and torch_version() < (2, 7):
-        # its optimizer is torch's Adam with decoupled_weight_decay, which torch added in 2.7
-        raise OminixError(
-            f"parallel.plugin={p.plugin} needs torch >= 2.7 (installed: {'.'.join(map(str, torch_version()))})",
-            "install torch>=2.7 on every node, or use --plugin gemini or zero2",
-        )
-    return derive_layout(cfg, world_size)
-
-
-def torch_version() -> tuple[int, int]:
-    """The installed torch's (major, minor), read from its metadata (importing torch is slow)."""
-    from importlib.metadata import version
-
-    major, minor = version("torch").split(".")[:2]
-    return int(major), int(minor)
 
 
 @dataclass

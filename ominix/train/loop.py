@@ -196,7 +196,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.model import resolve_attn
     from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
-    from ominix.train.engine import build_engine, derive_layout, init_distributed
+    from ominix.train.engine import build_engine, init_distributed
+    from ominix.train.layout import derive_layout
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
     from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
