@@ -39,6 +39,9 @@
 #   STAGE=asyncreduce  Gemini's reduction back on its side stream, its frees now held until the stream
 #                 has read the chunk (parallel.gemini_async_reduce=true, shims.frees_after_reads): the
 #                 stream tests, the 1.1B bench and CLI profiled, then 7B micro 16 in the time left
+#   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
+#                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
+#                 bench and CLI with it; the stream tests run in STAGE=gputests
 #   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
 #                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
 #                 tests (THEN_TESTS=1)
@@ -56,7 +59,7 @@ profiled_1b() {  # $3...: more --set options for both sides
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$name.json" > "$out/$log.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$log.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective|asyncreduce}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective|asyncreduce|levers7b}" in
 seeds)
     control=$([ "${CONTROL:-1}" = 1 ] && echo --control)
     for seed in ${SEEDS:-7 1234}; do
@@ -78,6 +81,18 @@ selective)
         grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/selective$micro.log" | tail -4
         grep -q "OutOfMemoryError\|out of memory" "$out/selective$micro.log" || break
     done ;;
+levers7b)
+    STAGE=selective BUDGET=$(( $(left) < 320 ? $(left) : 320 )) bash "$0"
+    if [ "$(left)" -gt 200 ]; then
+        timeout $(( $(left) - 10 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini --micro-batch 16 \
+            --warmup 1 --steps 2 --no-baseline --set model.compile=true --set model.attn=auto \
+            --set parallel.gemini_async_reduce=true --out "$out/train_7b_gemini_1gpu_micro16_asyncreduce_h200.json" \
+            > "$out/asyncreduce7b.log" 2>&1
+        grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/asyncreduce7b.log" | tail -4
+    fi
+    [ "$(left)" -gt 200 ] && profiled_1b train_1.1b_cli_vs_bench_asyncreduce_h200 asyncreduce \
+        --set parallel.gemini_async_reduce=true
+    (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;
 asyncreduce)
     timeout 120 "$python" -m pytest -q -rA --tb=short -m gpu tests/gpu/test_train_gpu.py -k "side_stream or any_stream" \
         -p no:cacheprovider > "$out/streamtests.txt" 2>&1; grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$out/streamtests.txt"
