@@ -27,10 +27,10 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     offload_optim_frac = p.offload_optim_frac if placement == "static" else 0.0
     # Gemini's async reduce runs each gradient chunk's reduction on a side stream. Its frees of the
     # gathered chunks wait for that stream (shims.frees_after_reads); without that, 7B at micro 16
-    # died with an illegal memory access once the chunk norms stopped making the host wait. Until
-    # the side stream with those frees is measured on GPUs (bench/NOTES.md section 14), the default
-    # reduces on the compute stream, except where chunks move to the host: there the side stream
-    # overlaps those copies.
+    # died with an illegal memory access once the chunk norms stopped making the host wait. With
+    # those waits the side stream is slower on one H200 than the compute stream (bench/NOTES.md
+    # section 15: 46% against 49% MFU at 7B), so the default reduces on the compute stream, except
+    # where chunks move to the host: there the side stream overlaps those copies.
     offloads = placement == "auto" or offload_optim_frac > 0
     async_reduce = offloads if p.gemini_async_reduce is None else p.gemini_async_reduce
     return GeminiPlugin(
