@@ -39,6 +39,10 @@
 #   STAGE=asyncreduce  Gemini's reduction back on its side stream, its frees now held until the stream
 #                 has read the chunk (parallel.gemini_async_reduce=true, shims.frees_after_reads): the
 #                 stream tests, the 1.1B bench and CLI profiled, then 7B micro 16 in the time left
+#   STAGE=bigbatch  one side (SIDE=plain|optimised) of the 200-step 1.1B loss match at GLOBAL (default
+#                 24) sequences per step, seed SEED (default 7); a second plain run (TAG=_2) is the
+#                 control. 200 eager steps at 24 take ~7.5 minutes here (32 would not fit a call).
+#                 Then, here: loss_match.py --pair PLAIN OPTIMISED (and PLAIN PLAIN_2)
 #   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
 #                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
 #                 bench and CLI with it; the stream tests run in STAGE=gputests
@@ -59,7 +63,7 @@ profiled_1b() {  # $3...: more --set options for both sides
         --cli-set checkpoint.save_optimizer=false --profile-dir "$out/profile" --out "$out/$name.json" > "$out/$log.log" 2>&1
     grep -E 'profiled|"(value|cli|cli_vs_bench)"' "$out/$log.log"
 }
-case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective|asyncreduce|levers7b}" in
+case "${STAGE:?set STAGE=grads|cli|decode|zero2cpu|profile|verify|verify7b|casts|prefill|recheck|cli7b|gputests|bisect|bisect2|seeds|base7b|selective|asyncreduce|levers7b|bigbatch}" in
 seeds)
     control=$([ "${CONTROL:-1}" = 1 ] && echo --control)
     for seed in ${SEEDS:-7 1234}; do
@@ -81,6 +85,13 @@ selective)
         grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/selective$micro.log" | tail -4
         grep -q "OutOfMemoryError\|out of memory" "$out/selective$micro.log" || break
     done ;;
+bigbatch)
+    side=${SIDE:?set SIDE=plain or optimised}; global=${GLOBAL:-24}; seed=${SEED:-7}
+    timeout $(( $(left) - 5 )) "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" --plugin gemini \
+        --steps 200 --tol 0.02 --seed "$seed" --side "$side" --set schedule.global_batch_size="$global" \
+        --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
+        --out "$out/loss_match_1.1b_gemini_g${global}_seed${seed}_${side}${TAG:-}_h200.json" > "$out/bigbatch.log" 2>&1
+    echo "rc $? after $(( ${BUDGET:-575} - $(left) )) s"; tail -4 "$out/bigbatch.log" ;;
 levers7b)
     STAGE=selective BUDGET=$(( $(left) < 320 ? $(left) : 320 )) bash "$0"
     if [ "$(left)" -gt 200 ]; then

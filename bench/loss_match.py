@@ -23,6 +23,14 @@ initialisation and data order) and ``--combine`` checks the mean over several se
 
     for s in 7 42 1234; do python bench/loss_match.py ... --seed $s --control --out lm_$s.json; done
     python bench/loss_match.py --combine lm_7.json lm_42.json lm_1234.json --tol 0.02 --out lm.json
+
+A side too long for one sitting (the 1.1B preset's own batch over 200 steps is ~7-9 minutes a side on
+an H200) trains alone with ``--side plain|optimised``, and ``--pair`` compares two such files of the
+same settings; two plain files make the control:
+
+    python bench/loss_match.py ... --side plain --out plain.json      # one device call
+    python bench/loss_match.py ... --side optimised --out fast.json   # the next
+    python bench/loss_match.py --pair plain.json fast.json --tol 0.02 --out lm.json
 """
 
 from __future__ import annotations
@@ -104,7 +112,7 @@ def combine(results: list[dict], tol: float) -> dict:
         "last10_mean_loss_diff": final, "max_abs_diff": max(r["max_abs_diff"] for r in results),
         "tolerance": tol, "ok": value <= tol and abs(final) <= tol,
         "check": "mean over seeds of mean |diff| <= tolerance and |mean over seeds of the last-10 mean diff| <= tolerance",
-        "seeds": seeds, "per_seed": per_seed, "commands": [r.get("command") for r in results],
+        "seeds": seeds, "per_seed": per_seed, "commands": [r.get("command") or r.get("commands") for r in results],
     }
     if all(r.get("control") for r in results):
         controls = [r["control"] for r in results]
@@ -112,6 +120,43 @@ def combine(results: list[dict], tol: float) -> dict:
                           "last10_mean_loss_diff": mean([c["last10_mean_loss_diff"] for c in controls]),
                           "settings": controls[0].get("settings")}
     return out
+
+
+def _key(args) -> dict:
+    """What two runs must share to be compared: everything but the side-specific settings."""
+    return {"preset": args.preset, "plugin": args.plugin, "nproc": args.nproc, "steps": args.steps,
+            "seed": args.seed, "sets": args.sets}
+
+
+def half(args, side: str, losses: dict[int, float]) -> dict:
+    """The results file of one side trained alone (``--side``), for ``--pair``."""
+    from ominix.flops import device_name
+
+    return {"name": f"loss match {args.preset} {args.plugin} x{args.nproc}, one side: {side}", "side": side,
+            "card": device_name(), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]), "key": _key(args),
+            "side_settings": {"optimised_sets": args.optimised_sets, "compile_backend": args.compile_backend}
+            if side == "optimised" else {}, "losses": {side: [losses[s] for s in sorted(losses)]}}
+
+
+def pair(first: dict, second: dict, tol: float) -> dict:
+    """Two one-side files of the same settings compared as one run would compare them: plain against
+    optimised, or plain against plain (the control: the same code trained twice)."""
+    sides = (first.get("side"), second.get("side"))
+    if None in sides or "optimised" == sides[0]:
+        raise SystemExit(f"error: --pair takes a plain side first, then a plain or optimised one (got {sides})")
+    if first["key"] != second["key"]:
+        changed = sorted(k for k in first["key"] if first["key"][k] != second["key"].get(k))
+        raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
+    key, a, b = first["key"], first["losses"][sides[0]], second["losses"][sides[1]]
+    what = "optimised vs plain" if sides[1] == "optimised" else "plain vs plain (control)"
+    seed = f", seed {key['seed']}" if key["seed"] is not None else ""
+    return {
+        "name": f"loss match {key['preset']} {key['plugin']} x{key['nproc']}, {len(a)} steps: {what}{seed}",
+        "card": first["card"], "date": max(first["date"], second["date"]),
+        "commands": [first["command"], second["command"]], "baseline": None, "ratio": None, "seed": key["seed"],
+        **summarize(a, b, tol), "losses": {"plain": a, sides[1] if sides[1] == "optimised" else "control": b},
+    }
 
 
 def main() -> int:
@@ -137,8 +182,18 @@ def main() -> int:
     ap.add_argument("--summarize", help="re-check the losses saved in this results file (no training)")
     ap.add_argument("--combine", nargs="+", metavar="FILE", help="check the mean over these results files, one "
                     "per seed (no training)")
+    ap.add_argument("--side", choices=["plain", "optimised"], help="train this side alone and write it for --pair")
+    ap.add_argument("--pair", nargs=2, metavar=("PLAIN", "OTHER"), help="compare two --side files of the same "
+                    "settings: a plain one, then an optimised one (or a second plain one: the control)")
     ap.add_argument("--out")
     args = ap.parse_args()
+
+    if args.pair:
+        result = pair(*(json.loads(Path(f).read_text()) for f in args.pair), args.tol)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+        return 0 if result["ok"] else 1
 
     if args.combine:
         result = combine([json.loads(Path(f).read_text()) for f in args.combine], args.tol)
@@ -155,6 +210,15 @@ def main() -> int:
     if not args.data:
         ap.error("--data is required (or --summarize FILE)")
     args.control = args.control or bool(args.control_sets)
+    if args.side:
+        if args.control:
+            ap.error("--control trains a third run; with --side, train --side plain twice and --pair them")
+        with tempfile.TemporaryDirectory() as tmp:
+            result = half(args, args.side, _train(args, Path(tmp) / args.side, args.side))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         plain = _train(args, Path(tmp) / "plain", "plain")
         fast = _train(args, Path(tmp) / "optimised", "optimised")

@@ -27,20 +27,47 @@ def test_train_throughput_bench_smoke(private_netns: None, tmp_path: Path) -> No
     assert len(pids) == 2 and os.getpid() not in pids
 
 
-def test_loss_match_bench_trains_both_paths(private_netns: None, tmp_path: Path) -> None:
-    """bench/loss_match.py trains plain and optimised (compiled layers + chunked loss) runs of the
-    same seed on real prepared data; on the CPU in fp32 the two curves agree closely."""
+def test_loss_match_trains_each_side_alone_and_pairs_them(private_netns: None, tmp_path: Path) -> None:
+    """bench/loss_match.py --side trains the plain and the optimised (compiled layers + chunked loss)
+    run of the same seed on real prepared data, one per call, and --pair compares them; on the CPU
+    in fp32 the two curves agree closely. (The one-call path: the next test.)"""
     from tests.conftest import run_cli
 
     data = tmp_path / "data"
     assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
+    bench = [sys.executable, str(REPO / "bench" / "loss_match.py")]
+    for side in ("plain", "optimised"):
+        subprocess.run([*bench, "--data", str(data), "--plugin", "ddp", "--steps", "3", "--set",
+                        "schedule.warmup_steps=1", "--side", side, "--out", str(tmp_path / f"{side}.json")],
+                       check=True, capture_output=True, timeout=900, cwd=tmp_path)
     out = tmp_path / "lm.json"
-    subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin", "ddp",
-                    "--steps", "3", "--set", "schedule.warmup_steps=1", "--out", str(out)],
-                   check=True, capture_output=True, timeout=900, cwd=tmp_path)
+    subprocess.run([*bench, "--pair", str(tmp_path / "plain.json"), str(tmp_path / "optimised.json"), "--out",
+                    str(out)], check=True, capture_output=True, timeout=60, cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result["ok"] and result["value"] < 1e-3 and len(result["losses"]["plain"]) == 3
     assert result["losses"]["plain"][-1] < result["losses"]["plain"][0]  # it trained
+    assert result["name"] == "loss match tiny ddp x1, 3 steps: optimised vs plain" and len(result["commands"]) == 2
+
+
+def test_loss_match_pairs_only_sides_of_the_same_settings() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from loss_match import pair
+    finally:
+        sys.path.pop(0)
+    key = {"preset": "tinyllama-1.1b", "plugin": "gemini", "nproc": 1, "steps": 3, "seed": 7, "sets": ["a=1"]}
+
+    def side(name: str, losses: list[float], **changed: object) -> dict:
+        return {"side": name, "key": {**key, **changed}, "card": "H200", "date": "2026-12-02",
+                "command": f"--side {name}", "losses": {name: losses}}
+
+    control = pair(side("plain", [9.0, 8.0, 7.0]), side("plain", [9.0, 8.1, 7.0]), 0.02)
+    assert control["name"] == "loss match tinyllama-1.1b gemini x1, 3 steps: plain vs plain (control), seed 7"
+    assert control["value"] == round(0.1 / 3, 5) and not control["ok"] and "control" in control["losses"]
+    with pytest.raises(SystemExit, match="differ in seed, sets"):
+        pair(side("plain", [1.0]), side("optimised", [1.0], seed=8, sets=[]), 0.02)
+    with pytest.raises(SystemExit, match="a plain side first"):
+        pair(side("optimised", [1.0]), side("plain", [1.0]), 0.02)
 
 
 def test_loss_match_changes_the_optimised_side_alone(private_netns: None, tmp_path: Path) -> None:
