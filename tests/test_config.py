@@ -27,6 +27,17 @@ def test_every_preset_validates(name: str) -> None:
     assert cfg.data.seq_len <= cfg.model.max_position_embeddings
 
 
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_lays_out_on_its_own_nodes(name: str) -> None:
+    """Each preset's batch, micro batch and parallel degrees divide the world its launch section
+    names (the check a launch makes before it reaches any node)."""
+    from ominix.train.layout import validate
+
+    cfg = load_config(name)
+    layout = validate(cfg, cfg.launch.nodes * (cfg.launch.nproc_per_node or 1), gpu=True)
+    assert layout.global_batch == cfg.schedule.global_batch_size and layout.accum >= 1
+
+
 def test_reference_run_preset() -> None:
     cfg = load_config("llama2-7b")
     assert cfg.parallel.plugin == "gemini"

@@ -208,7 +208,8 @@ class ParallelConfig(Section):
     zero_stage: Literal[0, 1, 2] = Field(0, description="ZeRO stage inside the 3d plugin.")
     sequence_parallel: bool = Field(False, description="Split activations along sequence (3d, tp>1).")
     num_microbatches: int | None = Field(
-        None, ge=1, description="Pipeline micro batches per step (3d, pp>1); None = pp."
+        None, ge=1, description="Pipeline micro batches per step (3d, pp>1); it must equal global batch / "
+        "(micro batch x data-parallel size), which None derives."
     )
     gemini_placement: Literal["static", "auto"] = Field(
         "static", description="Gemini placement policy (gemini_auto forces auto)."
