@@ -181,6 +181,15 @@ def test_local_launch_of_a_multi_node_preset_is_one_node() -> None:
     assert "world 1 = dp 1" in plan.stdout and "nodes: 1" in plan.stdout
 
 
+def test_a_multi_node_preset_that_cannot_fit_this_machine_asks_for_the_hostfile() -> None:
+    """70B is tp 8 x pp 4: one machine of 8 processes cannot hold it, and the error says why the
+    launch is on this machine at all (no hostfile), not just that 32 does not divide 8."""
+    result = run_cli("train", "launch", "llama2-70b", "--dry-run")
+    error = _one_error(result)
+    assert "(8 x 4) does not divide the 8 processes" in error and "laid out for 4 nodes" in error
+    assert "pass --hostfile FILE naming its 4 nodes" in result.stderr
+
+
 def test_short_run_warms_up_over_its_steps() -> None:
     from ominix.config import load_config
     from ominix.train.schedule import lr_multiplier, warmup_note

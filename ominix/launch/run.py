@@ -22,6 +22,7 @@ from ominix.launch.children import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
+from ominix.train.layout import LayoutError, derive_layout, validate
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -46,14 +47,22 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
             raise OminixError(f"--nodes {nodes_flag} needs a hostfile naming the nodes",
                               f"pass --hostfile FILE (one host per line: {FORMAT}), "
                               "or leave out --nodes to train on this machine")
-        note = None
-        if cfg.launch.nodes > 1:
+        note, nodes = None, cfg.launch.nodes
+        if nodes > 1:
             note = (f"note: launch.nodes is {cfg.launch.nodes} but no hostfile is given: "
                     "this launch runs on this machine only (one node)")
             cfg = cfg.model_copy(update={"launch": cfg.launch.model_copy(update={"nodes": 1})})
             if not dry_run:
                 events.notice(note)
-        outcome = start_local(cfg, dry_run=dry_run, events=events)
+        try:
+            outcome = start_local(cfg, dry_run=dry_run, events=events)
+        except LayoutError as exc:
+            if note is None:
+                raise
+            raise OminixError(f"{exc.message}: the config is laid out for {nodes} nodes, and without a hostfile "
+                              "it runs on this machine alone",
+                              f"pass --hostfile FILE naming its {nodes} nodes (one host per line: {FORMAT}); "
+                              f"or {exc.hint}") from exc
         return Outcome(outcome.code, f"{note}\n{outcome.text}") if note and dry_run else outcome
     world = check_before_hosts(cfg, dry_run)
     if dry_run:
@@ -74,8 +83,6 @@ def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
     processes per node unknown (counted on the nodes later) the layout is checked at the
     smallest world the nodes can form, where a batch that does not divide fails for any GPU count.
     Returns the world size when it is known."""
-    from ominix.train.layout import derive_layout, validate
-
     nodes, p = cfg.launch.nodes, cfg.parallel
     slots = set()
     if cfg.launch.hostfile:  # read here; the hosts are reached later
@@ -100,8 +107,6 @@ def start_slurm(cfg: OminixConfig, *, dry_run: bool, events: Events) -> Outcome:
     holds the lock while it runs (``slurm_job``). ``dry_run``: the sbatch file only."""
     import torch
 
-    from ominix.train.layout import validate
-
     launch = cfg.launch
     gpus = launch.nproc_per_node if launch.slurm.gpus_per_node is None else launch.slurm.gpus_per_node
     nproc = launch.nproc_per_node or (1 if not gpus else None)
@@ -125,8 +130,6 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
     to ``colossalai run``); ``dry_run`` returns the commands only.
     ``prepare`` (writing RUN_DIR/config.yaml) runs after the host checks, before any node starts."""
-    from ominix.train.layout import validate
-
     events = events or Events()
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master, events.checks)

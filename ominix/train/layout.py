@@ -14,6 +14,10 @@ from ominix.config import OminixConfig
 from ominix.errors import OminixError
 from ominix.plugins import PLUGINS, cpu_choices
 
+class LayoutError(OminixError):
+    """The processes cannot hold the layout: the degrees or the batch do not divide the world."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a global batch is split: derived in one place, printed at start."""
@@ -47,20 +51,20 @@ def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
     """Split the world into dp x tp x pp and the global batch into micro batches, or say what to change."""
     p, s = cfg.parallel, cfg.schedule
     if world_size % (p.tp * p.pp):
-        raise OminixError(
+        raise LayoutError(
             f"parallel.tp x parallel.pp ({p.tp} x {p.pp}) does not divide the {world_size} processes",
             "change parallel.tp/pp or --nproc-per-node (x nodes) so that tp x pp x dp = processes",
         )
     dp = world_size // (p.tp * p.pp)
     if s.global_batch_size % (s.micro_batch_size * dp):
-        raise OminixError(
+        raise LayoutError(
             f"schedule.global_batch_size ({s.global_batch_size}) is not a multiple of "
             f"micro_batch_size x data-parallel size ({s.micro_batch_size} x {dp})",
             f"set schedule.global_batch_size to a multiple of {s.micro_batch_size * dp}",
         )
     accum = s.global_batch_size // (s.micro_batch_size * dp)
     if p.pp > 1 and p.num_microbatches is not None and p.num_microbatches != accum:
-        raise OminixError(
+        raise LayoutError(
             f"parallel.num_microbatches ({p.num_microbatches}) must equal global batch / "
             f"(micro batch x dp) = {accum} with pipeline parallelism",
             "leave parallel.num_microbatches unset, or change schedule.global_batch_size",
