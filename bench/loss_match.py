@@ -139,6 +139,21 @@ def half(args, side: str, losses: dict[int, float]) -> dict:
             if side == "optimised" else {}, "losses": {side: [losses[s] for s in sorted(losses)]}}
 
 
+def _compared(key: dict, what: str, plain: list[float], other: list[float], other_name: str, tol: float) -> dict:
+    """The comparison of two loss curves of the runs ``key`` describes (shared by one call and --pair)."""
+    seed = f", seed {key['seed']}" if key["seed"] is not None else ""
+    return {"name": f"loss match {key['preset']} {key['plugin']} x{key['nproc']}, {len(plain)} steps: {what}{seed}",
+            "baseline": None, "ratio": None, "seed": key["seed"], **summarize(plain, other, tol),
+            "losses": {"plain": plain, other_name: other}}
+
+
+def _emit(result: dict, out: str | None) -> None:
+    """Print ``result`` without its loss curves; write it whole to ``out``."""
+    print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def pair(first: dict, second: dict, tol: float) -> dict:
     """Two one-side files of the same settings compared as one run would compare them: plain against
     optimised, or plain against plain (the control: the same code trained twice)."""
@@ -148,15 +163,11 @@ def pair(first: dict, second: dict, tol: float) -> dict:
     if first["key"] != second["key"]:
         changed = sorted(k for k in first["key"] if first["key"][k] != second["key"].get(k))
         raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
-    key, a, b = first["key"], first["losses"][sides[0]], second["losses"][sides[1]]
-    what = "optimised vs plain" if sides[1] == "optimised" else "plain vs plain (control)"
-    seed = f", seed {key['seed']}" if key["seed"] is not None else ""
-    return {
-        "name": f"loss match {key['preset']} {key['plugin']} x{key['nproc']}, {len(a)} steps: {what}{seed}",
-        "card": first["card"], "date": max(first["date"], second["date"]),
-        "commands": [first["command"], second["command"]], "baseline": None, "ratio": None, "seed": key["seed"],
-        **summarize(a, b, tol), "losses": {"plain": a, sides[1] if sides[1] == "optimised" else "control": b},
-    }
+    optimised = sides[1] == "optimised"
+    result = _compared(first["key"], "optimised vs plain" if optimised else "plain vs plain (control)",
+                       first["losses"][sides[0]], second["losses"][sides[1]], sides[1] if optimised else "control", tol)
+    return {"name": result.pop("name"), "card": first["card"], "date": max(first["date"], second["date"]),
+            "commands": [first["command"], second["command"]], **result}
 
 
 def main() -> int:
@@ -190,16 +201,12 @@ def main() -> int:
 
     if args.pair:
         result = pair(*(json.loads(Path(f).read_text()) for f in args.pair), args.tol)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+        _emit(result, args.out)
         return 0 if result["ok"] else 1
 
     if args.combine:
         result = combine([json.loads(Path(f).read_text()) for f in args.combine], args.tol)
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result, indent=1))
+        _emit(result, args.out)
         return 0 if result["ok"] else 1
     if args.summarize:
         result = json.loads(Path(args.summarize).read_text())
@@ -215,9 +222,7 @@ def main() -> int:
             ap.error("--control trains a third run; with --side, train --side plain twice and --pair them")
         with tempfile.TemporaryDirectory() as tmp:
             result = half(args, args.side, _train(args, Path(tmp) / args.side, args.side))
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+        _emit(result, args.out)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         plain = _train(args, Path(tmp) / "plain", "plain")
@@ -226,24 +231,17 @@ def main() -> int:
     steps = sorted(plain)
     from ominix.flops import device_name
 
-    seed = f", seed {args.seed}" if args.seed is not None else ""
-    result = {
-        "name": f"loss match {args.preset} {args.plugin} x{args.nproc}, {len(steps)} steps: optimised vs plain{seed}",
-        "card": device_name(), "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]),
-        "baseline": None, "ratio": None, "seed": args.seed,
-        **summarize([plain[s] for s in steps], [fast[s] for s in steps], args.tol),
-        "losses": {"plain": [plain[s] for s in steps], "optimised": [fast[s] for s in steps]},
-    }
+    result = _compared(_key(args), "optimised vs plain", [plain[s] for s in steps], [fast[s] for s in steps],
+                       "optimised", args.tol)
+    result = {"name": result.pop("name"), "card": device_name(), "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]), **result}
     if control is not None:
         result["control"] = {
             **{k: v for k, v in summarize([plain[s] for s in steps], [control[s] for s in steps], args.tol).items()
                if k in ("value", "last10_mean_loss_diff", "max_abs_diff", "ok")},
             "settings": args.control_sets or "the plain run again"}
         result["losses"]["control"] = [control[s] for s in steps]
-    print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    _emit(result, args.out)
     return 0 if result["ok"] else 1
 
 

@@ -49,7 +49,7 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
                               "or leave out --nodes to train on this machine")
         note, nodes = None, cfg.launch.nodes
         if nodes > 1:
-            note = (f"note: launch.nodes is {cfg.launch.nodes} but no hostfile is given: "
+            note = (f"note: launch.nodes is {nodes} but no hostfile is given: "
                     "this launch runs on this machine only (one node)")
             cfg = cfg.model_copy(update={"launch": cfg.launch.model_copy(update={"nodes": 1})})
             if not dry_run:

@@ -14,6 +14,7 @@ from ominix.config import OminixConfig
 from ominix.errors import OminixError
 from ominix.plugins import PLUGINS, cpu_choices
 
+
 class LayoutError(OminixError):
     """The processes cannot hold the layout: the degrees or the batch do not divide the world."""
 
