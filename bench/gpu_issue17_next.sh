@@ -43,6 +43,9 @@
 #                 24) sequences per step, seed SEED (default 7); a second plain run (TAG=_2) is the
 #                 control. 200 eager steps at 24 take ~7.5 minutes here (32 would not fit a call).
 #                 Then, here: loss_match.py --pair PLAIN OPTIMISED (and PLAIN PLAIN_2)
+#                 CORPUS=src: on the source corpus instead (bench/source_corpus.py; carry .corpus), which
+#                 a 200-step run at 24 sees once (21.8M training tokens), where the embedded one is seen
+#                 ~53 times; its files are named loss_match_1.1b_gemini_src_g24_...
 #   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
 #                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
 #                 bench and CLI with it; the stream tests run in STAGE=gputests
@@ -86,11 +89,17 @@ selective)
         grep -q "OutOfMemoryError\|out of memory" "$out/selective$micro.log" || break
     done ;;
 bigbatch)
-    side=${SIDE:?set SIDE=plain or optimised}; global=${GLOBAL:-24}; seed=${SEED:-7}
+    side=${SIDE:?set SIDE=plain or optimised}; global=${GLOBAL:-24}; seed=${SEED:-7}; corpus=
+    if [ "${CORPUS:-embedded}" = src ]; then  # the embedded corpus's tokenizer, so both corpora share the ids
+        [ -d "$tmp/src4096" ] || "$python" -m ominix data prepare .corpus/src.jsonl.zst --tokenizer "$data/tokenizer" \
+            --seq-len 4096 --val-fraction 0.02 --out "$tmp/src4096" > "$out/prepare_src.log" 2>&1 \
+            || { tail "$out/prepare_src.log"; exit 1; }
+        data=$tmp/src4096 corpus=src_
+    fi
     timeout $(( $(left) - 5 )) "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" --plugin gemini \
         --steps 200 --tol 0.02 --seed "$seed" --side "$side" --set schedule.global_batch_size="$global" \
         --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
-        --out "$out/loss_match_1.1b_gemini_g${global}_seed${seed}_${side}${TAG:-}_h200.json" > "$out/bigbatch.log" 2>&1
+        --out "$out/loss_match_1.1b_gemini_${corpus}g${global}_seed${seed}_${side}${TAG:-}_h200.json" > "$out/bigbatch.log" 2>&1
     echo "rc $? after $(( ${BUDGET:-575} - $(left) )) s"; tail -4 "$out/bigbatch.log" ;;
 levers7b)
     STAGE=selective BUDGET=$(( $(left) < 320 ? $(left) : 320 )) bash "$0"

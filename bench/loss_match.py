@@ -36,6 +36,7 @@ same settings; two plain files make the control:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -122,10 +123,22 @@ def combine(results: list[dict], tol: float) -> dict:
     return out
 
 
+def data_id(path: str | None) -> str | None:
+    """The prepared data's content: a hash of its shards' sha256s from the manifest (the manifest's own
+    hash changes with its creation time, so a corpus prepared again on another machine keeps its id)."""
+    if not path:
+        return None
+    from ominix.data.store import read_manifest
+
+    splits = read_manifest(path)["splits"]
+    shards = [shard["sha256"] for split in sorted(splits) for shard in splits[split]["shards"]]
+    return hashlib.sha256("".join(shards).encode()).hexdigest()[:16]
+
+
 def _key(args) -> dict:
     """What two runs must share to be compared: everything but the side-specific settings."""
     return {"preset": args.preset, "plugin": args.plugin, "nproc": args.nproc, "steps": args.steps,
-            "seed": args.seed, "sets": args.sets}
+            "seed": args.seed, "sets": args.sets, "data": data_id(args.data)}
 
 
 def half(args, side: str, losses: dict[int, float]) -> dict:
@@ -161,7 +174,7 @@ def pair(first: dict, second: dict, tol: float) -> dict:
     if None in sides or "optimised" == sides[0]:
         raise SystemExit(f"error: --pair takes a plain side first, then a plain or optimised one (got {sides})")
     if first["key"] != second["key"]:
-        changed = sorted(k for k in first["key"] if first["key"][k] != second["key"].get(k))
+        changed = sorted(k for k in {**first["key"], **second["key"]} if first["key"].get(k) != second["key"].get(k))
         raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
     optimised = sides[1] == "optimised"
     result = _compared(first["key"], "optimised vs plain" if optimised else "plain vs plain (control)",

@@ -45,6 +45,8 @@ def test_loss_match_trains_each_side_alone_and_pairs_them(private_netns: None, t
                     str(out)], check=True, capture_output=True, timeout=60, cwd=tmp_path)
     result = json.loads(out.read_text())
     assert result["ok"] and result["value"] < 1e-3 and len(result["losses"]["plain"]) == 3
+    data_id = json.loads((tmp_path / "plain.json").read_text())["key"]["data"]
+    assert len(data_id) == 16 and int(data_id, 16) >= 0  # the corpus's content is part of what must match
     assert result["losses"]["plain"][-1] < result["losses"]["plain"][0]  # it trained
     assert result["name"] == "loss match tiny ddp x1, 3 steps: optimised vs plain" and len(result["commands"]) == 2
 
@@ -66,6 +68,8 @@ def test_loss_match_pairs_only_sides_of_the_same_settings() -> None:
     assert control["value"] == round(0.1 / 3, 5) and not control["ok"] and "control" in control["losses"]
     with pytest.raises(SystemExit, match="differ in seed, sets"):
         pair(side("plain", [1.0]), side("optimised", [1.0], seed=8, sets=[]), 0.02)
+    with pytest.raises(SystemExit, match="differ in data$"):  # another corpus, or one file from before the key had it
+        pair(side("plain", [1.0]), side("optimised", [1.0], data="0123abcd"), 0.02)
     with pytest.raises(SystemExit, match="a plain side first"):
         pair(side("optimised", [1.0]), side("plain", [1.0]), 0.02)
 
