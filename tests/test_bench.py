@@ -205,3 +205,39 @@ def test_the_benches_measure_a_child_its_peak_memory_and_all_its_output() -> Non
     with pytest.raises(SystemExit, match=r"failed \(3\)"):
         childproc.run([sys.executable, "-c", "import sys; print('why'); sys.exit(3)"])
     assert childproc.run([sys.executable, "-c", "raise SystemExit(2)"], check=False)["rc"] == 2
+
+
+def test_grad_bias_compares_eager_and_compiled_gradients_with_fp64(tmp_path: Path) -> None:
+    """bench/grad_bias.py: one bf16 step, eager twice and compiled, each against fp64 of the same
+    weights; rounding leaves the projection on the fp64 gradient at ~1, and eager repeats itself."""
+    out = tmp_path / "gb.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "grad_bias.py"), "--device", "cpu", "--hidden", "128",
+                    "--layers", "1", "--seq", "64", "--batch", "2", "--checkpointing", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    for variant in ("eager", "eager_again", "compiled"):
+        assert 0 < result[variant]["rel_error"] < 0.05 and abs(result[variant]["projection"] - 1) < 0.01
+        assert abs(result[variant]["loss"] - result["loss_fp64"]) < 0.01
+        assert "model.layers.0.mlp.down_proj.weight" in result[variant]["parameters"]
+    assert result["eager"]["rel_error"] == result["eager_again"]["rel_error"]  # the CPU is deterministic
+
+
+def test_source_corpus_is_sorted_cut_and_readable(tmp_path: Path) -> None:
+    """bench/source_corpus.py writes the Python files under a tree, in path order, up to --mb, as a
+    .jsonl.zst that ominix's readers take; an empty tree is an error, not an empty corpus."""
+    from ominix.data.readers import read
+
+    tree = tmp_path / "tree"
+    for name in ("b/z.py", "a/y.py", "a/x.py", "c.py", "small.py", "a/__pycache__/x.py"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(f"# {name}\n" + ("x = 1\n" * 200 if name != "small.py" else ""))
+    script = [sys.executable, str(REPO / "bench" / "source_corpus.py")]
+    out = tmp_path / "c.jsonl.zst"
+    done = subprocess.run([*script, str(tree), "--mb", "0.0024", "--out", str(out)], check=True,
+                          capture_output=True, text=True, timeout=60)
+    texts = [text.split("\n", 1)[0] for text, _ in read(out, "text")]
+    assert texts == ["# a/x.py", "# a/y.py"]  # sorted, small and cached files skipped, cut once 2.4 KB are in
+    assert "2 files" in done.stdout and "sha256" in done.stdout
+    empty = subprocess.run([*script, str(tmp_path / "nothing"), "--out", str(tmp_path / "e.jsonl.zst")],
+                           capture_output=True, text=True, timeout=60)
+    assert empty.returncode != 0 and "no Python file" in empty.stderr and not (tmp_path / "e.jsonl.zst").exists()
