@@ -49,7 +49,7 @@
 #   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
 #                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
 #                 bench and CLI with it; the stream tests run in STAGE=gputests
-#   STAGE=base7b  llama2-7b micro 8 against the transformers model through the same plugin, each in its
+#   STAGE=base7b  llama2-7b micro MICRO (default 8) against the transformers model through the same plugin, each in its
 #                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
 #                 tests (THEN_TESTS=1)
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
@@ -123,9 +123,10 @@ asyncreduce)
         > "$out/asyncreduce7b.log" 2>&1 && grep -E '"(value|mfu|peak_mem_gib)"|Error' "$out/asyncreduce7b.log" | tail -4
     (cd "$out" && tar czf logs.tgz ./*.log && rm ./*.log) ;;
 base7b)
+    micro=${MICRO:-8}  # 16: the preset's own micro batch (the baseline's peak at 8 was 112.8 GiB)
     timeout $(( $(left) < 450 ? $(left) - 10 : 440 )) "$python" bench/train_throughput.py llama2-7b --plugin gemini \
-        --micro-batch 8 --warmup 1 --steps 2 --set model.compile=true --set model.attn=auto \
-        --out "$out/train_7b_gemini_1gpu_micro8_vs_baseline_syncreduce_h200.json" > "$out/base7b.log" 2>&1
+        --micro-batch "$micro" --warmup 1 --steps 2 --set model.compile=true --set model.attn=auto \
+        --out "$out/train_7b_gemini_1gpu_micro${micro}_vs_baseline_syncreduce_h200.json" > "$out/base7b.log" 2>&1
     grep -E '"(value|mfu|baseline|ratio|peak_mem_gib)"|Error' "$out/base7b.log" | tail -8
     [ "${THEN_TESTS:-0}" = 1 ] && [ "$(left)" -gt 60 ] && STAGE=gputests BUDGET=$(( $(left) - 5 )) bash "$0" ;;
 recheck)
