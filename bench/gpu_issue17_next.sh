@@ -49,9 +49,9 @@
 #   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
 #                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
 #                 bench and CLI with it; the stream tests run in STAGE=gputests
-#   STAGE=base7b  llama2-7b micro MICRO (default 8) against the transformers model through the same plugin, each in its
-#                 own process, after Gemini's reduce moved to the compute stream; then the GPU infer
-#                 tests (THEN_TESTS=1)
+#   STAGE=base7b  llama2-7b micro MICRO (default 8) against the transformers model through the same
+#                 plugin, each in its own process, after Gemini's reduce moved to the compute stream;
+#                 then the GPU infer tests (THEN_TESTS=1)
 # Carry .whl and .ext (the JIT-built ColossalAI kernels that bench/gpu_issue17_7b.sh returns).
 #   OUT=/path STAGE=grads bash bench/gpu_issue17_next.sh
 cd "$(dirname "$0")/.."

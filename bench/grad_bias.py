@@ -34,8 +34,9 @@ def gradients(args, compiled: bool, dtype: torch.dtype, state: dict | None):
     from ominix.config import load_config
     from ominix.model import build_model
 
-    cfg = load_config("tiny", _shape(args.hidden, args.layers, args.seq) + [
-        f"model.compile={str(compiled).lower()}", f"model.gradient_checkpointing={str(args.checkpointing).lower()}"], {})
+    switches = [f"model.compile={str(compiled).lower()}",
+                f"model.gradient_checkpointing={str(args.checkpointing).lower()}"]
+    cfg = load_config("tiny", _shape(args.hidden, args.layers, args.seq) + switches, {})
     model = build_model(cfg.model, device=args.device, dtype=dtype, seed=0, wrapped_params=True)
     if state is not None:
         model.load_state_dict({k: v.to(dtype) for k, v in state.items()})

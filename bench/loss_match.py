@@ -174,7 +174,8 @@ def pair(first: dict, second: dict, tol: float) -> dict:
     if None in sides or "optimised" == sides[0]:
         raise SystemExit(f"error: --pair takes a plain side first, then a plain or optimised one (got {sides})")
     if first["key"] != second["key"]:
-        changed = sorted(k for k in {**first["key"], **second["key"]} if first["key"].get(k) != second["key"].get(k))
+        keys = {**first["key"], **second["key"]}
+        changed = sorted(k for k in keys if first["key"].get(k) != second["key"].get(k))
         raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
     optimised = sides[1] == "optimised"
     result = _compared(first["key"], "optimised vs plain" if optimised else "plain vs plain (control)",

@@ -23,8 +23,8 @@ from pathlib import Path
 
 def files(root: Path) -> list[Path]:
     """Python files under ``root``, sorted by relative path (caches and links skipped)."""
-    return sorted((p for p in root.rglob("*.py") if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts),
-                  key=lambda p: p.relative_to(root).as_posix())
+    found = (p for p in root.rglob("*.py") if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def main() -> int:
