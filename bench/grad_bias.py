@@ -20,8 +20,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def _shape(hidden: int, layers: int, seq: int) -> list[str]:
     return [f"model.hidden_size={hidden}", f"model.intermediate_size={hidden * 11 // 4}",
