@@ -18,6 +18,10 @@ left() { echo $(( ${BUDGET:-575} - ($(date +%s) - start) )); }
 if [ -f .ext/colossalai_ext.tgz ] && [ ! -d ~/.cache/colossalai ]; then
     mkdir -p ~/.cache && tar xzf .ext/colossalai_ext.tgz -C ~/.cache
 fi
+# A call that came without .ext returns the kernels it built, to carry to later calls as .ext/
+pack_ext() {
+    [ -f .ext/colossalai_ext.tgz ] || [ ! -d ~/.cache/colossalai ] || tar czf "$out/colossalai_ext.tgz" -C ~/.cache colossalai
+}
 data=$tmp/c4096
 prepare_c4096() {
     [ -d "$data" ] || "$python" -m ominix data prepare @embedded --train-tokenizer --vocab-size 8192 --seq-len 4096 \

@@ -100,7 +100,7 @@ bigbatch)
         --steps 200 --tol 0.02 --seed "$seed" --side "$side" --set schedule.global_batch_size="$global" \
         --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
         --out "$out/loss_match_1.1b_gemini_${corpus}g${global}_seed${seed}_${side}${TAG:-}_h200.json" > "$out/bigbatch.log" 2>&1
-    echo "rc $? after $(( ${BUDGET:-575} - $(left) )) s"; tail -4 "$out/bigbatch.log" ;;
+    echo "rc $? after $(( ${BUDGET:-575} - $(left) )) s"; tail -4 "$out/bigbatch.log"; pack_ext ;;
 levers7b)
     STAGE=selective BUDGET=$(( $(left) < 320 ? $(left) : 320 )) bash "$0"
     if [ "$(left)" -gt 200 ]; then
