@@ -31,6 +31,10 @@ same settings; two plain files make the control:
     python bench/loss_match.py ... --side plain --out plain.json      # one device call
     python bench/loss_match.py ... --side optimised --out fast.json   # the next
     python bench/loss_match.py --pair plain.json fast.json --tol 0.02 --out lm.json
+
+``--stop-after N`` stops a side after N of its ``--steps`` (SIGTERM: the run saves and exits), so its
+learning rate follows the whole run's schedule: the first N steps of a long match in less time.
+``--pair`` of a stopped side and a whole one compares the steps both have.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,8 +73,24 @@ def _train(args, run_dir: Path, side: str) -> dict[int, float]:
             "import functools\nimport torch\n"
             f"torch.compile = functools.partial(torch.compile, backend={args.compile_backend!r})\n")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    subprocess.run(cmd, check=True, env=env)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    proc = subprocess.Popen(cmd, env=env)
+    while args.stop_after and proc.poll() is None and len(_losses(run_dir)) < args.stop_after:
+        time.sleep(0.5)
+    stopped = args.stop_after and proc.poll() is None
+    if stopped:
+        proc.send_signal(signal.SIGTERM)  # the run saves a checkpoint and exits 143
+        print(f"loss_match: {side} stopped after step {args.stop_after} of {args.steps} (SIGTERM)", file=sys.stderr)
+    code = proc.wait()
+    if code and not (stopped and code == 128 + signal.SIGTERM):
+        raise subprocess.CalledProcessError(code, cmd)
+    return {s: v for s, v in _losses(run_dir).items() if not args.stop_after or s <= args.stop_after}
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """The training losses a run has logged so far (whole lines only: the run may be writing one)."""
+    path = run_dir / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    rows = [json.loads(x) for x in text[:text.rfind("\n") + 1].splitlines()]
     return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
 
 
@@ -148,6 +169,7 @@ def half(args, side: str, losses: dict[int, float]) -> dict:
     return {"name": f"loss match {args.preset} {args.plugin} x{args.nproc}, one side: {side}", "side": side,
             "card": device_name(), "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]), "key": _key(args),
+            "stop_after": args.stop_after,
             "side_settings": {"optimised_sets": args.optimised_sets, "compile_backend": args.compile_backend}
             if side == "optimised" else {}, "losses": {side: [losses[s] for s in sorted(losses)]}}
 
@@ -178,8 +200,12 @@ def pair(first: dict, second: dict, tol: float) -> dict:
         changed = sorted(k for k in keys if first["key"].get(k) != second["key"].get(k))
         raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
     optimised = sides[1] == "optimised"
+    plain, other = first["losses"][sides[0]], second["losses"][sides[1]]
+    steps = min(len(plain), len(other))  # a side stopped early (--stop-after): the steps both have
     result = _compared(first["key"], "optimised vs plain" if optimised else "plain vs plain (control)",
-                       first["losses"][sides[0]], second["losses"][sides[1]], sides[1] if optimised else "control", tol)
+                       plain[:steps], other[:steps], sides[1] if optimised else "control", tol)
+    if steps < first["key"]["steps"]:
+        result["name"] = result["name"].replace(f", {steps} steps:", f", first {steps} of {first['key']['steps']} steps:")
     return {"name": result.pop("name"), "card": first["card"], "date": max(first["date"], second["date"]),
             "commands": [first["command"], second["command"]], **result}
 
@@ -207,6 +233,8 @@ def main() -> int:
     ap.add_argument("--summarize", help="re-check the losses saved in this results file (no training)")
     ap.add_argument("--combine", nargs="+", metavar="FILE", help="check the mean over these results files, one "
                     "per seed (no training)")
+    ap.add_argument("--stop-after", type=int, metavar="N", help="stop each run after N of its --steps, "
+                    "keeping the learning-rate schedule of --steps (SIGTERM: it saves and exits)")
     ap.add_argument("--side", choices=["plain", "optimised"], help="train this side alone and write it for --pair")
     ap.add_argument("--pair", nargs=2, metavar=("PLAIN", "OTHER"), help="compare two --side files of the same "
                     "settings: a plain one, then an optimised one (or a second plain one: the control)")

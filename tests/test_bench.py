@@ -51,6 +51,32 @@ def test_loss_match_trains_each_side_alone_and_pairs_them(private_netns: None, t
     assert result["name"] == "loss match tiny ddp x1, 3 steps: optimised vs plain" and len(result["commands"]) == 2
 
 
+def test_loss_match_stops_a_side_early_on_the_whole_runs_schedule(private_netns: None, tmp_path: Path) -> None:
+    """--stop-after N stops a side's run after N of its --steps (SIGTERM: it saves and exits), so its
+    learning rate follows the whole run's schedule; --pair compares it with a whole side on the steps
+    both have. On the CPU in fp32 the first steps of the two plain runs are the same."""
+    from tests.conftest import run_cli
+
+    data = tmp_path / "data"
+    assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
+    common = [sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin", "ddp",
+              "--steps", "400", "--set", "schedule.warmup_steps=1", "--side", "plain"]
+    stopped = subprocess.run([*common, "--stop-after", "2", "--out", str(tmp_path / "stopped.json")],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "plain stopped after step 2 of 400 (SIGTERM)" in stopped.stderr
+    side = json.loads((tmp_path / "stopped.json").read_text())
+    assert side["stop_after"] == 2 and len(side["losses"]["plain"]) == 2 and side["key"]["steps"] == 400
+    whole = {**side, "stop_after": None, "losses": {"plain": [*side["losses"]["plain"], 5.0, 4.0]}}
+    (tmp_path / "whole.json").write_text(json.dumps(whole))
+    out = tmp_path / "lm.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--pair", str(tmp_path / "whole.json"),
+                    str(tmp_path / "stopped.json"), "--out", str(out)], check=True, capture_output=True, timeout=60)
+    result = json.loads(out.read_text())
+    assert result["name"] == "loss match tiny ddp x1, first 2 of 400 steps: plain vs plain (control)"
+    assert result["value"] == 0 and len(result["losses"]["control"]) == 2
+
+
 def test_loss_match_pairs_only_sides_of_the_same_settings() -> None:
     sys.path.insert(0, str(REPO / "bench"))
     try:
