@@ -47,7 +47,8 @@
 #                 a 200-step run at 24 sees once (21.8M training tokens), where the embedded one is seen
 #                 ~53 times; its files are named loss_match_1.1b_gemini_src_g24_...
 #                 STOP=N: stop the side after N of its 200 steps, on the 200-step schedule (loss_match.py
-#                 --stop-after), e.g. the control through the plateau at step ~35 in a short call
+#                 --stop-after), e.g. the control through the plateau at step ~35 in a short call.
+#                 A side the call's time cuts stops 30 s before it (--time-limit) and writes its steps
 #   STAGE=levers7b  the two routes to 7B at 50% in one call: selective checkpointing (STAGE=selective),
 #                 then 7B micro 16 with the reduction on its side stream, then (time left) the 1.1B
 #                 bench and CLI with it; the stream tests run in STAGE=gputests
@@ -101,7 +102,7 @@ bigbatch)
     timeout $(( $(left) - 5 )) "$python" bench/loss_match.py --preset tinyllama-1.1b --data "$data" --plugin gemini \
         --steps 200 --tol 0.02 --seed "$seed" --side "$side" --set schedule.global_batch_size="$global" \
         --set schedule.micro_batch_size=4 --set schedule.warmup_steps=20 --set checkpoint.save_optimizer=false \
-        ${STOP:+--stop-after "$STOP"} --out "$out/loss_match_1.1b_gemini_${corpus}g${global}_seed${seed}_${side}${TAG:-}${STOP:+_first$STOP}_h200.json" \
+        --time-limit $(( $(left) - 30 )) ${STOP:+--stop-after "$STOP"} --out "$out/loss_match_1.1b_gemini_${corpus}g${global}_seed${seed}_${side}${TAG:-}${STOP:+_first$STOP}_h200.json" \
         > "$out/bigbatch.log" 2>&1
     echo "rc $? after $(( ${BUDGET:-575} - $(left) )) s"; tail -4 "$out/bigbatch.log"; pack_ext ;;
 levers7b)

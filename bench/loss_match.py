@@ -34,7 +34,9 @@ same settings; two plain files make the control:
 
 ``--stop-after N`` stops a side after N of its ``--steps`` (SIGTERM: the run saves and exits), so its
 learning rate follows the whole run's schedule: the first N steps of a long match in less time.
-``--pair`` of a stopped side and a whole one compares the steps both have.
+``--time-limit S`` stops a side the same way after S seconds, so a run cut by a wall-clock limit (a
+job's, or a lent machine's) still writes the steps it made. ``--pair`` of a stopped side and a whole
+one compares the steps both have.
 """
 
 from __future__ import annotations
@@ -74,16 +76,26 @@ def _train(args, run_dir: Path, side: str) -> dict[int, float]:
             f"torch.compile = functools.partial(torch.compile, backend={args.compile_backend!r})\n")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(cmd, env=env)
-    while args.stop_after and proc.poll() is None and len(_losses(run_dir)) < args.stop_after:
-        time.sleep(0.5)
-    stopped = args.stop_after and proc.poll() is None
-    if stopped:
-        proc.send_signal(signal.SIGTERM)  # the run saves a checkpoint and exits 143
-        print(f"loss_match: {side} stopped after step {args.stop_after} of {args.steps} (SIGTERM)", file=sys.stderr)
+    deadline = time.monotonic() + args.time_limit if args.time_limit else None
+    why = None
+    while proc.poll() is None and why is None:
+        if args.stop_after and len(_losses(run_dir)) >= args.stop_after:
+            why = "after"
+        elif deadline and time.monotonic() >= deadline:
+            why = f"at the time limit ({args.time_limit:g} s), after"
+        else:
+            time.sleep(0.5)
+    if why:
+        proc.send_signal(signal.SIGTERM)  # the run finishes its step, saves a checkpoint and exits 143
     code = proc.wait()
-    if code and not (stopped and code == 128 + signal.SIGTERM):
+    if code and not (why and code == 128 + signal.SIGTERM):
         raise subprocess.CalledProcessError(code, cmd)
-    return {s: v for s, v in _losses(run_dir).items() if not args.stop_after or s <= args.stop_after}
+    losses = {s: v for s, v in _losses(run_dir).items() if not args.stop_after or s <= args.stop_after}
+    if not losses:
+        raise SystemExit(f"error: the {side} run logged no training step")
+    if why:
+        print(f"loss_match: {side} stopped {why} step {len(losses)} of {args.steps} (SIGTERM)", file=sys.stderr)
+    return losses
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -169,7 +181,7 @@ def half(args, side: str, losses: dict[int, float]) -> dict:
     return {"name": f"loss match {args.preset} {args.plugin} x{args.nproc}, one side: {side}", "side": side,
             "card": device_name(), "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(["bench/loss_match.py", *sys.argv[1:]]), "key": _key(args),
-            "stop_after": args.stop_after,
+            "stopped_after": len(losses) if len(losses) < args.steps else None,
             "side_settings": {"optimised_sets": args.optimised_sets, "compile_backend": args.compile_backend}
             if side == "optimised" else {}, "losses": {side: [losses[s] for s in sorted(losses)]}}
 
@@ -235,6 +247,8 @@ def main() -> int:
                     "per seed (no training)")
     ap.add_argument("--stop-after", type=int, metavar="N", help="stop each run after N of its --steps, "
                     "keeping the learning-rate schedule of --steps (SIGTERM: it saves and exits)")
+    ap.add_argument("--time-limit", type=float, metavar="S", help="with --side: stop the run after S seconds "
+                    "(SIGTERM) and write the steps it made")
     ap.add_argument("--side", choices=["plain", "optimised"], help="train this side alone and write it for --pair")
     ap.add_argument("--pair", nargs=2, metavar=("PLAIN", "OTHER"), help="compare two --side files of the same "
                     "settings: a plain one, then an optimised one (or a second plain one: the control)")
@@ -259,6 +273,8 @@ def main() -> int:
     if not args.data:
         ap.error("--data is required (or --summarize FILE)")
     args.control = args.control or bool(args.control_sets)
+    if args.time_limit and not args.side:
+        ap.error("--time-limit bounds one run: use it with --side")
     if args.side:
         if args.control:
             ap.error("--control trains a third run; with --side, train --side plain twice and --pair them")

@@ -53,26 +53,32 @@ def test_loss_match_trains_each_side_alone_and_pairs_them(private_netns: None, t
 
 def test_loss_match_stops_a_side_early_on_the_whole_runs_schedule(private_netns: None, tmp_path: Path) -> None:
     """--stop-after N stops a side's run after N of its --steps (SIGTERM: it saves and exits), so its
-    learning rate follows the whole run's schedule; --pair compares it with a whole side on the steps
-    both have. On the CPU in fp32 the first steps of the two plain runs are the same."""
+    learning rate follows the whole run's schedule, and --time-limit S after S seconds; either writes
+    the steps made. --pair compares a stopped side with a whole one on the steps both have."""
     from tests.conftest import run_cli
 
     data = tmp_path / "data"
     assert run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300).returncode == 0
-    common = [sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin", "ddp",
-              "--steps", "400", "--set", "schedule.warmup_steps=1", "--side", "plain"]
-    stopped = subprocess.run([*common, "--stop-after", "2", "--out", str(tmp_path / "stopped.json")],
-                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    def side_run(steps: int, *stop: str, out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--data", str(data), "--plugin",
+                               "ddp", "--steps", str(steps), "--set", "schedule.warmup_steps=1", "--side", "plain",
+                               *stop, "--out", str(tmp_path / out)], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path)
+
+    stopped = side_run(400, "--stop-after", "2", out="stopped.json")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert "plain stopped after step 2 of 400 (SIGTERM)" in stopped.stderr
     side = json.loads((tmp_path / "stopped.json").read_text())
-    assert side["stop_after"] == 2 and len(side["losses"]["plain"]) == 2 and side["key"]["steps"] == 400
-    whole = {**side, "stop_after": None, "losses": {"plain": [*side["losses"]["plain"], 5.0, 4.0]}}
-    (tmp_path / "whole.json").write_text(json.dumps(whole))
+    assert side["stopped_after"] == 2 and len(side["losses"]["plain"]) == 2 and side["key"]["steps"] == 400
+    cut = side_run(400, "--time-limit", "20", out="cut.json")  # ~100 of the 400 steps here
+    assert cut.returncode == 0, cut.stderr[-2000:]  # a wall-clock limit: the steps made so far, written
+    made = json.loads((tmp_path / "cut.json").read_text())["stopped_after"]
+    assert 2 <= made < 400 and f"plain stopped at the time limit (20 s), after step {made} of 400" in cut.stderr
     out = tmp_path / "lm.json"
-    subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--pair", str(tmp_path / "whole.json"),
+    subprocess.run([sys.executable, str(REPO / "bench" / "loss_match.py"), "--pair", str(tmp_path / "cut.json"),
                     str(tmp_path / "stopped.json"), "--out", str(out)], check=True, capture_output=True, timeout=60)
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())  # two real runs of the same schedule, on the steps both made
     assert result["name"] == "loss match tiny ddp x1, first 2 of 400 steps: plain vs plain (control)"
     assert result["value"] == 0 and len(result["losses"]["control"]) == 2
 
