@@ -7,7 +7,7 @@
 # same transformers, tokenizers and pydantic. bitsandbytes is imported only because ColossalAI's
 # optimizer package imports galore-torch, which imports it: its wheel keeps just the CPU and CUDA 13
 # libraries (the carry limit is 64 MiB in all).
-#   bash bench/gpu_wheels.sh         (after make install; ~1 minute)
+#   bash bench/gpu_wheels.sh         (after make install; seconds with a warm pip cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python

@@ -189,7 +189,8 @@ def half(args, side: str, losses: dict[int, float]) -> dict:
 def _compared(key: dict, what: str, plain: list[float], other: list[float], other_name: str, tol: float) -> dict:
     """The comparison of two loss curves of the runs ``key`` describes (shared by one call and --pair)."""
     seed = f", seed {key['seed']}" if key["seed"] is not None else ""
-    return {"name": f"loss match {key['preset']} {key['plugin']} x{key['nproc']}, {len(plain)} steps: {what}{seed}",
+    steps = f"{len(plain)} steps" if len(plain) >= key["steps"] else f"first {len(plain)} of {key['steps']} steps"
+    return {"name": f"loss match {key['preset']} {key['plugin']} x{key['nproc']}, {steps}: {what}{seed}",
             "baseline": None, "ratio": None, "seed": key["seed"], **summarize(plain, other, tol),
             "losses": {"plain": plain, other_name: other}}
 
@@ -213,11 +214,9 @@ def pair(first: dict, second: dict, tol: float) -> dict:
         raise SystemExit(f"error: --pair takes two sides of the same settings; these differ in {', '.join(changed)}")
     optimised = sides[1] == "optimised"
     plain, other = first["losses"][sides[0]], second["losses"][sides[1]]
-    steps = min(len(plain), len(other))  # a side stopped early (--stop-after): the steps both have
+    steps = min(len(plain), len(other))  # a side stopped early (--stop-after, --time-limit): the steps both have
     result = _compared(first["key"], "optimised vs plain" if optimised else "plain vs plain (control)",
                        plain[:steps], other[:steps], sides[1] if optimised else "control", tol)
-    if steps < first["key"]["steps"]:
-        result["name"] = result["name"].replace(f", {steps} steps:", f", first {steps} of {first['key']['steps']} steps:")
     return {"name": result.pop("name"), "card": first["card"], "date": max(first["date"], second["date"]),
             "commands": [first["command"], second["command"]], **result}
 
