@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ominix.data.store import MANIFEST
+from ominix.data.store import MANIFEST, WITH_BOS, framing
 
 CARD = "DATA_CARD.md"
 
@@ -32,6 +32,15 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _framing(m: dict[str, Any]) -> str:
+    tok = m["tokenizer"]
+    if framing(m) == WITH_BOS:
+        return (f"Each document tokenized without special tokens, then framed `{tok['bos_token']}` ... "
+                f"`{tok['eos_token']}`, as the tokenizer frames text at inference (it prepends "
+                f"`{tok['bos_token']}`).")
+    return f"Each document tokenized without special tokens, `{tok['eos_token']}` appended."
 
 
 def render(m: dict[str, Any]) -> str:
@@ -78,7 +87,7 @@ def render(m: dict[str, Any]) -> str:
         f"2. Held-out validation by document: a seeded hash (seed {m['seed']}) of each document's text "
         f"puts a fraction {m['val_fraction']} of the documents in `validation`.",
         f"3. Tokenizer: {trained}; vocabulary {tok['vocab_size']:,}; sha256 `{tok['sha256']}`.",
-        f"4. Each document tokenized without special tokens, `{tok['eos_token']}` appended.",
+        f"4. {_framing(m)}",
         f"5. Packed per (split, source set) into blocks of {m['block_tokens']} tokens ({m['dtype']}); "
         "the remainder of each (split, source set), less than one block, dropped.",
         "6. Every shard file checksummed (sha256 in manifest.json).",

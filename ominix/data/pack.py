@@ -3,7 +3,8 @@
 A reader thread walks the sources and hands batches of documents (about ``BATCH_CHARS`` of text)
 through a small queue; the main thread encodes each batch with ``tokenizers``' ``encode_batch_fast``
 (Rust threads, ``--num-proc`` of them, the GIL released) while the reader prepares the next one.
-Every document gets EOS appended and is routed to train or validation by a seeded hash of its text,
+Every document is framed as its tokenizer frames text at inference (``BOS doc EOS`` when the
+tokenizer adds BOS, ``doc EOS`` otherwise: :mod:`ominix.data.tokenizer` decides) and is routed to train or validation by a seeded hash of its text,
 then packed into ``seq_len + 1`` blocks per (split, source set): a block never mixes source sets, so
 evaluation can report loss per set. Leftover tokens of each (split, set), fewer than one block, are
 dropped and counted.
@@ -58,6 +59,7 @@ class Batch:
     texts: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
     val: list[bool] = field(default_factory=list)
+    first: list[bool] = field(default_factory=list)  # False for a piece that continues its document
     last: list[bool] = field(default_factory=list)  # False for a piece that its document continues
     chars: int = 0
 
@@ -82,6 +84,7 @@ def batches(docs: Iterator[tuple[str, str]], seed: int, val_fraction: float) -> 
             batch.texts.append(part)
             batch.sets.append(set_name)
             batch.val.append(val)
+            batch.first.append(i == 0)
             batch.last.append(i == len(parts) - 1)
             batch.chars += len(part)
             if batch.chars >= BATCH_CHARS:
@@ -124,11 +127,15 @@ def background(items: Iterator[Any], size: int = QUEUE_BATCHES) -> Iterator[Any]
 
 
 class Packer:
-    """Per (split, source set) token buffers cut into blocks and written to the split's shards."""
+    """Per (split, source set) token buffers cut into blocks and written to the split's shards; each
+    document framed by ``bos`` (None: no BOS) before it and ``eos`` after it."""
 
-    def __init__(self, root: Path, seq_len: int, dtype: np.dtype, sets: list[str]) -> None:
+    def __init__(self, root: Path, seq_len: int, dtype: np.dtype, sets: list[str], eos: int,
+                 bos: int | None = None) -> None:
         self.width = seq_len + 1
         self.dtype = dtype
+        self.head = () if bos is None else (bos,)
+        self.tail = (eos,)
         self.sets = sets  # source-set names, index = id stored per block; grows as sets appear
         self.writers = {s: ShardWriter(root, s, seq_len, dtype) for s in ("train", "validation")}
         self.buffers: dict[tuple[str, int], np.ndarray] = {}
@@ -139,16 +146,18 @@ class Packer:
             self.sets.append(name)
         return self.sets.index(name)
 
-    def add(self, split: str, set_name: str, docs: list[list[int]], ends: list[bool], characters: int,
-            eos: int) -> int:
-        """Append encoded documents (EOS after each whose ``ends`` is True); returns the token count."""
+    def add(self, split: str, set_name: str, docs: list[list[int]], starts: list[bool], ends: list[bool],
+            characters: int) -> int:
+        """Append encoded pieces of documents (BOS before each whose ``starts`` is True, EOS after
+        each whose ``ends`` is True); returns the token count."""
         key = (split, self.set_id(set_name))
         n_docs = sum(ends)
-        total = sum(map(len, docs)) + n_docs
-        tail = ((eos,), ())
+        total = sum(map(len, docs)) + len(self.head) * sum(starts) + n_docs
+        head, tail = (self.head, ()), (self.tail, ())
         flat = np.fromiter(
             itertools.chain.from_iterable(
-                itertools.chain.from_iterable((ids, tail[not end]) for ids, end in zip(docs, ends))
+                itertools.chain.from_iterable((head[not start], ids, tail[not end])
+                                              for ids, start, end in zip(docs, starts, ends))
             ),
             dtype=self.dtype, count=total,
         )
@@ -171,21 +180,23 @@ class Packer:
         return {split: writer.close() for split, writer in self.writers.items()}
 
 
-def _pack(batch: Batch, encodings: list[Any], packer: Packer, eos: int) -> int:
-    groups: dict[tuple[str, str], tuple[list[list[int]], list[bool], list[int]]] = {}
-    for enc, set_name, val, last, text in zip(encodings, batch.sets, batch.val, batch.last, batch.texts):
-        ids_list, ends, chars = groups.setdefault(("validation" if val else "train", set_name), ([], [], [0]))
+def _pack(batch: Batch, encodings: list[Any], packer: Packer) -> int:
+    groups: dict[tuple[str, str], tuple[list[list[int]], list[bool], list[bool], list[int]]] = {}
+    for enc, set_name, val, first, last, text in zip(encodings, batch.sets, batch.val, batch.first,
+                                                      batch.last, batch.texts):
+        key = ("validation" if val else "train", set_name)
+        ids_list, starts, ends, chars = groups.setdefault(key, ([], [], [], [0]))
         ids_list.append(enc.ids)
+        starts.append(first)
         ends.append(last)
         chars[0] += len(text)
-    return sum(packer.add(split, set_name, ids_list, ends, chars[0], eos)
-               for (split, set_name), (ids_list, ends, chars) in groups.items())
+    return sum(packer.add(split, set_name, ids_list, starts, ends, chars[0])
+               for (split, set_name), (ids_list, starts, ends, chars) in groups.items())
 
 
 def run(
     docs: Iterator[tuple[str, str]],
     tokenizer: Any,
-    eos: int,
     packer: Packer,
     seed: int,
     val_fraction: float,
@@ -201,7 +212,7 @@ def run(
 
     def finish_oldest() -> None:
         batch, future = pending.popleft()
-        tokens = _pack(batch, future.result(), packer, eos)
+        tokens = _pack(batch, future.result(), packer)
         if on_batch is not None:
             on_batch(sum(batch.last), tokens)
 

@@ -120,10 +120,12 @@ def prepare(
                 texts = _training_texts(parts, cfg, trained_chars, bar.file_done)
                 tok = tokenizer.train_bpe(texts, cfg.vocab_size)
             tok_file = tokenizer.save(tok, tmp / "tokenizer", cfg.seq_len)
+            framing = tokenizer.framing_of_dir(tmp / "tokenizer")
             dtype = store.token_dtype(tok.vocab_size)
-            packer = pack.Packer(tmp, cfg.seq_len, dtype, [])
+            packer = pack.Packer(tmp, cfg.seq_len, dtype, [], tok.eos_id,
+                                 tok.bos_id if framing == store.WITH_BOS else None)
             bar.phase("tokenizing and packing", total_bytes)
-            seconds = pack.run(_documents(parts, cfg.text_field, bar.file_done), tok.tokenizer, tok.eos_id,
+            seconds = pack.run(_documents(parts, cfg.text_field, bar.file_done), tok.tokenizer,
                                packer, cfg.seed, cfg.val_fraction, bar.update)
             bar.finish()
         shards = packer.close()
@@ -150,6 +152,7 @@ def prepare(
                 "origin": tok.origin,
                 **({"trained_on_characters": trained_chars[0]} if tok.origin == "trained" else {}),
             },
+            "framing": framing,
             "seq_len": cfg.seq_len,
             "block_tokens": cfg.seq_len + 1,
             "dtype": dtype.name,

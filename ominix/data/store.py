@@ -29,6 +29,9 @@ FORMAT = "ominix-packed-v1"
 MANIFEST = "manifest.json"
 SOURCE_DTYPE = np.dtype("<u2")
 SHARD_BYTES = 256 * 1024 * 1024  # a new shard file starts past this size
+# How each document is framed in the blocks: as its tokenizer frames text at inference
+WITH_BOS, PLAIN = "bos+doc+eos", "doc+eos"
+FRAMINGS = (WITH_BOS, PLAIN)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -48,6 +51,12 @@ def manifest_sha256(path: str | Path) -> str:
     """
     path = Path(path)
     return sha256_file(path if path.is_file() else path / MANIFEST)
+
+
+def framing(manifest: dict[str, Any]) -> str:
+    """How the documents of a prepared directory are framed; data prepared before the manifest
+    recorded it was framed ``doc EOS``."""
+    return manifest.get("framing", PLAIN)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -159,6 +168,7 @@ class PackedDataset:
         self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
         self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         self.sources: list[str] = list(self.manifest["source_sets"])
+        self.framing = framing(self.manifest)
         shards = self.manifest["splits"][split]["shards"]
         self._files = [self.path / s["file"] for s in shards]
         self._shards = [self._open(s) for s in shards]

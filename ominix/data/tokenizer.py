@@ -4,6 +4,10 @@ Either way the result is saved as a Hugging Face tokenizer directory (``tokenize
 ``tokenizer_config.json``, ``special_tokens_map.json``) inside the prepared data, with its EOS (and
 BOS) token named in the config, so training, export and ``AutoTokenizer.from_pretrained`` all use
 exactly that tokenizer.
+
+This module also owns the framing of a document (:data:`~ominix.data.store.WITH_BOS` or
+:data:`~ominix.data.store.PLAIN`): training frames documents as the tokenizer frames text at
+inference, and inference frames a prompt as the model's training data was framed.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ominix import hubref
+from ominix.data.store import PLAIN, WITH_BOS
 from ominix.errors import OminixError
 
 BOS, EOS = "<s>", "</s>"
 EOS_GUESSES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<eos>")
+PROBE = "framing probe"  # any text: what a tokenizer puts around it is what it puts around a prompt
 CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "added_tokens.json")
 
 
@@ -138,3 +144,38 @@ def save(tok: LoadedTokenizer, out: Path, model_max_length: int) -> Path:
         specials.setdefault("bos_token", tok.bos)
     specials_path.write_text(json.dumps(specials, indent=2) + "\n")
     return out / "tokenizer.json"
+
+
+def framing_of(hf_tokenizer: Any) -> str:
+    """How a transformers tokenizer frames text when called as ``tokenizer(text)``: WITH_BOS when it
+    prepends its BOS id (LLaMA-2 and LLaMA-3 style), else PLAIN."""
+    bos = hf_tokenizer.bos_token_id
+    framed = hf_tokenizer(PROBE).input_ids
+    bare = hf_tokenizer(PROBE, add_special_tokens=False).input_ids
+    return WITH_BOS if bos is not None and framed[:1] == [bos] and bare[:1] != [bos] else PLAIN
+
+
+def framing_of_dir(directory: Path) -> str:
+    """:func:`framing_of` the tokenizer directory ``directory`` (as :func:`save` writes it)."""
+    from transformers import AutoTokenizer
+
+    return framing_of(AutoTokenizer.from_pretrained(str(directory)))
+
+
+def set_framing(hf_tokenizer: Any, framing: str) -> None:
+    """Make a transformers tokenizer frame text as ``framing`` says, so a prompt starts as the
+    model's training documents did (a model trained on ``doc EOS`` never saw a leading BOS)."""
+    from tokenizers import processors
+
+    if framing_of(hf_tokenizer) == framing:
+        return
+    bos = hf_tokenizer.bos_token
+    if framing == WITH_BOS and bos is None:
+        raise OminixError("the model was trained on documents that start with BOS, but its tokenizer "
+                          "defines no bos_token", "set bos_token in the tokenizer's tokenizer_config.json")
+    head = f"{bos} " if framing == WITH_BOS else ""
+    specials = [(bos, hf_tokenizer.bos_token_id)] if framing == WITH_BOS else []
+    hf_tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{head}$A", pair=f"{head}$A {head}$B:1", special_tokens=specials)
+    if hasattr(hf_tokenizer, "add_bos_token"):  # LlamaTokenizerFast rebuilds its post-processor from it
+        hf_tokenizer.add_bos_token = framing == WITH_BOS
