@@ -23,6 +23,7 @@ OPTIMIZER = "optimizer"
 SCHEDULER = "scheduler.pt"
 RNG = "rng"
 DATA = "data"
+TOKENIZER = "tokenizer"  # the tokenizer the weights were trained with, copied from the prepared data
 RECORD = "integrity.json"  # size and sha256 of every other file of the checkpoint, written last
 STAGING = ".tmp-save"  # suffix of a checkpoint being written
 ASIDE = ".old-save"  # suffix of a checkpoint moved aside while the same step is saved again
@@ -168,6 +169,10 @@ class Checkpoint:
     @property
     def scheduler_file(self) -> Path:
         return self.path / SCHEDULER
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / TOKENIZER
 
     @property
     def state_file(self) -> Path:

@@ -13,8 +13,8 @@ from typing import Any
 from ominix.atomic import make_readable
 from ominix.checkpoint.integrity import describe, share, write_record
 from ominix.checkpoint.layout import (
-    CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, aside_dir, checkpoints_dir, latest_name, rank_file,
-    read_state, staging_dir, step_name, write_latest,
+    CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, TOKENIZER, aside_dir, checkpoints_dir, latest_name,
+    rank_file, read_state, staging_dir, step_name, write_latest,
 )
 from ominix.checkpoint.retention import clear_scratch, make_room, prune
 from ominix.errors import OminixError
@@ -53,10 +53,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config_yaml: str,
                     keep_last: int, keep_every: int, save_optimizer: bool = True) -> Path:
-    """Write the checkpoint of ``state["step"]`` under a temporary name, record the size and sha256
-    of its files (the ranks share the hashing), rename it into place (an existing checkpoint of the
-    same step is moved aside first and deleted last), point ``latest`` at it, prune; returns its
-    directory. A full disk raises OminixError, with ``latest`` and its checkpoint untouched."""
+    """Write the checkpoint of ``state["step"]`` (with the tokenizer and the document framing of the
+    data ``loader`` reads) under a temporary name, record the size and sha256 of its files (the ranks
+    share the hashing), rename it into place (an existing checkpoint of the same step is moved aside
+    first and deleted last), point ``latest`` at it, prune; returns its directory. A full disk
+    raises OminixError, with ``latest`` and its checkpoint untouched."""
     ckpts = checkpoints_dir(run_dir)
     step = state["step"]
     tmp = staging_dir(ckpts, step)  # the same name on every rank: they all write into it
@@ -103,8 +104,11 @@ def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config
     torch.save(_rng_state(), rank_file(tmp, RNG, rank, ".pt"))
     rank_file(tmp, DATA, rank, ".json").write_text(json.dumps(loader.state_dict()))
     if rank == 0:
-        (tmp / STATE).write_text(json.dumps(state, indent=2) + "\n")
+        data = loader.dataset
+        (tmp / STATE).write_text(json.dumps({**state, "framing": data.framing}, indent=2) + "\n")
         (tmp / CONFIG).write_text(config_yaml)
+        if data.tokenizer_dir.is_dir():  # carried (a few MB) so the checkpoint serves without the data
+            shutil.copytree(data.tokenizer_dir, tmp / TOKENIZER)
     _barrier()
     mine = share(tmp, rank, engine.layout.world_size)
     make_readable(mine)  # the model's safetensors are written 0600; each rank fixes the files it hashes

@@ -59,6 +59,11 @@ def framing(manifest: dict[str, Any]) -> str:
     return manifest.get("framing", PLAIN)
 
 
+def tokenizer_dir(path: str | Path, manifest: dict[str, Any]) -> Path:
+    """The tokenizer directory of the prepared directory ``path``."""
+    return Path(path) / manifest["tokenizer"].get("dir", "tokenizer")
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of a prepared directory; OminixError when it is not one."""
     path = Path(path)
@@ -169,6 +174,7 @@ class PackedDataset:
         self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
         self.sources: list[str] = list(self.manifest["source_sets"])
         self.framing = framing(self.manifest)
+        self.tokenizer_dir = tokenizer_dir(self.path, self.manifest)
         shards = self.manifest["splits"][split]["shards"]
         self._files = [self.path / s["file"] for s in shards]
         self._shards = [self._open(s) for s in shards]

@@ -58,6 +58,10 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     if dataset.seq_len > source.model.max_position_embeddings:
         raise OminixError(f"the data's blocks have {dataset.seq_len} tokens, the model's context is "
                           f"{source.model.max_position_embeddings}", "evaluate on data prepared with a shorter seq_len")
+    if source.framing is not None and dataset.framing != source.framing:
+        raise OminixError(f"the model was trained on documents framed {source.framing}, the data in {data} "
+                          f"frames them {dataset.framing}: the loss would not compare",
+                          "evaluate on data prepared with this OminiX version and the model's tokenizer")
     if len(dataset) == 0:
         raise OminixError(f"{data} has no blocks in split {split!r}", "prepare more data or choose another --split")
     if tasks:
@@ -73,8 +77,10 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     dataset.check(wait=True)  # no results from shards that do not match their manifest
     results: dict[str, Any] = {
         "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),
-                  "tokens_seen": source.state.get("tokens"), "sha256": model_checksum(source.weights)},
+                  "tokens_seen": source.state.get("tokens"), "sha256": model_checksum(source.weights),
+                  "framing": source.framing},
         "data": {"path": str(data), "split": split, "manifest_sha256": manifest_sha256(data),
+                 "framing": dataset.framing,
                  "seq_len": dataset.seq_len, "blocks_available": len(dataset)},
         "settings": {"batch_size": batch_size, "max_batches": max_batches, "device": device, "dtype": dtype},
         "perplexity": numbers,

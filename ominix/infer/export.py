@@ -10,7 +10,9 @@ Tensors stream: each is read from the checkpoint, cast and written before the ne
 the verification runs the two models one layer at a time (:mod:`ominix.infer.verify`), so the
 export of a 70B model needs host memory for one tensor and two copies of one layer, not the model.
 
-The tokenizer takes ``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))``
+The tokenizer is the one the model was trained with (the checkpoint's own copy) and frames text as
+the training documents were framed (``BOS doc`` or ``doc``, recorded as ``framing``). It takes
+``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))``
 works), pads on the left (as batched generation with a decoder-only model needs) and has a pad
 token: the tokenizer's own, else its end-of-text token (recorded as ``pad_token.from: eos``).
 """
@@ -97,6 +99,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
             "dtype": dtype,
             "model": source.model.model_dump(mode="json"),
             "pad_token": pad,
+            "framing": source.framing,
             "files": files,
             "model_sha256": model_checksum(tmp, files),
             "command": command,
@@ -133,6 +136,8 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     config |= {"model_input_names": list(tokenizer.model_input_names), "padding_side": "left"}
     if tokenizer.pad_token is not None:
         config["pad_token"] = tokenizer.pad_token
+    if hasattr(tokenizer, "add_bos_token"):  # LlamaTokenizerFast rebuilds its framing from it on load
+        config["add_bos_token"] = tokenizer.add_bos_token
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 

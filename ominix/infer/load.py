@@ -1,8 +1,10 @@
 """Find and load a model: a run directory, one of its checkpoints, or a Hugging Face export.
 
 A run directory means its newest checkpoint (``checkpoints/latest``). A checkpoint takes its model
-shape from the run's ``config.yaml`` and its tokenizer from the prepared data (``data.path/tokenizer``).
-An export carries both itself (``config.json`` and the tokenizer files).
+shape from its ``config.yaml`` and its tokenizer from its own ``tokenizer/`` (one written before
+checkpoints carried it: from the run's prepared data, ``data.path/tokenizer``). An export carries
+both itself (``config.json`` and the tokenizer files). Either way the tokenizer is set to frame text
+as the model's training documents were framed (state.json's ``framing``, ominix_export.json's).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 from ominix.checkpoint import (
     has_weights, is_checkpoint, read_state, resolve_checkpoint, run_dir_of, weights_dir,
 )
-from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB
+from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB, TOKENIZER
 from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
+from ominix.data.store import PLAIN
 from ominix.dtypes import torch_dtype
 from ominix.errors import OminixError
 from ominix.hubref import model_path
@@ -40,13 +43,12 @@ class ModelSource:
     run_dir: Path | None = None
     run_config: OminixConfig | None = None
     state: dict[str, Any] = field(default_factory=dict)  # the saved state of a checkpoint (read_state)
+    framing: str | None = None  # how the training documents were framed; None: as the tokenizer does
 
     @property
     def label(self) -> str:
         step = self.state.get("step")
         return f"{self.path} (step {step})" if step is not None else str(self.path)
-
-
 
 
 def resolve(path: str | Path) -> ModelSource:
@@ -70,9 +72,12 @@ def _checkpoint_source(ckpt: Path) -> ModelSource:
         raise OminixError(f"{ckpt} has no config.yaml, nor has its run directory {run_dir}",
                           "checkpoints are read with the config.yaml of their run")
     cfg = load_config(config_file)
+    state = read_state(ckpt)
+    own = ckpt / TOKENIZER
+    # a checkpoint without a framing was written before prepare framed documents: doc EOS
     return ModelSource(kind="checkpoint", path=ckpt, weights=weights_dir(ckpt), model=cfg.model,
-                       tokenizer=_run_tokenizer(cfg, run_dir), run_dir=run_dir, run_config=cfg,
-                       state=read_state(ckpt))
+                       tokenizer=own if own.is_dir() else _run_tokenizer(cfg, run_dir), run_dir=run_dir,
+                       run_config=cfg, state=state, framing=state.get("framing", PLAIN))
 
 
 def _run_tokenizer(cfg: OminixConfig, run_dir: Path) -> Path | None:
@@ -90,13 +95,16 @@ def _run_tokenizer(cfg: OminixConfig, run_dir: Path) -> Path | None:
 
 def _export_source(path: Path) -> ModelSource:
     meta_file = path / EXPORT_META
+    framing = None  # a model from elsewhere: its tokenizer frames text as it was trained
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         model = ModelConfig.model_validate(meta["model"])
         state = meta.get("state", {})
+        framing = meta.get("framing", PLAIN)
     else:
         model, state = model_config_from_hf(json.loads((path / "config.json").read_text()), path), {}
-    return ModelSource(kind="export", path=path, weights=path, model=model, tokenizer=path, state=state)
+    return ModelSource(kind="export", path=path, weights=path, model=model, tokenizer=path, state=state,
+                       framing=framing)
 
 
 def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
@@ -191,7 +199,17 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
 
 
 def load_tokenizer(source: ModelSource):
-    """The Hugging Face tokenizer of ``source``; a clear error when there is none."""
+    """The Hugging Face tokenizer of ``source``, framing text as the model's training documents were
+    framed; a clear error when there is none."""
+    from ominix.data.tokenizer import set_framing
+
+    tokenizer = _read_tokenizer(source)
+    if source.framing is not None:
+        set_framing(tokenizer, source.framing)
+    return tokenizer
+
+
+def _read_tokenizer(source: ModelSource):
     tok_dir = source.tokenizer
     if tok_dir is None or not tok_dir.exists():
         where = f"({tok_dir} does not exist)" if tok_dir else "(the run config names no data.path)"

@@ -241,7 +241,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
              f"{compiled.SCOPES.get(chosen, 'eager')}; "
              f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
-             f"{total} steps; "
+             f"documents framed {train_set.framing}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
     if state.step >= total:
         out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
