@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ominix.config import load_config
+from ominix.errors import OminixError
 
 DOCS = [f"Document {i} tells of a fox that jumps over {i % 7} lazy dogs and {i % 5} cats." for i in range(240)]
 SEQ = 32
@@ -95,12 +96,13 @@ def test_llama_style_tokenizer_frames_documents_bos_doc_eos_from_prepare_to_expo
         trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
+    from ominix.data.inspect import inspect
     from ominix.data.store import WITH_BOS, read_manifest
     from ominix.infer.export import export
 
     data, tok_dir, run = trained
     manifest = read_manifest(data)
-    assert manifest["framing"] == WITH_BOS
+    assert manifest["framing"] == inspect(data, samples=0)["framing"] == WITH_BOS
     bos, eos = manifest["tokenizer"]["bos_id"], manifest["tokenizer"]["eos_id"]
     stream = _stream(data)
     # every document starts with <s> and ends with </s>: each </s> is followed by the next <s>
@@ -158,6 +160,12 @@ def test_a_run_copied_without_its_data_still_exports_infers_and_evals(
                            out=tmp_path / "eval.json")
         assert results["data"]["framing"] == results["model"]["framing"] == WITH_BOS
         assert 0 < results["perplexity"]["loss"] < 10
+        # the carried tokenizer is checked against the checkpoint's integrity record before use
+        config = copy / "checkpoints" / "step_00000002" / "tokenizer" / "tokenizer_config.json"
+        config.write_text(config.read_text().replace('"</s>"', '"<s>"'))
+        with pytest.raises(OminixError, match="tokenizer_config.json: sha256 differs from integrity.json"):
+            export(copy, tmp_path / "hf2")
+        assert not (tmp_path / "hf2").exists()
     finally:
         hidden.rename(data)
 
@@ -192,13 +200,15 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
     the export then frame a prompt without the BOS the model never saw, though the tokenizer adds one."""
     from transformers import AutoTokenizer
 
+    from ominix.data.inspect import inspect
     from ominix.data.store import PLAIN, PackedDataset
+    from ominix.eval.run import run_eval
     from ominix.infer.export import export
     from ominix.infer.load import load_tokenizer, resolve
 
     data, tok_dir, _ = trained
     old = _old_style(data, tok_dir, tmp_path / "old-data")
-    assert PackedDataset(old, verify=False).framing == PLAIN
+    assert PackedDataset(old, verify=False).framing == inspect(old, samples=0)["framing"] == PLAIN
     run = _train(old, tmp_path / "run")
     assert f"documents framed {PLAIN};" in (run / "train.log").read_text()
     assert json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())["framing"] == PLAIN
@@ -210,3 +220,7 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
     assert load_tokenizer(resolve(run))(text).input_ids == bare
     export(run, tmp_path / "hf")
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")(text).input_ids == bare
+    # a model trained on <s> doc </s> is not evaluated on doc </s> blocks: the loss would not compare
+    with pytest.raises(OminixError, match="framed bos\\+doc\\+eos, the data .* frames them doc\\+eos"):
+        run_eval(trained[2], data=old, max_batches=1, device="cpu", out=tmp_path / "eval.json")
+    assert not (tmp_path / "eval.json").exists()

@@ -10,7 +10,9 @@ RUN_DIR/checkpoints/
     scheduler.pt         learning-rate scheduler state
     rng/rank_00000.pt    RNG states of every rank (python, numpy, torch, cuda)
     data/rank_00000.json data-loader position of every rank
-    state.json           step, tokens seen, last loss, world size, data manifest sha256, model config
+    tokenizer/           the tokenizer of the prepared data (export, infer and eval read this copy)
+    state.json           step, tokens seen, last loss, world size, data manifest sha256 and framing,
+                         model config
     config.yaml          the resolved config of the run that wrote it
     integrity.json       size and sha256 of every other file, written last
   latest                 text file: name of the newest complete checkpoint directory
@@ -20,10 +22,11 @@ RUN_DIR/checkpoints/
                             one is in place; put back when the save was killed in between)
 ```
 
-A save: every rank writes into the temporary directory; rank 0 adds state.json and config.yaml;
-then the ranks hash the files (split by size, each rank a share) and rank 0 writes integrity.json,
-renames the directory into place, and only then replaces ``latest`` atomically (temporary file,
-then rename), so a killed process never leaves a ``latest`` that points at something incomplete.
+A save: every rank writes into the temporary directory; rank 0 adds state.json, config.yaml and
+tokenizer/; then the ranks hash the files (split by size, each rank a share) and rank 0 writes
+integrity.json, renames the directory into place, and only then replaces ``latest`` atomically
+(temporary file, then rename), so a killed process never leaves a ``latest`` that points at
+something incomplete.
 Before it starts, when the disk has less room than the newest checkpoint takes, the checkpoints the
 save would prune anyway are deleted first (never the one ``latest`` names); a full disk during the
 save is one OminixError, the temporary removed and ``latest`` untouched.

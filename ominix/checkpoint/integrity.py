@@ -91,6 +91,27 @@ def problem(ckpt: Path, verify: str = "sizes") -> str | None:
     return _state_problem(ckpt)
 
 
+def part_problem(ckpt: Path, part: str) -> str | None:
+    """What is wrong with the files under ``ckpt/part`` (a small part, e.g. its tokenizer, that a
+    reader takes as is) against their sha256 in the record, or None; a checkpoint without a record
+    has nothing to check."""
+    record = ckpt / RECORD
+    if not record.is_file():
+        return None
+    listed = {rel: want for rel, want in json.loads(record.read_text())["files"].items()
+              if rel.startswith(f"{part}/")}
+    unlisted = sorted(str(p.relative_to(ckpt)) for p in files_under(ckpt / part)
+                      if str(p.relative_to(ckpt)) not in listed)
+    if unlisted:
+        return f"{unlisted[0]}: not in {RECORD}"
+    for rel, want in listed.items():
+        if not (ckpt / rel).is_file():
+            return f"{rel}: missing"
+        if sha256_file(ckpt / rel) != want["sha256"]:
+            return f"{rel}: sha256 differs from {RECORD}"
+    return None
+
+
 def _state_problem(ckpt: Path) -> str | None:
     try:
         json.loads((ckpt / STATE).read_text())

@@ -90,7 +90,7 @@ def print_summary(manifest: dict[str, Any], path: str) -> None:
     tok, timing = manifest["tokenizer"], manifest.get("timing", {})
     console.print(
         f"seq_len {manifest['seq_len']}, {manifest['dtype']}, tokenizer vocab {tok['vocab_size']:,} "
-        f"(sha256 {tok['sha256'][:12]}); "
+        f"(sha256 {tok['sha256'][:12]}), documents framed {manifest['framing']}; "
         f"{timing.get('tokens_per_second') or 0:,.0f} tokens/s, {timing.get('seconds', 0):.1f} s",
         highlight=False,
     )
@@ -107,7 +107,8 @@ def print_report(r: dict[str, Any]) -> None:
     console.print(f"sources: {', '.join(r['sources'])}", markup=False)
     t = r["tokenizer"]
     console.print(f"seq_len {r['seq_len']}, {r['dtype']}, tokenizer vocab {t['vocab_size']:,} "
-                  f"eos {t['eos_token']!r} ({t['origin']}), sha256 {t['sha256'][:12]}")
+                  f"eos {t['eos_token']!r} ({t['origin']}), sha256 {t['sha256'][:12]}; "
+                  f"documents framed {r['framing']}")
     table = _split_table()
     for split, info in r["splits"].items():
         for name, c in info["per_source"].items():

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ominix.data.store import PackedDataset, manifest_sha256, read_manifest
+from ominix.data.store import PackedDataset, framing, manifest_sha256, read_manifest
 from ominix.data.store import verify as verify_checksums
 from ominix.errors import OminixError
 
@@ -49,6 +49,7 @@ def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: i
         "ominix_version": m["ominix_version"],
         "sources": [f"{s['source']} [{s.get('requested_split', s['split'])}]" for s in m["sources"]],
         "tokenizer": {k: m["tokenizer"][k] for k in ("vocab_size", "eos_token", "sha256", "origin")},
+        "framing": framing(m),
         "seq_len": m["seq_len"],
         "dtype": m["dtype"],
         "splits": splits,

@@ -151,7 +151,8 @@ class PackedDataset:
     """Random access to the packed blocks of one split of a prepared directory.
 
     ``ds[i]`` is a numpy int64 array of ``seq_len + 1`` tokens (inputs ``[:-1]``, labels ``[1:]``);
-    ``ds.source_of(i)`` names the source set of block ``i`` (e.g. ``RedPajamaC4``). Token shards
+    ``ds.source_of(i)`` names the source set of block ``i`` (e.g. ``RedPajamaC4``); ``ds.framing``
+    says how its documents are framed, ``ds.tokenizer_dir`` where their tokenizer is. Token shards
     are opened as read-only memory maps, so a dataset of any size costs almost no RAM.
 
     With ``verify`` (the default) a background thread checks the sha256 of every shard of the split

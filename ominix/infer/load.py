@@ -18,7 +18,8 @@ from typing import Any
 from ominix.checkpoint import (
     has_weights, is_checkpoint, read_state, resolve_checkpoint, run_dir_of, weights_dir,
 )
-from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, STEP_GLOB, TOKENIZER
+from ominix.checkpoint.integrity import part_problem
+from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, RECORD, STEP_GLOB, TOKENIZER
 from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.data.store import PLAIN
@@ -74,6 +75,9 @@ def _checkpoint_source(ckpt: Path) -> ModelSource:
     cfg = load_config(config_file)
     state = read_state(ckpt)
     own = ckpt / TOKENIZER
+    if own.is_dir() and (problem := part_problem(ckpt, TOKENIZER)):
+        raise OminixError(f"the tokenizer of checkpoint {ckpt} does not match its {RECORD} ({problem})",
+                          f"restore {own} from a copy of the checkpoint")
     # a checkpoint without a framing was written before prepare framed documents: doc EOS
     return ModelSource(kind="checkpoint", path=ckpt, weights=weights_dir(ckpt), model=cfg.model,
                        tokenizer=own if own.is_dir() else _run_tokenizer(cfg, run_dir), run_dir=run_dir,
