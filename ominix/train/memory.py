@@ -16,14 +16,16 @@ error against each measurement. No torch import: the launchers estimate before t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ominix.errors import OminixError
 from ominix.flops import num_params
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
-    from ominix.train.layout import Layout
+
+# a layout is a ``train.layout.Layout``, whose ``validate`` asks this module: not imported, no cycle
+Layout = Any
 
 GIB = 2**30
 RESERVE = 2 * GIB  # what a card gives a process beyond torch's allocations: CUDA context, fragmentation
