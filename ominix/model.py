@@ -55,7 +55,7 @@ def describe_attn(choice: str) -> str:
         return kernel
     if kernel == "flash":
         return "flash-attn (auto)"
-    return "sdpa (auto: flash-attn is not installed here; SDPA runs its flash kernel on CUDA in bf16/fp16)"
+    return "sdpa (auto: no flash-attn installed here; SDPA runs its flash kernel on CUDA)"
 
 
 @dataclass
@@ -268,7 +268,7 @@ class LlamaForCausalLM(nn.Module):
             return CausalLMOutput(loss=None, logits=self.lm_head(h))
         h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
         chunk = self.config.loss_chunk
-        if not torch.is_grad_enabled():  # evaluation: per-token losses, fp32 logits of one chunk at a time
+        if not torch.is_grad_enabled():  # evaluation: per-token losses, one chunk's logits at a time
             tokens = chunked_token_loss(h, self.lm_head.weight, labels, chunk or h.shape[0])
             loss = tokens.sum() / (labels != -100).sum().clamp(min=1)
             return CausalLMOutput(loss=loss, logits=None, token_loss=tokens.view(input_ids.shape))
@@ -290,10 +290,12 @@ def chunked_token_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     return out
 
 
-def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                          chunk: int) -> torch.Tensor:
     """Mean cross-entropy of ``h @ weight.T`` (labels -100 ignored) without ever holding the full
     [tokens, vocab] fp32 logits: each chunk of ``chunk`` tokens runs under activation
-    checkpointing, so forward keeps only its input and backward rebuilds one chunk's logits at a time.
+    checkpointing, so forward keeps only its input and backward rebuilds one chunk's logits at a
+    time.
 
     Built from ordinary ops on ``weight`` (no custom autograd Function), so plugins that wrap
     parameters in hooked tensors (Gemini's ColoParameter) see every use of the lm_head weight and
@@ -308,7 +310,8 @@ def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.T
     return total / (labels != -100).sum().clamp(min=1)
 
 
-def _summed_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _summed_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(F.linear(h, weight).float(), labels, ignore_index=-100, reduction="sum")
 
 

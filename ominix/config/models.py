@@ -328,12 +328,13 @@ class LaunchConfig(Section):
     )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="SLURM settings (launcher slurm).")
     memory_check: bool = Field(
-        True, description="Refuse a layout whose estimated peak memory per GPU exceeds the device's "
-        "(ominix.train.memory; --dry-run prints the estimate), naming the largest micro batch that fits.",
+        True, description="Refuse a layout whose estimated peak memory per GPU exceeds the GPU's "
+        "(ominix.train.memory; --dry-run prints the estimate), naming the largest micro batch "
+        "that fits.",
     )
     device_memory_gib: float | None = Field(
-        None, gt=0, description="Memory of one GPU in GiB for the memory check; None = read on the GPU "
-        "machine (the local launcher, or each worker at start on other nodes).",
+        None, gt=0, description="Memory of one GPU in GiB for the memory check; None = read on the "
+        "GPU machine (by the local launcher, or by each worker at start on other nodes).",
     )
 
     @model_validator(mode="after")

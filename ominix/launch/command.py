@@ -85,8 +85,8 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
             f"not set (seq_len {cfg.data.seq_len}): a real launch needs --data DIR from `ominix data prepare`")
     return "\n".join(filter(None, [
         f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
-        f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, vocab {cfg.model.vocab_size}; "
-        f"attention {describe_attn(cfg.model.attn)}",
+        f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, "
+        f"vocab {cfg.model.vocab_size}; attention {describe_attn(cfg.model.attn)}",
         f"data      {data}",
         f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
         f"memory    {memory_line(cfg, layout)}",

@@ -20,7 +20,8 @@ def test_local_launcher_checks_its_gpu(tmp_path: Path) -> None:
     props = torch.cuda.get_device_properties(0)
     if not 100 * 2**30 < props.total_memory < 150 * 2**30:
         pytest.skip("the 7B figures below are for a card of 100-150 GiB (H200: 140)")
-    args = ["train", "launch", "llama2-7b", "--nproc-per-node", "1", "--run-dir", str(tmp_path / "run"), "--dry-run"]
+    args = ["train", "launch", "llama2-7b", "--nproc-per-node", "1", "--run-dir", str(tmp_path / "run"),
+            "--dry-run"]
     refused = run_cli(*args, "--set", "model.loss_chunk=0", timeout=300)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     assert "does not fit in GPU memory" in refused.stderr and props.name in refused.stderr
