@@ -7,6 +7,7 @@ import torch
 
 from ominix.config import ModelConfig
 from ominix.model import KVCache, LlamaForCausalLM, build_model, hf_config, rms_normalize
+from ominix.plugins import PLUGINS
 
 SHAPES = {
     "gqa": ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
@@ -304,3 +305,33 @@ def test_hooked_layers_refuse_another_colossalai_version(monkeypatch: pytest.Mon
     with pytest.raises(OminixError, match=f"ColossalAI {MIRRORED_VERSION}") as err:
         compile_hooked_layers(build_model(SHAPES["gqa"], seed=0))
     assert "0.4.9" in err.value.message and "compile_scope=ops" in err.value.hint
+
+
+@pytest.mark.usefixtures("private_netns")
+@pytest.mark.parametrize("plugin", [p.name for p in PLUGINS.values() if not p.gpu_only and not p.hf_model])
+def test_chunked_loss_is_used_under_each_cpu_plugin(plugin: str) -> None:
+    """Through the real booster of every plugin that trains this decoder on a CPU, a step holds
+    one chunk's fp32 logits at a time (Gemini's hooked weights: the test above and tests/gpu/)."""
+    import contextlib
+
+    from ominix.config import load_config
+    from ominix.train import shims
+    from ominix.train.engine import build_engine, init_distributed, one_process_env
+
+    cfg = load_config("tiny", ["model.loss_chunk=100", "schedule.micro_batch_size=2",
+                               "schedule.global_batch_size=2", "data.seq_len=64"], {"parallel.plugin": plugin})
+    with contextlib.ExitStack() as run:
+        run.enter_context(one_process_env())
+        run.enter_context(shims.patched())
+        init_distributed(seed=0)
+        run.callback(torch.distributed.destroy_process_group)
+        engine = build_engine(cfg, lambda step: 1.0)
+        block = torch.randint(0, cfg.model.vocab_size, (2, cfg.data.seq_len + 1))
+
+        def step():
+            with engine.autocast():
+                loss = engine.loss(block)
+            engine.booster.backward(loss, engine.optimizer)
+
+        rows = _largest_logits(step, cfg.model.vocab_size, cfg.model.hidden_size)
+    assert rows == 100  # of 128 tokens: chunks of 100 and 28
