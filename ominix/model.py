@@ -48,6 +48,16 @@ def resolve_attn(choice: str) -> str:
     return "flash"
 
 
+def describe_attn(choice: str) -> str:
+    """The kernel ``model.attn`` resolves to on this machine, and why, for a plan or log line."""
+    kernel = resolve_attn(choice)
+    if choice != "auto":
+        return kernel
+    if kernel == "flash":
+        return "flash-attn (auto)"
+    return "sdpa (auto: no flash-attn installed here; SDPA runs its flash kernel on CUDA)"
+
+
 @dataclass
 class CausalLMOutput:
     loss: torch.Tensor | None
@@ -258,15 +268,12 @@ class LlamaForCausalLM(nn.Module):
             return CausalLMOutput(loss=None, logits=self.lm_head(h))
         h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
         chunk = self.config.loss_chunk
-        # Gemini's ColoParameter rejects a custom autograd Function on its weights (its gradient
-        # hooks need the weight used by ordinary ops): plugins that wrap parameters get plain CE.
-        plain_weight = type(self.lm_head.weight) in (torch.Tensor, nn.Parameter)
-        if chunk and plain_weight and torch.is_grad_enabled() and h.requires_grad:
-            loss = ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, labels, chunk)
-        elif not torch.is_grad_enabled():  # evaluation: per-token losses, fp32 logits of one chunk at a time
+        if not torch.is_grad_enabled():  # evaluation: per-token losses, one chunk's logits at a time
             tokens = chunked_token_loss(h, self.lm_head.weight, labels, chunk or h.shape[0])
             loss = tokens.sum() / (labels != -100).sum().clamp(min=1)
             return CausalLMOutput(loss=loss, logits=None, token_loss=tokens.view(input_ids.shape))
+        if chunk:
+            loss = chunked_cross_entropy(h, self.lm_head.weight, labels, chunk)
         else:
             loss = F.cross_entropy(self.lm_head(h).float(), labels, ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=None)
@@ -283,40 +290,29 @@ def chunked_token_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tens
     return out
 
 
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ weight.T`` without ever holding the full logits.
+def chunked_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                          chunk: int) -> torch.Tensor:
+    """Mean cross-entropy of ``h @ weight.T`` (labels -100 ignored) without ever holding the full
+    [tokens, vocab] fp32 logits: each chunk of ``chunk`` tokens runs under activation
+    checkpointing, so forward keeps only its input and backward rebuilds one chunk's logits at a
+    time.
 
-    Forward walks the tokens in chunks: fp32 logits of one chunk, its loss, and at once its
-    gradients (softmax - one-hot) pushed through the matmuls into grad_h and grad_weight. Backward
-    only scales those by the incoming gradient. Peak memory drops by the [tokens, vocab] fp32
-    logits and their gradient; the math is that of ``F.cross_entropy(lm_head(h).float(), labels)``.
-    """
+    Built from ordinary ops on ``weight`` (no custom autograd Function), so plugins that wrap
+    parameters in hooked tensors (Gemini's ColoParameter) see every use of the lm_head weight and
+    run their fetch and gradient hooks as for any other layer; the price is one more lm_head matmul
+    per chunk in backward."""
+    from torch.utils.checkpoint import checkpoint
 
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
-        valid = labels != -100
-        count = valid.sum().clamp(min=1)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        for start in range(0, h.shape[0], chunk):
-            hc, yc, mask = h[start : start + chunk], labels[start : start + chunk], valid[start : start + chunk]
-            logits = (hc @ weight.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            target = yc.clamp(min=0)[:, None]
-            total += ((lse - logits.gather(1, target).squeeze(1)) * mask).sum()
-            grad = torch.softmax(logits, dim=-1).scatter_add_(1, target, -torch.ones_like(lse)[:, None])
-            grad = (grad * mask[:, None]).to(h.dtype)
-            grad_h[start : start + chunk] = grad @ weight
-            grad_w += (grad.t() @ hc).float()
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype), count)
-        return total / count
+    total = h.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk):
+        total = total + checkpoint(_summed_cross_entropy, h[start : start + chunk], weight,
+                                   labels[start : start + chunk], use_reentrant=False)
+    return total / (labels != -100).sum().clamp(min=1)
 
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        grad_h, grad_w, count = ctx.saved_tensors
-        scale = grad_out / count
-        return grad_h * scale.to(grad_h.dtype), grad_w * scale.to(grad_w.dtype), None, None
+
+def _summed_cross_entropy(h: torch.Tensor, weight: torch.Tensor,
+                          labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(h, weight).float(), labels, ignore_index=-100, reduction="sum")
 
 
 def init_weights(model: LlamaForCausalLM) -> None:

@@ -43,7 +43,7 @@ def test_reference_run_preset() -> None:
     assert cfg.parallel.plugin == "gemini"
     assert cfg.schedule.micro_batch_size == 16
     assert cfg.data.seq_len == 4096
-    assert cfg.model.gradient_checkpointing and cfg.model.attn == "flash"
+    assert cfg.model.gradient_checkpointing and cfg.model.attn == "auto"
     assert (cfg.launch.nodes, cfg.launch.nproc_per_node) == (4, 8)
     assert cfg.schedule.global_batch_size == 16 * 4 * 8
 

@@ -7,6 +7,7 @@ import torch
 
 from ominix.config import ModelConfig
 from ominix.model import KVCache, LlamaForCausalLM, build_model, hf_config, rms_normalize
+from ominix.plugins import PLUGINS
 
 SHAPES = {
     "gqa": ModelConfig(vocab_size=97, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
@@ -130,6 +131,78 @@ def test_chunked_loss_equals_plain_cross_entropy(chunk: int) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _largest_logits(run, vocab: int, hidden: int) -> int:
+    """Rows of the largest fp32 [rows, vocab] tensor any op makes while ``run()`` runs (but the
+    [hidden, vocab] of the lm_head's transposed weight gradient)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        rows = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[1] == vocab \
+                        and t.dtype == torch.float32 and t.shape[0] != hidden:
+                    Shapes.rows = max(Shapes.rows, t.shape[0])
+            return out
+
+    with Shapes():
+        run()
+    return Shapes.rows
+
+
+def test_chunked_loss_under_hooked_parameters() -> None:
+    """With the lm_head weight a ColossalAI ColoParameter whose op hooks Gemini drives, the loss is
+    still chunked (one chunk's fp32 logits at a time, forward and backward), the hooks see every
+    use of the weight, its gradient arrives after its post-backward hook, and loss and gradients
+    equal the plain cross-entropy's."""
+    from colossalai.tensor.colo_parameter import ColoParameter
+    from colossalai.tensor.param_op_hook import ColoParamOpHook, ColoParamOpHookManager
+
+    class Recorder(ColoParamOpHook):
+        def __init__(self, weight) -> None:
+            self.weight, self.calls, self.done = weight, [], False
+
+        def _seen(self, kind, params):
+            if any(p is self.weight for p in params):
+                self.calls.append(kind)
+                self.done = self.done or kind == "post_backward"
+
+        def pre_forward(self, params): self._seen("pre_forward", params)
+        def post_forward(self, params): self._seen("post_forward", params)
+        def pre_backward(self, params): self._seen("pre_backward", params)
+        def post_backward(self, params): self._seen("post_backward", params)
+
+    cfg, chunk = SHAPES["gqa"], 8
+    ids = torch.randint(0, cfg.vocab_size, (2, 25), generator=torch.Generator().manual_seed(5))
+    tokens = ids[:, :-1].numel()
+    plain = build_model(cfg.model_copy(update={"loss_chunk": 0}), seed=2).train()
+    hooked = build_model(cfg.model_copy(update={"loss_chunk": chunk}), seed=2).train()
+    weight = ColoParameter(hooked.lm_head.weight.data.clone(), requires_grad=True)
+    hooked.lm_head._parameters["weight"] = weight
+    recorder, late = Recorder(weight), []
+    weight.register_hook(lambda g: late.append(g) if not recorder.done else None)
+    expected = plain(ids[:, :-1], labels=ids[:, 1:]).loss
+    expected.backward()
+
+    def step():
+        with ColoParamOpHookManager.use_hooks(recorder):
+            loss = hooked(ids[:, :-1], labels=ids[:, 1:]).loss
+            # what ColoTensor's backward does (a plain view, out of its torch-function context), without
+            # its re-entry into the dispatch mode below
+            loss.as_subclass(torch.Tensor).backward()
+        torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+
+    assert _largest_logits(step, cfg.vocab_size, cfg.hidden_size) == chunk  # whole: 48 rows
+    chunks = -(-tokens // chunk)
+    assert recorder.calls.count("pre_forward") == 2 * chunks  # forward, then the recompute in backward
+    assert recorder.calls.count("post_backward") == chunks and not late
+    torch.testing.assert_close(weight.grad, plain.lm_head.weight.grad, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(plain.model.named_parameters(), hooked.model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scope, wrapped", [("ops", False), ("layers", False), ("auto", True)])
 def test_compiled_model_matches_eager(scope: str, wrapped: bool) -> None:
@@ -232,3 +305,33 @@ def test_hooked_layers_refuse_another_colossalai_version(monkeypatch: pytest.Mon
     with pytest.raises(OminixError, match=f"ColossalAI {MIRRORED_VERSION}") as err:
         compile_hooked_layers(build_model(SHAPES["gqa"], seed=0))
     assert "0.4.9" in err.value.message and "compile_scope=ops" in err.value.hint
+
+
+@pytest.mark.usefixtures("private_netns")
+@pytest.mark.parametrize("plugin", [p.name for p in PLUGINS.values() if not p.gpu_only and not p.hf_model])
+def test_chunked_loss_is_used_under_each_cpu_plugin(plugin: str) -> None:
+    """Through the real booster of every plugin that trains this decoder on a CPU, a step holds
+    one chunk's fp32 logits at a time (Gemini's hooked weights: the test above and tests/gpu/)."""
+    import contextlib
+
+    from ominix.config import load_config
+    from ominix.train import shims
+    from ominix.train.engine import build_engine, init_distributed, one_process_env
+
+    cfg = load_config("tiny", ["model.loss_chunk=100", "schedule.micro_batch_size=2",
+                               "schedule.global_batch_size=2", "data.seq_len=64"], {"parallel.plugin": plugin})
+    with contextlib.ExitStack() as run:
+        run.enter_context(one_process_env())
+        run.enter_context(shims.patched())
+        init_distributed(seed=0)
+        run.callback(torch.distributed.destroy_process_group)
+        engine = build_engine(cfg, lambda step: 1.0)
+        block = torch.randint(0, cfg.model.vocab_size, (2, cfg.data.seq_len + 1))
+
+        def step():
+            with engine.autocast():
+                loss = engine.loss(block)
+            engine.booster.backward(loss, engine.optimizer)
+
+        rows = _largest_logits(step, cfg.model.vocab_size, cfg.model.hidden_size)
+    assert rows == 100  # of 128 tokens: chunks of 100 and 28

@@ -327,6 +327,15 @@ class LaunchConfig(Section):
         "the user's own environment wins locally, node_env wins over it.",
     )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="SLURM settings (launcher slurm).")
+    memory_check: bool = Field(
+        True, description="Refuse a layout whose estimated peak memory per GPU exceeds the GPU's "
+        "(ominix.train.memory; --dry-run prints the estimate), naming the largest micro batch "
+        "that fits.",
+    )
+    device_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of one GPU in GiB for the memory check; None = read on the "
+        "GPU machine (by the local launcher, or by each worker at start on other nodes).",
+    )
 
     @model_validator(mode="after")
     def _env_names(self) -> LaunchConfig:

@@ -71,6 +71,8 @@ def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_a
 
 def summary(cfg: OminixConfig, nproc: int) -> str:
     """What a dry run says the job is: model, data, layout, schedule, run directory."""
+    from ominix.model import describe_attn
+    from ominix.train.memory import describe_fit as memory_line
     from ominix.train.layout import derive_layout
     from ominix.train.schedule import total_steps, warmup_note, warmup_steps
 
@@ -83,9 +85,11 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
             f"not set (seq_len {cfg.data.seq_len}): a real launch needs --data DIR from `ominix data prepare`")
     return "\n".join(filter(None, [
         f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
-        f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, vocab {cfg.model.vocab_size}",
+        f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, "
+        f"vocab {cfg.model.vocab_size}; attention {describe_attn(cfg.model.attn)}",
         f"data      {data}",
         f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
+        f"memory    {memory_line(cfg, layout)}",
         f"schedule  {stop}; lr {cfg.optim.lr} -> {cfg.optim.min_lr} ({s.decay}, warmup {warmup_steps(cfg, total)})",
         f"run dir   {cfg.logging.run_dir} (resume {cfg.checkpoint.resume})",
         warmup_note(cfg, total),

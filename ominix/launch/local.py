@@ -49,11 +49,13 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     import torch
 
     from ominix.cli.render import debug_enabled
+    from ominix.train import memory
     from ominix.train.layout import validate
 
     events = events or Events()
     nproc = local_nproc(cfg)
-    validate(cfg, nproc, torch.cuda.is_available() or dry_run)  # a plan may be made on a machine without GPUs
+    layout = validate(cfg, nproc, torch.cuda.is_available() or dry_run)  # a plan needs no GPU
+    memory.check_here(cfg, layout)  # before torchrun starts: the workers would refuse it one by one
     if cfg.data.path or not dry_run:  # a plan without --data says a real launch needs it
         preflight(cfg, nproc)
     run_dir = str(cfg.logging.run_dir)

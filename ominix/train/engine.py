@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ominix.config import OminixConfig
 from ominix.plugins import PLUGINS, Plugin
+from ominix.train import memory
 from ominix.train.layout import Layout, validate
 
 
@@ -62,6 +63,8 @@ def _zero2(cfg: OminixConfig, layout: Layout, cpu_offload: bool = False) -> Any:
 def _hybrid(cfg: OminixConfig, layout: Layout) -> Any:
     from colossalai.booster.plugin import HybridParallelPlugin
 
+    from ominix.model import resolve_attn
+
     p = cfg.parallel
     return HybridParallelPlugin(
         tp_size=p.tp,
@@ -70,7 +73,7 @@ def _hybrid(cfg: OminixConfig, layout: Layout) -> Any:
         precision=p.precision,
         enable_sequence_parallelism=p.sequence_parallel,
         sequence_parallelism_mode="split_gather" if p.sequence_parallel else None,
-        enable_flash_attention=cfg.model.attn == "flash",
+        enable_flash_attention=resolve_attn(cfg.model.attn) == "flash",
         microbatch_size=layout.micro_batch if p.pp > 1 else None,
         max_norm=cfg.optim.grad_clip,
         overlap_communication=p.overlap_communication,
@@ -322,6 +325,7 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
     gpu = torch.cuda.is_available()
     world, rank = dist.get_world_size(), dist.get_rank()
     layout = validate(cfg, world, gpu)
+    memory.check_here(cfg, layout)  # on every node, before a byte of the model is allocated
     spec = PLUGINS[cfg.parallel.plugin]
     if hf_baseline:
         spec = replace(spec, hf_model=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ominix.config import OminixConfig
 from ominix.errors import OminixError
 from ominix.plugins import PLUGINS, cpu_choices
+from ominix.train import memory
 
 
 class LayoutError(OminixError):
@@ -75,7 +76,9 @@ def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
 
 def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
     """Check a config against the processes and hardware before anything starts; return the layout.
-    (Rules that depend on the config alone are checked when it is loaded: ``ominix.plugins``.)"""
+    (Rules that depend on the config alone are checked when it is loaded: ``ominix.plugins``.)
+    With ``launch.device_memory_gib`` set, the memory estimate is checked here too; otherwise where
+    the device is (``memory.check_here``)."""
     p = cfg.parallel
     if not gpu and PLUGINS[p.plugin].gpu_only:
         raise OminixError(
@@ -90,7 +93,11 @@ def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
             f"parallel.plugin={p.plugin} needs torch >= 2.7 (installed: {'.'.join(map(str, torch_version()))})",
             "install torch>=2.7 on every node, or use --plugin gemini or zero2",
         )
-    return derive_layout(cfg, world_size)
+    layout = derive_layout(cfg, world_size)
+    if gpu and cfg.launch.device_memory_gib:  # the card's memory is known here: refuse what cannot fit
+        memory.check(cfg, layout, cfg.launch.device_memory_gib * memory.GIB,
+                     "a GPU (launch.device_memory_gib)")
+    return layout
 
 
 def torch_version() -> tuple[int, int]:

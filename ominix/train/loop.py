@@ -193,7 +193,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix import compiled
     from ominix.data.loader import BlockLoader
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
-    from ominix.model import resolve_attn
+    from ominix.model import describe_attn
     from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, init_distributed
@@ -238,7 +238,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
     chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params)
-    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {resolve_attn(cfg.model.attn)}; "
+    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {describe_attn(cfg.model.attn)}; "
              f"{compiled.SCOPES.get(chosen, 'eager')}; "
              f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
              f"documents framed {train_set.framing}; {total} steps; "
