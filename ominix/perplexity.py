@@ -34,7 +34,7 @@ def evaluate(
     model: torch.nn.Module,
     dataset: Blocks,
     batch_size: int = 8,
-    max_batches: int | None = None,
+    max_blocks: int | None = None,
     device: str | torch.device | None = None,
     rank: int = 0,
     world_size: int = 1,
@@ -42,8 +42,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Mean next-token cross-entropy (nats/token) and perplexity of ``model`` on ``dataset``.
 
-    Each block of ``seq_len + 1`` tokens gives ``seq_len`` predictions. ``max_batches`` caps the
-    blocks at ``max_batches x batch_size`` over all ranks together (None = the whole split).
+    Each block of ``seq_len + 1`` tokens gives ``seq_len`` predictions. ``max_blocks`` caps the
+    blocks over all ranks together (None = the whole split); ``batch_size`` changes how many are
+    scored at once, never which.
     Returns ``{"loss", "perplexity", "tokens", "blocks", "per_source": {name: {"loss",
     "perplexity", "tokens", "blocks"}}}``. ``progress(blocks_done, blocks)`` after each batch
     (this rank's). The model's mode (train/eval) is restored afterwards.
@@ -52,8 +53,7 @@ def evaluate(
 
     if device is None:
         device = next(model.parameters()).device
-    limit = None if max_batches is None else max_batches * batch_size
-    chosen = held_out_ids(len(dataset), limit)
+    chosen = held_out_ids(len(dataset), max_blocks)
     names = sorted({dataset.source_of(int(i)) for i in chosen})  # the same list on every rank
     index = {name: i for i, name in enumerate(names)}
     # per source: [sum of token losses, tokens, blocks], kept in float64 so long runs do not drift
@@ -62,7 +62,8 @@ def evaluate(
     was_training = model.training
     model.eval()
     # padded: every rank makes as many forward passes (collective under Gemini / ZeRO-3)
-    for batch, sources in eval_batches(dataset, batch_size, rank, world_size, limit, pad=world_size > 1):
+    batches = eval_batches(dataset, batch_size, rank, world_size, max_blocks, pad=world_size > 1)
+    for batch, sources in batches:
         batch = batch.to(device)
         token_loss = model(batch[:, :-1], labels=batch[:, 1:]).token_loss  # [batch, seq_len] fp32
         real = [k for k, s in enumerate(sources) if s is not None]  # padding rows count nothing

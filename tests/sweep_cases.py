@@ -144,7 +144,7 @@ def build_fixtures(root: Path) -> Paths:
     and its fp32 export."""
     data, run, export = root / "data", root / "run", root / "export"
     steps = ["--set", "schedule.warmup_steps=1", "--set", "checkpoint.every=3", "--set", "schedule.eval_every=3",
-             "--set", "schedule.eval_batches=1"]
+             "--set", "schedule.eval_blocks=8"]
     for argv in (("data", "prepare", "--config", "tiny", "--out", str(data)),
                  ("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), "--max-steps", "3", *steps),
                  ("checkpoint", "export", str(run), "--out", str(export), "--dtype", "fp32", "--no-verify")):
@@ -568,9 +568,9 @@ CASES: list[Case] = [
          ("eval", "--model", "{export}", "--data", "d", "--out", "e.json"),
          setup=copy("data", "d", flip_byte("validation/00000.bin")), needle="00000.bin"),
     Case("eval-out-dir", "eval", "--out names a directory",
-         ("eval", "--model", "{run}", "--max-batches", "1", "--out", "."), needle="directory"),
+         ("eval", "--model", "{run}", "--max-blocks", "8", "--out", "."), needle="directory"),
     Case("eval-ok", "eval", "one batch of the shared run (control)",
-         ("eval", "--model", "{run}", "--max-batches", "1", "--out", "e.json", "--json"), OK,
+         ("eval", "--model", "{run}", "--max-blocks", "8", "--out", "e.json", "--json"), OK,
          check=json_out(lambda d: d["perplexity"]["loss"] > 0)),
     # mof
     Case("mof-check-missing", "mof check", "file does not exist", ("mof", "check", "nope.yml"), needle="nope.yml"),

@@ -68,7 +68,7 @@ def test_evaluate_equals_the_model_loss_and_splits_by_source(run_dir: Path) -> N
     assert per["books"]["blocks"] + per["web"]["blocks"] == len(data)
     weighted = sum(p["loss"] * p["tokens"] for p in per.values()) / result["tokens"]
     assert weighted == pytest.approx(result["loss"], rel=1e-9)
-    capped = evaluate(model, data, batch_size=2, max_batches=1)
+    capped = evaluate(model, data, batch_size=2, max_blocks=2)
     assert capped["blocks"] == 2
 
 
@@ -129,10 +129,10 @@ def test_held_out_blocks_do_not_depend_on_world_size_or_batch_size(run_dir: Path
     assert real == sorted(tuple(data[int(i)].tolist()) for i in held_out_ids(len(data), 7))
 
     model = load_model(resolve(run_dir))
-    whole = evaluate(model, data, batch_size=2, max_batches=3)
+    whole = evaluate(model, data, batch_size=2, max_blocks=6)
     assert whole["blocks"] == 6
-    assert evaluate(model, data, batch_size=3, max_batches=2)["loss"] == pytest.approx(whole["loss"], rel=1e-6)
-    shares = [evaluate(model, data, batch_size=3, max_batches=2, rank=r, world_size=2) for r in (0, 1)]
+    assert evaluate(model, data, batch_size=4, max_blocks=6)["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    shares = [evaluate(model, data, batch_size=3, max_blocks=6, rank=r, world_size=2) for r in (0, 1)]
     assert sum(s["blocks"] for s in shares) == 6
     combined = sum(s["loss"] * s["tokens"] for s in shares) / sum(s["tokens"] for s in shares)
     assert combined == pytest.approx(whole["loss"], rel=1e-6)

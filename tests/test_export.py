@@ -234,7 +234,7 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
     data, run, out = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
     mask = os.umask(0o022)  # the files' modes are checked against it below
     prepare(load_config("tiny").data, data, progress=False)
-    sets = ["checkpoint.every=2", "schedule.eval_every=2", "schedule.eval_batches=1", "schedule.warmup_steps=1"]
+    sets = ["checkpoint.every=2", "schedule.eval_every=2", "schedule.eval_blocks=8", "schedule.warmup_steps=1"]
     train = run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), "--max-steps", "2",
                     "--nproc-per-node", "1", *[a for s in sets for a in ("--set", s)], env={"OMP_NUM_THREADS": "1"})
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
@@ -258,15 +258,15 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
         theirs = AutoModelForCausalLM.from_pretrained(out).generate(ids, max_new_tokens=12, do_sample=False)
     assert record["completion_ids"] == theirs[0, ids.shape[1]:].tolist()
 
-    evaluated = run_cli("eval", "--model", str(run), "--max-batches", "2", "--json")
+    evaluated = run_cli("eval", "--model", str(run), "--max-blocks", "16", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads((run / "eval" / "eval_results.json").read_text())
     assert results["data"]["manifest_sha256"] == manifest_sha256(data)
     assert results["model"]["step"] == 2 and 0 < results["perplexity"]["loss"] < 10
-    # the trainer's evaluation (micro batch 8, eval_batches 1) and `ominix eval` read the same blocks
+    # the trainer's evaluation (eval_blocks 8) and `ominix eval` read the same blocks, whatever the batch
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val_loss = next(r["val_loss"] for r in val if r.get("step") == 2 and "val_loss" in r)
-    same = run_cli("eval", "--model", str(run), "--batch-size", "8", "--max-batches", "1", "--json")
+    same = run_cli("eval", "--model", str(run), "--batch-size", "3", "--max-blocks", "8", "--json")
     assert json.loads(same.stdout)["perplexity"]["loss"] == pytest.approx(val_loss, rel=1e-4)
 
 

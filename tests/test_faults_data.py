@@ -137,8 +137,58 @@ def test_tampered_manifest_or_shard_is_named_and_bad_tokens_refused(data: Path, 
         ds[0]
 
 
-def _launch(data: Path, run: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    flags = [a for s in TRAIN for a in ("--set", s)]
+def _bytes_read() -> int:
+    """Bytes this process has read through read() so far (the hashing reads; memory maps are not)."""
+    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
+                    if line.startswith("rchar:")).split()[1])
+
+
+def _open_and_verify(data: Path, split: str = "train") -> tuple[PackedDataset, int]:
+    before = _bytes_read()
+    ds = PackedDataset(data, split)
+    ds.check(wait=True)
+    return ds, _bytes_read() - before
+
+
+def test_a_shard_is_hashed_once_per_dataset_and_only_for_the_split_read(data: Path, tmp_path: Path) -> None:
+    """The first open hashes the split's files and stamps them beside the data (size, mtime,
+    sha256); a second open (the next launch, a requeue) reads none of them again, and the other
+    split is never hashed; a shard rewritten since is hashed again and its mismatch named."""
+    from ominix.data.store import listed_files
+    from ominix.data.verified import read_stamp
+
+    copy = _copy(data, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    train = [rel for rel, _ in listed_files(manifest["splits"]["train"]["shards"])]
+    first, read_first = _open_and_verify(copy)
+    assert first.verifier.hashed == train and sorted(read_stamp(copy)) == sorted(train)
+    second, read_second = _open_and_verify(copy)
+    assert second.verifier.hashed == [] and second.verifier.skipped == len(train)
+    stamp = (copy / ".ominix-verified.json").stat().st_size  # read by the second open only
+    assert read_first - read_second + stamp >= sum((copy / rel).stat().st_size for rel in train)
+
+    _corrupt(_shard(copy))  # rewritten in place: a new mtime, so the stamp no longer vouches for it
+    with pytest.raises(OminixError, match=r"train/00000\.bin: sha256 does not match the manifest"):
+        PackedDataset(copy, "train").check(wait=True)
+    assert "train/00000.bin" not in read_stamp(copy) or \
+        read_stamp(copy)["train/00000.bin"]["mtime_ns"] != _shard(copy).stat().st_mtime_ns
+    from ominix.data.store import verify
+
+    assert verify(copy) == ["train/00000.bin: sha256 mismatch"]  # `data inspect --verify` hashes all
+
+
+def test_one_process_per_node_verifies_each_starting_on_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ominix.data.verified import node_share
+
+    for key, value in {"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_RANK": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    assert node_share() == (True, 0.5)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert node_share()[0] is False
+
+
+def _launch(data: Path, run: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    flags = [a for s in (*TRAIN, *sets) for a in ("--set", s)]
     return run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), *args, *flags,
                    env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=300)
 
@@ -148,11 +198,19 @@ def test_corrupted_shard_stops_training_and_a_changed_manifest_stops_resume(data
     copy = _copy(data, tmp_path)
     good = _launch(copy, tmp_path / "run", "--max-steps", "2")
     assert good.returncode == 0, good.stderr[-3000:]
+    # no evaluation: the training split's shard and its source file only, hashed once
+    assert "data: hashing 2 shard files in the background, 0 verified before" in good.stdout, good.stdout
+    again = _launch(copy, tmp_path / "again", "--max-steps", "1", "--nproc-per-node", "2",
+                    sets=("schedule.micro_batch_size=2",))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "data: hashing 0 shard files in the background, 2 verified before" in again.stdout, again.stdout
     shard = _shard(copy)
     _corrupt(shard)  # same size, every id still valid: only the checksum tells
     bad = _launch(copy, tmp_path / "fresh", "--max-steps", "3")
     assert bad.returncode != 0
+    assert "data: hashing 1 shard files in the background, 1 verified before" in bad.stdout, bad.stdout
     assert f"{shard}: sha256 does not match the manifest" in bad.stderr, bad.stderr[-3000:]
+    assert bad.stderr.count("error") == 1, bad.stderr[-3000:]
     assert not (tmp_path / "fresh" / "checkpoints").exists()
     # the same corruption with the manifest's checksum edited to match: the manifest's own sha256
     # no longer matches what the checkpoint recorded, so the resume is refused

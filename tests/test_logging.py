@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import run_cli
 
 SETS = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=2", "schedule.eval_every=2",
-        "schedule.eval_batches=2", "checkpoint.keep_last=1", "checkpoint.keep_every=0", "logging.tensorboard=false"]
+        "schedule.eval_blocks=16", "checkpoint.keep_last=1", "checkpoint.keep_every=0", "logging.tensorboard=false"]
 WANDB = ["logging.wandb.enabled=true", "logging.wandb.project=ominix-test", "logging.wandb.name=tiny-run",
          "logging.wandb.tags=[cpu, test]"]
 

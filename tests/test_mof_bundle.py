@@ -262,6 +262,10 @@ def test_init_template_loads_as_release_config(tmp_path: Path) -> None:
 def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     make_bundle(run_dir, out, _release(tmp_path))
+    from ominix.data.store import PackedDataset
+
+    PackedDataset(out / "data", "validation").check(wait=True)  # eval on the bundle's data stamps it
+    assert (out / "data" / ".ominix-verified.json").is_file()
     ok = run_cli("mof", "check", str(out))
     assert ok.returncode == 0, ok.stderr
     assert f"verified: every file of {out} matches SHA256SUMS" in ok.stdout

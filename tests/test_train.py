@@ -20,7 +20,7 @@ from ominix.errors import OminixError
 from tests.conftest import REPO, run_cli
 
 QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3", "schedule.eval_every=3",
-         "schedule.eval_batches=2", "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
+         "schedule.eval_blocks=16", "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ def eval_(
     split: str = typer.Option("validation", "--split", help="Split of the prepared data."),
     out: Path = typer.Option(None, "--out", "-o", help="Results file; default RUN_DIR/eval/eval_results.json."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass."),
-    max_batches: int = typer.Option(None, "--max-batches", help="Read N x --batch-size held-out blocks, spread over the split (what a run with micro batch M and schedule.eval_batches N reads); default the whole split."),
+    max_blocks: int = typer.Option(None, "--max-blocks", help="Read N held-out blocks, spread over the split (what a run with schedule.eval_blocks N reads); default the whole split."),
+    max_batches: int = typer.Option(None, "--max-batches", hidden=True, help="Old form of --max-blocks: N x --batch-size blocks."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness tasks (needs ominix[eval])."),
@@ -30,7 +31,7 @@ def eval_(
 
       ominix eval --model exports/tiny --data data/tiny --split validation --out eval_results.json
 
-      ominix eval --model runs/tiny --max-batches 10 --json
+      ominix eval --model runs/tiny --max-blocks 80 --json
     """
     from ominix.cli.progress_view import shown_progress
     from ominix.errors import OminixError
@@ -41,9 +42,15 @@ def eval_(
         raise OminixError(f"--out {out} is a directory", "give the path of the results file, e.g. --out eval_results.json")
     if dtype != "auto":
         torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
+    if max_batches is not None:
+        if max_blocks is not None:
+            raise OminixError("--max-blocks and --max-batches both given", "give --max-blocks N only")
+        if max_batches < 1:
+            raise OminixError(f"--max-batches {max_batches} must be at least 1", "e.g. --max-blocks 80")
+        max_blocks = max_batches * batch_size  # the blocks the old flag named
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     with shown_progress(not as_json) as progress:
-        results = run_eval(model, data, split, out, batch_size, max_batches, device, dtype,
+        results = run_eval(model, data, split, out, batch_size, max_blocks, device, dtype,
                            shlex.join(["ominix", *sys.argv[1:]]), task_list, progress)
     if as_json:
         typer.echo(json.dumps(results, indent=2))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ominix import plugins
 from ominix.config.release import ReleaseConfig
@@ -118,8 +118,9 @@ class DataConfig(Section):
     streaming: bool = Field(False, description="Stream hub data instead of downloading files first.")
     seed: int = Field(1234, description="Seed of the validation split and of the training order.")
     verify: bool = Field(
-        True, description="Training: each rank checks every shard's sha256 in a background thread "
-        "(0.4-1 GB/s per rank, off the training thread); false skips it for data too large to read per rank.",
+        True, description="Training: one process per node checks the sha256 of the shards the run reads "
+        "in a background thread, skipping those DIR/.ominix-verified.json records as verified "
+        "(same size and mtime); false skips the check.",
     )
 
     @model_validator(mode="before")
@@ -174,13 +175,37 @@ class ScheduleConfig(Section):
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
     eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
-    eval_batches: int = Field(20, ge=1, description="Held-out blocks per evaluation, in micro batches: "
-                              "eval_batches x micro_batch_size blocks over all ranks together, the same "
-                              "blocks under every plugin and world size (ominix eval --batch-size M --max-batches N).")
+    eval_blocks: int = Field(320, ge=1, description="Held-out blocks per evaluation, over all "
+                             "ranks together, spread over the validation split (all of it when it "
+                             "holds fewer): the same blocks and loss under every plugin, batch size "
+                             "and world size (ominix eval --max-blocks N). Replaces eval_batches "
+                             "(micro batches): eval_batches=N becomes N x micro_batch_size blocks.")
     seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips the update (skip)."
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _eval_batches_to_blocks(cls, data: Any, handler: Any) -> ScheduleConfig:
+        # the old key counted micro batches: converted, it names the same blocks as it did
+        old = data.pop("eval_batches", None) if isinstance(data, dict) else None
+        if old is None:
+            return handler(data)
+        if "eval_blocks" in data:
+            raise ValueError("schedule.eval_batches and schedule.eval_blocks are both set: set "
+                             "schedule.eval_blocks only (eval_batches, its old name, counted micro "
+                             "batches)")
+        micro = data.get("micro_batch_size", cls.model_fields["micro_batch_size"].default)
+        if not isinstance(old, int) or not isinstance(micro, int) or old < 1:
+            raise ValueError(f"schedule.eval_batches ({old!r}), the old name of schedule.eval_blocks, "
+                             "must be a whole number of micro batches")
+        schedule = handler({**data, "eval_blocks": old * micro})
+        schedule._notice = (f"note: schedule.eval_batches={old} (micro batches of {micro}) is now "
+                            f"schedule.eval_blocks={old * micro}, the same held-out blocks; rename it")
+        return schedule
+
+    _notice: str | None = PrivateAttr(None)  # what the conversion of an old key says, once, at launch
 
     @model_validator(mode="after")
     def _stop_rule(self) -> ScheduleConfig:

@@ -1,4 +1,5 @@
-"""Whether prepared data fits a config: its blocks' seq_len and its token ids against the model.
+"""Whether prepared data fits a config: its blocks' seq_len and its token ids against the model, and
+a validation split to evaluate on when the run evaluates.
 Checked by the launcher before any process starts, and again by a worker (one may be started by
 hand)."""
 
@@ -34,5 +35,12 @@ def check_fits(cfg: OminixConfig) -> dict:
             f"{cfg.data.path} was tokenized with {vocab} token ids, model.vocab_size is {cfg.model.vocab_size}",
             f"set --set model.vocab_size={vocab} (or more), or prepare the data with a tokenizer of "
             f"at most {cfg.model.vocab_size} ids",
+        )
+    held_out = manifest["splits"].get("validation", {}).get("blocks", 0)
+    if cfg.schedule.eval_every and not held_out:
+        raise OminixError(
+            f"{cfg.data.path} holds no validation blocks, and the run evaluates every "
+            f"{cfg.schedule.eval_every} steps",
+            "set schedule.eval_every=0, or prepare the data with a larger data.val_fraction",
         )
     return manifest

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ominix.errors import OminixError
+from ominix.data.verified import Verifier
 from ominix.hashing import sha256_file
 
 FORMAT = "ominix-packed-v1"
@@ -155,13 +155,15 @@ class PackedDataset:
     says how its documents are framed, ``ds.tokenizer_dir`` where their tokenizer is. Token shards
     are opened as read-only memory maps, so a dataset of any size costs almost no RAM.
 
-    With ``verify`` (the default) a background thread checks the sha256 of every shard of the split
-    against the manifest while the caller reads; the first mismatch is raised, as an OminixError
-    naming the shard, by the next ``ds[i]`` (or by :meth:`check`). A token id outside the
-    manifest's vocabulary is refused when its block is read.
+    With ``verify`` (the default) a background thread checks the sha256 of the split's shard files
+    against the manifest while the caller reads, skipping those a stamp beside the data records as
+    verified before (:mod:`ominix.data.verified`; ``verify_start`` is where in the list it begins);
+    the first mismatch is raised, as an OminixError naming the shard, by the next ``ds[i]`` (or by
+    :meth:`check`). A token id outside the manifest's vocabulary is refused when its block is read.
     """
 
-    def __init__(self, path: str | Path, split: str = "train", verify: bool = True) -> None:
+    def __init__(self, path: str | Path, split: str = "train", verify: bool = True,
+                 verify_start: float = 0.0) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         if split not in self.manifest["splits"]:
@@ -185,34 +187,18 @@ class PackedDataset:
             np.concatenate([self._read_sources(s) for s in shards])
             if shards else np.zeros(0, dtype=SOURCE_DTYPE)
         )
-        self._problem: tuple[str, str] | None = None
-        self._verifier: threading.Thread | None = None
+        self.verifier: Verifier | None = None
         if verify and shards:
-            self._verifier = threading.Thread(target=self._verify, args=(shards,), daemon=True,
-                                              name=f"ominix-verify-{split}")
-            self._verifier.start()
+            self.verifier = Verifier(self.path, listed_files(shards), verify_start)
 
-    def _verify(self, shards: list[dict[str, Any]]) -> None:
-        """Hash every file of the split (runs in the verifier thread; hashlib releases the GIL)."""
-        for rel, listed in listed_files(shards):
-            file = self.path / rel
-            try:
-                digest = sha256_file(file)
-            except OSError as exc:
-                self._problem = (f"{file} cannot be read ({exc.strerror})", "check the data directory")
-                return
-            if digest != listed:
-                self._problem = (
-                    f"{file}: sha256 does not match the manifest (the shard or the manifest changed "
-                    "after `ominix data prepare`)",
-                    f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
-                )
-                return
+    @property
+    def _problem(self) -> tuple[str, str] | None:
+        return None if self.verifier is None else self.verifier.problem
 
     def check(self, wait: bool = False) -> None:
         """Raise the verifier's finding, if any; ``wait`` first waits until every shard is hashed."""
-        if wait and self._verifier is not None:
-            self._verifier.join()
+        if wait and self.verifier is not None:
+            self.verifier.join()
         if self._problem is not None:
             raise OminixError(*self._problem)
 

@@ -32,20 +32,20 @@ def default_out(source: ModelSource) -> Path:
 
 
 def run_eval(model_path: str | Path, data: str | Path | None = None, split: str = "validation",
-             out: Path | None = None, batch_size: int = 8, max_batches: int | None = None,
+             out: Path | None = None, batch_size: int = 8, max_blocks: int | None = None,
              device: str = "auto", dtype: str = "auto", command: str | None = None,
              tasks: list[str] | None = None,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results.
 
-    The blocks are those the trainer's evaluation reads with ``micro_batch_size = batch_size`` and
-    ``eval_batches = max_batches`` (:func:`ominix.data.loader.held_out_ids`), so the loss is
-    comparable with the run's ``val_loss``. ``progress("eval", blocks_done, blocks)`` after each batch.
+    The blocks are those the trainer's evaluation reads with ``schedule.eval_blocks = max_blocks``
+    (:func:`ominix.data.loader.held_out_ids`), whatever the batch size, so the loss is the run's
+    ``val_loss`` for the same weights. ``progress("eval", blocks_done, blocks)`` after each batch.
     """
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.perplexity import evaluate
 
-    for flag, value in (("--batch-size", batch_size), ("--max-batches", max_batches)):
+    for flag, value in (("--batch-size", batch_size), ("--max-blocks", max_blocks)):
         if value is not None and value < 1:
             raise OminixError(f"{flag} {value} must be at least 1", f"e.g. {flag} 8")
     source = resolve(model_path)
@@ -72,7 +72,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     dtype = pick_dtype(dtype, device)
     model = load_model(source, device, dtype)
     started = time.time()
-    numbers = evaluate(model, dataset, batch_size=batch_size, max_batches=max_batches, device=device,
+    numbers = evaluate(model, dataset, batch_size=batch_size, max_blocks=max_blocks, device=device,
                        progress=None if progress is None else lambda done, total: progress("eval", done, total))
     dataset.check(wait=True)  # no results from shards that do not match their manifest
     results: dict[str, Any] = {
@@ -82,7 +82,8 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
         "data": {"path": str(data), "split": split, "manifest_sha256": manifest_sha256(data),
                  "framing": dataset.framing,
                  "seq_len": dataset.seq_len, "blocks_available": len(dataset)},
-        "settings": {"batch_size": batch_size, "max_batches": max_batches, "device": device, "dtype": dtype},
+        "settings": {"batch_size": batch_size, "max_blocks": max_blocks, "device": device,
+                     "dtype": dtype},
         "perplexity": numbers,
         "seconds": round(time.time() - started, 3),
         "command": command,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ominix.atomic import umask
 from ominix.checkpoint import files_under
+from ominix.data.verified import STAMP
 from ominix.errors import OminixError
 from ominix.hashing import CHUNK, sha256_file
 
@@ -217,6 +218,9 @@ def verify_bundle(bundle: Path, verify: bool = True, progress: Progress | None =
         check.changed += [(rel, "sha256 mismatch (changed since the bundle was written)")
                           for rel, digest in sums.items() if digest != listed[rel]]
         check.changed.sort()
+    # the data's verification stamp (written when a run or eval reads the bundle's data/) is a
+    # record of hashing, not released content
     check.unlisted = [str(p.relative_to(bundle)) for p in files_under(bundle)
-                      if str(p.relative_to(bundle)) not in listed and p != bundle / SUMS]
+                      if str(p.relative_to(bundle)) not in listed and p != bundle / SUMS
+                      and p.name != STAMP]
     return check

@@ -105,6 +105,9 @@ BUILDERS: dict[str, Callable[[OminixConfig, Layout], Any]] = {
 assert BUILDERS.keys() == PLUGINS.keys(), "every plugin of ominix.plugins has one builder here"
 
 
+IGNORE = -100  # the label transformers' and ColossalAI's losses skip
+
+
 @dataclass
 class Engine:
     """A boosted model with its optimizer and scheduler, and what the loop needs to know about them."""
@@ -120,6 +123,7 @@ class Engine:
     rank: int
     dp_rank: int
     amp_dtype: Any  # autocast dtype for plugins that don't control precision (ddp, fsdp), else None
+    seq_multiple: int = 1  # transformers' input length must be a multiple of it (sequence parallelism)
 
     def autocast(self):
         import torch
@@ -135,11 +139,25 @@ class Engine:
         return self.booster.no_sync(self.model, self.optimizer)
 
     def loss(self, block) -> Any:
-        """Mean next-token loss of a [batch, seq_len + 1] block of tokens."""
-        inputs = block[:, :-1]
-        if self.spec.hf_model:  # transformers shifts labels itself: the last target is dropped
-            return self.model(input_ids=inputs, labels=inputs).loss
-        return self.model(inputs, labels=block[:, 1:]).loss
+        """Mean next-token loss of a [batch, seq_len + 1] block of tokens: its seq_len targets."""
+        if self.spec.hf_model:
+            return self.model(**self.hf_inputs(block)).loss
+        return self.model(block[:, :-1], labels=block[:, 1:]).loss
+
+    def hf_inputs(self, block, real: int | None = None) -> dict[str, Any]:
+        """transformers' inputs for a [batch, seq_len + 1] block, scoring the pairs our decoder scores.
+        transformers (and ColossalAI's loss) shift the labels themselves and drop the last position,
+        so the whole block goes in as input_ids and as labels: position t is scored on block[t + 1],
+        all seq_len targets, at the cost of one position whose prediction nobody scores. Positions
+        added to reach ``seq_multiple`` and the rows from ``real`` on (padding) are scored on nothing."""
+        import torch
+
+        pad = -block.shape[1] % self.seq_multiple
+        ignored = torch.full((len(block), pad), IGNORE, dtype=block.dtype, device=block.device)
+        labels = torch.cat([block, ignored], 1)
+        if real is not None:
+            labels[real:] = IGNORE
+        return {"input_ids": torch.cat([block, block[:, -1:].expand(-1, pad)], 1), "labels": labels}
 
     def clip_and_step(self, max_norm: float, skip_nonfinite: bool = False) -> tuple[Any, bool]:
         """Clip gradients (here, or inside the plugin that was given max_norm) and step; return the
@@ -164,9 +182,10 @@ class Engine:
         self.optimizer.step()
         return norm, True
 
-    def evaluate(self, dataset, max_batches: int) -> dict[str, Any]:
-        """Validation loss and perplexity over ``max_batches`` micro batches' worth of held-out blocks,
-        over all data-parallel ranks together: the same blocks under every plugin and world size."""
+    def evaluate(self, dataset, blocks: int) -> dict[str, Any]:
+        """Validation loss and perplexity over ``blocks`` held-out blocks (``held_out_ids``), over all
+        data-parallel ranks together, each block scored on its seq_len targets: the same numbers
+        under every plugin, micro batch and world size."""
         import math
 
         import torch
@@ -178,36 +197,53 @@ class Engine:
             from ominix.perplexity import evaluate
 
             with self.autocast():
-                return evaluate(self.model, dataset, layout.micro_batch, max_batches, self.device,
+                return evaluate(self.model, dataset, layout.micro_batch, blocks, self.device,
                                 self.dp_rank, layout.dp)
         from ominix.data.loader import eval_batches
 
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss x blocks, blocks]
-        # the pipeline schedule keeps one batch size for good: evaluate in whole rank batches
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of token losses, tokens]
+        # the pipeline schedule keeps one batch size for good: whole rank batches, the last padded;
+        # padding rows (every rank makes as many passes) are scored on nothing
         size = layout.rank_batch if layout.pp > 1 else layout.micro_batch
         with torch.no_grad():
-            for block, _ in eval_batches(dataset, size, self.dp_rank, layout.dp, max_batches * layout.micro_batch):
-                block = block.to(self.device)
-                if layout.pp > 1 and len(block) < size:
-                    break
-                loss = self.pipeline_loss(block, train=False) if layout.pp > 1 else self.loss(block)
-                sums += torch.tensor([loss.item() * len(block), len(block)], dtype=torch.float64, device=self.device)
+            for block, sources in eval_batches(dataset, size, self.dp_rank, layout.dp, blocks, pad=True):
+                real = sum(s is not None for s in sources)
+                if layout.pp > 1:
+                    block = torch.cat([block, block[:1].expand(size - len(block), -1)])
+                total = self._summed_loss(block.to(self.device), real)
+                sums += torch.tensor([total, real * layout.seq_len], dtype=sums.dtype, device=self.device)
         dist.all_reduce(sums, group=self.plugin.dp_group)
         mean = (sums[0] / sums[1]).item()
-        return {"loss": mean, "perplexity": math.exp(mean)}
+        return {"loss": mean, "perplexity": math.exp(mean), "tokens": int(sums[1].item())}
 
-    def pipeline_loss(self, block, train: bool = True) -> Any:
-        """One pipelined pass over the rank's whole batch (forward and backward, or forward only
-        with ``train=False``); the loss lives on the last stage and is shared with all stages."""
+    def _summed_loss(self, block, real: int) -> float:
+        """Sum of the token losses of the first ``real`` rows of ``block`` (transformers' model)."""
+        import torch
+
+        inputs = self.hf_inputs(block, real)
+        if self.layout.pp == 1:
+            return self.model(**inputs).loss.item() * real * self.layout.seq_len if real else 0.0
+
+        def summed(outputs, micro) -> Any:  # the micro batch's mean loss times its targets
+            count = (micro["labels"][:, 1:] != IGNORE).sum()
+            return torch.where(count > 0, outputs.loss * count, torch.zeros_like(outputs.loss))
+
+        micro_batches = -(-len(block) // self.layout.micro_batch)  # the schedule divides by it
+        return self._pipeline(inputs, summed, train=False).item() * micro_batches
+
+    def pipeline_loss(self, block) -> Any:
+        """One pipelined pass, forward and backward, over the rank's whole batch; the loss lives on
+        the last stage and is shared with all stages."""
+        return self._pipeline(self.hf_inputs(block), lambda outputs, _inputs: outputs.loss, train=True)
+
+    def _pipeline(self, inputs: dict[str, Any], criterion, train: bool) -> Any:
+        """``criterion``'s value, summed over the micro batches divided by their number (ColossalAI's
+        schedule), from the last stage to every stage; ``train`` also runs backward."""
         import torch
         import torch.distributed as dist
 
-        inputs = block[:, :-1]
-        out = self.booster.execute_pipeline(
-            iter([{"input_ids": inputs, "labels": inputs}]), self.model,
-            lambda outputs, _inputs: outputs.loss, self.optimizer if train else None,
-            return_loss=True,
-        )
+        out = self.booster.execute_pipeline(iter([inputs]), self.model, criterion,
+                                            self.optimizer if train else None, return_loss=True)
         loss = out["loss"] if self.plugin.stage_manager.is_last_stage() else None
         shared = torch.zeros((), device=self.device) if loss is None else loss.detach().float().clone()
         dist.all_reduce(shared, group=self.plugin.pp_group)
@@ -346,4 +382,6 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
         model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
     dp_group = getattr(plugin, "dp_group", None)
     dp_rank = dist.get_rank(dp_group) if dp_group is not None else rank
-    return Engine(booster, plugin, spec, model, optimizer, scheduler, layout, device, rank, dp_rank, amp_dtype)
+    seq_multiple = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # it splits the sequence
+    return Engine(booster, plugin, spec, model, optimizer, scheduler, layout, device, rank, dp_rank,
+                  amp_dtype, seq_multiple)

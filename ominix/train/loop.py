@@ -161,12 +161,18 @@ def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[st
 
 
 def _open_data(cfg: OminixConfig):
-    from ominix.data.store import PackedDataset, manifest_sha256
+    """The training split, the validation split (None without evaluations) and the manifest's sha256.
+    One process per node hashes the shards of the splits the run reads (``data.verify``)."""
     from ominix.data.fit import check_fits
+    from ominix.data.store import PackedDataset, manifest_sha256
+    from ominix.data.verified import node_share
 
     check_fits(cfg)  # the launcher checked already; a worker may be started by hand
-    train = PackedDataset(cfg.data.path, "train", verify=cfg.data.verify)
-    val = PackedDataset(cfg.data.path, "validation", verify=cfg.data.verify)
+    verifies, start = node_share()
+    verify = cfg.data.verify and verifies
+    train = PackedDataset(cfg.data.path, "train", verify=verify, verify_start=start)
+    val = (PackedDataset(cfg.data.path, "validation", verify=verify, verify_start=start)
+           if cfg.schedule.eval_every else None)
     return train, val, manifest_sha256(cfg.data.path)
 
 
@@ -192,6 +198,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
 
     from ominix import compiled
     from ominix.data.loader import BlockLoader
+    from ominix.data.verified import verification_note
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
     from ominix.model import describe_attn
     from ominix import checkpoint as ckpt
@@ -200,7 +207,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix.train.layout import derive_layout
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
-    from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
+    from ominix.train.schedule import eval_note, lr_multiplier, total_steps, warmup_note
 
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
@@ -218,7 +225,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
-    for notice in [*notices, warmup_note(cfg, total)]:
+    notes = [warmup_note(cfg, total), eval_note(cfg, 0 if val_set is None else len(val_set)),
+             verification_note(train_set, val_set)]
+    for notice in [*notices, *notes]:
         if notice:
             out.line(notice)
     if resume is not None:
@@ -310,7 +319,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
                 out.record("train", record)
                 window = []
         if s.eval_every and (state.step % s.eval_every == 0 or done):
-            result = engine.evaluate(val_set, s.eval_batches)
+            result = engine.evaluate(val_set, s.eval_blocks)
             record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
             out.line(format_eval(record))
             out.record("eval", record)
@@ -327,6 +336,10 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
                      f"{path.name}; resume with --resume auto")
             code = 128 + signum
             break
+    if code == 0:  # a finished run read matching data: wait for this node's verifier's verdict
+        for split in (train_set, val_set):
+            if split is not None:
+                split.check(wait=True)
     out.close()
     # every rank's queued GPU work and collectives done before the process group is torn down
     # (FSDP's last all-gathers otherwise left destroy_process_group waiting on the GPU)

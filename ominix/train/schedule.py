@@ -46,6 +46,16 @@ def warmup_note(cfg: OminixConfig, total: int) -> str | None:
             f"warming up over all {total} steps (the learning rate reaches its peak at the last step)")
 
 
+def eval_note(cfg: OminixConfig, held_out: int) -> str | None:
+    """The notice of a run whose evaluations read the whole validation split of ``held_out`` blocks,
+    fewer than schedule.eval_blocks; None when the split holds enough (or the run does not evaluate)."""
+    s = cfg.schedule
+    if not s.eval_every or held_out >= s.eval_blocks:
+        return None
+    return (f"note: schedule.eval_blocks ({s.eval_blocks}) exceeds the {held_out} blocks of the "
+            f"validation split: each evaluation reads all {held_out}")
+
+
 def lr_multiplier(cfg: OminixConfig, total: int) -> Callable[[int], float]:
     """The factor on the peak learning rate that ``torch.optim.lr_scheduler.LambdaLR`` expects."""
     o, s = cfg.optim, cfg.schedule

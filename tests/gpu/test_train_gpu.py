@@ -14,7 +14,7 @@ from tests.test_train import _launch, _losses, _ok, data_dir  # noqa: F401  (dat
 pytestmark = pytest.mark.gpu
 
 SETS = ["parallel.precision=bf16", "schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3",
-        "checkpoint.keep_last=2", "schedule.eval_every=3", "schedule.eval_batches=2", "model.attn=auto"]
+        "checkpoint.keep_last=2", "schedule.eval_every=3", "schedule.eval_blocks=16", "model.attn=auto"]
 
 
 def _gpus() -> int:
