@@ -258,6 +258,32 @@ def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: P
     assert _losses(run)[1] < _losses(ddp_run)[1] - 0.3  # starts where the first run ended, not from scratch
 
 
+@pytest.mark.usefixtures("private_netns")
+def test_tied_embeddings_train_save_resume_bit_exactly_and_export(data_dir: Path, tmp_path: Path) -> None:
+    """The shared embedding / lm_head tensor is saved once (safetensors refuses shared tensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ominix.checkpoint import read_weights
+    from ominix.infer.load import load_model, resolve
+
+    full, again, sets = tmp_path / "full", tmp_path / "again", [*SETS, "model.tie_word_embeddings=true"]
+    _ok(_launch(data_dir, full, "--max-steps", "4", sets=sets))
+    ckpt = full / "checkpoints" / "step_00000002"
+    weights = read_weights(ckpt)
+    assert "model.embed_tokens.weight" in weights and "lm_head.weight" not in weights
+    _ok(_launch(data_dir, again, "--max-steps", "4", "--resume", str(ckpt), sets=sets))
+    assert _losses(again) == {s: _losses(full)[s] for s in (3, 4)}  # bit-identical
+
+    _ok(run_cli("checkpoint", "export", str(again), "--out", str(tmp_path / "hf"), "--dtype", "fp32"))
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_model(resolve(again))
+    assert theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
     ckpt = str(ddp_run / "checkpoints" / "step_00000004")
     bigger = _launch(data_dir, tmp_path / "x", "--resume", ckpt, sets=[*QUICK, "model.intermediate_size=512"])
