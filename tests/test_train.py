@@ -299,6 +299,42 @@ def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir:
     assert refused.returncode == 2 and "other prepared data" in refused.stderr
 
 
+@pytest.mark.parametrize("change, needle", [
+    ("model.rope_theta=500000", "model.rope_theta=10000.0, this run 500000.0"),
+    ("model.max_position_embeddings=512", "model.max_position_embeddings=256, this run 512"),
+    ("model.rms_norm_eps=1e-6", "model.rms_norm_eps=1e-05, this run 1e-06"),
+])
+def test_resume_under_another_function_of_the_weights_is_refused(change: str, needle: str, ddp_run: Path,
+                                                               data_dir: Path, tmp_path: Path) -> None:
+    ckpt = str(ddp_run / "checkpoints" / "step_00000004")
+    result = _launch(data_dir, tmp_path / "x", "--resume", ckpt, sets=[*QUICK, change])
+    assert result.returncode == 2 and needle in result.stderr
+    assert [line for line in result.stderr.splitlines() if "checkpoint has model." in line] == [
+        next(line for line in result.stderr.splitlines() if needle in line)]
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_how_the_model_runs_may_change_on_resume_and_every_other_field_is_compared() -> None:
+    from ominix.checkpoint import check_compatible
+    from ominix.config import ModelConfig
+    from ominix.train.layout import validate
+
+    cfg = load_config("tiny")
+    runs_otherwise = load_config("tiny", ["model.attn=auto", "model.compile=true", "model.loss_chunk=0",
+                                          "model.gradient_checkpointing=true", "model.checkpoint_policy=selective",
+                                          "model.name=renamed", "model.initializer_range=0.5"])
+    saved = {"model": runs_otherwise.model.model_dump(), "data_manifest_sha256": "x", "plugin": "ddp",
+             "world_size": 1, "tp": 1, "pp": 1}
+    check_compatible(saved, cfg, "x", validate(cfg, 1, gpu=False), reshard=True)
+    # num_key_value_heads unset means as many as the query heads: the same model
+    same = {**saved["model"], "num_key_value_heads": None, "num_attention_heads": 2}
+    check_compatible({**saved, "model": same}, load_config("tiny", ["model.num_attention_heads=2"]), "x",
+                     validate(cfg, 1, gpu=False), reshard=True)
+    compared = set(ModelConfig.model_fields) - ModelConfig.RUNTIME_FIELDS
+    assert {"rope_theta", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"} <= compared
+    assert set(cfg.model.function_fields()) == compared
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("private_netns")
 @pytest.mark.parametrize("plugin, sets", [

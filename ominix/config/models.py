@@ -6,7 +6,7 @@ section lives in ``release``, ``launch.slurm`` in ``slurm``, the shared base in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -63,6 +63,19 @@ class ModelConfig(Section):
     init_from: str | None = Field(
         None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
     )
+
+    # how the model runs, starts or is named, not what function its weights compute: a checkpoint
+    # resumes under other values of these, every other field (a new one included) must match
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "name", "initializer_range", "attn", "compile", "compile_scope", "loss_chunk",
+        "gradient_checkpointing", "checkpoint_policy", "init_from",
+    })
+
+    def function_fields(self) -> dict[str, Any]:
+        """Every field that changes the function the weights compute, in declaration order (the
+        key/value heads resolved, so None and num_attention_heads are the same model)."""
+        fields = {k: getattr(self, k) for k in type(self).model_fields if k not in self.RUNTIME_FIELDS}
+        return {**fields, "num_key_value_heads": self.kv_heads}
 
     @property
     def kv_heads(self) -> int:
