@@ -98,6 +98,20 @@ def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, t
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("private_netns")
+def test_an_unset_global_batch_is_the_layouts_and_recorded_in_the_run(data_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    run, sets = tmp_path / "run", [*QUICK, "schedule.global_batch_size=null", "schedule.eval_every=0"]
+    _ok(_launch(data_dir, run, "--nproc-per-node", "2", "--max-steps", "1", sets=sets))
+    assert "global batch 16 = micro 8 x accum 1 x dp 2" in (run / "train.log").read_text()
+    for config in (run / "config.yaml", run / "checkpoints" / "step_00000001" / "config.yaml"):
+        assert yaml.safe_load(config.read_text())["schedule"]["global_batch_size"] == 16
+    # one rank would make it 8: the saved data position says the run's batch, as for a batch set by hand
+    one = _launch(data_dir, tmp_path / "one", "--max-steps", "2", "--resume", str(run), sets=sets)
+    assert one.returncode == 2 and "global batch of 16 blocks, this run uses 8" in one.stderr
+
+
 def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
     result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", "--attn", "sdpa",
                      "--gradient-checkpointing", timeout=60)

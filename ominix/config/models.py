@@ -174,8 +174,10 @@ class OptimConfig(Section):
 class ScheduleConfig(Section):
     """How big each step is, how many steps, the learning-rate shape and evaluation cadence."""
 
-    global_batch_size: int = Field(
-        16, ge=1, description="Sequences per optimizer step over all data-parallel ranks."
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step over all data-parallel ranks; None = "
+        "micro_batch_size x data-parallel size (one micro batch per rank per step), resolved when the "
+        "launch knows its processes and recorded in RUN_DIR/config.yaml.",
     )
     micro_batch_size: int = Field(
         16, ge=1, description="Sequences per forward/backward on one rank."
@@ -199,7 +201,7 @@ class ScheduleConfig(Section):
     def _stop_rule(self) -> ScheduleConfig:
         if self.max_steps is None and self.max_tokens is None:
             raise ValueError("set schedule.max_steps or schedule.max_tokens")
-        if self.global_batch_size % self.micro_batch_size:
+        if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"schedule.global_batch_size ({self.global_batch_size}) must be a multiple of "
                 f"schedule.micro_batch_size ({self.micro_batch_size})"

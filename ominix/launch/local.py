@@ -49,11 +49,12 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     import torch
 
     from ominix.cli.render import debug_enabled
-    from ominix.train.layout import validate
+    from ominix.train.layout import validate, with_global_batch
 
     events = events or Events()
     nproc = local_nproc(cfg)
-    validate(cfg, nproc, torch.cuda.is_available() or dry_run)  # a plan may be made on a machine without GPUs
+    # a plan may be made on a machine without GPUs
+    cfg = with_global_batch(cfg, validate(cfg, nproc, torch.cuda.is_available() or dry_run))
     if cfg.data.path or not dry_run:  # a plan without --data says a real launch needs it
         preflight(cfg, nproc)
     run_dir = str(cfg.logging.run_dir)

@@ -197,7 +197,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, init_distributed
-    from ominix.train.layout import derive_layout
+    from ominix.train.layout import derive_layout, with_global_batch
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
     from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
@@ -206,6 +206,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
+    cfg = with_global_batch(cfg, layout)  # what the checkpoints record (unset when a SLURM job counted its GPUs)
     total = total_steps(cfg, layout.tokens_per_step)
     train_set, val_set, data_sha = _open_data(cfg)
     resume, notices = _resume_from(cfg, run_dir)
