@@ -474,6 +474,49 @@ def test_a_profile_window_must_be_first_to_last() -> None:
         load_config("tiny", ["logging.profile_steps=[3, 2]"])
 
 
+def test_the_colossalai_gate_checks_each_target_against_the_signature_its_patch_expects() -> None:
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    from ominix import colossalai_gate as gate
+
+    class Renamed:  # a release that renamed one method and changed another's parameters
+        def reduce(self, async_op: bool = False, group=None) -> None: ...
+
+    assert gate.signature_text(Chunk.reduce) == "(self, async_op=False)"  # the installed 0.5.0
+    gate.require("the real thing", (Chunk, "reduce", "(self, async_op=False)"))
+    assert gate.skipped("the real thing", (Chunk, "set_l2_norm", "(self)")) is None
+    with pytest.raises(OminixError) as err:
+        gate.require("a correctness patch", (Renamed, "reduce", "(self, async_op=False)"))
+    assert err.value.message == ("a correctness patch needs ColossalAI 0.5.0's internals, and ColossalAI 0.5.0's "
+                                 f"tests.test_train.{Renamed.__qualname__}.reduce is (self, async_op=False, "
+                                 "group=None), not (self, async_op=False)")
+    assert "pip install 'colossalai==0.5.0'" in err.value.hint
+    assert "Renamed.set_l2_norm is missing" in gate.skipped("a speed-up", (Renamed, "set_l2_norm", "(self)"))
+
+
+def test_a_changed_speed_up_target_is_skipped_with_a_notice_and_a_changed_fix_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from colossalai.logging.logger import DistributedLogger
+    from colossalai.zero.gemini.chunk import chunk as chunk_module
+
+    from ominix.train import shims
+
+    with shims.patched() as skipped:  # the installed ColossalAI is the one the shims were written for
+        assert skipped == [] and chunk_module.Chunk.set_l2_norm.__module__ == shims.__name__
+    changed = lambda self, squared=False: None  # noqa: E731
+    monkeypatch.setattr(chunk_module.Chunk, "set_l2_norm", changed)
+    with shims.patched() as skipped:
+        assert len(skipped) == 1 and "chunk norms on the device is skipped" in skipped[0]
+        assert "set_l2_norm is (self, squared=False), not (self)" in skipped[0]
+        assert chunk_module.Chunk.set_l2_norm is changed
+    debug, reduce = DistributedLogger.debug, chunk_module.Chunk.reduce
+    monkeypatch.setattr(chunk_module, "free_storage", lambda tensor, stream=None: None)
+    with pytest.raises(OminixError, match=r"reduction on a side stream .*\.free_storage is \(tensor, stream=None\)"):
+        with shims.patched():
+            pass
+    assert (DistributedLogger.debug, chunk_module.Chunk.reduce) == (debug, reduce)  # nothing stays patched
+
+
 def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gemini logs a debug record after every backward; ColossalAI's logger walked the whole stack
     (inspect.stack) for it even at INFO, ~40 ms per micro batch in the worker on the GPU host. Under

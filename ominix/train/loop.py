@@ -179,14 +179,14 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 
-    with one_process_env(), shims.patched(), _preemption() as preempt:
+    with one_process_env(), shims.patched() as skipped, _preemption() as preempt:
         try:
-            return _train(cfg, run_dir, preempt)
+            return _train(cfg, run_dir, preempt, skipped)
         finally:
             gc.unfreeze()  # the objects frozen after setup may be collected again
 
 
-def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
+def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
@@ -219,7 +219,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
-    for notice in [*notices, warmup_note(cfg, total)]:
+    for notice in [*skipped, *notices, warmup_note(cfg, total)]:  # skipped: speed-ups of shims.patched
         if notice:
             out.line(notice)
     if resume is not None:
