@@ -206,7 +206,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
-    cfg = with_global_batch(cfg, layout)  # what the checkpoints record (unset when a SLURM job counted its GPUs)
+    cfg = with_global_batch(cfg, layout)  # checkpoints record it (a SLURM job counting GPUs left it unset)
     total = total_steps(cfg, layout.tokens_per_step)
     train_set, val_set, data_sha = _open_data(cfg)
     resume, notices = _resume_from(cfg, run_dir)

@@ -181,8 +181,8 @@ def _reduce_frees_after_reads() -> Iterator[None]:
 _CPU_ACCELERATOR = {
     "Stream": "(self, device=None, priority=0, **kwargs)", "current_stream": "(self, device=None)",
     "default_stream": "(self, device=None)", "stream": "(self, stream_)", "synchronize": "(self, device=None)",
-    "get_rng_state": "(self, device=None)", "get_rng_state_all": "(self)", "set_rng_state_all": "(self, new_states)",
-    "manual_seed": "(self, seed)", "manual_seed_all": "(self, seed)",
+    "get_rng_state": "(self, device=None)", "get_rng_state_all": "(self)",
+    "set_rng_state_all": "(self, new_states)", "manual_seed": "(self, seed)", "manual_seed_all": "(self, seed)",
 }
 
 
