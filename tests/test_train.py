@@ -517,6 +517,20 @@ def test_a_changed_speed_up_target_is_skipped_with_a_notice_and_a_changed_fix_re
     assert (DistributedLogger.debug, chunk_module.Chunk.reduce) == (debug, reduce)  # nothing stays patched
 
 
+def test_a_skipped_speed_up_is_one_note_in_the_run_log(in_process: None, data_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from colossalai.logging.logger import DistributedLogger
+
+    from ominix.train import loop
+
+    monkeypatch.setattr(DistributedLogger, "debug", lambda self, message, *ranks: None)  # another release's
+    cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=1", "schedule.eval_every=0"])
+    assert loop.train(cfg, tmp_path / "run") == 0
+    notes = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "is skipped" in line]
+    assert len(notes) == 1 and "debug log calls is skipped" in notes[0]
+    assert "DistributedLogger.debug is (self, message, *ranks), not (self, message, ranks=None)" in notes[0]
+
+
 def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Gemini logs a debug record after every backward; ColossalAI's logger walked the whole stack
     (inspect.stack) for it even at INFO, ~40 ms per micro batch in the worker on the GPU host. Under
