@@ -1,11 +1,11 @@
 """Compiled decoder layers under ColossalAI's Gemini: the one module that mirrors ColossalAI internals.
 
-It mirrors the parameter-op hook protocol of ColossalAI 0.5.0 (``MIRRORED_VERSION``):
-``ColoParamOpHookManager.has_hook/pre_op/post_op``, the calls Gemini makes around every op on a
-``ColoParameter`` to fetch its chunk before and release it after (with autograd wrappers that run the
-backward hooks), and the ``__torch_function__`` of its ``ColoTensor``/``ColoParameter`` subclasses,
-which compiled code must not trace. ``compile_hooked_layers`` refuses another installed ColossalAI
-version with an ``OminixError``: the protocol is internal and may change between releases.
+It mirrors the parameter-op hook protocol of ColossalAI 0.5.0: ``ColoParamOpHookManager.has_hook/
+pre_op/post_op``, the calls Gemini makes around every op on a ``ColoParameter`` to fetch its chunk
+before and release it after (with autograd wrappers that run the backward hooks), and the
+``__torch_function__`` of its ``ColoTensor``/``ColoParameter`` subclasses, which compiled code must not
+trace. The protocol is internal and may change between releases: ``compile_hooked_layers`` asks
+``ominix.colossalai_gate`` first and refuses a ColossalAI whose hook calls differ.
 """
 
 from __future__ import annotations
@@ -13,22 +13,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ominix.errors import OminixError
-
-MIRRORED_VERSION = "0.5.0"
+from ominix import colossalai_gate as gate
 
 
-def check_colossalai_version() -> None:
-    """Raise unless the installed ColossalAI speaks the hook protocol this module mirrors."""
-    import colossalai
+def check_colossalai_hooks() -> None:
+    """Raise unless the installed ColossalAI has the hook calls this module mirrors."""
+    from colossalai.tensor.param_op_hook import ColoParamOpHookManager as hooks
 
-    installed = colossalai.__version__.split("+")[0]
-    if installed != MIRRORED_VERSION:
-        raise OminixError(
-            f"compiled layers under Gemini mirror ColossalAI {MIRRORED_VERSION}'s parameter hooks; "
-            f"ColossalAI {colossalai.__version__} is installed",
-            f"install colossalai=={MIRRORED_VERSION}, or set model.compile_scope=ops (or model.compile=false)",
-        )
+    gate.require("compiled layers under Gemini (they mirror its parameter hooks)",
+                 (hooks, "has_hook", "()"), (hooks, "pre_op", "(params, *args)"),
+                 (hooks, "post_op", "(params, arg)"),
+                 instead="set model.compile_scope=ops (or model.compile=false)")
 
 
 class _AsPlain(torch.autograd.Function):
@@ -66,7 +61,7 @@ def compile_hooked_layers(model: nn.Module) -> None:
     outside the plugin, a plain plugin) the region is just the compiled layer."""
     from torch.func import functional_call
 
-    check_colossalai_version()
+    check_colossalai_hooks()
     # the graph's module: the layer's structure on the meta device, every parameter passed in
     layer_type = type(model.model.layers[0])
     with torch.device("meta"):

@@ -260,6 +260,10 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+            # NOTE: one tensor under two names: a state dict holds it once, as Hugging Face saves
+            # it (safetensors refuses shared tensors), and loading reads the head from the embedding
+            self.register_state_dict_post_hook(_drop_tied_head)
+            self.register_load_state_dict_pre_hook(_fill_tied_head)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> CausalLMOutput:
@@ -333,6 +337,16 @@ def init_weights(model: LlamaForCausalLM) -> None:
                 module.weight.fill_(1.0)
             elif isinstance(module, RotaryEmbedding):
                 module.reset_parameters()
+
+
+def _drop_tied_head(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+    state.pop(prefix + "lm_head.weight", None)
+
+
+def _fill_tied_head(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    embedding = state.get(prefix + "model.embed_tokens.weight")
+    if embedding is not None:
+        state.setdefault(prefix + "lm_head.weight", embedding)
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

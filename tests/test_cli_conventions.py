@@ -129,18 +129,19 @@ def test_mission_data_prepare_stops_at_the_network(tmp_path: Path) -> None:
 
 
 def test_mission_train_launch_refuses_config_before_hosts(tmp_path: Path) -> None:
+    """The reference command line, no preset: the global batch follows the layout (micro batch x
+    dp), so what it lacks is said in order: the prepared data, then the hosts."""
     hosts = tmp_path / "hosts.txt"
     hosts.write_text("".join(f"node{i}.invalid slots=8\n" for i in range(4)))
     as_written = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", cwd=tmp_path)
-    assert "global_batch_size" in _one_error(as_written)
+    assert _one_error(as_written).startswith("error: no prepared data")
     with_hosts = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", "--hostfile", "hosts.txt",
                          cwd=tmp_path)
-    assert "global_batch_size (16)" in _one_error(with_hosts) and "host checks" not in with_hosts.stdout
-    no_data = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", "--hostfile", "hosts.txt",
-                      "--set", "schedule.global_batch_size=512", cwd=tmp_path)
-    assert "no prepared data" in _one_error(no_data) and "host checks" not in no_data.stdout
-    no_hostfile = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", "--set",
-                          "schedule.global_batch_size=64", "--dry-run", cwd=tmp_path)
+    assert "no prepared data" in _one_error(with_hosts) and "host checks" not in with_hosts.stdout
+    uneven = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", "--hostfile", "hosts.txt",
+                     "--set", "schedule.global_batch_size=48", cwd=tmp_path)
+    assert "global_batch_size (48)" in _one_error(uneven) and "host checks" not in uneven.stdout
+    no_hostfile = run_cli("train", "launch", "--plugin", "gemini", "--nodes", "4", "--dry-run", cwd=tmp_path)
     assert "--nodes 4 needs a hostfile" in _one_error(no_hostfile)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts.txt"]  # no runs/default/config.yaml
 

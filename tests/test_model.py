@@ -293,18 +293,19 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_hooked_layers_refuse_another_colossalai_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The hooked regions mirror ColossalAI 0.5.0's parameter-hook protocol: another version is refused
-    with a hint, when the path is used (importing the module checks nothing)."""
-    import colossalai
+def test_hooked_layers_refuse_a_colossalai_whose_hook_calls_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hooked regions mirror ColossalAI 0.5.0's parameter-hook protocol: a ColossalAI whose
+    hook calls take other parameters is refused with a hint, when the path is used."""
+    from colossalai.tensor.param_op_hook import ColoParamOpHookManager
 
-    from ominix.compiled_gemini import MIRRORED_VERSION, compile_hooked_layers
+    from ominix.compiled_gemini import compile_hooked_layers
     from ominix.errors import OminixError
 
-    monkeypatch.setattr(colossalai, "__version__", "0.4.9")
-    with pytest.raises(OminixError, match=f"ColossalAI {MIRRORED_VERSION}") as err:
+    monkeypatch.setattr(ColoParamOpHookManager, "pre_op", staticmethod(lambda params, x: x))
+    with pytest.raises(OminixError, match=r"ColoParamOpHookManager.pre_op is \(params, x\), "
+                                          r"not \(params, \*args\)") as err:
         compile_hooked_layers(build_model(SHAPES["gqa"], seed=0))
-    assert "0.4.9" in err.value.message and "compile_scope=ops" in err.value.hint
+    assert "colossalai==0.5.0" in err.value.hint and "compile_scope=ops" in err.value.hint
 
 
 @pytest.mark.usefixtures("private_netns")

@@ -98,6 +98,20 @@ def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, t
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("private_netns")
+def test_an_unset_global_batch_is_the_layouts_and_recorded_in_the_run(data_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    run, sets = tmp_path / "run", [*QUICK, "schedule.global_batch_size=null", "schedule.eval_every=0"]
+    _ok(_launch(data_dir, run, "--nproc-per-node", "2", "--max-steps", "1", sets=sets))
+    assert "global batch 16 = micro 8 x accum 1 x dp 2" in (run / "train.log").read_text()
+    for config in (run / "config.yaml", run / "checkpoints" / "step_00000001" / "config.yaml"):
+        assert yaml.safe_load(config.read_text())["schedule"]["global_batch_size"] == 16
+    # one rank would make it 8: the saved data position says the run's batch, as for a batch set by hand
+    one = _launch(data_dir, tmp_path / "one", "--max-steps", "2", "--resume", str(run), sets=sets)
+    assert one.returncode == 2 and "global batch of 16 blocks, this run uses 8" in one.stderr
+
+
 def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
     result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", "--attn", "sdpa",
                      "--gradient-checkpointing", timeout=60)
@@ -258,6 +272,32 @@ def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: P
     assert _losses(run)[1] < _losses(ddp_run)[1] - 0.3  # starts where the first run ended, not from scratch
 
 
+@pytest.mark.usefixtures("private_netns")
+def test_tied_embeddings_train_save_resume_bit_exactly_and_export(data_dir: Path, tmp_path: Path) -> None:
+    """The shared embedding / lm_head tensor is saved once (safetensors refuses shared tensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ominix.checkpoint import read_weights
+    from ominix.infer.load import load_model, resolve
+
+    full, again, sets = tmp_path / "full", tmp_path / "again", [*SETS, "model.tie_word_embeddings=true"]
+    _ok(_launch(data_dir, full, "--max-steps", "4", sets=sets))
+    ckpt = full / "checkpoints" / "step_00000002"
+    weights = read_weights(ckpt)
+    assert "model.embed_tokens.weight" in weights and "lm_head.weight" not in weights
+    _ok(_launch(data_dir, again, "--max-steps", "4", "--resume", str(ckpt), sets=sets))
+    assert _losses(again) == {s: _losses(full)[s] for s in (3, 4)}  # bit-identical
+
+    _ok(run_cli("checkpoint", "export", str(again), "--out", str(tmp_path / "hf"), "--dtype", "fp32"))
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_model(resolve(again))
+    assert theirs.lm_head.weight.data_ptr() == theirs.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 2048, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
     ckpt = str(ddp_run / "checkpoints" / "step_00000004")
     bigger = _launch(data_dir, tmp_path / "x", "--resume", ckpt, sets=[*QUICK, "model.intermediate_size=512"])
@@ -271,6 +311,42 @@ def test_checkpoint_of_another_model_or_data_is_refused(ddp_run: Path, data_dir:
     (other / "manifest.json").write_text((data_dir / "manifest.json").read_text() + "\n")
     refused = _launch(other, tmp_path / "y", "--resume", ckpt)
     assert refused.returncode == 2 and "other prepared data" in refused.stderr
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("model.rope_theta=500000", "model.rope_theta=10000.0, this run 500000.0"),
+    ("model.max_position_embeddings=512", "model.max_position_embeddings=256, this run 512"),
+    ("model.rms_norm_eps=1e-6", "model.rms_norm_eps=1e-05, this run 1e-06"),
+])
+def test_resume_under_another_function_of_the_weights_is_refused(change: str, needle: str, ddp_run: Path,
+                                                               data_dir: Path, tmp_path: Path) -> None:
+    ckpt = str(ddp_run / "checkpoints" / "step_00000004")
+    result = _launch(data_dir, tmp_path / "x", "--resume", ckpt, sets=[*QUICK, change])
+    assert result.returncode == 2 and needle in result.stderr
+    assert [line for line in result.stderr.splitlines() if "checkpoint has model." in line] == [
+        next(line for line in result.stderr.splitlines() if needle in line)]
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_how_the_model_runs_may_change_on_resume_and_every_other_field_is_compared() -> None:
+    from ominix.checkpoint import check_compatible
+    from ominix.config import ModelConfig
+    from ominix.train.layout import validate
+
+    cfg = load_config("tiny")
+    runs_otherwise = load_config("tiny", ["model.attn=auto", "model.compile=true", "model.loss_chunk=0",
+                                          "model.gradient_checkpointing=true", "model.checkpoint_policy=selective",
+                                          "model.name=renamed", "model.initializer_range=0.5"])
+    saved = {"model": runs_otherwise.model.model_dump(), "data_manifest_sha256": "x", "plugin": "ddp",
+             "world_size": 1, "tp": 1, "pp": 1}
+    check_compatible(saved, cfg, "x", validate(cfg, 1, gpu=False), reshard=True)
+    # num_key_value_heads unset means as many as the query heads: the same model
+    same = {**saved["model"], "num_key_value_heads": None, "num_attention_heads": 2}
+    check_compatible({**saved, "model": same}, load_config("tiny", ["model.num_attention_heads=2"]), "x",
+                     validate(cfg, 1, gpu=False), reshard=True)
+    compared = set(ModelConfig.model_fields) - ModelConfig.RUNTIME_FIELDS
+    assert {"rope_theta", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"} <= compared
+    assert set(cfg.model.function_fields()) == compared
 
 
 @pytest.mark.slow
@@ -396,6 +472,63 @@ def test_profile_steps_write_a_trace_and_a_summary_of_the_window(
 def test_a_profile_window_must_be_first_to_last() -> None:
     with pytest.raises(OminixError, match=r"logging.profile_steps"):
         load_config("tiny", ["logging.profile_steps=[3, 2]"])
+
+
+def test_the_colossalai_gate_checks_each_target_against_the_signature_its_patch_expects() -> None:
+    from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    from ominix import colossalai_gate as gate
+
+    class Renamed:  # a release that renamed one method and changed another's parameters
+        def reduce(self, async_op: bool = False, group=None) -> None: ...
+
+    assert gate.signature_text(Chunk.reduce) == "(self, async_op=False)"  # the installed 0.5.0
+    gate.require("the real thing", (Chunk, "reduce", "(self, async_op=False)"))
+    assert gate.skipped("the real thing", (Chunk, "set_l2_norm", "(self)")) is None
+    with pytest.raises(OminixError) as err:
+        gate.require("a correctness patch", (Renamed, "reduce", "(self, async_op=False)"))
+    assert err.value.message == ("a correctness patch needs ColossalAI 0.5.0's internals, and ColossalAI 0.5.0's "
+                                 f"tests.test_train.{Renamed.__qualname__}.reduce is (self, async_op=False, "
+                                 "group=None), not (self, async_op=False)")
+    assert "pip install 'colossalai==0.5.0'" in err.value.hint
+    assert "Renamed.set_l2_norm is missing" in gate.skipped("a speed-up", (Renamed, "set_l2_norm", "(self)"))
+
+
+def test_a_changed_speed_up_target_is_skipped_with_a_notice_and_a_changed_fix_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from colossalai.logging.logger import DistributedLogger
+    from colossalai.zero.gemini.chunk import chunk as chunk_module
+
+    from ominix.train import shims
+
+    with shims.patched() as skipped:  # the installed ColossalAI is the one the shims were written for
+        assert skipped == [] and chunk_module.Chunk.set_l2_norm.__module__ == shims.__name__
+    changed = lambda self, squared=False: None  # noqa: E731
+    monkeypatch.setattr(chunk_module.Chunk, "set_l2_norm", changed)
+    with shims.patched() as skipped:
+        assert len(skipped) == 1 and "chunk norms on the device is skipped" in skipped[0]
+        assert "set_l2_norm is (self, squared=False), not (self)" in skipped[0]
+        assert chunk_module.Chunk.set_l2_norm is changed
+    debug, reduce = DistributedLogger.debug, chunk_module.Chunk.reduce
+    monkeypatch.setattr(chunk_module, "free_storage", lambda tensor, stream=None: None)
+    with pytest.raises(OminixError, match=r"side stream .*\.free_storage is \(tensor, stream=None\)"):
+        with shims.patched():
+            pass
+    assert (DistributedLogger.debug, chunk_module.Chunk.reduce) == (debug, reduce)  # nothing stays patched
+
+
+def test_a_skipped_speed_up_is_one_note_in_the_run_log(in_process: None, data_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from colossalai.logging.logger import DistributedLogger
+
+    from ominix.train import loop
+
+    monkeypatch.setattr(DistributedLogger, "debug", lambda self, message, *ranks: None)  # another release's
+    cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=1", "schedule.eval_every=0"])
+    assert loop.train(cfg, tmp_path / "run") == 0
+    notes = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if "is skipped" in line]
+    assert len(notes) == 1 and "debug log calls is skipped" in notes[0]
+    assert "DistributedLogger.debug is (self, message, *ranks), not (self, message, ranks=None)" in notes[0]
 
 
 def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch: pytest.MonkeyPatch) -> None:

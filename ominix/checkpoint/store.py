@@ -150,21 +150,17 @@ def _existing(path: Path) -> Path:
     return path
 
 
-MODEL_SHAPE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "kv_heads", "tie_word_embeddings")
-
-
 def check_compatible(saved: dict[str, Any], cfg, manifest_sha: str, layout, reshard: bool) -> None:
-    """Refuse a checkpoint of another model shape, other data, another plugin or an unsupported
-    change of the rank layout, saying which setting differs."""
+    """Refuse a checkpoint of another model (any field that changes the function its weights
+    compute), other data, another plugin or an unsupported change of the rank layout, saying which
+    setting differs."""
     from ominix.config import ModelConfig
 
-    then = ModelConfig.model_validate(saved["model"])
-    for key in MODEL_SHAPE:
-        if getattr(then, key) != getattr(cfg.model, key):
-            name = "num_key_value_heads" if key == "kv_heads" else key
+    then, now = ModelConfig.model_validate(saved["model"]).function_fields(), cfg.model.function_fields()
+    for key, value in then.items():
+        if value != now[key]:
             raise OminixError(
-                f"the checkpoint has model.{name}={getattr(then, key)}, this run {getattr(cfg.model, key)}",
+                f"the checkpoint has model.{key}={value}, this run {now[key]}",
                 "resume with the model config the checkpoint was trained with, or --resume never",
             )
     if saved["data_manifest_sha256"] != manifest_sha:

@@ -6,7 +6,7 @@ section lives in ``release``, ``launch.slurm`` in ``slurm``, the shared base in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -63,6 +63,19 @@ class ModelConfig(Section):
     init_from: str | None = Field(
         None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
     )
+
+    # how the model runs, starts or is named, not what function its weights compute: a checkpoint
+    # resumes under other values of these, every other field (a new one included) must match
+    RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "name", "initializer_range", "attn", "compile", "compile_scope", "loss_chunk",
+        "gradient_checkpointing", "checkpoint_policy", "init_from",
+    })
+
+    def function_fields(self) -> dict[str, Any]:
+        """Every field that changes the function the weights compute, in declaration order (the
+        key/value heads resolved, so None and num_attention_heads are the same model)."""
+        fields = {k: getattr(self, k) for k in type(self).model_fields if k not in self.RUNTIME_FIELDS}
+        return {**fields, "num_key_value_heads": self.kv_heads}
 
     @property
     def kv_heads(self) -> int:
@@ -162,8 +175,10 @@ class OptimConfig(Section):
 class ScheduleConfig(Section):
     """How big each step is, how many steps, the learning-rate shape and evaluation cadence."""
 
-    global_batch_size: int = Field(
-        16, ge=1, description="Sequences per optimizer step over all data-parallel ranks."
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step over all data-parallel ranks; None = "
+        "micro_batch_size x data-parallel size (one micro batch per rank per step), resolved when the "
+        "launch knows its processes and recorded in RUN_DIR/config.yaml.",
     )
     micro_batch_size: int = Field(
         16, ge=1, description="Sequences per forward/backward on one rank."
@@ -211,7 +226,7 @@ class ScheduleConfig(Section):
     def _stop_rule(self) -> ScheduleConfig:
         if self.max_steps is None and self.max_tokens is None:
             raise ValueError("set schedule.max_steps or schedule.max_tokens")
-        if self.global_batch_size % self.micro_batch_size:
+        if self.global_batch_size is not None and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"schedule.global_batch_size ({self.global_batch_size}) must be a multiple of "
                 f"schedule.micro_batch_size ({self.micro_batch_size})"

@@ -113,7 +113,7 @@ class BlockLoader:
             raise OminixError(
                 f"the saved data position is for a global batch of {state['global_batch']} blocks, "
                 f"this run uses {self.global_batch}",
-                "resume with the same schedule.global_batch_size",
+                f"resume with --set schedule.global_batch_size={state['global_batch']} (the run's batch)",
             )
         self.seed = state["seed"]
         self.shuffle = state["shuffle"]

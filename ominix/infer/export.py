@@ -147,15 +147,14 @@ def _name(source: ModelSource, out: Path) -> str:
 
 
 def _export_names(model_cfg) -> list[str]:
-    """The tensors an export holds, in the model's order (a layer's tensors share a shard); a tied
-    lm_head is left out: transformers ties it to the embedding again."""
+    """The tensors an export holds, in the model's order (a layer's tensors share a shard); the
+    state dict leaves a tied lm_head out: transformers ties it to the embedding again."""
     import torch
 
     from ominix.model import LlamaForCausalLM
 
     with torch.device("meta"):
-        names = list(LlamaForCausalLM(model_cfg, attn="sdpa").state_dict())
-    return [n for n in names if not (model_cfg.tie_word_embeddings and n == "lm_head.weight")]
+        return list(LlamaForCausalLM(model_cfg, attn="sdpa").state_dict())
 
 
 def _write_configs(source: ModelSource, tokenizer, out: Path, dtype: str) -> None:

@@ -141,8 +141,7 @@ def check_state(state: Mapping[str, Any], model: ModelConfig, source: Path) -> N
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in LlamaForCausalLM(model, attn="sdpa").state_dict().items()}
-    if model.tie_word_embeddings:
-        expected.pop("lm_head.weight")
+    if model.tie_word_embeddings:  # the model's state dict holds the tied head once, as the embedding
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())

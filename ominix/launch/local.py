@@ -50,11 +50,12 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 
     from ominix.cli.render import debug_enabled
     from ominix.train import memory
-    from ominix.train.layout import validate
+    from ominix.train.layout import validate, with_global_batch
 
     events = events or Events()
     nproc = local_nproc(cfg)
     layout = validate(cfg, nproc, torch.cuda.is_available() or dry_run)  # a plan needs no GPU
+    cfg = with_global_batch(cfg, layout)
     memory.check_here(cfg, layout)  # before torchrun starts: the workers would refuse it one by one
     if cfg.data.path or not dry_run:  # a plan without --data says a real launch needs it
         preflight(cfg, nproc)

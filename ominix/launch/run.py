@@ -22,7 +22,7 @@ from ominix.launch.children import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
-from ominix.train.layout import LayoutError, derive_layout, validate
+from ominix.train.layout import LayoutError, derive_layout, validate, with_global_batch
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -112,8 +112,9 @@ def start_slurm(cfg: OminixConfig, *, dry_run: bool, events: Events) -> Outcome:
     launch = cfg.launch
     gpus = launch.nproc_per_node if launch.slurm.gpus_per_node is None else launch.slurm.gpus_per_node
     nproc = launch.nproc_per_node or (1 if not gpus else None)
-    if nproc:  # otherwise each node counts its GPUs when the job starts
-        validate(cfg, launch.nodes * nproc, bool(gpus) or torch.cuda.is_available() or dry_run)
+    if nproc:  # otherwise each node counts its GPUs when the job starts (and the worker resolves the batch)
+        cfg = with_global_batch(cfg, validate(cfg, launch.nodes * nproc, bool(gpus) or torch.cuda.is_available()
+                                              or dry_run))
     if dry_run:
         return slurm.write_sbatch(cfg, Path(cfg.logging.run_dir), dry_run=True)
     preflight(cfg, nproc and launch.nodes * nproc)  # the data and checkpoint the job will read
@@ -128,22 +129,23 @@ def launch(cfg: OminixConfig, events: Events | None = None) -> int:
 
 
 def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events: Events | None = None,
-                     prepare: Callable[[], None] = lambda: None) -> Outcome:
+                     prepare: Callable[[OminixConfig], None] = lambda cfg: None) -> Outcome:
     """Launch ``cfg`` on the first ``launch.nodes`` hosts of ``launch.hostfile`` (or hand the job
     to ``colossalai run``); ``dry_run`` returns the commands only.
-    ``prepare`` (writing RUN_DIR/config.yaml) runs after the host checks, before any node starts."""
+    ``prepare(cfg)`` (writing RUN_DIR/config.yaml, the global batch resolved) runs after the host
+    checks, before any node starts."""
     events = events or Events()
     targets, master = cluster(cfg, cfg.launch.nodes)
     gpus = None if dry_run else checked_gpus(cfg, targets, master, events.checks)
     nproc = multinode.nproc_per_node(cfg, targets, gpus)
-    validate(cfg, len(targets) * nproc, dry_run or any(gpus or []))
+    cfg = with_global_batch(cfg, validate(cfg, len(targets) * nproc, dry_run or any(gpus or [])))
     head = ""
     if dry_run:
         head = summary(cfg, nproc) + "\n"
         if not (cfg.launch.nproc_per_node or targets[0].host.slots):
             head += "# processes per node: 1 in a dry run; a real launch counts each node's GPUs\n"
     if not dry_run:
-        prepare()
+        prepare(cfg)
     if cfg.launch.launcher == "colossalai":
         outcome = colossalai_run.colossalai_run(cfg, run_dir, targets, master, nproc, dry_run=dry_run)
         return Outcome(outcome.code, head + outcome.text)

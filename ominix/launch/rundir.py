@@ -77,11 +77,12 @@ class RunDir:
         self.progress = _progress(self.path)
         return self
 
-    def write_config(self) -> None:
-        """Write the resolved config the workers read (RUN_DIR/config.yaml)."""
+    def write_config(self, cfg: OminixConfig | None = None) -> None:
+        """Write the resolved config the workers read (RUN_DIR/config.yaml): ``cfg`` (the claimed
+        one with what the processes resolved, e.g. the global batch), else the claimed one."""
         from ominix.config import save_config
 
-        save_config(self.cfg, self.path / "config.yaml")
+        save_config(cfg or self.cfg, self.path / "config.yaml")
         self.config_written = True
 
     def finish(self, outcome: Outcome) -> Outcome:

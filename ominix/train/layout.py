@@ -58,20 +58,29 @@ def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
             "change parallel.tp/pp or --nproc-per-node (x nodes) so that tp x pp x dp = processes",
         )
     dp = world_size // (p.tp * p.pp)
-    if s.global_batch_size % (s.micro_batch_size * dp):
+    # unset: the layout's own batch, one micro batch per rank per step (torchtitan's convention)
+    global_batch = s.global_batch_size or s.micro_batch_size * dp
+    if global_batch % (s.micro_batch_size * dp):
         raise LayoutError(
-            f"schedule.global_batch_size ({s.global_batch_size}) is not a multiple of "
+            f"schedule.global_batch_size ({global_batch}) is not a multiple of "
             f"micro_batch_size x data-parallel size ({s.micro_batch_size} x {dp})",
             f"set schedule.global_batch_size to a multiple of {s.micro_batch_size * dp}",
         )
-    accum = s.global_batch_size // (s.micro_batch_size * dp)
+    accum = global_batch // (s.micro_batch_size * dp)
     if p.pp > 1 and p.num_microbatches is not None and p.num_microbatches != accum:
         raise LayoutError(
             f"parallel.num_microbatches ({p.num_microbatches}) must equal global batch / "
             f"(micro batch x dp) = {accum} with pipeline parallelism",
             "leave parallel.num_microbatches unset, or change schedule.global_batch_size",
         )
-    return Layout(world_size, dp, p.tp, p.pp, s.global_batch_size, s.micro_batch_size, accum, cfg.data.seq_len)
+    return Layout(world_size, dp, p.tp, p.pp, global_batch, s.micro_batch_size, accum, cfg.data.seq_len)
+
+
+def with_global_batch(cfg: OminixConfig, layout: Layout) -> OminixConfig:
+    """``cfg`` with the global batch ``layout`` resolved written in (what RUN_DIR/config.yaml and the
+    checkpoints record, so that a resume compares the batch the run trained with)."""
+    schedule = cfg.schedule.model_copy(update={"global_batch_size": layout.global_batch})
+    return cfg.model_copy(update={"schedule": schedule})
 
 
 def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:

@@ -185,14 +185,14 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 
-    with one_process_env(), shims.patched(), _preemption() as preempt:
+    with one_process_env(), shims.patched() as skipped, _preemption() as preempt:
         try:
-            return _train(cfg, run_dir, preempt)
+            return _train(cfg, run_dir, preempt, skipped)
         finally:
             gc.unfreeze()  # the objects frozen after setup may be collected again
 
 
-def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
+def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
@@ -204,7 +204,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, init_distributed
-    from ominix.train.layout import derive_layout
+    from ominix.train.layout import derive_layout, with_global_batch
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
     from ominix.train.schedule import eval_note, lr_multiplier, total_steps, warmup_note
@@ -213,6 +213,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
+    cfg = with_global_batch(cfg, layout)  # checkpoints record it (a SLURM job counting GPUs left it unset)
     total = total_steps(cfg, layout.tokens_per_step)
     train_set, val_set, data_sha = _open_data(cfg)
     resume, notices = _resume_from(cfg, run_dir)
@@ -227,7 +228,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption) -> int:
     state = LoopState()
     notes = [warmup_note(cfg, total), eval_note(cfg, 0 if val_set is None else len(val_set)),
              verification_note(train_set, val_set)]
-    for notice in [*notices, *notes]:
+    for notice in [*skipped, *notices, *notes]:  # skipped: speed-ups of shims.patched
         if notice:
             out.line(notice)
     if resume is not None:

@@ -1,5 +1,7 @@
 """Shims over ColossalAI 0.5.0 for the length of a run: ``patched()`` applies them and restores what
-they replaced on exit.
+they replaced on exit. Each one passes ``ominix.colossalai_gate`` first (its targets exist with the
+signatures they were written against): the CPU accelerator's and the side-stream reduction's refuse
+another ColossalAI, the two speed-ups (the logger, the chunk norms) are skipped with a notice.
 
 - On its CPU accelerator (gloo), ZeRO (LowLevelZero) and tensor/pipeline-parallel code run, so those
   plugins are tested on CPU machines. On a CPU every operation is synchronous, so CUDA streams and
@@ -18,6 +20,8 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+from ominix import colossalai_gate as gate
 
 _MISSING = object()
 
@@ -58,7 +62,7 @@ def _torch_compat() -> contextlib.AbstractContextManager:
     return _replaced(dist, is_hccl_available=lambda: False)
 
 
-def _debug_checks_level() -> contextlib.AbstractContextManager:
+def _debug_checks_level(notices: list[str]) -> contextlib.AbstractContextManager:
     """ColossalAI's ``DistributedLogger.debug`` finds its caller with ``inspect.stack()`` before the
     logger drops the record (its level is INFO). Gemini calls it after every backward: 3-5 ms from a
     script, 26-50 ms in the worker on the H200 host, where ``python -m``'s frozen runpy frames make
@@ -68,6 +72,11 @@ def _debug_checks_level() -> contextlib.AbstractContextManager:
 
     from colossalai.logging.logger import DistributedLogger
 
+    notice = gate.skipped("the level check before ColossalAI's debug log calls",
+                          (DistributedLogger, "debug", "(self, message, ranks=None)"))
+    if notice:
+        notices.append(notice)
+        return contextlib.nullcontext()
     debug = DistributedLogger.debug
 
     def checked(self, message: str, ranks: list[int] | None = None) -> None:
@@ -77,7 +86,7 @@ def _debug_checks_level() -> contextlib.AbstractContextManager:
     return _replaced(DistributedLogger, debug=checked)
 
 
-def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
+def _chunk_norms_on_device(notices: list[str]) -> contextlib.AbstractContextManager:
     """With gradient clipping on, Gemini records each reduced gradient chunk's squared L2 norm as a
     Python float (``.item()``): one host sync per chunk per micro batch, 24 per micro batch at 1.1B
     and 384 of the 402 syncs in two profiled steps (bench/NOTES.md section 11). Each one drains the
@@ -87,6 +96,11 @@ def _chunk_norms_on_device() -> contextlib.AbstractContextManager:
     Those reads were also what kept Gemini's async reduce safe; ``_reduce_frees_after_reads`` does
     that now."""
     from colossalai.zero.gemini.chunk.chunk import Chunk
+
+    notice = gate.skipped("keeping Gemini's chunk norms on the device", (Chunk, "set_l2_norm", "(self)"))
+    if notice:
+        notices.append(notice)
+        return contextlib.nullcontext()
 
     def set_l2_norm(self) -> None:
         assert self.l2_norm is None, "you are calculating the l2 norm twice"
@@ -154,9 +168,22 @@ def frees_after_reads(reduce: Any, free: Any) -> tuple[Any, Any]:
 def _reduce_frees_after_reads() -> Iterator[None]:
     from colossalai.zero.gemini.chunk import chunk as chunk_module
 
+    gate.require("Gemini's reduction on a side stream (a chunk freed only after that stream read it)",
+                 (chunk_module.Chunk, "reduce", "(self, async_op=False)"),
+                 (chunk_module.Chunk, "wait_async_reduce", "(self)"),
+                 (chunk_module, "free_storage", "(tensor)"))
     reduce, free_storage = frees_after_reads(chunk_module.Chunk.reduce, chunk_module.free_storage)
     with _replaced(chunk_module, free_storage=free_storage), _replaced(chunk_module.Chunk, reduce=reduce):
         yield
+
+
+# what the CPU accelerator shim replaces, with the parameters of ColossalAI 0.5.0's methods
+_CPU_ACCELERATOR = {
+    "Stream": "(self, device=None, priority=0, **kwargs)", "current_stream": "(self, device=None)",
+    "default_stream": "(self, device=None)", "stream": "(self, stream_)", "synchronize": "(self, device=None)",
+    "get_rng_state": "(self, device=None)", "get_rng_state_all": "(self)",
+    "set_rng_state_all": "(self, new_states)", "manual_seed": "(self, seed)", "manual_seed_all": "(self, seed)",
+}
 
 
 @contextlib.contextmanager
@@ -169,6 +196,9 @@ def _cpu_accelerator() -> Iterator[None]:
     if get_accelerator().name != "cpu":
         yield
         return
+    gate.require("training on a CPU (ColossalAI's CPU accelerator raises on streams and seeds)",
+                 *[(CpuAccelerator, name, params) for name, params in _CPU_ACCELERATOR.items()],
+                 (LowLevelZeroOptimizer, "_sanity_checks", "(self)"), instead="train on a GPU machine")
     # LowLevelZeroOptimizer refuses any accelerator but CUDA/NPU before its dtype checks
     dtype_checks = LowLevelZeroOptimizer._sanity_checks
 
@@ -198,10 +228,14 @@ def _cpu_accelerator() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def patched() -> Iterator[None]:
-    """The shims a run needs (the CPU accelerator ones only without a GPU), undone on exit."""
+def patched() -> Iterator[list[str]]:
+    """The shims a run needs (the CPU accelerator ones only without a GPU), undone on exit; yields
+    the notices (one line each) of the speed-ups skipped under another ColossalAI. A shim needed
+    for correctness whose target changed raises an OminixError, and nothing stays patched."""
     import torch
 
+    notices: list[str] = []
     cpu = _cpu_accelerator() if not torch.cuda.is_available() else contextlib.nullcontext()
-    with _torch_compat(), _debug_checks_level(), _chunk_norms_on_device(), _reduce_frees_after_reads(), cpu:
-        yield
+    with _torch_compat(), _debug_checks_level(notices), _chunk_norms_on_device(notices), \
+            _reduce_frees_after_reads(), cpu:
+        yield notices
