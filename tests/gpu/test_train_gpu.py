@@ -27,6 +27,7 @@ def _gpus() -> int:
     ("gemini", 1, []),
     ("gemini_auto", 1, []),
     ("gemini", 2, []),
+    ("gemini", 1, ["model.tie_word_embeddings=true"]),  # one tensor for the embedding and the head
     ("gemini", 1, ["model.compile=true"]),  # auto scope under Gemini: hooked compiled decoder layers
     ("gemini", 2, ["model.compile=true"]),
     ("gemini", 1, ["parallel.gemini_async_reduce=true"]),  # the reduction on a side stream (shims.py)
