@@ -15,17 +15,19 @@ import pytest
 from ominix.config import load_config
 from ominix.errors import OminixError
 
-DOCS = [f"Document {i} tells of a fox that jumps over {i % 7} lazy dogs and {i % 5} cats." for i in range(240)]
+DOCS = [f"Document {i} tells of a fox that jumps over {i % 7} lazy dogs and {i % 5} cats."
+        for i in range(240)]
 SEQ = 32
-TRAIN = ["schedule.max_steps=2", "schedule.warmup_steps=1", "schedule.eval_every=2", "schedule.eval_batches=1",
-         "checkpoint.every=2", "logging.log_every=1", f"data.seq_len={SEQ}", "model.vocab_size=320"]
+TRAIN = ["schedule.max_steps=2", "schedule.warmup_steps=1", "schedule.eval_every=2",
+         "schedule.eval_batches=1", "checkpoint.every=2", "logging.log_every=1", f"data.seq_len={SEQ}",
+         "model.vocab_size=320"]
 
 
-def llama_style_tokenizer(out: Path) -> Path:
+def llama_style_tokenizer(out: Path, cls: str = "PreTrainedTokenizerFast") -> Path:
     """A byte-level BPE whose post-processor prepends ``<s>`` (as LLaMA-2's and LLaMA-3's do),
-    saved as a transformers tokenizer directory."""
+    saved as a transformers tokenizer directory of class ``cls``."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -34,8 +36,28 @@ def llama_style_tokenizer(out: Path) -> Path:
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(out)
+    getattr(transformers, cls)(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(out)
     return out
+
+
+@pytest.mark.parametrize("cls", ["PreTrainedTokenizerFast", "LlamaTokenizerFast"])
+def test_a_tokenizer_set_to_a_framing_keeps_it_through_save_and_reload(cls: str, tmp_path: Path) -> None:
+    """LlamaTokenizerFast rebuilds its post-processor from add_bos_token when loaded; the framing
+    set on it survives an export's save_pretrained either way, both ways round."""
+    from transformers import AutoTokenizer
+
+    from ominix.data.store import PLAIN, WITH_BOS
+    from ominix.data.tokenizer import framing_of, set_framing
+    from ominix.infer.export import save_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama_style_tokenizer(tmp_path / "tok", cls))
+    assert type(tok).__name__ == cls and framing_of(tok) == WITH_BOS
+    bare = tok("a fox", add_special_tokens=False).input_ids
+    for framing, ids in ((PLAIN, bare), (WITH_BOS, [tok.bos_token_id, *bare])):
+        set_framing(tok, framing)
+        save_tokenizer(tok, tmp_path / framing)
+        tok = AutoTokenizer.from_pretrained(tmp_path / framing)
+        assert framing_of(tok) == framing and tok("a fox").input_ids == ids
 
 
 def _prepare(root: Path) -> tuple[Path, Path]:
@@ -44,8 +66,9 @@ def _prepare(root: Path) -> tuple[Path, Path]:
     tok = llama_style_tokenizer(root / "llama-tokenizer")
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    cfg = load_config("tiny", [f"data.sources=[{corpus}]", f"data.tokenizer={tok}", "data.train_tokenizer=false",
-                               f"data.seq_len={SEQ}", "data.val_fraction=0.1"]).data
+    cfg = load_config("tiny", [f"data.sources=[{corpus}]", f"data.tokenizer={tok}",
+                               "data.train_tokenizer=false", f"data.seq_len={SEQ}",
+                               "data.val_fraction=0.1"]).data
     prepare(cfg, root / "data", progress=False)
     return root / "data", tok
 
@@ -184,8 +207,10 @@ def _old_style(data: Path, tok_dir: Path, out: Path) -> Path:
     shutil.copytree(data / "tokenizer", out / "tokenizer")
     width = SEQ + 1
     for split in ("train", "validation"):
-        docs = [d for d in DOCS if is_validation(d, manifest["seed"], manifest["val_fraction"]) == (split != "train")]
-        ids = np.array([i for d in docs for i in tok(d, add_special_tokens=False).input_ids + [tok.eos_token_id]])
+        held_out = split != "train"
+        docs = [d for d in DOCS if is_validation(d, manifest["seed"], manifest["val_fraction"]) == held_out]
+        ids = np.array([i for d in docs
+                        for i in [*tok(d, add_special_tokens=False).input_ids, tok.eos_token_id]])
         writer = ShardWriter(out, split, SEQ, np.dtype(manifest["dtype"]))
         writer.write(ids[: len(ids) // width * width].reshape(-1, width), 0)
         manifest["splits"][split]["shards"] = writer.close()
@@ -211,7 +236,8 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
     assert PackedDataset(old, verify=False).framing == inspect(old, samples=0)["framing"] == PLAIN
     run = _train(old, tmp_path / "run")
     assert f"documents framed {PLAIN};" in (run / "train.log").read_text()
-    assert json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())["framing"] == PLAIN
+    state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())
+    assert state["framing"] == PLAIN
 
     original = AutoTokenizer.from_pretrained(tok_dir)
     text = "Document 3 tells of a fox"

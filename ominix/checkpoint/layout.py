@@ -171,10 +171,6 @@ class Checkpoint:
         return self.path / SCHEDULER
 
     @property
-    def tokenizer_dir(self) -> Path:
-        return self.path / TOKENIZER
-
-    @property
     def state_file(self) -> Path:
         return self.path / STATE
 

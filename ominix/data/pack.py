@@ -4,10 +4,10 @@ A reader thread walks the sources and hands batches of documents (about ``BATCH_
 through a small queue; the main thread encodes each batch with ``tokenizers``' ``encode_batch_fast``
 (Rust threads, ``--num-proc`` of them, the GIL released) while the reader prepares the next one.
 Every document is framed as its tokenizer frames text at inference (``BOS doc EOS`` when the
-tokenizer adds BOS, ``doc EOS`` otherwise: :mod:`ominix.data.tokenizer` decides) and is routed to train or validation by a seeded hash of its text,
-then packed into ``seq_len + 1`` blocks per (split, source set): a block never mixes source sets, so
-evaluation can report loss per set. Leftover tokens of each (split, set), fewer than one block, are
-dropped and counted.
+tokenizer adds BOS, ``doc EOS`` otherwise: :mod:`ominix.data.tokenizer` decides), routed to train
+or validation by a seeded hash of its text, then packed into ``seq_len + 1`` blocks per (split,
+source set): a block never mixes source sets, so evaluation can report loss per set. Leftover
+tokens of each (split, set), fewer than one block, are dropped and counted.
 """
 
 from __future__ import annotations

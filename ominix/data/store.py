@@ -56,7 +56,11 @@ def manifest_sha256(path: str | Path) -> str:
 def framing(manifest: dict[str, Any]) -> str:
     """How the documents of a prepared directory are framed; data prepared before the manifest
     recorded it was framed ``doc EOS``."""
-    return manifest.get("framing", PLAIN)
+    found = manifest.get("framing", PLAIN)
+    if found not in FRAMINGS:
+        raise OminixError(f"the manifest frames documents {found!r}, which this OminiX does not know",
+                          f"prepare the data again with this OminiX version (framings: {', '.join(FRAMINGS)})")
+    return found
 
 
 def tokenizer_dir(path: str | Path, manifest: dict[str, Any]) -> Path:

@@ -12,9 +12,9 @@ export of a 70B model needs host memory for one tensor and two copies of one lay
 
 The tokenizer is the one the model was trained with (the checkpoint's own copy) and frames text as
 the training documents were framed (``BOS doc`` or ``doc``, recorded as ``framing``). It takes
-``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))``
-works), pads on the left (as batched generation with a decoder-only model needs) and has a pad
-token: the tokenizer's own, else its end-of-text token (recorded as ``pad_token.from: eos``).
+``input_ids`` and ``attention_mask`` only (so ``model.generate(**tok(...))`` works), pads on the
+left (as batched generation with a decoder-only model needs) and has a pad token: the tokenizer's
+own, else its end-of-text token (recorded as ``pad_token.from: eos``).
 """
 
 from __future__ import annotations
@@ -136,8 +136,6 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     config |= {"model_input_names": list(tokenizer.model_input_names), "padding_side": "left"}
     if tokenizer.pad_token is not None:
         config["pad_token"] = tokenizer.pad_token
-    if hasattr(tokenizer, "add_bos_token"):  # LlamaTokenizerFast rebuilds its framing from it on load
-        config["add_bos_token"] = tokenizer.add_bos_token
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
