@@ -11,6 +11,7 @@ from ominix.errors import OminixError
 from ominix.train.layout import derive_layout, validate
 from ominix.train.memory import GIB, estimate
 from tests.conftest import run_cli
+from tests.test_train import _launch, _ok, data_dir  # noqa: F401  (data_dir is a fixture)
 
 ONE_GPU = {"launch.nodes": 1, "launch.nproc_per_node": 1}
 H200 = "launch.device_memory_gib=140"
@@ -72,3 +73,13 @@ def test_dry_run_prints_the_estimate_and_refuses_what_cannot_fit(tmp_path) -> No
                         "--set", "launch.memory_check=false", timeout=120)
     assert unchecked.returncode == 0 and "(not checked: launch.memory_check=false)" in unchecked.stdout
     assert not (tmp_path / "run").exists()
+
+
+def test_run_log_shows_the_estimate_beside_the_measured_peak(data_dir, tmp_path) -> None:
+    """The worker logs the estimate once at start, and each step's line the measured peak: a GPU run
+    shows both."""
+    run = tmp_path / "run"
+    _ok(_launch(data_dir, run, "--nproc-per-node", "1", "--max-steps", "1", timeout=300))
+    log = (run / "train.log").read_text()
+    cfg = load_config("tiny", [], {"launch.nproc_per_node": 1})
+    assert f"memory estimate {estimate(cfg, derive_layout(cfg, 1)).describe()}\n" in log

@@ -205,6 +205,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
     from ominix.plugins import PLUGINS
     from ominix.train.engine import build_engine, init_distributed
     from ominix.train.layout import derive_layout, with_global_batch
+    from ominix.train.memory import estimate
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
     from ominix.train.schedule import eval_note, lr_multiplier, total_steps, warmup_note
@@ -247,6 +248,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
     name = device_name()
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
+    out.line(f"memory estimate {estimate(cfg, layout).describe()}")  # the steps log the measured peak
     chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params)
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {describe_attn(cfg.model.attn)}; "
              f"{compiled.SCOPES.get(chosen, 'eager')}; "
