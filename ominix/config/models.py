@@ -204,9 +204,10 @@ class ScheduleConfig(Section):
     @classmethod
     def _eval_batches_to_blocks(cls, data: Any, handler: Any) -> ScheduleConfig:
         # the old key counted micro batches: converted, it names the same blocks as it did
-        old = data.pop("eval_batches", None) if isinstance(data, dict) else None
-        if old is None:
+        if not isinstance(data, dict) or "eval_batches" not in data:
             return handler(data)
+        data = dict(data)
+        old = data.pop("eval_batches")
         if "eval_blocks" in data:
             raise ValueError("schedule.eval_batches and schedule.eval_blocks are both set: set "
                              "schedule.eval_blocks only (eval_batches, its old name, counted micro "

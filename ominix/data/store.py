@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ominix.errors import OminixError
 from ominix.data.verified import Verifier
+from ominix.errors import OminixError
 from ominix.hashing import sha256_file
 
 FORMAT = "ominix-packed-v1"

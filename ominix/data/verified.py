@@ -121,10 +121,6 @@ class Verifier:
         if writable and found:
             record(self.path, found)
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def join(self) -> None:
         self._thread.join()
 
