@@ -1,6 +1,6 @@
 """The chunked loss under Gemini: its lm_head weight is a ColoParameter whose hooks must see every
 chunk's matmul (forward and the recompute in backward), and the gradients Gemini's hook receives are
-those of the plain cross-entropy over the whole logits, within bf16 rounding, at a lower peak.
+those of the plain cross-entropy over the whole logits, within bf16 rounding.
 
 Run on the GPU machine: `pytest -q -m gpu tests/gpu/test_chunked_loss_gemini.py -s` prints the errors.
 """
@@ -42,4 +42,5 @@ def test_chunked_loss_matches_plain_under_gemini(nproc: int, tmp_path: Path) -> 
     # the lm_head gradient sums four bf16 chunk gradients where the plain loss makes one
     assert _report(f"gemini x{nproc}, chunked vs plain loss", _errors(chunked, plain)) <= 3e-2
     assert chunked["loss"] == pytest.approx(plain["loss"], rel=1e-3)
-    assert chunked["peak_bytes"] < plain["peak_bytes"]
+    # NOTE: no peak comparison at this shape: its fp32 logits (8 MiB) are within the allocator's
+    # noise; tests/test_model.py counts the logits' rows and bench/memory_estimate.py the 7B peak
