@@ -177,7 +177,8 @@ class ScheduleConfig(Section):
     eval_batches: int = Field(20, ge=1, description="Held-out blocks per evaluation, in micro batches: "
                               "eval_batches x micro_batch_size blocks over all ranks together, the same "
                               "blocks under every plugin and world size (ominix eval --batch-size M --max-batches N).")
-    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    seed: int = Field(42, description="Seed of the weight initialisation and of the python, numpy and "
+                      "torch random generators of every rank; the training order follows data.seed.")
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips the update (skip)."
     )
