@@ -294,6 +294,41 @@ def test_sharding_plugins_train_and_resume_bit_exactly(plugin: str, sets: list[s
     assert _losses(again) == {3: losses[3]}
 
 
+def test_a_resume_onto_a_longer_schedule_says_so_and_decay_steps_continues_the_curve(
+        data_dir: Path, tmp_path: Path) -> None:
+    """A relaunch with more --max-steps recomputes the schedule over the new length: one line says
+    so, with the learning rate of the first resumed step before and after. A first run given the
+    longer schedule (schedule.decay_steps) is continued on its own curve, without the line."""
+    from ominix.train.schedule import lr_at
+
+    sets = [*QUICK, "checkpoint.every=0", "schedule.eval_every=0", "logging.tensorboard=false"]
+    o = load_config("tiny", sets).optim
+
+    def lr(step: int, total: int) -> float:  # the rate of 1-based `step` in a schedule of `total`
+        return lr_at(step - 1, o.lr, o.min_lr, 2, total, "cosine")
+
+    def lrs(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows if r["kind"] == "train"}
+
+    stretched, continued = tmp_path / "stretched", tmp_path / "continued"
+    _ok(_launch(data_dir, stretched, "--nproc-per-node", "1", "--max-steps", "4", sets=sets))
+    result = _launch(data_dir, stretched, "--nproc-per-node", "1", "--max-steps", "8", "--resume", "auto", sets=sets)
+    _ok(result)
+    notes = [line for line in result.stdout.splitlines() if "learning-rate schedule" in line]
+    assert notes == [f"note: this run's learning-rate schedule (8 steps) is not the checkpoint's: step 5 trains at "
+                     f"lr {lr(5, 8):.3e}, where the checkpoint's schedule had {lr(5, 4):.3e} (to continue its curve, "
+                     "relaunch with its schedule, or give the first run schedule.decay_steps)"], result.stdout
+    assert lrs(stretched)[5] == pytest.approx(lr(5, 8))  # the new schedule from the first resumed step on
+
+    _ok(_launch(data_dir, continued, "--nproc-per-node", "1", "--max-steps", "4",
+                sets=[*sets, "schedule.decay_steps=8"]))
+    result = _launch(data_dir, continued, "--nproc-per-node", "1", "--max-steps", "8", "--resume", "auto", sets=sets)
+    _ok(result)
+    assert "resumed from" in result.stdout and "learning-rate schedule" not in result.stdout
+    assert lrs(continued) == pytest.approx({step: lr(step, 8) for step in range(1, 9)})
+
+
 @pytest.mark.usefixtures("private_netns")
 def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"

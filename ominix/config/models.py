@@ -173,6 +173,11 @@ class ScheduleConfig(Section):
         100, ge=0, description="Linear warmup steps; a shorter run warms up over all its steps (with a notice)."
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
+    decay_steps: int | None = Field(
+        None, ge=1, description="Steps the learning-rate schedule spans, warmup included; None = the run's "
+        "steps. Train the first steps of a longer schedule, and a relaunch with more --max-steps continues "
+        "the same curve."
+    )
     eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
     eval_batches: int = Field(20, ge=1, description="Held-out blocks per evaluation, in micro batches: "
                               "eval_batches x micro_batch_size blocks over all ranks together, the same "

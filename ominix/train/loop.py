@@ -160,7 +160,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption) -> int:
     from ominix.train.layout import derive_layout
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
-    from ominix.train.schedule import lr_multiplier, total_steps, warmup_note
+    from ominix.train.schedule import (
+        continue_schedule, lr_multiplier, resume_note, span, total_steps, warmup_note,
+    )
 
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
@@ -189,6 +191,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption) -> int:
         seconds = time.perf_counter() - began
         out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens) in {seconds:.1f} s"
                  + ("" if with_optimizer else "; optimizer state starts afresh (the checkpoint has none)"))
+        if note := resume_note(state.step, *continue_schedule(engine.scheduler), span(cfg, total)):
+            out.line(note)
         out.record("checkpoint", {"step": state.step, "action": "load", "seconds": seconds})
     elif cfg.model.init_from:
         engine.booster.load_model(engine.model, hubref.weights_path(cfg.model.init_from))
