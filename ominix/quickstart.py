@@ -1,11 +1,12 @@
 """``ominix quickstart``: the whole pipeline on the embedded corpus, on a CPU, in a few minutes.
 
 data prepare -> train the first steps of the schedule (tiny preset, 2 processes through torchrun +
-ColossalAI ddp, eval and checkpoints) -> resume from the last checkpoint to the schedule's end -> checkpoint export (verified with transformers) -> infer -> eval
--> MOF report. Each stage calls the same library function as its ``ominix`` command, so the
-quickstart proves the commands a user runs next. :func:`run` prints nothing: it reports each stage
-and its outcome to an ``on_event`` callback (``ominix.cli.quickstart_view`` shows them) and returns
-the summary. Everything goes into one directory:
+ColossalAI ddp, eval and checkpoints) -> resume from the last checkpoint to the schedule's end ->
+checkpoint export (verified with transformers) -> infer -> eval -> MOF report. Each stage calls the
+same library function as its ``ominix`` command, so the quickstart proves the commands a user runs
+next. :func:`run` prints nothing: it reports each stage and its outcome to an ``on_event`` callback
+(``ominix.cli.quickstart_view`` shows them) and returns the summary. Everything goes into one
+directory:
 
     OUT/data/  OUT/run/  OUT/run/export/  OUT/run/samples.jsonl  OUT/run/eval/eval_results.json
     OUT/release.yaml  OUT/TECHNICAL_REPORT.md + OUT/training.png (the run's figure, which the report
@@ -222,8 +223,8 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
     # continues the same learning-rate curve to its end.
     with stage(f"train steps 1-{first} of {steps} ({NPROC} processes, ddp)",
                f"{launch_cmd} --max-steps {first} --set schedule.decay_steps={steps}"):
-        _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": first, "schedule.decay_steps": steps})),
-               "training")
+        first_cfg = load_config("tiny", [], {**flags, "schedule.max_steps": first, "schedule.decay_steps": steps})
+        _check(launch(first_cfg), "training")
     with stage(f"resume to step {steps}", f"{launch_cmd} --max-steps {steps} --resume auto"):
         _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": steps, "checkpoint.resume": "auto"})),
                "the resumed training")

@@ -176,6 +176,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption) -> int:
         ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
     engine = build_engine(cfg, lr_multiplier(cfg, total))
     loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
+    vote = StopVote()  # a process group: built here, before the throughput clock starts
     out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging, cfg.model_dump(mode="json"))
     config_yaml = dump_yaml(cfg)
 
@@ -233,7 +234,6 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption) -> int:
     profiler = StepProfiler(cfg.logging.profile_steps, run_dir / "profile", engine.rank == 0)
     if note := profiler.unreachable(state.step, total):
         out.line(note)
-    vote = StopVote()
     freeze_heap()
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device

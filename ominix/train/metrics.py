@@ -5,7 +5,8 @@ evaluation and at the end.
 
 Throughput is measured over the window since the previous log line, so the host waits for the
 device once per window, not once per step: the steps of the window over their time, evaluations and
-checkpoint saves in the window left out of the time (they are not steps). TFLOP/s and MFU use ``ominix.flops``:
+checkpoint saves in the window left out of the time (they are not steps). TFLOP/s and MFU use
+``ominix.flops``:
 
     model FLOPs per token = 6 x (non-embedding params + lm_head params) + 12 x layers x hidden x seq
     MFU = tokens/s per device x model FLOPs per token / peak FLOP/s of the device
