@@ -1,11 +1,12 @@
 """``ominix quickstart``: the whole pipeline on the embedded corpus, on a CPU, in a few minutes.
 
-data prepare -> train (tiny preset, 2 processes through torchrun + ColossalAI ddp, eval and checkpoints)
--> resume from the last checkpoint -> checkpoint export (verified with transformers) -> infer -> eval
--> MOF report. Each stage calls the same library function as its ``ominix`` command, so the
-quickstart proves the commands a user runs next. :func:`run` prints nothing: it reports each stage
-and its outcome to an ``on_event`` callback (``ominix.cli.quickstart_view`` shows them) and returns
-the summary. Everything goes into one directory:
+data prepare -> train the first steps of the schedule (tiny preset, 2 processes through torchrun +
+ColossalAI ddp, eval and checkpoints) -> resume from the last checkpoint to the schedule's end ->
+checkpoint export (verified with transformers) -> infer -> eval -> MOF report. Each stage calls the
+same library function as its ``ominix`` command, so the quickstart proves the commands a user runs
+next. :func:`run` prints nothing: it reports each stage and its outcome to an ``on_event`` callback
+(``ominix.cli.quickstart_view`` shows them) and returns the summary. Everything goes into one
+directory:
 
     OUT/data/  OUT/run/  OUT/run/export/  OUT/run/samples.jsonl  OUT/run/eval/eval_results.json
     OUT/release.yaml  OUT/TECHNICAL_REPORT.md + OUT/training.png (the run's figure, which the report
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 MARKER = atomic.MARKER  # written first: --force only ever deletes a directory whose marker says quickstart
 SUMMARY = "quickstart.json"  # written last: a directory without it is an interrupted quickstart
 NPROC = 2
-RESUME_STEPS = 50  # the first launch stops this many steps early; the second resumes from there
+RESUME_STEPS = 50  # the first launch trains all but the last this many steps; the second resumes there
 PROMPTS = [
     "The for statement is used to",
     "Return a new list containing",
@@ -140,8 +141,9 @@ packed into blocks of {facts['seq_len']} tokens: {facts['train_tokens']:,} train
 LLaMA decoder `tiny`: hidden {m['hidden_size']}, {m['num_hidden_layers']} layers,
 {m['num_attention_heads']} heads, {facts['params']:,} parameters. Trained for {facts['steps']} steps of
 {facts['global_batch_size']} sequences with AdamW and a cosine schedule, on {NPROC} CPU processes
-through ColossalAI's ddp plugin: a first launch to step {facts['resumed_from_step']}, then a relaunch that
-resumed from that checkpoint (cosine schedule stretched to {facts['steps']} steps). Training loss
+through ColossalAI's ddp plugin: a first launch trained steps 1-{facts['resumed_from_step']} of the
+{facts['steps']}-step schedule, then a relaunch resumed from its checkpoint and continued the same
+learning-rate curve to step {facts['steps']}. Training loss
 {curve[0]:.3f} -> {curve[-1]:.3f}.
 
 {figure}
@@ -216,10 +218,13 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
     flags = {"data.path": str(data), "logging.run_dir": str(run_dir), "launch.nproc_per_node": NPROC}
     first = steps - RESUME_STEPS
     launch_cmd = f"ominix train launch tiny --data {data} --out {run_dir} --nproc-per-node {NPROC}"
-    with stage(f"train to step {first} ({NPROC} processes, ddp)", f"{launch_cmd} --max-steps {first}"):
-        _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": first})), "training")
-    # A relaunch with more steps resumes model, optimizer, data position and RNG from the latest
-    # checkpoint; its learning-rate schedule is stretched to the new max_steps.
+    # The first launch trains the first steps of the whole run's schedule (schedule.decay_steps), so
+    # the relaunch resumes model, optimizer, data position and RNG from its last checkpoint and
+    # continues the same learning-rate curve to its end.
+    with stage(f"train steps 1-{first} of {steps} ({NPROC} processes, ddp)",
+               f"{launch_cmd} --max-steps {first} --set schedule.decay_steps={steps}"):
+        first_cfg = load_config("tiny", [], {**flags, "schedule.max_steps": first, "schedule.decay_steps": steps})
+        _check(launch(first_cfg), "training")
     with stage(f"resume to step {steps}", f"{launch_cmd} --max-steps {steps} --resume auto"):
         _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": steps, "checkpoint.resume": "auto"})),
                "the resumed training")

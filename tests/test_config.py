@@ -201,3 +201,13 @@ def test_config_show_refuses_a_plugin_rule_with_exit_2() -> None:
 def test_config_and_plugin_table_import_no_torch() -> None:
     code = "import sys, ominix.config, ominix.plugins; assert 'torch' not in sys.modules and 'colossalai' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_each_seed_says_what_it_seeds() -> None:
+    """The loader orders the training blocks by data.seed (``loop._train``); schedule.seed seeds the
+    weights and the random generators, and its description must not claim the data order."""
+    props = schema()["$defs"]
+    schedule_seed = props["ScheduleConfig"]["properties"]["seed"]["description"]
+    assert "data order" not in schedule_seed and "training order follows data.seed" in schedule_seed
+    assert "weight initialisation" in schedule_seed
+    assert "training order" in props["DataConfig"]["properties"]["seed"]["description"]

@@ -170,8 +170,9 @@ def test_saving_a_step_again_replaces_it_atomically(reference: Path, data_dir: P
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
+        # the reference's schedule of STEPS steps, stopped at step 4: the same step 4 again
         result = _launch(data_dir, run, "--max-steps", "4", "--resume", str(ckpts / "step_00000003"),
-                         sets=[*SETS, f"checkpoint.keep_last={STEPS}"])
+                         sets=[*SETS, f"checkpoint.keep_last={STEPS}", f"schedule.decay_steps={STEPS}"])
     finally:
         done.set()
         watcher.join()

@@ -19,7 +19,7 @@ DOCS = [f"Document {i} tells of a fox that jumps over {i % 7} lazy dogs and {i %
         for i in range(240)]
 SEQ = 32
 TRAIN = ["schedule.max_steps=2", "schedule.warmup_steps=1", "schedule.eval_every=2",
-         "schedule.eval_batches=1", "checkpoint.every=2", "logging.log_every=1", f"data.seq_len={SEQ}",
+         "schedule.eval_blocks=4", "checkpoint.every=2", "logging.log_every=1", f"data.seq_len={SEQ}",
          "model.vocab_size=320"]
 
 

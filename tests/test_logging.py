@@ -199,3 +199,26 @@ def test_profile_summary_counts_overlapping_gpu_work_once() -> None:
     assert s["gpu_busy_s"] == 0.6 and s["gpu_busy_fraction"] == 0.6 and s["gpu_kernels"] == 2
     assert s["host_phase_s"]["forward"] == 0.15 and s["host_phase_s"]["log"] == 0.25
     assert s["host_phase_s"]["backward"] == 0
+
+
+def test_throughput_is_the_window_steps_over_their_time_without_evaluations_and_saves() -> None:
+    from ominix.train.metrics import Throughput
+
+    now = [0.0]
+    meter = Throughput(tokens_per_step=1000, devices=2, flops_per_token=1e9, peak=None, clock=lambda: now[0])
+
+    def spend(seconds: float, paused: bool = False) -> None:
+        if paused:
+            meter.pause()
+        now[0] += seconds
+        if paused:
+            meter.resume()
+
+    spend(2.0)  # steps 1-2, 1 s each
+    spend(30.0, paused=True)  # an evaluation after step 2
+    spend(2.0)  # steps 3-4
+    r = meter.measure(4, remaining_steps=6)
+    assert (r["step_time_s"], r["tokens_per_s"], r["tokens_per_s_per_device"], r["eta_s"]) == (1.0, 1000, 500, 6.0)
+    spend(10.0, paused=True)  # a checkpoint saved after the log line of step 4
+    spend(6.0)  # steps 5-7, 2 s each
+    assert meter.measure(3, remaining_steps=3)["step_time_s"] == 2.0

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
+from ominix.config import load_config
 from ominix.errors import OminixError
 from ominix.quickstart import GPU_COMMANDS, MARKER, PROMPTS, SUMMARY, claim_out, sparkline, unigram_entropy
+from ominix.train.schedule import lr_at
 from tests.conftest import run_cli
 
 
@@ -57,6 +59,13 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 200
+    # ...on the learning-rate curve of the first launch: one 200-step schedule, no schedule change.
+    cfg = load_config(str(out / "run" / "config.yaml"))
+    o, s = cfg.optim, cfg.schedule
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (out / "run" / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "train"}
+    assert lrs == pytest.approx({n: lr_at(n - 1, o.lr, o.min_lr, s.warmup_steps, 200, s.decay) for n in lrs})
+    assert "learning-rate schedule" not in (out / "run" / "train.log").read_text()
     listing = json.loads(run_cli("checkpoint", "list", str(out / "run"), "--json").stdout)
     assert [e["step"] for e in listing] == [100, 150, 200]
     assert Path(art["export"], "config.json").is_file()

@@ -66,7 +66,8 @@ def test_readme_bash_examples_run(tmp_path: Path, private_netns: None) -> None:
                             timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     run = tmp_path / "runs" / "tiny"
-    assert "resumed from" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert "resumed from" in log and "learning-rate schedule" not in log  # the same curve, continued
     assert (run / "checkpoints" / "step_00000030").is_dir()
     assert (run / "export" / "config.json").is_file()
     assert (tmp_path / "release-tiny" / "mof.yaml").is_file()

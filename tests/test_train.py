@@ -370,6 +370,41 @@ def test_sharding_plugins_train_and_resume_bit_exactly(plugin: str, sets: list[s
     assert _losses(again) == {3: losses[3]}
 
 
+def test_a_resume_onto_a_longer_schedule_says_so_and_decay_steps_continues_the_curve(
+        data_dir: Path, tmp_path: Path) -> None:
+    """A relaunch with more --max-steps recomputes the schedule over the new length: one line says
+    so, with the learning rate of the first resumed step before and after. A first run given the
+    longer schedule (schedule.decay_steps) is continued on its own curve, without the line."""
+    from ominix.train.schedule import lr_at
+
+    sets = [*QUICK, "checkpoint.every=0", "schedule.eval_every=0", "logging.tensorboard=false"]
+    o = load_config("tiny", sets).optim
+
+    def lr(step: int, total: int) -> float:  # the rate of 1-based `step` in a schedule of `total`
+        return lr_at(step - 1, o.lr, o.min_lr, 2, total, "cosine")
+
+    def lrs(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["lr"] for r in rows if r["kind"] == "train"}
+
+    stretched, continued = tmp_path / "stretched", tmp_path / "continued"
+    _ok(_launch(data_dir, stretched, "--nproc-per-node", "1", "--max-steps", "4", sets=sets))
+    result = _launch(data_dir, stretched, "--nproc-per-node", "1", "--max-steps", "8", "--resume", "auto", sets=sets)
+    _ok(result)
+    notes = [line for line in result.stdout.splitlines() if "learning-rate schedule" in line]
+    assert notes == [f"note: this run's learning-rate schedule (8 steps) is not the checkpoint's: step 5 trains at "
+                     f"lr {lr(5, 8):.3e}, where the checkpoint's schedule had {lr(5, 4):.3e} (to continue its curve, "
+                     "relaunch with its schedule, or give the first run schedule.decay_steps)"], result.stdout
+    assert lrs(stretched)[5] == pytest.approx(lr(5, 8))  # the new schedule from the first resumed step on
+
+    _ok(_launch(data_dir, continued, "--nproc-per-node", "1", "--max-steps", "4",
+                sets=[*sets, "schedule.decay_steps=8"]))
+    result = _launch(data_dir, continued, "--nproc-per-node", "1", "--max-steps", "8", "--resume", "auto", sets=sets)
+    _ok(result)
+    assert "resumed from" in result.stdout and "learning-rate schedule" not in result.stdout
+    assert lrs(continued) == pytest.approx({step: lr(step, 8) for step in range(1, 9)})
+
+
 @pytest.mark.usefixtures("private_netns")
 def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -392,6 +427,30 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tm
     _ok(result)
     assert f"at step {stopped}" in result.stdout and time.time() - t0 < 120
     assert max(_losses(run)) == stopped + 1
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_sigterm_between_log_lines_stops_every_rank_within_two_steps(data_dir: Path, tmp_path: Path) -> None:
+    """A stop does not wait for a log line (log_every 1000 here): the 2 ranks agree on it one step
+    after the step it came in, and save that step."""
+    run = tmp_path / "run"
+    sets = [*QUICK, "logging.log_every=1000", "checkpoint.every=5", "checkpoint.keep_last=3", "schedule.eval_every=0"]
+    cmd = [sys.executable, "-m", "ominix", "train", "launch", "tiny", "--data", str(data_dir), "--run-dir", str(run),
+           "--nproc-per-node", "2", "--max-steps", "300", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("saved checkpoint") and "step_00000005" in line:  # step 6 is under way
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 143, out
+    stopped = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert 6 <= stopped <= 8, out  # the step in progress and the next (+1 for the signal's way to the ranks)
+    assert f"stopped by SIGTERM at step {stopped}; saved checkpoint" in out
+    assert sorted(p.name for p in (run / "checkpoints" / f"step_{stopped:08d}" / "data").iterdir()) == [
+        "rank_00000.json", "rank_00001.json"]  # both ranks saved the same step
+    assert max(_losses(run)) == stopped  # the steps since the last log line are logged before the save
 
 
 def test_training_turns_on_expandable_segments_unless_the_user_configured_the_allocator(monkeypatch) -> None:
@@ -467,6 +526,25 @@ def test_profile_steps_write_a_trace_and_a_summary_of_the_window(
     assert {"forward", "backward", "optimizer", "data", "log"} <= names
     assert "profiled steps 2-3:" in capsys.readouterr().out
     assert not (folder / "steps_2-3.trace.json").exists()  # only the compressed trace stays
+
+
+def test_a_window_holding_an_evaluation_counts_its_steps_over_their_time(
+        in_process: None, data_dir: Path, tmp_path: Path) -> None:
+    """schedule.eval_every (6) not a multiple of logging.log_every (4): the window of steps 5-8 holds
+    an evaluation, left out of its time; its step time is that of the windows without one."""
+    from ominix.train import loop
+
+    cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=16", "logging.log_every=4",
+                               "schedule.eval_every=6", "checkpoint.every=0", "logging.tensorboard=false"])
+    assert loop.train(cfg, tmp_path / "run") == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert sorted(train) == [4, 8, 12, 16] and [r["step"] for r in rows if r["kind"] == "eval"] == [6, 12, 16]
+    without_eval = min(train[12]["step_time_s"], train[16]["step_time_s"])  # evaluation 12 ends window 12
+    assert train[8]["step_time_s"] > 0.75 * without_eval, train  # counted over 4 steps' time, not 2
+    tokens_per_step = cfg.schedule.global_batch_size * cfg.data.seq_len
+    assert train[8]["tokens_per_s"] * train[8]["step_time_s"] == pytest.approx(tokens_per_step)
+    assert train[8]["eta_s"] == pytest.approx(8 * train[8]["step_time_s"])
 
 
 def test_a_profile_window_must_be_first_to_last() -> None:

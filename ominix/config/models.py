@@ -189,13 +189,19 @@ class ScheduleConfig(Section):
         100, ge=0, description="Linear warmup steps; a shorter run warms up over all its steps (with a notice)."
     )
     decay: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay shape.")
+    decay_steps: int | None = Field(
+        None, ge=1, description="Steps the learning-rate schedule spans, warmup included; None = the run's "
+        "steps. Train the first steps of a longer schedule, and a relaunch with more --max-steps continues "
+        "the same curve."
+    )
     eval_every: int = Field(200, ge=0, description="Evaluate every N steps; 0 disables.")
     eval_blocks: int = Field(320, ge=1, description="Held-out blocks per evaluation, over all "
                              "ranks together, spread over the validation split (all of it when it "
                              "holds fewer): the same blocks and loss under every plugin, batch size "
                              "and world size (ominix eval --max-blocks N). Replaces eval_batches "
                              "(micro batches): eval_batches=N becomes N x micro_batch_size blocks.")
-    seed: int = Field(42, description="Seed of initialisation, dropout and data order.")
+    seed: int = Field(42, description="Seed of the weight initialisation and of the python, numpy and "
+                      "torch random generators of every rank; the training order follows data.seed.")
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips the update (skip)."
     )

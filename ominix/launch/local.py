@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from ominix.config import dump_yaml
+from ominix.errors import OminixError
 from ominix.launch.children import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
@@ -67,9 +68,23 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     with RunDir(cfg, events.notice) as claimed:
         claimed.write_config()
         if nproc == 1:
-            from ominix.train.loop import main
-
             with missing_env(cfg.launch.env):
-                return claimed.finish(Outcome(main(run_dir)))
+                return claimed.finish(Outcome(_in_process(run_dir)))
         code = run_torchrun(argv, local_env(cfg, os.environ), events.stderr, filtered=not debug_enabled())
         return claimed.finish(Outcome(code))
+
+
+def _in_process(run_dir: str) -> int:
+    """The worker in this process, with a worker's error contract: any error's traceback goes into
+    RUN_DIR/train.log, and an error that is not an OminixError becomes one (one line and a hint)."""
+    from ominix.cli.render import debug_enabled
+    from ominix.train.failure import as_ominix_error, log_traceback
+    from ominix.train.loop import main
+
+    try:
+        return main(run_dir)
+    except Exception as exc:
+        log_traceback(run_dir, 0)
+        if isinstance(exc, OminixError) or debug_enabled():
+            raise
+        raise as_ominix_error(exc, run_dir) from exc

@@ -11,18 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
-from pathlib import Path
-
-from ominix.errors import OminixError
-
-
-def _log_traceback(run_dir: str, rank: str) -> None:
-    """Append the traceback being handled to the run's log (the console shows two lines only)."""
-    log = Path(run_dir) / "train.log"
-    if log.parent.is_dir():
-        with log.open("a") as f:
-            f.write(f"traceback (rank {rank}):\n{traceback.format_exc()}")
 
 
 def run() -> int:
@@ -40,6 +28,7 @@ def run() -> int:
         faulthandler.dump_traceback_later(float(hang), exit=True)
     from ominix.cli.quiet import filter_third_party_warnings
     from ominix.cli.render import debug_enabled, report_error
+    from ominix.train.failure import as_ominix_error, log_traceback
 
     filter_third_party_warnings()  # tensornvme, apex, bitsandbytes...: shown with OMINIX_DEBUG=1
 
@@ -51,13 +40,10 @@ def run() -> int:
     except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save, nothing to say
         return 130
     except Exception as exc:
-        _log_traceback(args.run_dir, rank)
+        log_traceback(args.run_dir, rank)
         if debug_enabled():
             raise
-        if not isinstance(exc, OminixError):
-            exc = OminixError(f"{type(exc).__name__}: {exc}",
-                              f"the traceback is in {Path(args.run_dir) / 'train.log'}", exit_code=1)
-        return report_error(exc, rank=rank)
+        return report_error(as_ominix_error(exc, args.run_dir), rank=rank)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import gc
 import math
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ominix import hubref
 from ominix.config import OminixConfig, dump_yaml, load_config
 from ominix.errors import OminixError
+from ominix.train.stop import Preemption, StopVote, preemption
 
 
 @dataclass
@@ -30,46 +30,6 @@ class LoopState:
     tokens: int = 0  # training tokens consumed by all ranks together
     last_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss (schedule.on_nan=skip)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class _Preemption:
-    """Remembers the first SIGTERM, SIGINT (Ctrl-C) or SIGHUP, so the loop can save a checkpoint at
-    a step boundary and exit with 128 + that signal (143, 130, 129)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = self.signal or signum
-
-
-@contextlib.contextmanager
-def _preemption() -> Iterator[_Preemption]:
-    """The stop-signal handlers for the length of the run; the previous handlers are back afterwards."""
-    preempt = _Preemption()
-    previous = {sig: signal.signal(sig, preempt._handle) for sig in STOP_SIGNALS}
-    try:
-        yield preempt
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _agree(flag: bool, engine) -> bool:
-    """True on every rank when ``flag`` is true on any (all ranks must stop at the same step)."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(float(flag), device=engine.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _mean_over_dp(values: list, engine) -> list[float]:
@@ -185,14 +145,14 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 
-    with one_process_env(), shims.patched() as skipped, _preemption() as preempt:
+    with one_process_env(), shims.patched() as skipped, preemption() as preempt:
         try:
             return _train(cfg, run_dir, preempt, skipped)
         finally:
             gc.unfreeze()  # the objects frozen after setup may be collected again
 
 
-def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list[str]) -> int:
+def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[str]) -> int:
     import torch
     import torch.distributed as dist
 
@@ -208,7 +168,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
     from ominix.train.memory import estimate
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
-    from ominix.train.schedule import eval_note, lr_multiplier, total_steps, warmup_note
+    from ominix.train.schedule import (
+        continue_schedule, eval_note, lr_multiplier, resume_note, span, total_steps, warmup_note,
+    )
 
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
@@ -223,6 +185,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
         ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
     engine = build_engine(cfg, lr_multiplier(cfg, total))
     loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
+    vote = StopVote()  # a process group: built here, before the throughput clock starts
     out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging, cfg.model_dump(mode="json"))
     config_yaml = dump_yaml(cfg)
 
@@ -240,6 +203,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
         seconds = time.perf_counter() - began
         out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens) in {seconds:.1f} s"
                  + ("" if with_optimizer else "; optimizer state starts afresh (the checkpoint has none)"))
+        if note := resume_note(state.step, *continue_schedule(engine.scheduler), span(cfg, total)):
+            out.line(note)
         out.record("checkpoint", {"step": state.step, "action": "load", "seconds": seconds})
     elif cfg.model.init_from:
         engine.booster.load_model(engine.model, hubref.weights_path(cfg.model.init_from))
@@ -266,6 +231,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
             "plugin": cfg.parallel.plugin, "has_optimizer": c.save_optimizer,
             "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
         }
+        meter.pause()
         began = time.perf_counter()
         path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
                                     c.save_optimizer)
@@ -274,7 +240,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
         if announce:
             out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s")
         out.record("checkpoint", {"step": state.step, "action": "save", "seconds": seconds, "bytes": size})
-        meter.restart()
+        meter.resume()
         return path
 
     profiler = StepProfiler(cfg.logging.profile_steps, run_dir / "profile", engine.rank == 0)
@@ -307,8 +273,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
         window.append((loss, norm))
 
         done = state.step >= total
+        stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
         saving = done or (c.every and state.step % c.every == 0)
-        if state.step % cfg.logging.log_every == 0 or saving or done:
+        if state.step % cfg.logging.log_every == 0 or saving or done or stop:
             with profiler.phase("log"):  # where the host waits for the GPU, once per window
                 first = state.step - len(window) + 1
                 losses = _mean_over_dp([w[0] for w in window], engine)
@@ -322,13 +289,13 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
                 out.record("train", record)
                 window = []
         if s.eval_every and (state.step % s.eval_every == 0 or done):
+            meter.pause()
             result = engine.evaluate(val_set, s.eval_blocks)
             record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
             out.line(format_eval(record))
             out.record("eval", record)
             engine.model.train()
-            meter.restart()
-        stop = state.step % cfg.logging.log_every == 0 and _agree(preempt.requested, engine)
+            meter.resume()
         if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
             out.line(line)
         if saving or stop:
@@ -344,6 +311,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: _Preemption, skipped: list
             if split is not None:
                 split.check(wait=True)
     out.close()
+    vote.close()
     # every rank's queued GPU work and collectives done before the process group is torn down
     # (FSDP's last all-gathers otherwise left destroy_process_group waiting on the GPU)
     if torch.cuda.is_available():

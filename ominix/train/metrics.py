@@ -4,7 +4,9 @@ the training figure (``RUN_DIR/plots/training.png``, ``ominix.train.figure``) re
 evaluation and at the end.
 
 Throughput is measured over the window since the previous log line, so the host waits for the
-device once per window, not once per step. TFLOP/s and MFU use ``ominix.flops``:
+device once per window, not once per step: the steps of the window over their time, evaluations and
+checkpoint saves in the window left out of the time (they are not steps). TFLOP/s and MFU use
+``ominix.flops``:
 
     model FLOPs per token = 6 x (non-embedding params + lm_head params) + 12 x layers x hidden x seq
     MFU = tokens/s per device x model FLOPs per token / peak FLOP/s of the device
@@ -18,6 +20,7 @@ import json
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ominix.flops import format_mfu, mfu
@@ -46,20 +49,29 @@ def _eta(seconds: float) -> str:
 
 
 class Throughput:
-    """Tokens/s, TFLOP/s per device and MFU over the window since the last ``measure``."""
+    """Tokens/s, TFLOP/s per device and MFU over the window since the last ``measure``: the steps
+    the loop counts in that window over the time they took, the time between ``pause`` and
+    ``resume`` (an evaluation, a checkpoint save: not training) left out. ``clock`` is
+    ``time.perf_counter``; a test may give another."""
 
-    def __init__(self, tokens_per_step: int, devices: int, flops_per_token: float, peak: float | None):
+    def __init__(self, tokens_per_step: int, devices: int, flops_per_token: float, peak: float | None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.tokens_per_step, self.devices = tokens_per_step, devices
         self.flops_per_token, self.peak = flops_per_token, peak
-        self.mark = time.perf_counter()
+        self.clock = clock
+        self.mark, self.excluded, self.paused_at = clock(), 0.0, 0.0
 
-    def restart(self) -> None:
-        """Start a new window (after an evaluation or a checkpoint, which are not training time)."""
-        self.mark = time.perf_counter()
+    def pause(self) -> None:
+        """Stop counting time until ``resume``."""
+        self.paused_at = self.clock()
+
+    def resume(self) -> None:
+        self.excluded += self.clock() - self.paused_at
 
     def measure(self, steps: int, remaining_steps: int) -> dict[str, Any]:
-        now = time.perf_counter()
-        elapsed, self.mark = max(now - self.mark, 1e-9), now
+        now = self.clock()
+        elapsed = max(now - self.mark - self.excluded, 1e-9)
+        self.mark, self.excluded = now, 0.0
         tokens_s = steps * self.tokens_per_step / elapsed
         per_device = tokens_s / self.devices
         util = mfu(per_device, self.flops_per_token, self.peak)

@@ -32,18 +32,24 @@ def total_steps(cfg: OminixConfig, tokens_per_step: int) -> int:
     return min(x for x in (s.max_steps, by_tokens) if x is not None)
 
 
+def span(cfg: OminixConfig, total: int) -> int:
+    """The steps the schedule of a run of ``total`` steps spans: schedule.decay_steps, or ``total``."""
+    return cfg.schedule.decay_steps or total
+
+
 def warmup_steps(cfg: OminixConfig, total: int) -> int:
     """The warmup of a run of ``total`` steps: schedule.warmup_steps, or all the steps of a shorter
-    run (a 12-step smoke test of a preset with 500 warmup steps warms up over its 12)."""
-    return min(cfg.schedule.warmup_steps, total)
+    schedule (a 12-step smoke test of a preset with 500 warmup steps warms up over its 12)."""
+    return min(cfg.schedule.warmup_steps, span(cfg, total))
 
 
 def warmup_note(cfg: OminixConfig, total: int) -> str | None:
     """The notice a run whose warmup was shortened prints (plan and log); None when it was not."""
-    if cfg.schedule.warmup_steps <= total:
+    steps = span(cfg, total)
+    if cfg.schedule.warmup_steps <= steps:
         return None
-    return (f"note: schedule.warmup_steps ({cfg.schedule.warmup_steps}) exceeds the {total} steps of this run: "
-            f"warming up over all {total} steps (the learning rate reaches its peak at the last step)")
+    return (f"note: schedule.warmup_steps ({cfg.schedule.warmup_steps}) exceeds the {steps} steps of this "
+            f"schedule: warming up over all {steps} steps (the learning rate reaches its peak at the last step)")
 
 
 def eval_note(cfg: OminixConfig, held_out: int) -> str | None:
@@ -59,9 +65,29 @@ def eval_note(cfg: OminixConfig, held_out: int) -> str | None:
 def lr_multiplier(cfg: OminixConfig, total: int) -> Callable[[int], float]:
     """The factor on the peak learning rate that ``torch.optim.lr_scheduler.LambdaLR`` expects."""
     o, s = cfg.optim, cfg.schedule
-    warmup = warmup_steps(cfg, total)
+    warmup, steps = warmup_steps(cfg, total), span(cfg, total)
 
     def factor(step: int) -> float:
-        return lr_at(step, o.lr, o.min_lr, warmup, total, s.decay) / o.lr
+        return lr_at(step, o.lr, o.min_lr, warmup, steps, s.decay) / o.lr
 
     return factor
+
+
+def continue_schedule(scheduler) -> tuple[float, float]:
+    """Put a ``LambdaLR`` just loaded from a checkpoint on this run's schedule at once. Its state
+    holds the rate the checkpoint's schedule gave the next step, which that step would train at
+    before this run's schedule took over. Returns (the checkpoint's rate, this run's rate) there."""
+    before = scheduler.get_last_lr()[0]
+    scheduler.last_epoch -= 1
+    scheduler.step()  # the rate of step last_epoch again, from this run's factor
+    return before, scheduler.get_last_lr()[0]
+
+
+def resume_note(step: int, before: float, after: float, steps: int) -> str | None:
+    """The line a resume onto another schedule prints (another horizon, rate or warmup): the
+    learning rate of its first step under the checkpoint's schedule and under this run's."""
+    if math.isclose(before, after, rel_tol=1e-6):
+        return None
+    return (f"note: this run's learning-rate schedule ({steps} steps) is not the checkpoint's: step {step + 1} "
+            f"trains at lr {after:.3e}, where the checkpoint's schedule had {before:.3e} (to continue its "
+            "curve, relaunch with its schedule, or give the first run schedule.decay_steps)")
