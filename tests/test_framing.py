@@ -179,7 +179,7 @@ def test_a_run_copied_without_its_data_still_exports_infers_and_evals(
         prompt = session.encode("Document 3 tells")
         assert record["prompt_tokens"] == len(prompt) and record["completion_tokens"] == 4
         assert prompt[0] == read_manifest(hidden)["tokenizer"]["bos_id"] and meta["framing"] == WITH_BOS
-        results = run_eval(copy, data=data_copy, max_batches=1, device="cpu", dtype="fp32",
+        results = run_eval(copy, data=data_copy, max_blocks=8, device="cpu", dtype="fp32",
                            out=tmp_path / "eval.json")
         assert results["data"]["framing"] == results["model"]["framing"] == WITH_BOS
         assert 0 < results["perplexity"]["loss"] < 10
@@ -248,5 +248,5 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")(text).input_ids == bare
     # a model trained on <s> doc </s> is not evaluated on doc </s> blocks: the loss would not compare
     with pytest.raises(OminixError, match="framed bos\\+doc\\+eos, the data .* frames them doc\\+eos"):
-        run_eval(trained[2], data=old, max_batches=1, device="cpu", out=tmp_path / "eval.json")
+        run_eval(trained[2], data=old, max_blocks=8, device="cpu", out=tmp_path / "eval.json")
     assert not (tmp_path / "eval.json").exists()
