@@ -211,3 +211,32 @@ def test_each_seed_says_what_it_seeds() -> None:
     assert "data order" not in schedule_seed and "training order follows data.seed" in schedule_seed
     assert "weight initialisation" in schedule_seed
     assert "training order" in props["DataConfig"]["properties"]["seed"]["description"]
+
+
+def test_a_section_given_to_set_as_a_mapping_merges_into_the_preset() -> None:
+    cfg = load_config("tiny", sets=["model={hidden_size: 96, rope_theta: 5000.0}"])
+    tiny = load_config("tiny").model
+    assert cfg.model.hidden_size == 96 and cfg.model.rope_theta == 5000.0
+    assert cfg.model.model_dump(exclude={"hidden_size", "rope_theta"}) == tiny.model_dump(
+        exclude={"hidden_size", "rope_theta"})
+
+
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("model:\n  hidden_size: 64\n  hidden_size: 32\n", "hidden_size", 3),
+    ("model:\n  name: a\noptim:\n  lr: 0.1\nmodel:\n  name: b\n", "model", 5),
+    ("launch:\n  node_env:\n    h1: {A: '1', A: '2'}\n", "A", 3),
+])
+def test_a_duplicate_yaml_key_is_an_error_naming_the_key_and_line(tmp_path: Path, text: str, key: str,
+                                                                   line: int) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(OminixError, match=f"dup.yaml: line {line}: duplicate key '{key}'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("item", ["model.rope_theta=.inf", "optim.lr=.inf", "optim.lr=.nan",
+                                  "infer.temperature=-.inf", "model.rms_norm_eps=.NaN"])
+def test_non_finite_floats_are_refused_naming_the_field(item: str) -> None:
+    field = item.partition("=")[0]
+    with pytest.raises(OminixError, match=f"{field}: Input should be a finite number"):
+        load_config("tiny", sets=[item])

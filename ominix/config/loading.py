@@ -8,7 +8,7 @@ A resolved config is written once into the run directory (``config.yaml``); ever
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +41,31 @@ def _resolve_source(source: str | Path) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:  # an unhashable key is PyYAML's own error
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as exc:
         raise OminixError(f"{path} is not a text file", "pass a YAML config file or a preset name") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or ""
+        if problem.startswith("duplicate key"):
+            raise OminixError(f"{path}:{where}: {problem}", "give each key once per section") from exc
         raise OminixError(f"{path}:{where} is not valid YAML", "fix the syntax") from exc
     if not isinstance(data, dict):
         raise OminixError(f"{path} must hold a mapping of sections", "see `ominix config show`")
@@ -62,7 +79,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     if not sep or not all(parts):
         raise OminixError(f"--set {item!r} is not of the form section.key=value", "e.g. --set optim.lr=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise OminixError(f"--set {item!r}: the value is not valid YAML", "quote strings") from exc
     return parts, value
@@ -75,7 +92,18 @@ def _apply(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> N
         if not isinstance(child, dict):
             raise OminixError(f"{origin}: {'.'.join(parts)} goes through a non-section", "check the key")
         node = child
-    node[parts[-1]] = value
+    _merge(node, parts[-1], value)
+
+
+def _merge(node: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``node[key]``; a mapping given for a section merges into it key by key, so
+    ``--set 'model={hidden_size: 64}'`` changes one key and keeps the rest of the preset's model."""
+    old = node.get(key)
+    if isinstance(value, dict) and isinstance(old, dict):
+        for sub, item in value.items():
+            _merge(old, sub, item)
+    else:
+        node[key] = value
 
 
 def format_validation(exc: ValidationError, origin: str | None = None, name: Callable[[str], str] = str,
