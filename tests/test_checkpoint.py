@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from ominix.checkpoint import (
-    checkpoints_dir, complete_checkpoints, files_under, kept_because, prune, read_weights, resolve_checkpoint,
-    resumable, step_name, weight_files,
+    checkpoints_dir, complete_checkpoints, files_under, kept_because, list_checkpoints, prune, read_weights,
+    resolve_checkpoint, resumable, step_name, weight_files,
 )
 from ominix.checkpoint.integrity import describe, write_record
 from ominix.checkpoint.layout import parse_step, step_dirs, write_latest
@@ -231,3 +231,20 @@ def test_the_integrity_record_hashes_in_threads_and_equals_one_thread(tmp_path: 
     threaded, one = describe(tmp_path, files, threads=4), describe(tmp_path, files, threads=1)
     assert threaded == one
     assert one["shard3.bin"] == {"size": 1003, "sha256": hashlib.sha256(bytes([3]) * 1003).hexdigest()}
+
+
+def test_retention_counts_only_complete_checkpoints_and_leaves_strays_alone(tmp_path: Path) -> None:
+    for step in (10, 20):
+        _ckpt(tmp_path, step)
+    ckpts = checkpoints_dir(tmp_path)
+    write_latest(ckpts, step_name(20))
+    stray = ckpts / step_name(30)
+    stray.mkdir()  # an empty step directory a user (or a crashed tool) left: newer than every checkpoint
+    half = ckpts / step_name(25)
+    (half / "model").mkdir(parents=True)  # weights never written, no state.json
+    assert prune(ckpts, keep_last=2, keep_every=0) == []
+    assert [s for s, _ in step_dirs(ckpts)] == [10, 20, 25, 30]
+    (tmp_path / "config.yaml").write_text("checkpoint:\n  keep_last: 2\n  keep_every: 0\n")
+    kept = {e["step"]: e["kept"] for e in list_checkpoints(tmp_path)}
+    assert kept[10] == "last 2" and kept[20] == "latest, last 2"
+    assert kept[25].startswith("incomplete") and kept[30].startswith("incomplete")

@@ -1,5 +1,9 @@
 """Which checkpoints are kept: one rule, used both to prune after a save and to show ``kept`` in
-``ominix checkpoint list``; making room before a save; clearing what a killed save left."""
+``ominix checkpoint list``; making room before a save; clearing what a killed save left.
+
+Retention counts and deletes complete checkpoints only (``is_checkpoint``): a stray or half-written
+step directory is not one of the newest N, so it never pushes a good checkpoint out, and it is
+not deleted either (OminiX did not write it as a checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint.layout import (
-    ASIDE, CHECKPOINTS, STAGING, STATE, checkpoints_dir, latest_name, parse_step, read_state, scratch_dirs,
-    step_dirs, step_name,
+    ASIDE, CHECKPOINTS, STAGING, STATE, checkpoints_dir, is_checkpoint, latest_name, parse_step, read_state,
+    scratch_dirs, step_dirs, step_name,
 )
 from ominix.config import load_config
 from ominix.errors import OminixError
@@ -28,8 +32,12 @@ def kept_because(steps: list[int], latest: int | None, keep_last: int, keep_ever
     return reasons
 
 
+def _complete(ckpts: Path) -> list[tuple[int, Path]]:
+    return [(step, path) for step, path in step_dirs(ckpts) if is_checkpoint(path)]
+
+
 def _kept(ckpts: Path, keep_last: int, keep_every: int) -> list[tuple[int, Path, list[str]]]:
-    found = step_dirs(ckpts)
+    found = _complete(ckpts)
     name = latest_name(ckpts)
     reasons = kept_because([step for step, _ in found], parse_step(name) if name else None, keep_last, keep_every)
     return [(step, path, reasons[step]) for step, path in found]
@@ -53,7 +61,7 @@ def make_room(ckpts: Path, step: int, keep_last: int, keep_every: int) -> list[P
     """Before saving ``step``: when the disk has less free space than the newest checkpoint takes,
     delete the oldest checkpoints that the save would prune anyway, until it has (never the one
     ``latest`` names, so a failed save still leaves it). Returns what was removed."""
-    found = step_dirs(ckpts)
+    found = _complete(ckpts)
     if not found:
         return []
     need, free = _size(found[-1][1]), shutil.disk_usage(ckpts).free
@@ -96,15 +104,18 @@ def clear_scratch(ckpts: Path) -> None:
 def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
     """One entry per step directory of ``run_dir`` (oldest first): name, path, step, tokens seen,
     loss, bytes, and ``kept``: why the retention rules of the run's config keep it, or "" when the
-    next save will remove it. Temporary directories of an unfinished save are not listed."""
+    next save will remove it (an incomplete directory says so: retention leaves it alone). Temporary directories of an unfinished save are not listed."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.is_file() or not checkpoints_dir(run_dir).is_dir():
         raise OminixError(f"{run_dir} is not a run directory with {CHECKPOINTS}",
                           "pass the logging.run_dir of a run, e.g. runs/tiny")
     rules = load_config(config_file).checkpoint
+    ckpts = checkpoints_dir(run_dir)
+    kept = {path: reasons for _, path, reasons in _kept(ckpts, rules.keep_last, rules.keep_every)}
     entries = []
-    for step, path, reasons in _kept(checkpoints_dir(run_dir), rules.keep_last, rules.keep_every):
+    for step, path in step_dirs(ckpts):
+        reasons = kept.get(path, ["incomplete, not counted or removed"])
         state = read_state(path) if (path / STATE).is_file() else {}
         entries.append({
             "name": path.name,
