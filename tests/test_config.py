@@ -240,3 +240,22 @@ def test_non_finite_floats_are_refused_naming_the_field(item: str) -> None:
     field = item.partition("=")[0]
     with pytest.raises(OminixError, match=f"{field}: Input should be a finite number"):
         load_config("tiny", sets=[item])
+
+
+@pytest.mark.parametrize(("flag", "value"), [("temperature", float("inf")), ("top_p", float("nan")),
+                                             ("repetition_penalty", float("inf"))])
+def test_infer_refuses_non_finite_sampling_flags(tmp_path: Path, flag: str, value: float) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from ominix.checkpoint.layout import checkpoints_dir, step_name, write_latest
+    from ominix.infer.session import settings
+
+    save_config(load_config("tiny"), tmp_path / "config.yaml")
+    ckpt = checkpoints_dir(tmp_path) / step_name(1)
+    (ckpt / "model").mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, ckpt / "model" / "model.safetensors")
+    (ckpt / "state.json").write_text('{"step": 1}')
+    write_latest(ckpt.parent, ckpt.name)
+    with pytest.raises(OminixError, match=f"--{flag.replace('_', '-')}: Input should be a finite number"):
+        settings(tmp_path, {flag: value})
