@@ -104,7 +104,8 @@ def clear_scratch(ckpts: Path) -> None:
 def list_checkpoints(run_dir: str | Path) -> list[dict[str, Any]]:
     """One entry per step directory of ``run_dir`` (oldest first): name, path, step, tokens seen,
     loss, bytes, and ``kept``: why the retention rules of the run's config keep it, or "" when the
-    next save will remove it (an incomplete directory says so: retention leaves it alone). Temporary directories of an unfinished save are not listed."""
+    next save will remove it (an incomplete directory says so: retention leaves it alone).
+    Temporary directories of an unfinished save are not listed."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.yaml"
     if not config_file.is_file() or not checkpoints_dir(run_dir).is_dir():
