@@ -381,10 +381,11 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
         model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
     if cfg.model.tie_word_embeddings and spec.wraps_params:
+        from ominix.model import drop_tied_head
+
         # NOTE: Gemini saves the shared tensor under both names but loads each parameter once:
         # the head's copy would be an unexpected key
-        model.register_load_state_dict_pre_hook(
-            lambda module, state, prefix, *args: state.pop(prefix + "lm_head.weight", None))
+        model.register_load_state_dict_pre_hook(drop_tied_head)
     dp_group = getattr(plugin, "dp_group", None)
     dp_rank = dist.get_rank(dp_group) if dp_group is not None else rank
     seq_multiple = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # it splits the sequence
