@@ -29,8 +29,8 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     # Gemini's async reduce runs each gradient chunk's reduction on a side stream. Its frees of the
     # gathered chunks wait for that stream (shims.frees_after_reads); without that, 7B at micro 16
     # died with an illegal memory access once the chunk norms stopped making the host wait. With
-    # those waits the side stream is slower on one H200 than the compute stream (bench/NOTES.md
-    # section 15: 46% against 49% MFU at 7B), so the default reduces on the compute stream, except
+    # those waits the side stream is slower on one H200 than the compute stream (46% against 49%
+    # MFU at 7B), so the default reduces on the compute stream, except
     # where chunks move to the host: there the side stream overlaps those copies.
     offloads = placement == "auto" or offload_optim_frac > 0
     async_reduce = offloads if p.gemini_async_reduce is None else p.gemini_async_reduce
@@ -331,7 +331,7 @@ def init_distributed(seed: int) -> None:
     first let the CUDA caching allocator grow its segments in place (``expandable_segments``) unless
     PYTORCH_CUDA_ALLOC_CONF says otherwise: gradient accumulation under Gemini keeps a gradient chunk
     per parameter chunk between micro batches, and with fixed segments a 7B run at micro batch 8 x 2
-    failed with 12.5 GiB free but fragmented (bench/NOTES.md, section 6)."""
+    failed with 12.5 GiB free but fragmented."""
     import colossalai
     import torch
 
