@@ -262,7 +262,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
             # NOTE: one tensor under two names: a state dict holds it once, as Hugging Face saves
             # it (safetensors refuses shared tensors), and loading reads the head from the embedding
-            self.register_state_dict_post_hook(_drop_tied_head)
+            self.register_state_dict_post_hook(drop_tied_head)
             self.register_load_state_dict_pre_hook(_fill_tied_head)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
@@ -339,7 +339,9 @@ def init_weights(model: LlamaForCausalLM) -> None:
                 module.reset_parameters()
 
 
-def _drop_tied_head(module: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
+def drop_tied_head(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """Drop the head's name of the shared tensor from ``state``: after a state dict is built, and
+    before a wrapper that loads each parameter once (Gemini, which saves it under both names)."""
     state.pop(prefix + "lm_head.weight", None)
 
 

@@ -29,8 +29,8 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     # Gemini's async reduce runs each gradient chunk's reduction on a side stream. Its frees of the
     # gathered chunks wait for that stream (shims.frees_after_reads); without that, 7B at micro 16
     # died with an illegal memory access once the chunk norms stopped making the host wait. With
-    # those waits the side stream is slower on one H200 than the compute stream (bench/NOTES.md
-    # section 15: 46% against 49% MFU at 7B), so the default reduces on the compute stream, except
+    # those waits the side stream is slower on one H200 than the compute stream (46% against 49%
+    # MFU at 7B), so the default reduces on the compute stream, except
     # where chunks move to the host: there the side stream overlaps those copies.
     offloads = placement == "auto" or offload_optim_frac > 0
     async_reduce = offloads if p.gemini_async_reduce is None else p.gemini_async_reduce
@@ -331,7 +331,7 @@ def init_distributed(seed: int) -> None:
     first let the CUDA caching allocator grow its segments in place (``expandable_segments``) unless
     PYTORCH_CUDA_ALLOC_CONF says otherwise: gradient accumulation under Gemini keeps a gradient chunk
     per parameter chunk between micro batches, and with fixed segments a 7B run at micro batch 8 x 2
-    failed with 12.5 GiB free but fragmented (bench/NOTES.md, section 6)."""
+    failed with 12.5 GiB free but fragmented."""
     import colossalai
     import torch
 
@@ -381,10 +381,11 @@ def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_base
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_fn)
         model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
     if cfg.model.tie_word_embeddings and spec.wraps_params:
+        from ominix.model import drop_tied_head
+
         # NOTE: Gemini saves the shared tensor under both names but loads each parameter once:
         # the head's copy would be an unexpected key
-        model.register_load_state_dict_pre_hook(
-            lambda module, state, prefix, *args: state.pop(prefix + "lm_head.weight", None))
+        model.register_load_state_dict_pre_hook(drop_tied_head)
     dp_group = getattr(plugin, "dp_group", None)
     dp_rank = dist.get_rank(dp_group) if dp_group is not None else rank
     seq_multiple = cfg.parallel.tp if cfg.parallel.sequence_parallel else 1  # it splits the sequence

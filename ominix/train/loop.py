@@ -91,7 +91,7 @@ def freeze_heap() -> None:
     """Move everything built so far out of the garbage collector's reach (``gc.freeze``; ``train``
     thaws it when it returns). Setup leaves ~450k long-lived objects (torch, ColossalAI, the engine);
     a full collection scanned them all, ~250 ms on the CI machine's CPU: a pause of the host that the
-    GPU feels wherever the host runs little ahead of it (bench/NOTES.md, section 7)."""
+    GPU feels wherever the host runs little ahead of it."""
     gc.collect()
     gc.freeze()
 

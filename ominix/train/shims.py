@@ -67,7 +67,7 @@ def _debug_checks_level(notices: list[str]) -> contextlib.AbstractContextManager
     logger drops the record (its level is INFO). Gemini calls it after every backward: 3-5 ms from a
     script, 26-50 ms in the worker on the H200 host, where ``python -m``'s frozen runpy frames make
     ``inspect`` search every loaded module for each call. That was the training CLI's ~10% gap to
-    the bench at 1.1B with 8 micro batches per step (bench/NOTES.md, section 9)."""
+    the bench at 1.1B with 8 micro batches per step."""
     import logging
 
     from colossalai.logging.logger import DistributedLogger
@@ -89,7 +89,7 @@ def _debug_checks_level(notices: list[str]) -> contextlib.AbstractContextManager
 def _chunk_norms_on_device(notices: list[str]) -> contextlib.AbstractContextManager:
     """With gradient clipping on, Gemini records each reduced gradient chunk's squared L2 norm as a
     Python float (``.item()``): one host sync per chunk per micro batch, 24 per micro batch at 1.1B
-    and 384 of the 402 syncs in two profiled steps (bench/NOTES.md section 11). Each one drains the
+    and 384 of the 402 syncs in two profiled steps. Each one drains the
     GPU's queue, which then waits while Gemini's hooks refill it. The norm now stays a device tensor;
     ``GeminiOptimizer._calc_global_norm`` adds them up and its ``math.sqrt`` reads the total once per
     step (the chunk norms of earlier micro batches, overwritten by the last, are never read).
