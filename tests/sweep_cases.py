@@ -268,7 +268,7 @@ CASES: list[Case] = [
          ("config", "show", "tiny", "--set", "model=3"), needle="model"),
     Case("cfg-set-section-merge", "config show",
          "--set a whole section as a mapping (merges into the preset)",
-         ("config", "show", "tiny", "--set", "model={hidden_size: 96}"), OK,
+         ("config", "show", "tiny", "--set", "model={{hidden_size: 96}}"), OK,
          check=stdout_has("hidden_size: 96", "vocab_size: 2048", "name: tiny")),
     Case("cfg-yaml-duplicate-key", "config show", "YAML with a key given twice in a section",
          ("config", "show", "dup.yaml"), setup=write("dup.yaml", "optim:\n  lr: 0.1\n  lr: 0.2\n"),
