@@ -1,4 +1,4 @@
-"""Every configuration model of OminiX (``models``) and how a config is loaded, overridden and saved
+"""Every configuration model of OminiX (``models``, ``runtime``) and how a config is loaded, overridden and saved
 (``loading``); import the names from here."""
 
 from ominix.config.loading import (
@@ -16,17 +16,14 @@ from ominix.config.loading import (
 )
 from ominix.config.models import (
     SLIMPAJAMA,
-    CheckpointConfig,
     DataConfig,
-    InferConfig,
-    LaunchConfig,
-    LoggingConfig,
     ModelConfig,
     OminixConfig,
     OptimConfig,
     ParallelConfig,
     ScheduleConfig,
 )
+from ominix.config.runtime import CheckpointConfig, InferConfig, LaunchConfig, LoggingConfig
 from ominix.config.release import LicenseRef, ReleaseConfig, ReleaseLicenses
 from ominix.config.slurm import SlurmConfig
 

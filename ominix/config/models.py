@@ -1,7 +1,8 @@
 """Every configuration model of OminiX, nested by subsystem, with the rules a config must follow.
 
-Plugin names and the rules that depend on the plugin come from ``ominix.plugins``; the release
-section lives in ``release``, ``launch.slurm`` in ``slurm``, the shared base in ``section``.
+Plugin names and the rules that depend on the plugin come from ``ominix.plugins``; the checkpoint,
+logging, launch and infer sections live in ``runtime``, the release section in ``release``,
+``launch.slurm`` in ``slurm``, the shared base in ``section``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from ominix import plugins
 from ominix.config.release import ReleaseConfig
+from ominix.config.runtime import CheckpointConfig, InferConfig, LaunchConfig, LoggingConfig
 from ominix.config.section import Section
-from ominix.config.slurm import SlurmConfig
 from ominix.plugins import NAMES as PLUGIN_NAMES
 
 SLIMPAJAMA = "cerebras/SlimPajama-627B"
@@ -275,137 +276,6 @@ class ParallelConfig(Section):
     def _plugin_rules(self) -> ParallelConfig:
         plugins.check_parallel(self)
         return self
-
-
-class CheckpointConfig(Section):
-    """When checkpoints are written and which are kept."""
-
-    every: int = Field(500, ge=0, description="Save every N steps (and at the end); 0 = only at end.")
-    keep_last: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
-    keep_every: int = Field(
-        0, ge=0, description="Also keep every checkpoint whose step is a multiple of N (0 = none)."
-    )
-    resume: str = Field("auto", description="auto (latest if any), never, or a checkpoint path.")
-    save_optimizer: bool = Field(True, description="Save optimizer state (needed for exact resume).")
-    verify: Literal["sizes", "full"] = Field(
-        "sizes", description="What resume checks against a checkpoint's integrity.json: sizes (a stat per file; "
-        "finds missing and truncated files) or full (also the sha256 of every file; reads it all once).",
-    )
-
-
-class WandbConfig(Section):
-    """Weights & Biases logging from rank 0: the numbers of metrics.jsonl and the config, one W&B run
-    per run directory (its id kept in RUN_DIR/wandb-run.json, so a resumed run logs into it)."""
-
-    enabled: bool = Field(False, description="Log to Weights & Biases (pip install 'ominix[wandb]').")
-    project: str = Field("ominix", description="W&B project.")
-    entity: str | None = Field(None, description="W&B entity (user or team); None = your default entity.")
-    name: str | None = Field(None, description="W&B run name; None = the run directory's name.")
-    mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="online, offline (upload later with `wandb sync`) or disabled; None = $WANDB_MODE if "
-        "set, else offline, so a run never waits on the network unless asked to.",
-    )
-    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
-
-
-class LoggingConfig(Section):
-    """Where a run writes and how often it reports."""
-
-    run_dir: str = Field("runs/default", description="Run directory: config, logs, metrics, ckpts.")
-    log_every: int = Field(1, ge=1, description="Log one line every N steps (rank 0).")
-    tensorboard: bool = Field(True, description="Write TensorBoard events under RUN_DIR/tb.")
-    figure: bool = Field(
-        True, description="Draw RUN_DIR/plots/training.png (loss, lr, throughput) at each eval and at the end."
-    )
-    wandb: WandbConfig = Field(default_factory=WandbConfig, description="Weights & Biases logging.")
-    profile_steps: tuple[int, int] | None = Field(
-        None, description="Profile steps [FIRST, LAST] on rank 0 (torch.profiler): a Chrome trace and a summary "
-        "(GPU busy, the host's time per phase) in RUN_DIR/profile/, e.g. [5, 6]."
-    )
-
-    @model_validator(mode="after")
-    def _profile_window(self) -> LoggingConfig:
-        if self.profile_steps is not None:
-            first, last = self.profile_steps
-            if not 1 <= first <= last:
-                raise ValueError(f"logging.profile_steps: [{first}, {last}] is not a window of steps "
-                                 "(want [FIRST, LAST] with 1 <= FIRST <= LAST, e.g. [5, 6])")
-        return self
-
-
-class LaunchConfig(Section):
-    """How processes are started: locally, over SSH on several nodes, or through SLURM."""
-
-    launcher: Literal["ominix", "colossalai", "slurm"] = Field(
-        "ominix", description="ominix (torchrun per node over SSH), colossalai run, or an sbatch file."
-    )
-    nodes: int = Field(1, ge=1, description="Number of nodes (the first N hosts of the hostfile).")
-    nproc_per_node: int | None = Field(
-        None, ge=1, description="Processes per node; None = GPUs found (1 on CPU)."
-    )
-    hostfile: str | None = Field(None, description="Hostfile: 'host', 'user@host:port', 'slots=N'.")
-    master_addr: str | None = Field(None, description="Rendezvous address; None = first host.")
-    master_port: int = Field(29500, ge=1, le=65535, description="Rendezvous port.")
-    rdzv_timeout: int = Field(120, ge=1, description="Seconds to wait for every node to join.")
-    ssh_port: int = Field(22, ge=1, le=65535, description="Default SSH port of hosts without one.")
-    ssh_user: str | None = Field(None, description="Default SSH user; None = ~/.ssh/config or local.")
-    ssh_key: str | None = Field(None, description="Private key file; None = agent and default keys.")
-    known_hosts: str | None = Field(None, description="known_hosts file; None = ~/.ssh/known_hosts.")
-    accept_new_host_keys: bool = Field(False, description="Trust and record unknown host keys.")
-    connect_timeout: float = Field(10.0, gt=0, description="SSH connect timeout in seconds.")
-    stop_timeout: float = Field(
-        900.0, ge=1,
-        description="Seconds a stopped multi-node run (Ctrl-C, SIGTERM) gets to save its checkpoint and exit "
-        "before its processes are killed; covers the save of a large checkpoint (minutes for 7B). "
-        "A second Ctrl-C kills at once.",
-    )
-    workdir: str | None = Field(None, description="Working directory on every node; None = here.")
-    python: str | None = Field(None, description="Python on the nodes; None = this interpreter.")
-    forward_env: list[str] = Field(
-        default_factory=list, description="Variables to forward to every node (e.g. HF_TOKEN)."
-    )
-    node_env: dict[str, dict[str, str]] = Field(
-        default_factory=dict,
-        description="Variables per host ('*' = every node), e.g. {node1: {NCCL_SOCKET_IFNAME: ib0}}.",
-    )
-    env: dict[str, str] = Field(
-        default_factory=dict,
-        description="Variables set for every process on every node, e.g. {NCCL_NVLS_ENABLE: '0'}; "
-        "the user's own environment wins locally, node_env wins over it.",
-    )
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="SLURM settings (launcher slurm).")
-    memory_check: bool = Field(
-        True, description="Refuse a layout whose estimated peak memory per GPU exceeds the GPU's "
-        "(ominix.train.memory; --dry-run prints the estimate), naming the largest micro batch "
-        "that fits.",
-    )
-    device_memory_gib: float | None = Field(
-        None, gt=0, description="Memory of one GPU in GiB for the memory check; None = read on the "
-        "GPU machine (by the local launcher, or by each worker at start on other nodes).",
-    )
-
-    @model_validator(mode="after")
-    def _env_names(self) -> LaunchConfig:
-        names = [*self.forward_env, *(k for env in self.node_env.values() for k in env), *self.env]
-        bad = [n for n in names if not n.isidentifier() or not n.isascii()]
-        if bad:
-            raise ValueError(f"launch.forward_env/node_env/env: {bad[0]!r} is not a variable name")
-        return self
-
-
-class InferConfig(Section):
-    """Text generation settings."""
-
-    max_new_tokens: int = Field(128, ge=1, description="Tokens to generate per prompt.")
-    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 = greedy.")
-    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = off.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens; 1 = off.")
-    seed: int = Field(0, description="Sampling seed.")
-    device: str = Field("auto", description="auto (cuda if present), cpu or cuda[:N].")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="auto = bf16 on GPU, fp32 on CPU."
-    )
 
 
 class OminixConfig(Section):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ominix.flops import format_mfu, mfu
 
 if TYPE_CHECKING:
-    from ominix.config.models import LoggingConfig
+    from ominix.config.runtime import LoggingConfig
 
 
 def memory_gib() -> float:

@@ -20,7 +20,7 @@ from ominix import atomic
 from ominix.errors import OminixError
 
 if TYPE_CHECKING:
-    from ominix.config.models import WandbConfig
+    from ominix.config.runtime import WandbConfig
 
 RUN_FILE = "wandb-run.json"
 
