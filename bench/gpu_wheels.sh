@@ -23,6 +23,8 @@ for p in transformers tokenizers huggingface-hub pydantic pydantic-core annotate
     pkgs+=("$p==$(version "$p")")
 done
 "$py" -m pip download -q "${binary[@]}" "${pkgs[@]}"
+# torchao: model.fp8 (the fp8 extra); 0.17.0 is the release built against the machine's torch 2.11
+"$py" -m pip download -q "${binary[@]}" "torchao==0.17.0"
 "$py" -m pip wheel -q --no-deps -w "$dest" "colossalai==$(version colossalai)"
 # bitsandbytes: drop the libraries of the CUDA versions the machine does not have
 bnb=$(ls "$dest"/bitsandbytes-*.whl)

@@ -15,26 +15,42 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ominix import float8
 from ominix.compiled_gemini import compile_hooked_layers, plain
 from ominix.config import ModelConfig
+from ominix.eager_fallback import or_eager
 from ominix.ops import apply_rotary_qk, rms_normalize, swiglu
 
 SCOPES = {"ops": "compiled kernels", "layers": "compiled layers",
           "hooked": "compiled layers (one hooked region per layer)"}
 
 
-def scope(cfg: ModelConfig, wrapped_params: bool) -> str | None:
+def wanted(cfg: ModelConfig, cuda: bool) -> bool:
+    """Whether ``model.compile`` compiles on this device (``auto``: with CUDA, not on the CPU)."""
+    return cuda if cfg.compile == "auto" else bool(cfg.compile)
+
+
+def describe_compile(cfg: ModelConfig) -> str:
+    """What ``model.compile`` (and ``model.fp8``) will do, for a plan made before the devices are seen."""
+    words = {True: "compiled layers", False: "eager layers", "auto": "compile auto (compiled layers "
+             "with CUDA, eager on the CPU)"}[cfg.compile]
+    if cfg.fp8 != "off":
+        words += f"; {float8.describe(cfg.fp8, bool(cfg.compile))}"
+    return words
+
+
+def scope(cfg: ModelConfig, wrapped_params: bool, cuda: bool = True) -> str | None:
     """Which of ``SCOPES`` ``cfg`` compiles (None: eager), given whether a plugin wraps parameters."""
-    if not cfg.compile:
+    if not wanted(cfg, cuda):
         return None
     if cfg.compile_scope == "ops":
         return "ops"
     return "hooked" if wrapped_params else "layers"
 
 
-def apply(model: nn.Module, wrapped_params: bool) -> None:
+def apply(model: nn.Module, wrapped_params: bool, cuda: bool) -> None:
     """Compile ``model`` (an ``ominix.model.LlamaForCausalLM``) in the scope its config asks for."""
-    chosen = scope(model.config, wrapped_params)
+    chosen = scope(model.config, wrapped_params, cuda)
     if chosen is not None:
         {"ops": compile_ops, "layers": compile_layers, "hooked": compile_hooked_layers}[chosen](model)
 
@@ -44,10 +60,12 @@ def compile_layers(model: nn.Module) -> None:
     layers, fast to compile, and the parameters stay plain module parameters for the plugins)."""
     for layer in model.model.layers:
         layer.compile(dynamic=False)
+        # NOTE: nn.Module.compile keeps the compiled call in _compiled_call_impl (torch >= 2.2)
+        layer._compiled_call_impl = or_eager(layer._compiled_call_impl, layer._call_impl)
 
 
 def _compiled(fn):
-    fused = torch.compile(fn, dynamic=False)
+    fused = or_eager(torch.compile(fn, dynamic=False), fn)
 
     def call(*args):
         return fused(*(plain(a) if isinstance(a, torch.Tensor) else a for a in args))

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ominix import colossalai_gate as gate
+from ominix import float8
+from ominix.eager_fallback import or_eager
 
 
 def check_colossalai_hooks() -> None:
@@ -65,10 +67,13 @@ def compile_hooked_layers(model: nn.Module) -> None:
     # the graph's module: the layer's structure on the meta device, every parameter passed in
     layer_type = type(model.model.layers[0])
     with torch.device("meta"):
-        template = layer_type(model.config, 0, model.attn, model.kernels)
+        template = float8.convert(layer_type(model.config, 0, model.attn, model.kernels), model.fp8)
     names = [n for n, _ in template.named_parameters()]
-    graph = torch.compile(lambda params, x, cos, sin: functional_call(template, params, (x, cos, sin)),
-                          dynamic=False)
+
+    def eager(params, x, cos, sin):
+        return functional_call(template, params, (x, cos, sin))
+
+    graph = or_eager(torch.compile(eager, dynamic=False), eager)
 
     def run_layer(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         from colossalai.tensor.param_op_hook import ColoParamOpHookManager as hooks

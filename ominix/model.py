@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ominix import compiled
+from ominix import compiled, float8
 from ominix.config import ModelConfig
 from ominix.ops import apply_rotary_qk, rms_normalize, swiglu
 from ominix.recompute import run_checkpointed
@@ -256,6 +256,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = cfg
         self.attn = resolve_attn(attn or cfg.attn)
         self.kernels = Kernels()
+        self.fp8 = "off"  # build_model: the FP8 recipe of the decoder layers (ominix.float8)
         self.model = LlamaModel(cfg, self.attn, self.kernels)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
@@ -353,11 +354,13 @@ def _fill_tied_head(module: nn.Module, state: dict, prefix: str, *args) -> None:
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 seed: int | None = None, attn: str | None = None,
-                wrapped_params: bool = False) -> LlamaForCausalLM:
+                wrapped_params: bool = False, fp8: str = "off") -> LlamaForCausalLM:
     """Build and initialise on ``device`` without materialising the weights elsewhere first.
 
     ``wrapped_params``: a plugin will wrap the parameters in hooked tensors (Gemini), so compiled
-    decoder layers run the plugin's parameter hooks once per layer (``compile_hooked_layers``)."""
+    decoder layers run the plugin's parameter hooks once per layer (``compile_hooked_layers``).
+    ``fp8``: the decoder layers' linear layers train in FP8 (``ominix.float8``; training only, so
+    the caller passes ``model.fp8``: inference and export build the plain model)."""
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device("meta"):
@@ -368,8 +371,9 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: tor
     init_weights(model)
     log.info("attention kernel: %s", model.attn)
     model = model.to(dtype)
-    if cfg.compile:
-        compiled.apply(model, wrapped_params)
+    model.fp8 = fp8
+    float8.convert(model.model.layers, fp8)
+    compiled.apply(model, wrapped_params, torch.device(device).type == "cuda")
     return model
 
 

@@ -106,3 +106,9 @@ def check_run(cfg: Any) -> None:
             "tied embeddings cannot be split over pipeline stages",
             "set parallel.pp=1 or model.tie_word_embeddings=false",
         )
+    if cfg.model.fp8 != "off" and PLUGINS[p.plugin].hf_model:
+        raise Refusal(
+            f"model.fp8={cfg.model.fp8} converts OminiX's decoder, which parallel.plugin={p.plugin} "
+            "does not train (it trains transformers' LlamaForCausalLM through shardformer)",
+            "use --plugin gemini, zero2 or ddp for FP8, or set model.fp8=off",
+        )

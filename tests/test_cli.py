@@ -118,3 +118,11 @@ def test_python_dash_m_and_console_script_agree() -> None:
     assert exe.is_file(), "the console script `ominix` is not installed"
     a = subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout
     assert a == run_cli("--version").stdout
+
+
+def test_fp8_is_refused_before_launch_where_it_cannot_train() -> None:
+    no_gpu = run_cli("train", "launch", "tiny", "--set", "model.fp8=tensorwise", "--max-steps", "1")
+    assert no_gpu.returncode == 2 and "Traceback" not in no_gpu.stderr
+    assert "model.fp8=tensorwise" in no_gpu.stderr and "hint: set model.fp8=off" in no_gpu.stderr
+    shardformer = run_cli("config", "show", "tiny", "--set", "parallel.plugin=3d", "--set", "model.fp8=rowwise")
+    assert shardformer.returncode == 2 and "model.fp8=rowwise" in shardformer.stderr

@@ -339,3 +339,47 @@ def test_chunked_loss_is_used_under_each_cpu_plugin(plugin: str) -> None:
 
         rows = _largest_logits(step, cfg.model.vocab_size, cfg.model.hidden_size)
     assert rows == 100  # of 128 tokens: chunks of 100 and 28
+
+
+def test_compile_auto_compiles_with_cuda_only() -> None:
+    from ominix import compiled
+
+    cfg = SHAPES["gqa"].model_copy(update={"compile": "auto"})
+    assert compiled.scope(cfg, wrapped_params=False, cuda=False) is None  # the CPU trains eager
+    assert compiled.scope(cfg, wrapped_params=False, cuda=True) == "layers"
+    assert compiled.scope(cfg, wrapped_params=True, cuda=True) == "hooked"
+    assert build_model(cfg, seed=1).model.layers[0]._compiled_call_impl is None  # built on the CPU
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_compile_that_fails_falls_back_to_eager_with_one_notice(
+        wrapped: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A compiler that fails on the first call (no toolchain on a node) leaves the model training
+    eager, with the eager loss and gradients, and says so once."""
+    import logging
+
+    import torch._inductor.compile_fx as inductor
+
+    from ominix import eager_fallback
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(inductor, "compile_fx", broken)
+    monkeypatch.setattr(eager_fallback, "_failed", [])
+    torch._dynamo.reset()
+    cfg = SHAPES["gqa"]
+    ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
+    eager = build_model(cfg, seed=4).train()
+    fallen = build_model(cfg.model_copy(update={"compile": True}), seed=4, wrapped_params=wrapped).train()
+    with caplog.at_level(logging.WARNING, logger="ominix"):
+        losses = [m(ids[:, :-1], labels=ids[:, 1:]).loss for m in (eager, fallen)]
+        fallen(ids[:, :-1], labels=ids[:, 1:])  # a second step: no second notice
+    for loss in losses:
+        loss.backward()
+    assert torch.equal(losses[1], losses[0])
+    torch.testing.assert_close(fallen.model.layers[1].mlp.up_proj.weight.grad,
+                               eager.model.layers[1].mlp.up_proj.weight.grad, rtol=0, atol=0)
+    notices = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(notices) == 1 and "no C++ compiler found" in notices[0]
+    torch._dynamo.reset()

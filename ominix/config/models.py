@@ -45,7 +45,16 @@ class ModelConfig(Section):
         "auto",
         description="Attention kernel: flash-attn if installed (auto), torch SDPA, or SDPA's cuDNN backend.",
     )
-    compile: bool = Field(False, description="torch.compile the decoder (fuses norms, rotary, SwiGLU).")
+    compile: bool | Literal["auto"] = Field(
+        False, description="torch.compile the decoder (fuses norms, rotary, SwiGLU and FP8 casts): true, "
+        "false, or auto (on with CUDA, off on the CPU); a compile that fails falls back to eager with "
+        "one notice.",
+    )
+    fp8: Literal["off", "tensorwise", "rowwise"] = Field(
+        "off", description="FP8 matmuls in the decoder layers through torchao's float8 training "
+        "(pip install 'ominix[fp8]'; a GPU with compute capability 8.9+): tensorwise or rowwise "
+        "scaling; the embedding and lm_head stay in the training dtype.",
+    )
     compile_scope: Literal["auto", "layers", "ops"] = Field(
         "auto",
         description="What model.compile compiles: whole decoder layers (auto, layers; under gemini each "
@@ -68,7 +77,7 @@ class ModelConfig(Section):
     # how the model runs, starts or is named, not what function its weights compute: a checkpoint
     # resumes under other values of these, every other field (a new one included) must match
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
-        "name", "initializer_range", "attn", "compile", "compile_scope", "loss_chunk",
+        "name", "initializer_range", "attn", "compile", "fp8", "compile_scope", "loss_chunk",
         "gradient_checkpointing", "checkpoint_policy", "init_from",
     })
 

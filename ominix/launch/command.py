@@ -71,6 +71,7 @@ def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_a
 
 def summary(cfg: OminixConfig, nproc: int) -> str:
     """What a dry run says the job is: model, data, layout, schedule, run directory."""
+    from ominix.compiled import describe_compile
     from ominix.model import describe_attn
     from ominix.train.memory import describe_fit as memory_line
     from ominix.train.layout import derive_layout
@@ -86,7 +87,7 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
     return "\n".join(filter(None, [
         f"model     {cfg.model.name}: hidden {cfg.model.hidden_size}, layers {cfg.model.num_hidden_layers}, "
         f"heads {cfg.model.num_attention_heads}/{cfg.model.kv_heads}, "
-        f"vocab {cfg.model.vocab_size}; attention {describe_attn(cfg.model.attn)}",
+        f"vocab {cfg.model.vocab_size}; attention {describe_attn(cfg.model.attn)}; {describe_compile(cfg.model)}",
         f"data      {data}",
         f"parallel  plugin {p.plugin}, {p.precision}; {layout.describe()}",
         f"memory    {memory_line(cfg, layout)}",

@@ -288,7 +288,7 @@ def _build_model(cfg: OminixConfig, spec: Plugin, device, plugin):
     m = cfg.model
     if not spec.hf_model:
         return build_model(m, device=device, dtype=torch.float32, seed=cfg.schedule.seed,
-                           wrapped_params=spec.wraps_params)
+                           wrapped_params=spec.wraps_params, fp8=m.fp8)
     from colossalai.lazy import LazyInitContext
     from transformers import LlamaForCausalLM
     from transformers.modeling_utils import no_init_weights

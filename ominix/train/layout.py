@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ominix import float8
 from ominix.config import OminixConfig
 from ominix.errors import OminixError
 from ominix.plugins import PLUGINS, cpu_choices
@@ -102,6 +103,7 @@ def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
             f"parallel.plugin={p.plugin} needs torch >= 2.7 (installed: {'.'.join(map(str, torch_version()))})",
             "install torch>=2.7 on every node, or use --plugin gemini or zero2",
         )
+    float8.check(cfg.model.fp8, gpu)
     layout = derive_layout(cfg, world_size)
     if gpu and cfg.launch.device_memory_gib:  # the card's memory is known here: refuse what cannot fit
         memory.check(cfg, layout, cfg.launch.device_memory_gib * memory.GIB,

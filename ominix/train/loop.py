@@ -156,7 +156,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     import torch
     import torch.distributed as dist
 
-    from ominix import compiled
+    from ominix import compiled, float8
     from ominix.data.loader import BlockLoader
     from ominix.data.verified import verification_note
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
@@ -214,9 +214,11 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
     out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
     out.line(f"memory estimate {estimate(cfg, layout).describe()}")  # the steps log the measured peak
-    chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params)
+    chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params,
+                                                               engine.device.type == "cuda")
+    fp8 = "" if cfg.model.fp8 == "off" else f"{float8.describe(cfg.model.fp8, chosen is not None)}; "
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {describe_attn(cfg.model.attn)}; "
-             f"{compiled.SCOPES.get(chosen, 'eager')}; "
+             f"{compiled.SCOPES.get(chosen, 'eager')}; {fp8}"
              f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
              f"documents framed {train_set.framing}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")

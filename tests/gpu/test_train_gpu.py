@@ -34,6 +34,10 @@ def _gpus() -> int:
     ("gemini", 2, ["parallel.gemini_async_reduce=true"]),
     ("zero2", 2, []),
     ("zero2", 1, ["model.compile=true"]),  # compiled decoder layers
+    ("gemini", 1, ["model.compile=true", "model.fp8=tensorwise"]),  # FP8, casts fused in the hooked regions
+    ("gemini", 2, ["model.compile=true", "model.fp8=tensorwise"]),
+    ("zero2", 1, ["model.compile=true", "model.fp8=rowwise"]),
+    ("ddp", 1, ["model.compile=true", "model.fp8=tensorwise"]),
     ("zero2_cpu", 2, []),
     ("ddp", 2, []),
     ("fsdp", 2, []),
