@@ -15,6 +15,8 @@ Runs are independent processes: ``--parallel N`` trains N at once on one GPU (me
 bf16 results do not depend on it). A run whose losses are already in ``--work`` is not trained again,
 so a rule too long for one sitting continues in the next call, and ``--arms-only A B`` trains only
 those arms (then ``--summarize`` computes the rule from ``--work`` without training).
+``--baseline-result FILE`` takes the baseline arm's scores from an earlier rule file of the same
+settings (FP8 against the compiled bf16 arm of the compile rule, say).
 """
 
 from __future__ import annotations
@@ -83,7 +85,14 @@ def _arm_summary(runs: list[dict], tail: int) -> dict:
 
 
 def rule(args, results: dict[str, list[dict]]) -> dict:
-    base, cand = (_arm_summary(results[a], args.tail) for a in (args.baseline, args.candidate))
+    cand = _arm_summary(results[args.candidate], args.tail)
+    if args.baseline_result:  # the baseline arm as an earlier rule file measured it (same settings)
+        earlier = json.loads(Path(args.baseline_result).read_text())
+        if earlier["settings"] != args.sets or earlier["steps"] != args.steps:
+            raise SystemExit(f"error: {args.baseline_result} was measured with other settings or steps")
+        base = earlier["arms"][args.baseline]
+    else:
+        base = _arm_summary(results[args.baseline], args.tail)
     diff = round(cand["mean"] - base["mean"], 5)
     import torch
 
@@ -96,7 +105,8 @@ def rule(args, results: dict[str, list[dict]]) -> dict:
         "tolerance": args.tol, "ok": diff <= args.tol,
         "check": f"{args.candidate}'s mean <= {args.baseline}'s mean + tolerance (one-sided)",
         "arms": {args.baseline: base, args.candidate: cand}, "steps": args.steps, "settings": args.sets,
-        "commands": [r["command"] for arm in (args.baseline, args.candidate) for r in results[arm]],
+        "commands": [r["command"] for arm in results for r in results[arm]],
+        "baseline_from": args.baseline_result,
     }
 
 
@@ -112,6 +122,7 @@ def main() -> int:
     ap.add_argument("--arm", action="append", required=True, help="NAME=KEY=VALUE[,KEY=VALUE...]")
     ap.add_argument("--baseline", required=True)
     ap.add_argument("--candidate", required=True)
+    ap.add_argument("--baseline-result", help="take the baseline arm from this earlier rule file")
     ap.add_argument("--tol", type=float, default=0.02)
     ap.add_argument("--parallel", type=int, default=1, help="runs trained at once on the one GPU")
     ap.add_argument("--arms-only", nargs="+", help="train only these arms (the rule needs both)")
@@ -125,12 +136,13 @@ def main() -> int:
     if not args.summarize:
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(lambda job: train(args, job[0], arms[job[0]], job[1]), todo))
-    missing = [f"{a} seed {s}" for a in (args.baseline, args.candidate) for s in args.seeds
+    compared = [args.candidate] if args.baseline_result else [args.baseline, args.candidate]
+    missing = [f"{a} seed {s}" for a in compared for s in args.seeds
                if not (Path(args.work) / f"{a}_seed{s}.json").exists()]
     if missing:
         print(f"loss_rule: not yet trained: {', '.join(missing)}", file=sys.stderr)
         return 0
-    results = {a: [train(args, a, arms[a], s) for s in args.seeds] for a in (args.baseline, args.candidate)}
+    results = {a: [train(args, a, arms[a], s) for s in args.seeds] for a in compared}
     out = rule(args, results)
     text = json.dumps(out, indent=1)
     if args.out:

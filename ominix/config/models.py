@@ -46,7 +46,7 @@ class ModelConfig(Section):
         description="Attention kernel: flash-attn if installed (auto), torch SDPA, or SDPA's cuDNN backend.",
     )
     compile: bool | Literal["auto"] = Field(
-        False, description="torch.compile the decoder (fuses norms, rotary, SwiGLU and FP8 casts): true, "
+        "auto", description="torch.compile the decoder (fuses norms, rotary, SwiGLU and FP8 casts): true, "
         "false, or auto (on with CUDA, off on the CPU); a compile that fails falls back to eager with "
         "one notice.",
     )
