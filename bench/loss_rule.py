@@ -132,7 +132,8 @@ def main() -> int:
     args = ap.parse_args()
     arms = {name: sets.split(",") for name, _, sets in (a.partition("=") for a in args.arm)}
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    todo = [(a, s) for a in arms if not args.arms_only or a in args.arms_only for s in args.seeds]
+    wanted = args.arms_only or ([args.candidate] if args.baseline_result else list(arms))
+    todo = [(a, s) for a in arms if a in wanted for s in args.seeds]
     if not args.summarize:
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(lambda job: train(args, job[0], arms[job[0]], job[1]), todo))
