@@ -157,6 +157,7 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
                                                                    "value": 4.5}
     assert "| step | tokens | train loss | val loss | sha256 | path |" in hub_card
     assert "## Checkpoints" not in (run_dir / "export/README.md").read_text()
+    _checkpoint_branches_dry_run(out)
     # mof check on the bundle's own file gives the same classification.
     check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")
     assert json.loads(check.stdout)["progress"] == report["progress"]
@@ -178,6 +179,30 @@ def _intermediate_loads_as_it_is(ckpt: Path, origin: Path) -> None:
     ids = model.generate(**tok("open models", return_tensors="pt"), max_new_tokens=2, min_new_tokens=2)
     assert ids.shape[1] == len(tok("open models")["input_ids"]) + 2
     assert json.loads((ckpt / "state.json").read_text())["step"] == json.loads((origin / "state.json").read_text())["step"]
+
+
+def _checkpoint_branches_dry_run(out: Path) -> None:
+    """`release push --checkpoint-branches --dry-run` plans one branch per intermediate checkpoint with
+    its files at the top, and the final model's files at the top of main beside the bundle."""
+    push = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches",
+                   "--dry-run", "--json", env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": ""})
+    assert push.returncode == 0, push.stderr
+    plan = json.loads(push.stdout)
+    step2 = "model/intermediate/step_00000002"
+    assert list(plan["branches"]) == ["step-00000002"]
+    listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
+    assert sorted(plan["branches"]["step-00000002"]) == sorted(
+        rel.removeprefix(f"{step2}/") for rel in listed if rel.startswith(f"{step2}/")
+        and not rel.endswith(".ominix-output.json"))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "state.json"} <= set(plan["branches"]["step-00000002"])
+    assert plan["revision"] == "main" and {"config.json", "model.safetensors", "README.md"} <= set(plan["files"])
+    assert plan["files"]["model.safetensors"] == (out / "model/final/model.safetensors").stat().st_size
+    assert f"{step2}/config.json" in plan["files"]  # the whole bundle stays on main: SHA256SUMS verifies
+    text = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches", "--dry-run")
+    assert "to branch step-00000002" in text.stdout and "(branch main)" in text.stdout
+    clash = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches",
+                    "--revision", "step-00000002", "--dry-run")
+    assert clash.returncode == 2 and "also the branch of a checkpoint" in clash.stderr
 
 
 def test_removed_artifact_is_named_in_the_report(run_dir: Path, tmp_path: Path) -> None:
