@@ -12,8 +12,9 @@ BUNDLE/
   code/PROVENANCE.json     OminiX version, git commit + dirty flag, data preprocessing command, ...
   model/final/             the final model in Hugging Face format with its tokenizer (the run's export
                            of the final checkpoint, or exported now): AutoModelForCausalLM loads it
-  model/intermediate/step_N/   model/ (weights) and state.json of each declared checkpoint
-                           (+ optimizer/ and scheduler.pt with release.optimizer_state)
+  model/intermediate/step_N/   each declared checkpoint in Hugging Face format, as model/final/, and
+                           its state.json (+ optimizer/ and scheduler.pt with release.optimizer_state)
+  model/checkpoints.json   the checkpoint table (see ominix.release.checkpoints)
   model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above)
   logs/                    metrics.jsonl, train.log, tb/ (TensorBoard) as the run wrote them
   data/                    the prepared data, or a reference to it (see ominix.release.bundle_data)
@@ -22,8 +23,9 @@ BUNDLE/
   SHA256SUMS               every file above (`sha256sum -c SHA256SUMS` from inside the bundle)
 ```
 
-Files come in as hard links where the run lies on the same filesystem (no space taken), as copies
-otherwise (see ``ominix.release.bundle_files``); nothing points outside the bundle. A component is
+Weights, data shards and optimizer state come in as hard links where the run lies on the same
+filesystem (no space taken), every other file and those elsewhere as copies (see
+``ominix.release.bundle_files``); nothing points outside the bundle. A component is
 declared in mof.yaml only when its files are in the bundle (or, for referenced data, the reference is
 complete), so the class is that of what is handed over. The bundle is written under a temporary
 name and renamed, so it never exists half-written.
