@@ -2,9 +2,9 @@
 
 data prepare -> train the first steps of the schedule (tiny preset, 2 processes through torchrun +
 ColossalAI ddp, eval and checkpoints) -> resume from the last checkpoint to the schedule's end ->
-checkpoint export (verified with transformers) -> infer -> eval -> MOF report. Each stage calls the
-same library function as its ``ominix`` command, so the quickstart proves the commands a user runs
-next. :func:`run` prints nothing: it reports each stage and its outcome to an ``on_event`` callback
+infer -> eval -> checkpoint export (verified with transformers; its card carries the evaluation) ->
+MOF report. Each stage calls the same library function as its ``ominix`` command, so the quickstart
+proves the commands a user runs next. :func:`run` prints nothing: it reports each stage and its outcome to an ``on_event`` callback
 (``ominix.cli.quickstart_view`` shows them) and returns the summary. Everything goes into one
 directory:
 
@@ -98,17 +98,17 @@ def release_yaml(out: Path, report: Path) -> Path:
     for data, CC-BY-4.0 for the documents it generates, and its technical report as the paper."""
     import yaml
 
-    corpus = Path(__file__).parent / "data" / "corpus" / "LICENSE-PSF-2.0.txt"
-    shutil.copyfile(corpus, out / "LICENSE-Python-2.0.txt")
+    from ominix.data import embedded
+
+    license_file = f"LICENSE-{embedded.LICENSE}.txt"
+    shutil.copyfile(embedded.LICENSE_FILE, out / license_file)
     release = {
         "name": "ominix-quickstart-tiny",
         "producer": "ominix quickstart",
         "repository": "https://github.com/ominix/ominix",
         "licenses": {
             "code": {"name": "Apache-2.0"},
-            # The corpus is CPython's documentation under CPython's LICENSE file (PSF License 2.0
-            # and the history licenses before it): SPDX Python-2.0. MOT rates PSF-2.0 alone invalid.
-            "data": {"name": "Python-2.0", "path": "LICENSE-Python-2.0.txt"},
+            "data": {"name": embedded.LICENSE, "path": license_file},
             "document": {"name": "CC-BY-4.0"},
         },
         "technical_report": report.name,
@@ -229,10 +229,6 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
         _check(launch(load_config("tiny", [], {**flags, "schedule.max_steps": steps, "checkpoint.resume": "auto"})),
                "the resumed training")
 
-    with stage("checkpoint export (verified with transformers)", f"ominix checkpoint export {run_dir}"):
-        meta = export(run_dir, verify=True, command=f"ominix checkpoint export {run_dir}")
-        on_event("export", {"out": meta["out"], "max_abs_logit_diff": meta["verify"]["max_abs_logit_diff"]})
-
     prompts = out / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     samples_path = run_dir / "samples.jsonl"
@@ -249,6 +245,11 @@ def run(out: Path | None = None, force: bool = False, steps: int = 200, *, on_ev
         results = run_eval(run_dir, data, command=f"ominix eval --model {run_dir} --data {data}")
         p = results["perplexity"]
         on_event("eval", {"loss": p["loss"], "perplexity": p["perplexity"], "entropy": entropy})
+
+    # after the eval, so the export's model card carries the evaluation (its Hub model-index)
+    with stage("checkpoint export (verified with transformers)", f"ominix checkpoint export {run_dir}"):
+        meta = export(run_dir, verify=True, command=f"ominix checkpoint export {run_dir}")
+        on_event("export", {"out": meta["out"], "max_abs_logit_diff": meta["verify"]["max_abs_logit_diff"]})
 
     metrics = read_metrics(run_dir)
     curve = [r["loss"] for r in metrics if r["kind"] == "train"]

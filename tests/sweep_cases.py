@@ -617,6 +617,10 @@ CASES: list[Case] = [
          ("mof", "report", "r", "--out", "r", "--force"), setup=copy("run", "r"), needle="r"),
     Case("mof-report-force-other", "mof report", "--force on an unrelated non-empty directory",
          ("mof", "report", "{run}", "--out", "mine", "--force"), setup=KEEP, needle="mine"),
+    # release push (planned only: --dry-run needs no Hub)
+    Case("push-branches-no-table", "release push", "--checkpoint-branches on a bundle without a checkpoint table",
+         ("release", "push", "b", "--repo-id", "my-org/tiny", "--checkpoint-branches", "--dry-run"),
+         setup=write("b/mof.yaml", "framework:\n  name: Model Openness Framework\n"), needle="checkpoints.json"),
     # quickstart (the --out guard only)
     Case("qs-out-exists", "quickstart", "--out non-empty, no --force", ("quickstart", "--out", "mine"),
          setup=KEEP, needle="mine"),

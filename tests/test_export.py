@@ -159,13 +159,22 @@ def test_export_takes_the_standard_transformers_calls_and_has_a_hub_model_card(t
     text = (out / "README.md").read_text()
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---\n")[1])
-    assert meta["license"] == "Apache-2.0"
+    assert meta["license"] == "apache-2.0" and "license_name" not in meta  # the Hub's own id
+    assert tok.model_max_length == config["max_position_embeddings"]  # the model's context, not the data's blocks
     assert meta["datasets"] == ["HuggingFaceFW/fineweb-edu"] and "language" not in meta
     assert meta["tags"] == ["ominix", "llama", "pretraining", "text-generation"]
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"loss": 5.25, "perplexity": 190.57}
     assert "## Intended use" in text and cfg.release.limitations in text and "AutoTokenizer" in text
+
+    # A license the Hub has no id for is `other`, named and linked, as the Hub reads it.
+    cfg.release.licenses.distribution.name = "Python-2.0"
+    save_config(cfg, run / "checkpoints/step_00000010/config.yaml")
+    assert run_cli("checkpoint", "export", str(run), "--out", str(out), "--force", "--no-verify").returncode == 0
+    meta = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "python-2.0", "https://spdx.org/licenses/Python-2.0.html")
 
 
 def test_bf16_export_is_half_the_bytes_and_default_out_is_run_export(tmp_path: Path) -> None:

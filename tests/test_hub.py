@@ -283,6 +283,13 @@ def test_dry_run_lists_the_listed_files_and_the_card_without_a_token(bundle: Pat
     assert text.returncode == 0 and "would upload" in text.stdout and "model/final/model.safetensors" in text.stdout
 
 
+def test_checkpoint_branches_of_a_bundle_without_a_checkpoint_table_is_one_line(bundle: Path,
+                                                                                hub: dict[str, Path]) -> None:
+    result = run_cli("release", "push", str(bundle), "--repo-id", "my-org/tiny", "--checkpoint-branches",
+                     "--dry-run", env=_env(hub))
+    _one_clear_line(result, "has no model/checkpoints.json", "ominix mof report")
+
+
 def test_push_refuses_a_bundle_missing_a_listed_file(bundle: Path, hub: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 

@@ -122,7 +122,12 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert (out / "model/final/model.safetensors").read_bytes() == (run_dir / "export/model.safetensors").read_bytes()
     assert (out / "model/final/tokenizer_config.json").is_file()
     assert sorted(p.name for p in (out / "model/intermediate").iterdir()) == ["step_00000002"]
-    assert (out / "model/intermediate/step_00000002/model/model.safetensors").is_file()
+    _intermediate_loads_as_it_is(out / "model/intermediate/step_00000002", run_dir / "checkpoints/step_00000002")
+    rows = json.loads((out / "model/checkpoints.json").read_text())["checkpoints"]
+    exports = {r["path"]: json.loads((out / r["path"] / "ominix_export.json").read_text()) for r in rows}
+    assert [(r["step"], r["tokens"], r["train_loss"], r["val_loss"], r["path"]) for r in rows] == [
+        (2, 128, 5.0, None, "model/intermediate/step_00000002"), (4, 256, 5.0, None, "model/final")]
+    assert all(r["sha256"] == exports[r["path"]]["model_sha256"] for r in rows)
     assert not (out / "model/metadata/optimizer").exists()  # optimizer state only when declared
     assert (out / "logs/train.log").read_text() == (run_dir / "train.log").read_text()
     assert (out / "data/manifest.json").read_bytes() == (run_dir.parent / "prepared/manifest.json").read_bytes()
@@ -139,12 +144,65 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert (out / "DATA_CARD.md").read_text() == (run_dir.parent / "prepared" / "DATA_CARD.md").read_text()
     card = (out / "MODEL_CARD.md").read_text()
     for part in ("# tiny-mof", "## Architecture", "## Training data", "## Hyper-parameters", "## Compute",
-                 "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256"):
+                 "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256",
+                 "| step | tokens | train loss | val loss | sha256 | path |",
+                 f"| 2 | 128 | 5.0000 |  | `{rows[0]['sha256']}` | `model/intermediate/step_00000002` |"):
         assert part in card
+    # The Hub card of the final model: the release's license by its Hub id, the run's evaluation
+    # (model-index), the checkpoint table; the run's own export card is left as it was.
+    hub_card = (out / "model/final/README.md").read_text()
+    meta = yaml.safe_load(hub_card.split("---\n")[1])
+    assert meta["license"] == "apache-2.0" and "license_name" not in meta
+    assert meta["model-index"][0]["results"][0]["metrics"][0] == {"type": "loss", "name": "validation loss",
+                                                                   "value": 4.5}
+    assert "| step | tokens | train loss | val loss | sha256 | path |" in hub_card
+    assert "## Checkpoints" not in (run_dir / "export/README.md").read_text()
+    _checkpoint_branches_dry_run(out)
     # mof check on the bundle's own file gives the same classification.
     check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")
     assert json.loads(check.stdout)["progress"] == report["progress"]
     _no_leftovers(tmp_path)
+
+
+def _intermediate_loads_as_it_is(ckpt: Path, origin: Path) -> None:
+    """The bundle's intermediate checkpoint loads with transformers' Auto classes from its own
+    directory, with the weights of the run's checkpoint, and keeps its state.json."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    trained = load_file(origin / "model" / "model.safetensors")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[name].float(), t.float()) for name, t in trained.items() if name in loaded)
+    assert tok.model_max_length == model.config.max_position_embeddings == 64
+    ids = model.generate(**tok("open models", return_tensors="pt"), max_new_tokens=2, min_new_tokens=2)
+    assert ids.shape[1] == len(tok("open models")["input_ids"]) + 2
+    assert json.loads((ckpt / "state.json").read_text())["step"] == json.loads((origin / "state.json").read_text())["step"]
+
+
+def _checkpoint_branches_dry_run(out: Path) -> None:
+    """`release push --checkpoint-branches --dry-run` plans one branch per intermediate checkpoint with
+    its files at the top, and the final model's files at the top of main beside the bundle."""
+    push = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches",
+                   "--dry-run", "--json", env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": ""})
+    assert push.returncode == 0, push.stderr
+    plan = json.loads(push.stdout)
+    step2 = "model/intermediate/step_00000002"
+    assert list(plan["branches"]) == ["step-00000002"]
+    listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
+    assert sorted(plan["branches"]["step-00000002"]) == sorted(
+        rel.removeprefix(f"{step2}/") for rel in listed if rel.startswith(f"{step2}/")
+        and not rel.endswith(".ominix-output.json"))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "state.json"} <= set(plan["branches"]["step-00000002"])
+    assert plan["revision"] == "main" and {"config.json", "model.safetensors", "README.md"} <= set(plan["files"])
+    assert plan["files"]["model.safetensors"] == (out / "model/final/model.safetensors").stat().st_size
+    assert f"{step2}/config.json" in plan["files"]  # the whole bundle stays on main: SHA256SUMS verifies
+    text = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches", "--dry-run")
+    assert "to branch step-00000002" in text.stdout and "(branch main)" in text.stdout
+    clash = run_cli("release", "push", str(out), "--repo-id", "my-org/tiny", "--checkpoint-branches",
+                    "--revision", "step-00000002", "--dry-run")
+    assert clash.returncode == 2 and "also the branch of a checkpoint" in clash.stderr
 
 
 def test_removed_artifact_is_named_in_the_report(run_dir: Path, tmp_path: Path) -> None:
@@ -364,11 +422,22 @@ def test_files_are_hard_links_on_the_same_filesystem_and_copies_when_asked(run_d
     shard = manifest["splits"]["train"]["shards"][0]["file"]
     _, out = make_bundle(run_dir, tmp_path / "linked", _release(tmp_path))
     for inside, origin in (("model/final/model.safetensors", run_dir / "export/model.safetensors"),
-                           ("model/intermediate/step_00000002/model/model.safetensors",
-                            run_dir / "checkpoints/step_00000002/model/model.safetensors"),
                            (f"data/{shard}", prepared / shard)):
         assert os.stat(out / inside).st_ino == os.stat(origin).st_ino and os.stat(origin).st_nlink >= 2, inside
-    assert (out / "logs/metrics.jsonl").stat().st_ino != (run_dir / "metrics.jsonl").stat().st_ino  # a growing log
+    # The small text files are copies: editing the run afterwards leaves the published bundle as it was.
+    for inside, origin in (("logs/metrics.jsonl", run_dir / "metrics.jsonl"),
+                           ("model/final/config.json", run_dir / "export/config.json"),
+                           ("model/final/tokenizer.json", run_dir / "export/tokenizer.json"),
+                           ("data/manifest.json", prepared / "manifest.json"),
+                           ("model/metadata/state.json", run_dir / "checkpoints/step_00000004/state.json")):
+        assert os.stat(out / inside).st_ino != os.stat(origin).st_ino, inside
+    edited = tmp_path / "edited-run"
+    shutil.copytree(run_dir, edited)
+    _, linked = make_bundle(edited, tmp_path / "from-edited", _release(tmp_path))
+    for name in ("README.md", "config.json", "tokenizer_config.json"):
+        with open(edited / "export" / name, "a") as fh:  # an edit in place, as an editor saves
+            fh.write("\n")
+    assert verify_bundle(linked).problems == []
     info = json.loads((out / "BUNDLE.json").read_text())
     assert info["linked_bytes"] > 0
     _, copied = make_bundle(run_dir, tmp_path / "copied", _release(tmp_path), data_mode="copy")

@@ -82,10 +82,43 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     assert "](training.png)" in (bundle / "docs" / "technical_report.md").read_text()
     assert run_cli("mof", "check", str(bundle)).returncode == 0
 
+    _bundle_checkpoints_load_and_push_as_branches(bundle, Path(art["export"]), results)
+
     # A second run into the same directory is refused and leaves the finished one alone.
     again = run_cli("quickstart", "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
     assert json.loads((out / SUMMARY).read_text()) == summary
+
+
+def _bundle_checkpoints_load_and_push_as_branches(bundle: Path, export: Path, results: dict) -> None:
+    """Each intermediate checkpoint of the bundle loads with transformers' Auto classes as it is; the
+    checkpoint table is in the bundle and its cards; a push plans one branch per checkpoint; the cards
+    say what the Hub reads (model-index from the eval, the model's context, one data license)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = json.loads((bundle / "model" / "checkpoints.json").read_text())["checkpoints"]
+    assert [(r["step"], r["path"]) for r in rows] == [
+        (100, "model/intermediate/step_00000100"), (150, "model/intermediate/step_00000150"), (200, "model/final")]
+    assert all(r["val_loss"] is not None and r["train_loss"] is not None for r in rows)  # eval_every 50
+    for row in rows[:-1]:
+        model = AutoModelForCausalLM.from_pretrained(bundle / row["path"])
+        tok = AutoTokenizer.from_pretrained(bundle / row["path"])
+        assert tok.model_max_length == model.config.max_position_embeddings == 256
+        ids = model.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=3, min_new_tokens=3)
+        assert ids.shape[1] == len(tok(PROMPTS[0])["input_ids"]) + 3
+        meta = json.loads((bundle / row["path"] / "ominix_export.json").read_text())
+        assert meta["state"]["step"] == row["step"] and meta["model_sha256"] == row["sha256"]
+    for card in (bundle / "MODEL_CARD.md", bundle / "model" / "final" / "README.md"):
+        assert "| step | tokens | train loss | val loss | sha256 | path |" in card.read_text()
+    plan = run_cli("release", "push", str(bundle), "--repo-id", "ominix/quickstart", "--checkpoint-branches",
+                   "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert list(json.loads(plan.stdout)["branches"]) == ["step-00000100", "step-00000150"]
+    front = yaml.safe_load((export / "README.md").read_text().split("---\n")[1])  # exported after the eval
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(results["perplexity"]["loss"])
+    assert json.loads((export / "tokenizer_config.json").read_text())["model_max_length"] == 256
+    data_card = (bundle / "DATA_CARD.md").read_text()
+    assert "Python-2.0" in data_card and "PSF-2.0" not in data_card
 
 
 @pytest.mark.slow

@@ -54,8 +54,8 @@ class ReleaseConfig(Section):
         "else reference.",
     )
     intermediate: list[int] | None = Field(
-        None, description="Steps of the intermediate checkpoints the bundle holds; None = every "
-        "checkpoint the run kept before the final one; [] = none."
+        None, description="Steps of the intermediate checkpoints the bundle holds, each exported to the "
+        "Hugging Face format; None = every checkpoint the run kept before the final one; [] = none."
     )
     optimizer_state: bool = Field(
         False, description="Also put the checkpoints' optimizer and scheduler state in the bundle."

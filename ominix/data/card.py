@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ominix.data.embedded import LICENSE as EMBEDDED_LICENSE
 from ominix.data.store import MANIFEST, WITH_BOS, framing
 
 CARD = "DATA_CARD.md"
@@ -19,8 +20,8 @@ SOURCE_SET_LICENSES = {
     "RedPajamaArXiv": "arXiv terms of use (per-paper licenses)",
     "RedPajamaWikipedia": "CC-BY-SA-3.0 (Wikipedia)",
     "RedPajamaStackExchange": "CC-BY-SA-4.0 (Stack Exchange)",
-    "python-reference": "PSF-2.0 (Python documentation)",
-    "python-docstrings": "PSF-2.0 (Python standard library)",
+    "python-reference": f"{EMBEDDED_LICENSE} (Python documentation)",
+    "python-docstrings": f"{EMBEDDED_LICENSE} (Python standard library)",
 }
 DATASET_NOTES = {
     "cerebras/SlimPajama-627B": "SlimPajama-627B by Cerebras: RedPajama-Data-1T cleaned and deduplicated; "

@@ -21,6 +21,9 @@ EMBEDDED = "@embedded"
 CORPUS_DIR = Path(__file__).parent / "corpus"
 CORPUS_FILE = CORPUS_DIR / "python-docs.jsonl.zst"
 LICENSE_FILE = CORPUS_DIR / "LICENSE-PSF-2.0.txt"
+# CPython's LICENSE file (the PSF License 2.0 and the history licenses before it) is SPDX Python-2.0;
+# the manifest, the data card and the quickstart's release all take the corpus license from here
+LICENSE = "Python-2.0"
 SKIP = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo", "tkinter"}
 MIN_CHARS = 120  # shorter docstrings are mostly signatures
 
@@ -32,7 +35,7 @@ def info() -> dict[str, Any]:
         "name": "python-docs",
         "description": "Python language reference topics and standard-library docstrings "
         f"(snapshot of CPython {meta['python']})",
-        "license": "PSF-2.0",
+        "license": LICENSE,
         "license_file": LICENSE_FILE.name,
         "url": "https://docs.python.org/3/license.html",
         **meta,

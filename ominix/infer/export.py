@@ -75,7 +75,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     if len(tokenizer) > source.model.vocab_size:
         raise OminixError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
                           f"{source.model.vocab_size}", "the tokenizer does not belong to this model")
-    pad = prepare_tokenizer(tokenizer)
+    pad = prepare_tokenizer(tokenizer, source.model.max_position_embeddings)
     infos = weight_infos(source.weights)
     check_state(infos, source.model, source.weights)
     specs = [TensorSpec(name, target, infos[name].shape) for name in _export_names(source.model)]
@@ -116,8 +116,11 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     return meta
 
 
-def prepare_tokenizer(tokenizer) -> dict[str, Any]:
-    """Make ``tokenizer`` fit the standard transformers calls; returns what the pad token is."""
+def prepare_tokenizer(tokenizer, context: int) -> dict[str, Any]:
+    """Make ``tokenizer`` fit the standard transformers calls and the model's ``context`` length
+    (the prepared data's tokenizer says its block length, which clients would warn past); returns
+    what the pad token is."""
+    tokenizer.model_max_length = context
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     tokenizer.padding_side = "left"
     origin = "tokenizer"
@@ -133,7 +136,8 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
     path = out / "tokenizer_config.json"
     config = json.loads(path.read_text())
-    config |= {"model_input_names": list(tokenizer.model_input_names), "padding_side": "left"}
+    config |= {"model_input_names": list(tokenizer.model_input_names), "padding_side": "left",
+               "model_max_length": tokenizer.model_max_length}
     if tokenizer.pad_token is not None:
         config["pad_token"] = tokenizer.pad_token
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

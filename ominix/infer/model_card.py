@@ -15,6 +15,16 @@ from typing import Any
 from ominix.markdown import loss_cells, table
 
 TAGS = ["ominix", "llama", "pretraining", "text-generation"]
+# The Hub's license ids (huggingface.co/docs/hub/repositories-licenses) that are SPDX ids, lowercased;
+# any other license is `other` with `license_name` and `license_link`, as the Hub asks
+HUB_LICENSES = frozenset("""
+afl-3.0 agpl-3.0 apache-2.0 artistic-2.0 bsd-2-clause bsd-3-clause bsd-3-clause-clear bsl-1.0 cc0-1.0
+cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nc-nd-3.0
+cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cc-by-nd-4.0 cc-by-sa-3.0 cc-by-sa-4.0
+cdla-permissive-1.0 cdla-permissive-2.0 cdla-sharing-1.0 ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1
+eupl-1.2 gpl-2.0 gpl-3.0 isc lgpl-2.1 lgpl-3.0 lppl-1.3c mit mpl-2.0 ms-pl ncsa odbl odc-by ofl-1.1
+osl-3.0 pddl postgresql unlicense wtfpl zlib
+""".split())
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -33,13 +43,26 @@ def eval_results(run_dir: Path | None) -> dict[str, Any] | None:
         return None
 
 
-def front_matter(source: Any, name: str, results: dict[str, Any] | None) -> dict[str, Any]:
-    """The Hub metadata of the export of ``source`` (an ``ominix.infer.load.ModelSource``)."""
+def license_fields(spdx: str | None) -> dict[str, str]:
+    """The Hub's license fields for the SPDX id ``spdx``: the Hub's own id when it has one, else
+    ``other`` with the license's name and SPDX page; none when no license was declared."""
+    if not spdx:
+        return {}
+    if spdx.lower() in HUB_LICENSES:
+        return {"license": spdx.lower()}
+    return {"license": "other", "license_name": spdx.lower(),
+            "license_link": f"https://spdx.org/licenses/{spdx}.html"}
+
+
+def front_matter(source: Any, name: str, results: dict[str, Any] | None,
+                 release: Any = None) -> dict[str, Any]:
+    """The Hub metadata of the export of ``source`` (an ``ominix.infer.load.ModelSource``);
+    ``release`` (a ReleaseConfig, default the run's release section) gives the license."""
     cfg = source.run_config
     meta: dict[str, Any] = {}
     if cfg is not None:
-        licenses = cfg.release.licenses
-        meta["license"] = licenses.distribution.name or licenses.code.name or "other"
+        licenses = (release or cfg.release).licenses
+        meta |= license_fields(licenses.distribution.name or licenses.code.name)
         datasets = hub_datasets(cfg.data.sources)
         if datasets:
             meta["datasets"] = datasets
@@ -62,15 +85,18 @@ def front_matter(source: Any, name: str, results: dict[str, Any] | None) -> dict
     return meta
 
 
-def model_card(source: Any, export_meta: dict[str, Any], name: str) -> str:
-    """The README.md text of an export (``export_meta`` as written to ``ominix_export.json``)."""
+def model_card(source: Any, export_meta: dict[str, Any], name: str, release: Any = None,
+               extra: list[str] | None = None) -> str:
+    """The README.md text of an export (``export_meta`` as written to ``ominix_export.json``);
+    ``release`` as for :func:`front_matter`, ``extra`` lines go before the loading example."""
     import yaml
 
     from ominix.flops import num_params
 
     results = eval_results(source.run_dir)
     cfg, m, state = source.run_config, source.model, source.state
-    out = ["---", yaml.safe_dump(front_matter(source, name, results), sort_keys=False).rstrip(), "---", "",
+    matter = front_matter(source, name, results, release)
+    out = ["---", yaml.safe_dump(matter, sort_keys=False).rstrip(), "---", "",
            f"# {name}", "",
            f"A LLaMA-style decoder-only language model ({num_params(m):,} parameters, model preset "
            f"`{m.name}`) pretrained with OminiX and exported to the Hugging Face "
@@ -94,9 +120,11 @@ def model_card(source: Any, export_meta: dict[str, Any], name: str) -> str:
                                                  [[results.get("data", {}).get("split"),
                                                    *loss_cells(results["perplexity"])]])]
     if cfg is not None:
-        out += ["", "## Intended use", "", cfg.release.intended_use, "",
-                "## Limitations", "", cfg.release.limitations]
+        declared = release or cfg.release
+        out += ["", "## Intended use", "", declared.intended_use, "", "## Limitations", "", declared.limitations]
     pad = export_meta.get("pad_token", {})
+    if extra:
+        out += ["", *extra]
     out += ["", "## How to load it", "", "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
             'tok = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")',

@@ -12,8 +12,9 @@ BUNDLE/
   code/PROVENANCE.json     OminiX version, git commit + dirty flag, data preprocessing command, ...
   model/final/             the final model in Hugging Face format with its tokenizer (the run's export
                            of the final checkpoint, or exported now): AutoModelForCausalLM loads it
-  model/intermediate/step_N/   model/ (weights) and state.json of each declared checkpoint
-                           (+ optimizer/ and scheduler.pt with release.optimizer_state)
+  model/intermediate/step_N/   each declared checkpoint in Hugging Face format, as model/final/, and
+                           its state.json (+ optimizer/ and scheduler.pt with release.optimizer_state)
+  model/checkpoints.json   the checkpoint table (see ominix.release.checkpoints)
   model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above)
   logs/                    metrics.jsonl, train.log, tb/ (TensorBoard) as the run wrote them
   data/                    the prepared data, or a reference to it (see ominix.release.bundle_data)
@@ -22,8 +23,9 @@ BUNDLE/
   SHA256SUMS               every file above (`sha256sum -c SHA256SUMS` from inside the bundle)
 ```
 
-Files come in as hard links where the run lies on the same filesystem (no space taken), as copies
-otherwise (see ``ominix.release.bundle_files``); nothing points outside the bundle. A component is
+Weights, data shards and optimizer state come in as hard links where the run lies on the same
+filesystem (no space taken), every other file and those elsewhere as copies (see
+``ominix.release.bundle_files``); nothing points outside the bundle. A component is
 declared in mof.yaml only when its files are in the bundle (or, for referenced data, the reference is
 complete), so the class is that of what is handed over. The bundle is written under a temporary
 name and renamed, so it never exists half-written.
@@ -43,7 +45,8 @@ import yaml
 from ominix.atomic import check_replaceable, staged
 from ominix.checkpoint.layout import SCHEDULER, STATE
 from ominix.errors import OminixError
-from ominix.release import bundle_data, cards, mof, provenance
+from ominix.infer.load import EXPORT_META
+from ominix.release import bundle_data, cards, checkpoints, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
 from ominix.release.bundle_files import SUMS, BundleCheck, Placer, Progress, verify_bundle
 
@@ -184,27 +187,42 @@ class _Builder:
     # -- writing ---------------------------------------------------------------------------------
 
     def _weights(self, tmp: Path, placer: Placer, command: str | None) -> None:
+        from ominix.infer.export import export
+
         art, optimizer = self.art, self.release.optimizer_state
+        (tmp / "model").mkdir()
         if art.export_dir:
             placer.add(art.export_dir, "model/final")
         else:  # the run was not exported (or only an older checkpoint was): export the final one now
-            from ominix.infer.export import export
-
-            (tmp / "model").mkdir()
             export(art.final.path, out=tmp / "model" / "final", verify=True,
                    command=f"{command or 'ominix mof report'} (export of {art.final.path.name})")
+        entries = []
         for ckpt in self.intermediate:
             rel = f"model/intermediate/{ckpt.path.name}"
-            placer.add(ckpt.model_dir, f"{rel}/model")
-            placer.add(ckpt.state_file, f"{rel}/{STATE}")
+            meta = checkpoints.export_intermediate(ckpt, tmp / rel, command)
+            entries.append((ckpt.state, meta, rel))
+            placer.add(ckpt.state_file, f"{rel}/{STATE}", link=False)
             if optimizer:
                 self._optimizer(ckpt, rel, placer)
+        final = read_json((art.export_dir or tmp / "model" / "final") / EXPORT_META)
+        self.checkpoint_rows = checkpoints.rows([*entries, (art.final.state, final, "model/final")], art.metrics)
         meta = tmp / "model" / "metadata"
         meta.mkdir(parents=True)
         (meta / "config.yaml").write_text(art.config_text)
         placer.add(art.final.state_file, f"model/metadata/{STATE}", link=False)
         if optimizer:
             self._optimizer(art.final, "model/metadata", placer)
+
+    def _final_card(self, tmp: Path, placer: Placer, table: list[str]) -> None:
+        """The final model's README.md (its Hub card) written for this release: its licenses, the
+        run's evaluation as it is now and the checkpoint table."""
+        from ominix.infer.load import resolve
+        from ominix.infer.model_card import model_card
+
+        final = tmp / "model" / "final"
+        text = model_card(resolve(self.art.final.path), read_json(final / EXPORT_META), self.release.name,
+                          self.release, table)
+        placer.write_text("model/final/README.md", text)
 
     @staticmethod
     def _optimizer(ckpt: Any, rel: str, placer: Placer) -> None:
@@ -258,7 +276,11 @@ class _Builder:
                     placer.add(path.parent / image, f"docs/{image}", link=False)
         placer.place()
         self._licenses(tmp)
-        (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results))
+        checkpoints.write_table(tmp, self.checkpoint_rows)
+        table = checkpoints.markdown(self.checkpoint_rows)
+        (tmp / "MODEL_CARD.md").write_text(cards.model_card(art, release, self.eval_results) + "\n"
+                                           + "\n".join(table) + "\n")
+        self._final_card(tmp, placer, table)
         document = self.mof_document(self.contained(tmp))
         (tmp / "mof.yaml").write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
         result = mof.classify(document["release"])

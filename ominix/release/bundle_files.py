@@ -2,9 +2,12 @@
 ``SHA256SUMS`` that ``sha256sum -c`` accepts, ``BUNDLE.json`` (the size of every file), and checking a
 bundle against both.
 
-A file from the run or the prepared data is hard-linked when it lies on the bundle's filesystem and
-belongs to this user (a link shares the file's mode: it gets the umask's, readable by the group as
-every output OminiX writes, which needs the owner), else copied; never a symbolic link or
+A weight file, data shard or optimizer state from the run or the prepared data (files written once
+and never rewritten in place) is hard-linked when it lies on the bundle's filesystem and belongs to
+this user (a link shares the file's mode: it gets the umask's, readable by the group as
+every output OminiX writes, which needs the owner), else copied; every other file (cards,
+configs, tokenizers, logs) is copied, since a linked file is one file and an edit of the run's card
+would edit the published bundle; never a symbolic link or
 a path pointing outside the bundle, so the bundle stands alone once the run is deleted. Each file is
 read once: a copy is hashed while it is written, a link right after it is made, and a file with a
 sha256 on record (a data shard in its manifest) is refused when it no longer matches.
@@ -33,6 +36,7 @@ SIZES = "BUNDLE.json"
 Progress = Callable[[str, int, int], None]
 # os.link fails with these where a copy still works: another filesystem, no hard links, link limit
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+LINKED_SUFFIXES = (".safetensors", ".bin", ".pt")  # weights, data shards, optimizer state
 
 
 def _quiet(what: str, done: int, total: int) -> None:
@@ -77,7 +81,7 @@ class Placer:
             dest = self.root / item.rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             size = item.src.stat().st_size
-            linked = item.link and _link(item.src, dest, mode)
+            linked = item.link and item.src.suffix in LINKED_SUFFIXES and _link(item.src, dest, mode)
 
             def moved(n: int, base: int = done) -> None:
                 self.progress("placing files", base + n, total)
@@ -93,6 +97,12 @@ class Placer:
                 self.copied += size
             done += size
             self.progress("placing files", done, total)
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Write the bundle file ``rel`` anew (a placed copy too: it is hashed again when sealed)."""
+        (self.root / rel).unlink(missing_ok=True)  # never write through a link into the run
+        (self.root / rel).write_text(text)
+        self.digests.pop(rel, None)
 
     def seal(self, info: dict[str, object]) -> dict[str, str]:
         """Hash every file not hashed yet, write BUNDLE.json (``info`` and the size of every file) and

@@ -5,6 +5,12 @@ verifies with ``sha256sum -c SHA256SUMS``; a bundle without one is walked. The m
 bundle's final model (``model/final/README.md``, Hub front matter) becomes the repository's README.md
 unless the bundle has its own. The token comes from HF_TOKEN or ``huggingface-cli login`` and never
 appears in a message: the Hub's error texts are scrubbed of it too.
+
+With ``--checkpoint-branches`` each intermediate checkpoint of the bundle's checkpoint table goes to
+a branch of its own (``step-00001000``, the Pythia and OLMo convention) holding that checkpoint's
+files at the top, so ``from_pretrained(REPO, revision="step-00001000")`` loads it; the main branch
+gets the final model's files at its top beside the bundle. A branch starts from the repository's
+first commit, so it holds its checkpoint alone.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from ominix.atomic import MARKER
 from ominix.checkpoint import files_under
 from ominix.errors import OminixError
 from ominix.hubref import BUNDLE_MODEL, classify, valid_repo_id
+from ominix.release import checkpoints
 from ominix.release.bundle_files import SUMS, read_sums
 
 CARD = "README.md"
@@ -33,6 +40,7 @@ class PushPlan:
     private: bool
     files: dict[str, Path] = field(default_factory=dict)
     card_from: str | None = None  # the bundle file uploaded as the repo's README.md
+    branches: dict[str, dict[str, Path]] = field(default_factory=dict)  # checkpoint branch -> its files
 
     @property
     def total_bytes(self) -> int:
@@ -48,8 +56,30 @@ def _listed(bundle: Path) -> list[str]:
     return [*listed, SUMS]
 
 
-def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private: bool = False) -> PushPlan:
-    """Check ``bundle`` cheaply (it is a bundle, every listed file is present) and list the upload."""
+def _under(files: dict[str, Path], folder: str) -> dict[str, Path]:
+    """The files of ``files`` inside ``folder``, by their path relative to it (its marker left out)."""
+    prefix = f"{folder}/"
+    return {rel[len(prefix):]: path for rel, path in files.items()
+            if rel.startswith(prefix) and rel[len(prefix):] != MARKER}
+
+
+def _checkpoint_branches(result: PushPlan) -> None:
+    for row in checkpoints.read_table(result.bundle):
+        files = _under(result.files, row["path"])
+        if not files:
+            raise OminixError(f"{result.bundle} lists checkpoint {row['path']} but its {SUMS} has no file of it",
+                              f"run `ominix mof check {result.bundle}`, or write the bundle again")
+        if row["path"] == BUNDLE_MODEL:
+            result.files = {**result.files, **{rel: p for rel, p in files.items() if rel not in result.files}}
+        else:
+            result.branches[checkpoints.branch(row["step"])] = files
+
+
+def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
+         checkpoint_branches: bool = False) -> PushPlan:
+    """Check ``bundle`` cheaply (it is a bundle, every listed file is present) and list the upload;
+    ``checkpoint_branches`` adds a branch per intermediate checkpoint and the final model's files
+    at the top of ``revision``."""
     bundle = Path(bundle).expanduser()
     if not valid_repo_id(repo_id) or "/" not in repo_id:
         raise OminixError(f"--repo-id {repo_id!r} is not a Hub model id",
@@ -67,6 +97,11 @@ def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private:
         result.card_from = next((c for c in MODEL_CARDS if c in result.files), None)
         if result.card_from:
             result.files[CARD] = bundle / result.card_from
+    if checkpoint_branches:
+        _checkpoint_branches(result)
+        if result.revision in result.branches:
+            raise OminixError(f"--revision {result.revision} is also the branch of a checkpoint",
+                              "push the final model to another branch, e.g. --revision main")
     return result
 
 
@@ -80,26 +115,37 @@ def get_token() -> str:
     return token
 
 
-def push(p: PushPlan) -> str:
-    """Create the repository (kept if it exists) and the branch, upload ``p.files`` in one commit;
-    returns the commit's URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi, constants
+def _commit(api, repo_id: str, files: dict[str, Path], revision: str, message: str) -> str:
+    from huggingface_hub import CommitOperationAdd
+
+    ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for rel, path in sorted(files.items())]
+    return api.create_commit(repo_id, ops, commit_message=message, revision=revision).commit_url
+
+
+def push(p: PushPlan) -> dict[str, str]:
+    """Create the repository (kept if it exists) and the branches, upload ``p.files`` to
+    ``p.revision`` and each checkpoint branch's files to it, one commit each; returns each
+    branch's commit URL."""
+    from huggingface_hub import HfApi, constants
 
     if constants.HF_HUB_OFFLINE:
         raise OminixError(f"cannot push {p.repo_id}: HF_HUB_OFFLINE is set",
                           "unset HF_HUB_OFFLINE on a machine with network (--dry-run lists the upload offline)")
     token = get_token()
     api = HfApi(token=token)
-    ops = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(path)) for rel, path in sorted(p.files.items())]
     try:
         api.create_repo(p.repo_id, private=p.private, exist_ok=True, repo_type="model")
+        first = api.list_repo_commits(p.repo_id)[-1].commit_id if p.branches else None
         if p.revision != "main":
             api.create_branch(p.repo_id, branch=p.revision, exist_ok=True)
-        info = api.create_commit(p.repo_id, ops, commit_message=f"OminiX release bundle {p.bundle.name}",
-                                 revision=p.revision)
+        urls = {}
+        for name, files in p.branches.items():
+            api.create_branch(p.repo_id, branch=name, revision=first, exist_ok=True)
+            urls[name] = _commit(api, p.repo_id, files, name, f"OminiX checkpoint {name} of {p.bundle.name}")
+        urls[p.revision] = _commit(api, p.repo_id, p.files, p.revision, f"OminiX release bundle {p.bundle.name}")
     except Exception as exc:  # noqa: BLE001 - requests, huggingface_hub and OS errors: one line, no token
         raise _push_error(exc, p, token) from exc
-    return info.commit_url
+    return urls
 
 
 def _push_error(exc: Exception, p: PushPlan, token: str) -> OminixError:
