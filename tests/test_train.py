@@ -259,6 +259,57 @@ def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path,
                 sets=[*SETS, "schedule.eval_every=0"]))
     assert sorted(_losses(one)) == [3]
     assert _losses(one)[3] == pytest.approx(_losses(ddp_run)[3], rel=1e-4)  # another reduction order
+    # a new run directory: its ledger takes steps 1-2 from the loader's order, records step 3
+    import numpy as np
+
+    assert (np.load(one / "data_order.npy") == np.load(ddp_run / "data_order.npy")[:3]).all()
+    assert json.loads((one / "data_order.json").read_text())["derived_steps"] == [[1, 2]]
+
+
+def _batch(path: Path, step: int, *flags: str):
+    return run_cli("data", "batch", str(path), "--step", str(step), *flags)
+
+
+def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_count(
+        ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    """The run of 2 ranks, resumed from its step 2 on 1 rank in its own directory: the ledger is cut
+    back to step 2 and records step 3, and `data batch` prints the tokens the loader's ranks read."""
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from ominix.data.loader import BlockLoader
+    from ominix.data.store import PackedDataset
+
+    run = tmp_path / "run"
+    shutil.copytree(ddp_run, run)
+    _ok(_launch(data_dir, run, "--max-steps", "3", "--resume", str(run / "checkpoints" / "step_00000002"),
+                sets=[*SETS, "schedule.eval_every=0"]))
+    train = PackedDataset(data_dir, "train")
+    ranks = [BlockLoader(train, 8, rank=r, world_size=2, seed=load_config(str(run / "config.yaml")).data.seed)
+             for r in range(2)]
+    read = [torch.cat([next(r) for r in ranks]) for _ in range(3)]  # what the 2 ranks read at steps 1-3
+    rows = np.load(run / "data_order.npy")
+    assert rows.shape == (3, 16) and (rows == np.load(ddp_run / "data_order.npy")[:3]).all()
+    for step in (1, 3):  # step 1 as the 2 ranks recorded it, step 3 as the 1 rank did
+        shown = _batch(run, step, "--json")
+        _ok(shown)
+        batch = json.loads(shown.stdout)
+        assert batch["blocks"] == rows[step - 1].tolist() and not batch["derived"]
+        assert torch.equal(torch.tensor(batch["sequences"]), read[step - 1])
+    decoded = json.loads(_batch(run, 3, "--decode", "--json").stdout)
+    assert len(decoded["texts"]) == 16 and all(text.strip() for text in decoded["texts"])
+    text = _batch(run, 3)
+    _ok(text)
+    assert f"block {rows[2][0]} (" in text.stdout and " ".join(map(str, read[2][0].tolist()[:8])) in text.stdout
+    beyond = _batch(run, 4)
+    assert beyond.returncode == 2 and "holds steps 1-3" in beyond.stderr
+
+    launches = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"launch"' in x]
+    assert [(r["step"], r["world_size"], r["steps_redone"]) for r in launches] == [(0, 2, 0), (2, 1, 2)]
+    assert [sum(r["devices"].values()) for r in launches] == [2, 1]
+    assert all(name.endswith(": cpu") for r in launches for name in r["devices"])
 
 
 def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
