@@ -164,6 +164,20 @@ def check(directory: Path, manifest_sha256: str | None = None) -> dict[str, Any]
     return {**info, "steps": len(rows)}
 
 
+def copy_steps(directory: Path, dest: Path, steps: int, manifest_sha256: str) -> dict[str, Any]:
+    """Write the ledger of ``directory``'s first ``steps`` steps (those of the checkpoint released)
+    into ``dest``, after checking the whole ledger; returns its info with ``steps``."""
+    info = check(directory, manifest_sha256)
+    if info["steps"] < steps:
+        raise OminixError(f"{directory / LEDGER} holds {info['steps']} steps, the final checkpoint is at {steps}",
+                          "release the run directory that trained the checkpoint (its ledger is complete)")
+    dest.mkdir(parents=True)
+    np.save(dest / LEDGER, np.ascontiguousarray(read(directory)[1][:steps]))
+    info = {**info, "steps": steps}
+    (dest / INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def card_section(info: dict[str, Any]) -> str:
     """The data card's paragraph on the training order, with the snippet that rebuilds a batch."""
     derived = "; ".join(f"steps {a}-{b}" for a, b in info.get("derived_steps", [])) or "none"

@@ -17,6 +17,8 @@ BUNDLE/
   model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above)
   logs/                    metrics.jsonl, train.log, tb/ (TensorBoard) as the run wrote them
   data/                    the prepared data, or a reference to it (see ominix.release.bundle_data)
+  data_order/              the run's data-order ledger: the training blocks of every step
+                           (ominix.data.ledger; DATA_CARD.md says how to rebuild a batch)
   eval/eval_results.json  samples/samples.jsonl  docs/ (technical report, research paper)
   BUNDLE.json              the size of every file, the data mode, bytes linked and copied
   SHA256SUMS               every file above (`sha256sum -c SHA256SUMS` from inside the bundle)
@@ -245,8 +247,7 @@ class _Builder:
         self._logs(placer)
         if art.manifest:
             self.data_plan = bundle_data.place(art, self.data_mode, placer, tmp)
-            if (art.data_dir / "DATA_CARD.md").is_file():
-                placer.add(art.data_dir / "DATA_CARD.md", "DATA_CARD.md", link=False)
+            bundle_data.place_card_and_order(art, tmp, placer)
         if self.eval_results is not None:
             placer.add(art.eval_results, "eval/eval_results.json", link=False)
         if art.samples:
