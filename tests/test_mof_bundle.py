@@ -139,7 +139,8 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert (out / "DATA_CARD.md").read_text() == (run_dir.parent / "prepared" / "DATA_CARD.md").read_text()
     card = (out / "MODEL_CARD.md").read_text()
     for part in ("# tiny-mof", "## Architecture", "## Training data", "## Hyper-parameters", "## Compute",
-                 "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256"):
+                 "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256",
+                 "Launches: n/a", "Wall time: n/a", "step time alone 2.0 s"):
         assert part in card
     # mof check on the bundle's own file gives the same classification.
     check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")

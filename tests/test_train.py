@@ -315,6 +315,16 @@ def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_c
     rebuilt = subprocess.run([sys.executable, "-c", f"K = 3\n{snippet}\nprint(batch.tolist())"], cwd=bundle,
                              capture_output=True, text=True, check=True)
     assert torch.equal(torch.tensor(json.loads(rebuilt.stdout)), read[2])
+    # ...and the run's provenance from its own records: two launches, the restart redid steps 3-4
+    record = json.loads((bundle / "model" / "metadata" / "training_run.json").read_text())
+    assert json.loads((bundle / "code" / "PROVENANCE.json").read_text())["training_run"] == record
+    assert (record["launches"], record["restarts"], record["steps_redone_after_restarts"]) == (2, 1, 2)
+    assert record["world_sizes"] == [2, 1] and list(record["devices"].values()) == [2]
+    assert record["wall_time_s"] > record["measured_step_time_s"] > 0 and record["tokens_per_s"] > 0
+    assert record["device_hours"] > 0 and record["gpu_hours"] is None and record["mfu"] is None
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Launches: 2 (1 restarts, 2 steps redone after them)" in card
+    assert "GPU-hours n/a (trained on CPU)" in card and "MFU n/a" in card
 
     launches = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"launch"' in x]
     assert [(r["step"], r["world_size"], r["steps_redone"]) for r in launches] == [(0, 2, 0), (2, 1, 2)]

@@ -88,8 +88,9 @@ class LedgerWriter:
         if old is not None and step and any(old[k] != info[k] for k in _KEYS):
             raise OminixError(f"{self.path} records another data order (blocks, seed, batch or data) than "
                               "the checkpoint resumed", "move the ledger files away, or resume with --resume never")
-        kept = min(_rows(self.path, old), step) if old is not None and step else 0
-        self.dropped = _rows(self.path, old) - kept if old is not None and step else 0  # steps to redo
+        recorded = _rows(self.path, old) if old is not None and step else 0
+        kept = min(recorded, step)
+        self.dropped = recorded - kept  # steps trained after the checkpoint, to be done again
         derived = [r for r in (old or {}).get("derived_steps", []) if r[0] <= kept]
         derived = [[first, min(last, kept)] for first, last in derived]
         if kept < step:  # resumed in a new run directory: the steps before come from the loader's rule
