@@ -323,7 +323,7 @@ def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_c
     assert record["wall_time_s"] > record["measured_step_time_s"] > 0 and record["tokens_per_s"] > 0
     assert record["device_hours"] > 0 and record["gpu_hours"] is None and record["mfu"] is None
     card = (bundle / "MODEL_CARD.md").read_text()
-    assert "Launches: 2 (1 restarts, 2 steps redone after them)" in card
+    assert "Launches: 2 (restarts from a checkpoint: 1, steps trained again after them: 2)" in card
     assert "GPU-hours n/a (trained on CPU)" in card and "MFU n/a" in card
 
     launches = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"launch"' in x]

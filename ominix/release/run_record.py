@@ -83,8 +83,9 @@ def card_lines(record: dict[str, Any]) -> list[str]:
     wall = record["wall_time_s"]
     mfu = record["mfu"]
     return [
-        f"Devices: {devices}. Launches: {_n(record['launches'], '{}')} ({_n(record['restarts'], '{}')} restarts, "
-        f"{_n(record['steps_redone_after_restarts'], '{}')} steps redone after them).",
+        f"Devices: {devices}. Launches: {_n(record['launches'], '{}')} (restarts from a checkpoint: "
+        f"{_n(record['restarts'], '{}')}, steps trained again after them: "
+        f"{_n(record['steps_redone_after_restarts'], '{}')}).",
         "",
         f"Wall time: {_n(wall, '{:,.0f} s')}{'' if wall is None else f' ({wall / 3600:.3f} h)'}; "
         f"device-hours {_n(record['device_hours'], '{:.4f}')}; GPU-hours "
