@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ominix.config import load_config
@@ -260,8 +262,6 @@ def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path,
     assert sorted(_losses(one)) == [3]
     assert _losses(one)[3] == pytest.approx(_losses(ddp_run)[3], rel=1e-4)  # another reduction order
     # a new run directory: its ledger takes steps 1-2 from the loader's order, records step 3
-    import numpy as np
-
     assert (np.load(one / "data_order.npy") == np.load(ddp_run / "data_order.npy")[:3]).all()
     assert json.loads((one / "data_order.json").read_text())["derived_steps"] == [[1, 2]]
 
@@ -274,9 +274,6 @@ def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_c
         ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
     """The run of 2 ranks, resumed from its step 2 on 1 rank in its own directory: the ledger is cut
     back to step 2 and records step 3, and `data batch` prints the tokens the loader's ranks read."""
-    import shutil
-
-    import numpy as np
     import torch
 
     from ominix.data.loader import BlockLoader
