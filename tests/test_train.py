@@ -564,8 +564,8 @@ def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
 
     frozen: list[int] = []
     record = MetricsWriter.record
-    monkeypatch.setattr(MetricsWriter, "record", lambda self, kind, values: (
-        frozen.append(gc.get_freeze_count()), record(self, kind, values))[1])
+    monkeypatch.setattr(MetricsWriter, "record", lambda self, kind, values, **how: (
+        frozen.append(gc.get_freeze_count()), record(self, kind, values, **how))[1])
     cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=2"])
     assert loop.train(cfg, tmp_path / "run") == 0
     assert frozen and min(frozen) > 10_000  # torch alone is more than that

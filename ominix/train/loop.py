@@ -249,9 +249,6 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     ledger = _from_rank0(lambda: LedgerWriter(run_dir, describe(loader.state_dict(), data_sha), state.step),
                          share=False)
     devices = _devices()
-    out.record("launch", {"step": state.step, "world_size": world, "devices": devices,
-                          "setup_s": time.perf_counter() - launched,
-                          "steps_redone": ledger.dropped if ledger else 0}, dashboards=False)
 
     def save(announce: bool = True) -> Path:
         info = {
@@ -276,6 +273,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     if note := profiler.unreachable(state.step, total):
         out.line(note)
     freeze_heap()
+    out.record("launch", {"step": state.step, "world_size": world, "devices": devices,
+                          "setup_s": time.perf_counter() - launched,
+                          "steps_redone": ledger.dropped if ledger else 0}, dashboards=False)
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
