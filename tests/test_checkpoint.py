@@ -192,6 +192,7 @@ def test_metrics_lines_are_strict_json_with_null_for_what_is_not_a_number(tmp_pa
         raise ValueError(f"{name} is not JSON")
 
     rows = [json.loads(line, parse_constant=strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(row.pop("time"), float) for row in rows)  # each record's wall-clock time
     assert rows == [{"kind": "eval", "step": 1, "val_loss": None, "val_perplexity": None},
                     {"kind": "train", "step": 1, "loss": 2.5, "grad_norm": None}]
 

@@ -118,6 +118,49 @@ def test_loader_resume_is_exact_also_under_another_world_size(prepared: Path) ->
         BlockLoader(ds, 16).load_state_dict(state)
 
 
+def test_the_ledger_records_the_loaders_blocks_and_is_cut_back_on_resume(prepared: Path, tmp_path: Path) -> None:
+    """What two ranks of a world of 2 read, step by step over epoch boundaries, is the ledger's row of
+    that step, is the loader's order recomputed, and stays so when a resume cuts the ledger back."""
+    from ominix.data.ledger import LedgerWriter, check, describe, expected_steps
+
+    ds = PackedDataset(prepared, "train")
+    ranks = [BlockLoader(ds, 4, rank=r, world_size=2, seed=5) for r in range(2)]
+    steps = 2 * int(ranks[0].steps_per_epoch) + 3
+    info = describe(ranks[0].state_dict(), manifest_sha256(prepared))
+    ledger = LedgerWriter(tmp_path, info, 0)
+    read = []
+    for _ in range(steps):
+        read.append(torch.cat([next(r) for r in ranks]))
+        ledger.append(ranks[0].step_blocks)
+    ledger.close()
+    rows = np.load(tmp_path / "data_order.npy")
+    assert rows.shape == (steps, 8) and (rows == expected_steps(info, 1, steps)).all()
+    assert all(torch.equal(torch.from_numpy(np.stack([ds[int(i)] for i in row])), x) for row, x in zip(rows, read))
+    assert check(tmp_path, manifest_sha256(prepared))["steps"] == steps
+
+    resumed = LedgerWriter(tmp_path, info, 4)  # back to a checkpoint of step 4: the later steps are redone
+    assert resumed.dropped == steps - 4
+    resumed.append(expected_steps(info, 5, 5)[0])
+    resumed.close()
+    assert (np.load(tmp_path / "data_order.npy") == rows[:5]).all()
+    fresh = tmp_path / "elsewhere"  # resumed into another run directory: steps 1-4 from the loader's order
+    fresh.mkdir()
+    LedgerWriter(fresh, info, 4).close()
+    assert (np.load(fresh / "data_order.npy") == rows[:4]).all()
+    assert check(fresh)["derived_steps"] == [[1, 4]]
+    with pytest.raises(OminixError, match="manifest sha256 differs"):
+        check(fresh, "0" * 64)
+    changed = rows[:5].copy()
+    changed[2] = changed[2][::-1]
+    with open(tmp_path / "data_order.npy", "r+b") as fh:  # the same header, step 3's blocks reordered
+        fh.seek(-changed.nbytes, 2)
+        fh.write(changed.astype("<u4").tobytes())
+    with pytest.raises(OminixError, match="step 3 records other blocks"):
+        check(tmp_path)
+    with pytest.raises(OminixError, match="step 3 records other blocks"):
+        LedgerWriter(tmp_path, info, 4)  # a resume checks the steps it keeps
+
+
 def test_eval_batches_fixed_order_split_over_ranks(prepared: Path) -> None:
     ds = PackedDataset(prepared, "validation")
     whole = list(eval_batches(ds, 4))

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,10 @@ def test_kill_9_of_every_process_during_saves_then_resume_is_bit_exact(reference
     assert _losses(run) == _losses(reference), delays  # bit-identical, every step
     assert _same_weights(ckpts / "step_00000005", reference / "checkpoints" / "step_00000005"), delays
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004", "step_00000005"]
+    # the data-order ledger holds every step once, as the uninterrupted run's, through the kills
+    assert (np.load(run / "data_order.npy") == np.load(reference / "data_order.npy")).all(), delays
+    assert np.load(run / "data_order.npy").shape[0] == STEPS
+    assert (run / "metrics.jsonl").read_text().count('"kind": "launch"') == len(kills) + 1
 
 
 def test_damaged_checkpoints_are_passed_over_with_a_notice_and_the_run_completes(reference: Path,

@@ -146,7 +146,8 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     for part in ("# tiny-mof", "## Architecture", "## Training data", "## Hyper-parameters", "## Compute",
                  "| all | 4.5000 | 90.00 | 160 |", "## Intended use", "## Limitations", "Tokens seen in training: 256",
                  "| step | tokens | train loss | val loss | sha256 | path |",
-                 f"| 2 | 128 | 5.0000 |  | `{rows[0]['sha256']}` | `model/intermediate/step_00000002` |"):
+                 f"| 2 | 128 | 5.0000 |  | `{rows[0]['sha256']}` | `model/intermediate/step_00000002` |",
+                 "Launches: n/a", "Wall time: n/a", "step time alone 2.0 s"):
         assert part in card
     # The Hub card of the final model: the release's license by its Hub id, the run's evaluation
     # (model-index), the checkpoint table; the run's own export card is left as it was.

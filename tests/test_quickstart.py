@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ominix.config import load_config
@@ -66,6 +67,26 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
            if r["kind"] == "train"}
     assert lrs == pytest.approx({n: lr_at(n - 1, o.lr, o.min_lr, s.warmup_steps, 200, s.decay) for n in lrs})
     assert "learning-rate schedule" not in (out / "run" / "train.log").read_text()
+
+    # The bundle holds the data-order ledger of all 200 steps, through the resume: `data batch` on the
+    # bundle prints the tokens the 2 ranks' loaders read at a step of each launch.
+    from ominix.data.loader import BlockLoader
+    from ominix.data.store import PackedDataset
+
+    batch = s.global_batch_size
+    assert np.load(bundle / "data_order" / "data_order.npy").shape == (200, batch)
+    assert "## Training order" in (bundle / "DATA_CARD.md").read_text()
+    ranks = [BlockLoader(PackedDataset(bundle / "data", "train"), batch // 2, rank=r, world_size=2,
+                         seed=cfg.data.seed) for r in range(2)]
+    for step in range(1, 201):
+        if step not in (37, 200):  # the positions advance without reading the blocks
+            for r in ranks:
+                r.next_indices()
+            continue
+        read = torch.cat([next(r) for r in ranks])
+        shown = run_cli("data", "batch", str(bundle), "--step", str(step), "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert torch.equal(torch.tensor(json.loads(shown.stdout)["sequences"]), read)
     listing = json.loads(run_cli("checkpoint", "list", str(out / "run"), "--json").stdout)
     assert [e["step"] for e in listing] == [100, 150, 200]
     assert Path(art["export"], "config.json").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ominix.config import load_config
@@ -259,6 +261,72 @@ def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path,
                 sets=[*SETS, "schedule.eval_every=0"]))
     assert sorted(_losses(one)) == [3]
     assert _losses(one)[3] == pytest.approx(_losses(ddp_run)[3], rel=1e-4)  # another reduction order
+    # a new run directory: its ledger takes steps 1-2 from the loader's order, records step 3
+    assert (np.load(one / "data_order.npy") == np.load(ddp_run / "data_order.npy")[:3]).all()
+    assert json.loads((one / "data_order.json").read_text())["derived_steps"] == [[1, 2]]
+
+
+def _batch(path: Path, step: int, *flags: str):
+    return run_cli("data", "batch", str(path), "--step", str(step), *flags)
+
+
+def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_count(
+        ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    """The run of 2 ranks, resumed from its step 2 on 1 rank in its own directory: the ledger is cut
+    back to step 2 and records step 3, and `data batch` prints the tokens the loader's ranks read."""
+    import torch
+
+    from ominix.data.loader import BlockLoader
+    from ominix.data.store import PackedDataset
+
+    run = tmp_path / "run"
+    shutil.copytree(ddp_run, run)
+    _ok(_launch(data_dir, run, "--max-steps", "3", "--resume", str(run / "checkpoints" / "step_00000002"),
+                sets=[*SETS, "schedule.eval_every=0"]))
+    train = PackedDataset(data_dir, "train")
+    ranks = [BlockLoader(train, 8, rank=r, world_size=2, seed=load_config(str(run / "config.yaml")).data.seed)
+             for r in range(2)]
+    read = [torch.cat([next(r) for r in ranks]) for _ in range(3)]  # what the 2 ranks read at steps 1-3
+    rows = np.load(run / "data_order.npy")
+    assert rows.shape == (3, 16) and (rows == np.load(ddp_run / "data_order.npy")[:3]).all()
+    for step in (1, 3):  # step 1 as the 2 ranks recorded it, step 3 as the 1 rank did
+        shown = _batch(run, step, "--json")
+        _ok(shown)
+        batch = json.loads(shown.stdout)
+        assert batch["blocks"] == rows[step - 1].tolist() and not batch["derived"]
+        assert torch.equal(torch.tensor(batch["sequences"]), read[step - 1])
+    decoded = json.loads(_batch(run, 3, "--decode", "--json").stdout)
+    assert len(decoded["texts"]) == 16 and all(text.strip() for text in decoded["texts"])
+    text = _batch(run, 3)
+    _ok(text)
+    assert f"block {rows[2][0]} (" in text.stdout and " ".join(map(str, read[2][0].tolist()[:8])) in text.stdout
+    beyond = _batch(run, 4)
+    assert beyond.returncode == 2 and "holds steps 1-3" in beyond.stderr
+
+    # the release bundle holds the ledger; `data batch` and the data card's numpy snippet rebuild a step
+    bundle = tmp_path / "bundle"
+    _ok(run_cli("mof", "report", str(run), "--out", str(bundle), "--json"))
+    assert "data_order/data_order.npy" in (bundle / "SHA256SUMS").read_text()
+    assert torch.equal(torch.tensor(json.loads(_batch(bundle, 3, "--json").stdout)["sequences"]), read[2])
+    snippet = (bundle / "DATA_CARD.md").read_text().split("```python\n")[1].split("```")[0]
+    rebuilt = subprocess.run([sys.executable, "-c", f"K = 3\n{snippet}\nprint(batch.tolist())"], cwd=bundle,
+                             capture_output=True, text=True, check=True)
+    assert torch.equal(torch.tensor(json.loads(rebuilt.stdout)), read[2])
+    # ...and the run's provenance from its own records: two launches, the restart redid steps 3-4
+    record = json.loads((bundle / "model" / "metadata" / "training_run.json").read_text())
+    assert json.loads((bundle / "code" / "PROVENANCE.json").read_text())["training_run"] == record
+    assert (record["launches"], record["restarts"], record["steps_redone_after_restarts"]) == (2, 1, 2)
+    assert record["world_sizes"] == [2, 1] and list(record["devices"].values()) == [2]
+    assert record["wall_time_s"] > record["measured_step_time_s"] > 0 and record["tokens_per_s"] > 0
+    assert record["device_hours"] > 0 and record["gpu_hours"] is None and record["mfu"] is None
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "Launches: 2 (restarts from a checkpoint: 1, steps trained again after them: 2)" in card
+    assert "GPU-hours n/a (trained on CPU)" in card and "MFU n/a" in card
+
+    launches = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"launch"' in x]
+    assert [(r["step"], r["world_size"], r["steps_redone"]) for r in launches] == [(0, 2, 0), (2, 1, 2)]
+    assert [sum(r["devices"].values()) for r in launches] == [2, 1]
+    assert all(name.endswith(": cpu") for r in launches for name in r["devices"])
 
 
 def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -496,8 +564,8 @@ def test_the_heap_built_before_training_is_frozen_for_the_loop_and_thawed_after(
 
     frozen: list[int] = []
     record = MetricsWriter.record
-    monkeypatch.setattr(MetricsWriter, "record", lambda self, kind, values: (
-        frozen.append(gc.get_freeze_count()), record(self, kind, values))[1])
+    monkeypatch.setattr(MetricsWriter, "record", lambda self, kind, values, **how: (
+        frozen.append(gc.get_freeze_count()), record(self, kind, values, **how))[1])
     cfg = load_config("tiny", [*QUICK, f"data.path={data_dir}", "schedule.max_steps=2"])
     assert loop.train(cfg, tmp_path / "run") == 0
     assert frozen and min(frozen) > 10_000  # torch alone is more than that

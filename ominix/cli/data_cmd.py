@@ -1,4 +1,5 @@
-"""``ominix data``: prepare a corpus into packed token shards, and inspect a prepared directory."""
+"""``ominix data``: prepare a corpus into packed token shards, inspect a prepared directory, and show
+the sequences a training step consumed."""
 
 from __future__ import annotations
 
@@ -131,3 +132,35 @@ def inspect(
         print_report(report)
     if verify and report["problems"]:
         raise typer.Exit(1)
+
+
+@app.command("batch")
+def batch(
+    path: Path = typer.Argument(..., help="A run directory or a release bundle (`ominix mof report`)."),
+    step: int = typer.Option(..., "--step", help="The optimizer step (1 is the first)."),
+    decode: bool = typer.Option(False, "--decode/--no-decode", help="Print each sequence as text."),
+    data: Path = typer.Option(None, "--data", show_default=False,
+                              help="The prepared data (default: the run's data.path, or the bundle's data/)."),
+    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the batch as JSON."),
+) -> None:
+    """Print the sequences one training step consumed, from the run's data-order ledger.
+
+    Every sequence is a packed block of seq_len+1 token ids of the training split; the ledger
+    (data_order.npy) records which blocks each step took, in the order the ranks took them.
+
+    Examples:
+
+      ominix data batch runs/tiny --step 3
+
+      ominix data batch runs/tiny/release --step 200 --decode
+
+      ominix data batch runs/tiny --step 1 --json
+    """
+    from ominix.cli.data_view import print_batch
+    from ominix.data.ledger import step_batch
+
+    result = step_batch(path, step, data, decode=decode)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        print_batch(result)

@@ -124,3 +124,16 @@ def print_report(r: dict[str, Any]) -> None:
     for s in r["samples"]:
         console.print(f"[bold]train block {s['block']}[/] ({s['source_set']}):")
         console.print(s["text"], markup=False)
+
+
+def print_batch(r: dict[str, Any]) -> None:
+    """The sequences of one step (``ominix.data.ledger.step_batch``'s result): one line per block."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    how = "filled in from the loader's order" if r["derived"] else "as recorded by the run"
+    console.print(f"[bold]step {r['step']}[/]: {r['global_batch']} blocks ({how})")
+    for k, block in enumerate(r["blocks"]):
+        body = r["texts"][k] if "texts" in r else " ".join(map(str, r["sequences"][k]))
+        console.print(f"[bold]block {block}[/] ({r['sources'][k]}): ", end="")
+        console.print(body, markup=False, soft_wrap=True)

@@ -54,6 +54,7 @@ class BlockLoader:
         self.shuffle = shuffle
         self.epoch = 0
         self.cursor = 0  # blocks of the current epoch already consumed by all ranks together
+        self.step_blocks: np.ndarray | None = None  # every rank's blocks of the last step (the ledger's row)
         self._order = epoch_order(len(dataset), seed, 0, shuffle)
 
     @property
@@ -81,7 +82,7 @@ class BlockLoader:
 
     def next_indices(self) -> np.ndarray:
         """Block indices of this rank's next batch (advances the position of every rank alike)."""
-        step = self._take(self.global_batch)
+        step = self.step_blocks = self._take(self.global_batch)
         return step[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[torch.Tensor]:

@@ -15,9 +15,12 @@ BUNDLE/
   model/intermediate/step_N/   each declared checkpoint in Hugging Face format, as model/final/, and
                            its state.json (+ optimizer/ and scheduler.pt with release.optimizer_state)
   model/checkpoints.json   the checkpoint table (see ominix.release.checkpoints)
-  model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above)
+  model/metadata/          resolved config.yaml, final state.json (+ optimizer state, as above),
+                           training_run.json (throughput, MFU, restarts, wall time, GPU-hours, devices)
   logs/                    metrics.jsonl, train.log, tb/ (TensorBoard) as the run wrote them
   data/                    the prepared data, or a reference to it (see ominix.release.bundle_data)
+  data_order/              the run's data-order ledger: the training blocks of every step
+                           (ominix.data.ledger; DATA_CARD.md says how to rebuild a batch)
   eval/eval_results.json  samples/samples.jsonl  docs/ (technical report, research paper)
   BUNDLE.json              the size of every file, the data mode, bytes linked and copied
   SHA256SUMS               every file above (`sha256sum -c SHA256SUMS` from inside the bundle)
@@ -49,6 +52,7 @@ from ominix.infer.load import EXPORT_META
 from ominix.release import bundle_data, cards, checkpoints, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
 from ominix.release.bundle_files import SUMS, BundleCheck, Placer, Progress, verify_bundle
+from ominix.release.run_record import training_record
 
 __all__ = ["BundleCheck", "locate", "make_bundle", "verify_bundle"]
 
@@ -209,6 +213,7 @@ class _Builder:
         meta = tmp / "model" / "metadata"
         meta.mkdir(parents=True)
         (meta / "config.yaml").write_text(art.config_text)
+        _write_json(meta / "training_run.json", training_record(art.metrics))  # what a technical report cites
         placer.add(art.final.state_file, f"model/metadata/{STATE}", link=False)
         if optimizer:
             self._optimizer(art.final, "model/metadata", placer)
@@ -259,12 +264,12 @@ class _Builder:
         (tmp / "code" / "requirements.txt").write_text(provenance.requirements_txt(provenance.package_versions()))
         _write_json(tmp / "code" / "PROVENANCE.json",
                     {**provenance.provenance(art, command), "resolved_config": "model/metadata/config.yaml"})
+        if art.manifest:  # the ledger is checked before the weights are exported or placed
+            bundle_data.place_card_and_order(art, tmp, placer)
         self._weights(tmp, placer, command)
         self._logs(placer)
         if art.manifest:
             self.data_plan = bundle_data.place(art, self.data_mode, placer, tmp)
-            if (art.data_dir / "DATA_CARD.md").is_file():
-                placer.add(art.data_dir / "DATA_CARD.md", "DATA_CARD.md", link=False)
         if self.eval_results is not None:
             placer.add(art.eval_results, "eval/eval_results.json", link=False)
         if art.samples:

@@ -7,6 +7,8 @@
   (``data/shards.sha256``, for ``sha256sum -c`` in the re-prepared directory); the manifest, data
   card and tokenizer are copied. The reference is complete only when every source can be fetched
   again: a Hub dataset at a pinned revision or OminiX's embedded corpus, not a local path.
+- The run's data-order ledger goes into ``data_order/`` whatever the mode, and the data card says
+  how to rebuild a step's batch from it.
 - ``auto`` (default): ``link`` when the data lies on the bundle's filesystem (hard links take no
   space) or its files total at most :data:`AUTO_COPY_LIMIT`, else ``reference``.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint import files_under
+from ominix.data.card import CARD
 from ominix.data.store import listed_files
 from ominix.errors import OminixError
 from ominix.release.bundle_files import Placer
@@ -101,6 +104,23 @@ def place(art: Any, mode: str, placer: Placer, tmp: Path) -> DataPlan:
     (out / "shards.sha256").write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(shards.items())))
     (out / "REFERENCE.md").write_text(_reference_text(reference))
     return plan
+
+
+def place_card_and_order(art: Any, tmp: Path, placer: Placer) -> None:
+    """The data card and the run's data-order ledger (cut to the final checkpoint's steps, checked
+    against the loader's order and the manifest): the card gains the ledger's paragraph. A run
+    without a ledger (trained before OminiX kept one) gets the prepared card as it is."""
+    from ominix.data import ledger
+    from ominix.data.store import manifest_sha256
+
+    card = art.data_dir / CARD
+    if not (art.run_dir / ledger.LEDGER).is_file():
+        if card.is_file():
+            placer.add(card, CARD, link=False)
+        return
+    info = ledger.copy_steps(art.run_dir, tmp / ledger.BUNDLE_DIR, art.final.step, manifest_sha256(art.data_dir))
+    if card.is_file():
+        (tmp / CARD).write_text(card.read_text().rstrip("\n") + "\n\n" + ledger.card_section(info))
 
 
 def _reference_text(ref: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ominix.markdown import loss_cells, table
 from ominix.release.mof import ROMAN, Classification, license_facts
+from ominix.release.run_record import card_lines, training_record
 
 STATUS_TEXT = {
     "type-appropriate": "yes",
@@ -17,24 +18,12 @@ STATUS_TEXT = {
 }
 
 
-def _compute(metrics: list[dict[str, Any]], world: int) -> dict[str, Any]:
-    """Training wall time (from step times in metrics.jsonl) and device-hours."""
-    train = [m for m in metrics if m.get("kind") == "train" and "step_time_s" in m]
-    seconds, previous = 0.0, 0
-    for row in train:
-        seconds += row["step_time_s"] * (row["step"] - previous)
-        previous = row["step"]
-    last = train[-1] if train else {}
-    return {"seconds": seconds, "device_hours": seconds * world / 3600, "last": last}
-
-
 def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> str:
     from ominix.flops import num_params
 
     cfg, state = art.config, art.final.state
     m, o, s, p = cfg.model, cfg.optim, cfg.schedule, cfg.parallel
-    world = state.get("world_size") or 1
-    compute = _compute(art.metrics, world)
+    record = training_record(art.metrics)
     out = [
         f"# {release.name} (version {release.version})",
         "",
@@ -83,15 +72,8 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
         "",
         "## Compute",
         "",
-        f"{world} device(s) (world size), {compute['seconds']:.1f} s of measured step time, "
-        f"{compute['device_hours']:.4f} device-hours.",
+        *card_lines(record),
     ]
-    last = compute["last"]
-    if last:
-        mfu = last.get("mfu")
-        out.append(f"Last logged throughput: {last.get('tokens_per_s', 0):,.0f} tokens/s, "
-                   f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f} %'}, "
-                   f"peak memory {last.get('memory_gib', 0):.2f} GiB per process.")
     out += ["", "## Evaluation", ""]
     if eval_results:
         ppl = eval_results.get("perplexity", {})

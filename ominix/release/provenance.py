@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import ominix
+from ominix.release.run_record import training_record
 
 PACKAGE_DIR = Path(ominix.__file__).parent
 # The MOF code components, as parts of the OminiX package (paths relative to the package).
@@ -74,6 +75,7 @@ def provenance(artifacts: Any, command: str | None) -> dict[str, Any]:
             key: artifacts.final.state.get(key)
             for key in ("step", "tokens", "world_size", "dp", "tp", "pp", "plugin", "data_manifest_sha256")
         },
+        "training_run": training_record(artifacts.metrics),  # also model/metadata/training_run.json
     }
 
 

@@ -96,28 +96,48 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from and notices about damaged ones passed over: rank 0 checks, every
-    rank gets its answer (or its error)."""
+def _from_rank0(fn, share: bool = True):
+    """``fn()`` run on rank 0 alone; every rank gets its answer (``share``; else rank 0 alone, the
+    others None) or raises its OminixError, so no rank waits in a collective for one that failed."""
     import torch.distributed as dist
 
-    from ominix.checkpoint import resumable
-
-    choice = cfg.checkpoint.resume
-    if choice == "never":
-        return None, []
-    answer: list = [None]
+    answer, result = [None], None
     if dist.get_rank() == 0:
         try:
-            answer = [("ok", resumable(run_dir if choice == "auto" else choice, cfg.checkpoint.verify,
-                                       required=choice != "auto"))]
+            result = fn()
+            answer = [("ok", result if share else None)]
         except OminixError as exc:
             answer = [("error", (exc.message, exc.hint, exc.exit_code))]
     dist.broadcast_object_list(answer, src=0)
     kind, value = answer[0]
     if kind == "error":
         raise OminixError(*value)
-    return value
+    return value if share else result
+
+
+def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from and notices about damaged ones passed over: rank 0 checks, every
+    rank gets its answer (or its error)."""
+    from ominix.checkpoint import resumable
+
+    choice = cfg.checkpoint.resume
+    if choice == "never":
+        return None, []
+    return _from_rank0(lambda: resumable(run_dir if choice == "auto" else choice, cfg.checkpoint.verify,
+                                         required=choice != "auto"))
+
+
+def _devices() -> dict[str, int]:
+    """``{"host: device name": processes}`` over every rank (one collective)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from ominix.flops import device_name
+
+    names: list = [None] * dist.get_world_size()
+    dist.all_gather_object(names, f"{socket.gethostname()}: {device_name()}")
+    return {name: names.count(name) for name in sorted(set(names))}
 
 
 def _open_data(cfg: OminixConfig):
@@ -157,6 +177,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     import torch.distributed as dist
 
     from ominix import compiled, float8
+    from ominix.data.ledger import LedgerWriter, describe
     from ominix.data.loader import BlockLoader
     from ominix.data.verified import verification_note
     from ominix.flops import device_name, flops_per_token, num_params, peak_flops
@@ -172,6 +193,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         continue_schedule, eval_note, lr_multiplier, resume_note, span, total_steps, warmup_note,
     )
 
+    launched = time.perf_counter()
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
@@ -226,6 +248,10 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
                  "(raise --max-steps to continue)")
 
+    ledger = _from_rank0(lambda: LedgerWriter(run_dir, describe(loader.state_dict(), data_sha), state.step),
+                         share=False)
+    devices = _devices()
+
     def save(announce: bool = True) -> Path:
         info = {
             "loop": asdict(state), "step": state.step, "tokens": state.tokens, "last_loss": state.last_loss,
@@ -249,6 +275,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     if note := profiler.unreachable(state.step, total):
         out.line(note)
     freeze_heap()
+    out.record("launch", {"step": state.step, "world_size": world, "devices": devices,
+                          "setup_s": time.perf_counter() - launched,
+                          "steps_redone": ledger.dropped if ledger else 0}, dashboards=False)
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
@@ -256,6 +285,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         profiler.before(state.step + 1)
         with profiler.phase("data"):
             batch = to_device(next(loader), engine.device)
+            if ledger is not None:
+                ledger.append(loader.step_blocks)
         loss = forward_backward(engine, batch, profiler.phase)
         skip = s.on_nan == "skip"
         with profiler.phase("optimizer"):
@@ -313,6 +344,8 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             if split is not None:
                 split.check(wait=True)
     out.close()
+    if ledger is not None:
+        ledger.close()
     vote.close()
     # every rank's queued GPU work and collectives done before the process group is torn down
     # (FSDP's last all-gathers otherwise left destroy_process_group waiting on the GPU)

@@ -143,13 +143,15 @@ class MetricsWriter:
             self.log_file.write(text + "\n")
             self.log_file.flush()
 
-    def record(self, kind: str, values: dict[str, Any]) -> None:
-        """Append one JSON object to metrics.jsonl and its numbers to TensorBoard and W&B; after an
-        evaluation, redraw the figure."""
+    def record(self, kind: str, values: dict[str, Any], dashboards: bool = True) -> None:
+        """Append one JSON object, stamped with the wall-clock ``time``, to metrics.jsonl and (with
+        ``dashboards``) its numbers to TensorBoard and W&B; after an evaluation, redraw the figure."""
         if not self.enabled:
             return
-        self.jsonl.write(json_line({"kind": kind, **values}) + "\n")
+        self.jsonl.write(json_line({"kind": kind, **values, "time": round(time.time(), 3)}) + "\n")
         self.jsonl.flush()
+        if not dashboards:
+            return
         self.undrawn = True
         if self.tb is not None:
             for key, value in values.items():
