@@ -145,7 +145,7 @@ class MetricsWriter:
 
     def record(self, kind: str, values: dict[str, Any]) -> None:
         """Append one JSON object to metrics.jsonl and its numbers to TensorBoard and W&B; after an
-        evaluation, redraw the figure."""
+        evaluation (held-out or downstream tasks), redraw the figure."""
         if not self.enabled:
             return
         self.jsonl.write(json_line({"kind": kind, **values}) + "\n")
@@ -158,7 +158,7 @@ class MetricsWriter:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(kind, values)
-        if kind == "eval":
+        if kind in ("eval", "downstream"):  # the figure shows both
             self.draw()
 
     def draw(self) -> None:
