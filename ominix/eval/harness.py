@@ -20,10 +20,22 @@ LOCAL_HINT = ("pass an lm-eval task name (lm-eval ls tasks), or a local task fil
               "path/to/task.yaml (its data_files a json/jsonl file beside it)")
 
 
-def check_installed() -> None:
+def check_installed(setting: str = "--tasks") -> None:
     if importlib.util.find_spec("lm_eval") is None:
-        raise OminixError("--tasks needs lm-evaluation-harness, which is not installed",
+        raise OminixError(f"{setting} needs lm-evaluation-harness, which is not installed",
                           "pip install 'ominix[eval]' (task data comes from the hub or a local copy)")
+
+
+def check_task_files(tasks: list[str], setting: str) -> None:
+    """What the launcher checks of ``setting``'s tasks before any process starts: lm-eval is
+    installed and each task file exists (names are looked up by rank 0 before the first step:
+    indexing lm-eval's registry takes seconds)."""
+    if not tasks:
+        return
+    check_installed(setting)
+    for task in filter(is_task_file, tasks):
+        if not Path(task).expanduser().is_file():
+            raise OminixError(f"{setting}: task file {task} not found", LOCAL_HINT)
 
 
 def is_task_file(task: str) -> bool:

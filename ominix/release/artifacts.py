@@ -4,6 +4,7 @@
 RUN_DIR/config.yaml                         resolved config (required)
 RUN_DIR/checkpoints/                        at least one complete checkpoint (see ominix.checkpoint)
 RUN_DIR/metrics.jsonl, export/, samples.jsonl, eval/eval_results.json     optional
+RUN_DIR/eval/downstream.json                lm-eval tasks scored in training (optional)
 DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokenizer/, validation/
 ```
 """

@@ -43,8 +43,9 @@ import yaml
 from ominix.atomic import check_replaceable, staged
 from ominix.checkpoint.layout import SCHEDULER, STATE
 from ominix.errors import OminixError
+from ominix.eval.results import run_results
 from ominix.release import bundle_data, cards, mof, provenance
-from ominix.release.artifacts import RunArtifacts, collect, read_json
+from ominix.release.artifacts import RunArtifacts, collect
 from ominix.release.bundle_files import SUMS, BundleCheck, Placer, Progress, verify_bundle
 
 __all__ = ["BundleCheck", "locate", "make_bundle", "verify_bundle"]
@@ -113,7 +114,7 @@ class _Builder:
         self.intermediate = _declared(art, release.intermediate)
         self.data_mode = bundle_data.resolve_mode(release.data, art.data_dir, out) if art.manifest else None
         self.data_plan: bundle_data.DataPlan | None = None
-        self.eval_results = read_json(art.eval_results) if art.eval_results else None
+        self.eval_results = run_results(art.run_dir)
 
     def planned(self) -> dict[str, str]:
         """``{component name: path in the bundle}`` for every component this run can provide."""
@@ -247,7 +248,10 @@ class _Builder:
             self.data_plan = bundle_data.place(art, self.data_mode, placer, tmp)
             if (art.data_dir / "DATA_CARD.md").is_file():
                 placer.add(art.data_dir / "DATA_CARD.md", "DATA_CARD.md", link=False)
-        if self.eval_results is not None:
+        if self.eval_results is not None and "downstream" in self.eval_results:
+            (tmp / "eval").mkdir()
+            _write_json(tmp / "eval" / "eval_results.json", self.eval_results)  # with training's tasks
+        elif self.eval_results is not None:
             placer.add(art.eval_results, "eval/eval_results.json", link=False)
         if art.samples:
             placer.add(art.samples, "samples/samples.jsonl", link=False)

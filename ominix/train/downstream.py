@@ -12,10 +12,12 @@ as the tasks take, and a failure on rank 0 stops every rank with its message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
 from datetime import timedelta
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +102,8 @@ class DownstreamTasks:
         shutil.rmtree(scratch)
         tokenizer = framed_tokenizer(self.tokenizer_dir, self.framing, self.run_dir)
         try:
-            return run_tasks(model, tokenizer, self.tasks, self.limit, self.resolved)
+            with _random_state_kept(device):  # lm-eval seeds python, numpy and torch
+                return run_tasks(model, tokenizer, self.tasks, self.limit, self.resolved)
         finally:
             del model
             if torch.cuda.is_available():
@@ -129,6 +132,22 @@ class DownstreamTasks:
         if kind == "error":
             raise OminixError(*detail)
         return value
+
+
+@contextlib.contextmanager
+def _random_state_kept(device: Any) -> Iterator[None]:
+    """The python, numpy and torch generators as they were before, afterwards: rank 0's training
+    stream (and the RNG state its checkpoints save) does not depend on the evaluation."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy)
 
 
 def format_downstream(record: dict[str, Any]) -> str:
