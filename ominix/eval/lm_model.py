@@ -29,7 +29,7 @@ class OminixLM(LM):
         self.model, self.tokenizer = model, tokenizer
         self.max_len = model.config.max_position_embeddings
         weight = model.lm_head.weight
-        self.device_, self.dtype = weight.device, weight.dtype
+        self._device, self.dtype = weight.device, weight.dtype  # LM.device reads _device
         self.decoder = None  # built on the first generation request
 
     def _context(self, text: str) -> list[int]:
@@ -56,7 +56,7 @@ class OminixLM(LM):
             members = list(members)
             longest = max(len(pairs[i][1]) for i in members)
             context = context[-max(self.max_len - longest, 1):]  # the continuation must fit whole
-            cache = KVCache(self.model.config, 1, len(context) + longest, self.device_, self.dtype)
+            cache = KVCache(self.model.config, 1, len(context) + longest, self.device, self.dtype)
             last = self.model(self._ids(context), cache=cache).logits[:, -1:]
             for i in members:
                 results[i] = self._score(pairs[i][1], last, cache, len(context))
@@ -71,7 +71,7 @@ class OminixLM(LM):
         if len(continuation) > 1:
             logits = torch.cat([last, self.model(self._ids(continuation[:-1]), cache=cache).logits], 1)
         logprobs = F.log_softmax(logits[0].float(), -1)
-        target = torch.tensor(continuation, device=self.device_)
+        target = torch.tensor(continuation, device=self.device)
         picked = logprobs.gather(1, target[:, None]).sum().item()
         return picked, bool((logprobs.argmax(-1) == target).all())
 
@@ -86,7 +86,7 @@ class OminixLM(LM):
             for start in range(0, len(ids) - 1, self.max_len):
                 window = ids[start:start + self.max_len + 1]
                 logits = self.model(self._ids(window[:-1])).logits[0].float()
-                target = torch.tensor(window[1:], device=self.device_)
+                target = torch.tensor(window[1:], device=self.device)
                 total += F.log_softmax(logits, -1).gather(1, target[:, None]).sum().item()
             out.append(total)
         return out
@@ -126,4 +126,4 @@ class OminixLM(LM):
         return text
 
     def _ids(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor([ids], device=self.device_)
+        return torch.tensor([ids], device=self.device)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 HELD_OUT = Path("eval") / "eval_results.json"
-IN_TRAINING = Path("eval") / "downstream.json"  # ominix.train.downstream writes it
+IN_TRAINING = Path("eval") / "downstream.json"  # written by ominix.train.downstream
 
 
 def _read(path: Path) -> dict[str, Any] | None:

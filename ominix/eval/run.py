@@ -16,6 +16,7 @@ from ominix.atomic import write_text
 from ominix.checkpoint import model_checksum
 from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
+from ominix.eval.results import HELD_OUT
 from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve
 
 
@@ -27,7 +28,7 @@ def default_data(source: ModelSource) -> Path:
 
 def default_out(source: ModelSource) -> Path:
     if source.run_dir is not None:
-        return source.run_dir / "eval" / "eval_results.json"
+        return source.run_dir / HELD_OUT
     return Path("eval_results.json")
 
 

@@ -16,23 +16,19 @@ import contextlib
 import json
 import shutil
 import time
-from datetime import timedelta
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from ominix.atomic import write_text
 from ominix.errors import OminixError
+from ominix.eval.results import IN_TRAINING
 
-RESULTS = Path("eval") / "downstream.json"
 SCRATCH = Path("eval") / ".downstream-weights"
 # the other ranks wait this long for rank 0's tasks: far longer than any cheap in-loop evaluation,
 # where the default of a collective (10 to 30 minutes) could end a long one
 WAIT = timedelta(hours=12)
-
-
-def results_path(run_dir: Path) -> Path:
-    return run_dir / RESULTS
 
 
 class DownstreamTasks:
@@ -79,7 +75,7 @@ class DownstreamTasks:
                   **{f"{task}/{name}": value for task, values in scores.items() for name, value in values.items()}}
         out.line(format_downstream(record))
         out.record("downstream", record)
-        write_text(results_path(self.run_dir), json.dumps({
+        write_text(self.run_dir / IN_TRAINING, json.dumps({
             "step": step, "tokens_seen": tokens, "tasks": scores,
             "settings": {"tasks": self.tasks, "limit": self.limit, "lm_eval": version()},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -89,9 +85,9 @@ class DownstreamTasks:
         """Rank 0: the tasks' numbers for the weights in ``scratch`` (deleted once read)."""
         import torch
 
+        from ominix.checkpoint.weights import iter_weights, weight_infos
         from ominix.eval.harness import run_tasks
         from ominix.infer.load import check_state, empty_model, fill, framed_tokenizer
-        from ominix.checkpoint.weights import iter_weights, weight_infos
 
         device = self.engine.device
         bf16 = device.type == "cuda" and self.cfg.parallel.precision == "bf16"
