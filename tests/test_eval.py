@@ -87,6 +87,46 @@ def test_eval_cli_writes_results_with_manifest_checksum(run_dir: Path) -> None:
     assert math.isclose(results["perplexity"]["perplexity"], math.exp(results["perplexity"]["loss"]))
 
 
+LOCAL_TASK = Path(__file__).parent / "data" / "lm_eval" / "tiny_choice.yaml"  # task ominix_tiny_choice
+
+
+def test_eval_scores_a_local_task_file_from_any_directory(run_dir: Path, tmp_path: Path) -> None:
+    """A task YAML whose data_files are relative to the file (an offline cluster's own task): lm-eval
+    scores OminiX's model on it, whatever the working directory, and the numbers are in the file."""
+    out = tmp_path / "r.json"
+    result = run_cli("eval", "--model", str(run_dir), "--max-blocks", "2", "--tasks", str(LOCAL_TASK),
+                     "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = json.loads(out.read_text())["tasks"]
+    assert list(tasks) == ["ominix_tiny_choice"] and 0 <= tasks["ominix_tiny_choice"]["acc"] <= 1
+
+
+def test_task_scores_through_the_kv_cache_equal_the_model_without_it(run_dir: Path) -> None:
+    """Continuations scored from a shared context's KV cache (rewound between them) have the
+    log-probabilities one forward pass over context + continuation gives; empty contexts start at
+    a document boundary, as training documents do."""
+    from lm_eval.api.instance import Instance
+
+    from ominix.eval.lm_model import OminixLM
+    from ominix.infer.load import load_model, load_tokenizer, resolve
+
+    source = resolve(run_dir)
+    model, tokenizer = load_model(source), load_tokenizer(source)
+    pairs = [("def add(a, b):", " return a + b"), ("def add(a, b):", " pass"), ("", "import os"),
+             ("x =", " 1")]
+    got = OminixLM(model, tokenizer).loglikelihood(
+        [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)])
+    for (context, continuation), (logprob, greedy) in zip(pairs, got):
+        head = tokenizer(context).input_ids
+        tail = tokenizer(context + continuation).input_ids[len(head):]
+        head = head or [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([head + tail])).logits[0, len(head) - 1:-1].float()
+        expect = logits.log_softmax(-1).gather(1, torch.tensor(tail)[:, None]).sum().item()
+        assert logprob == pytest.approx(expect, abs=1e-4)
+        assert greedy == bool((logits.argmax(-1) == torch.tensor(tail)).all())
+
+
 @pytest.mark.parametrize("case", ["split", "data", "dtype", "tasks"])
 def test_eval_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Path) -> None:
     import importlib.util

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 SETS = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=2", "schedule.eval_every=2",
         "schedule.eval_blocks=16", "checkpoint.keep_last=1", "checkpoint.keep_every=0", "logging.tensorboard=false"]
@@ -106,8 +106,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wandb_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """4 steps on 2 processes logged to W&B offline, then a relaunch on 1 process that resumes at
-    step 4 and trains to 6; returns (run directory, WANDB_DIR)."""
+    """4 steps on 2 processes logged to W&B offline (with a local lm-eval task at each evaluation),
+    then a relaunch on 1 process that resumes at step 4 and trains to 6; returns (run directory,
+    WANDB_DIR)."""
     from tests.conftest import in_private_netns
 
     if not in_private_netns():
@@ -115,7 +116,10 @@ def wandb_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     root = tmp_path_factory.mktemp("wandb")
     run_dir, wandb_dir = root / "run", root / "wandb-files"
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir)}
-    first = launch(data, run_dir, "--nproc-per-node", "2", "--max-steps", "4", sets=[*SETS, *WANDB], env=env)
+    tasks = [f"schedule.eval_tasks=[{REPO / 'tests' / 'data' / 'lm_eval' / 'tiny_choice.yaml'}]",
+             "schedule.eval_task_limit=2"]
+    first = launch(data, run_dir, "--nproc-per-node", "2", "--max-steps", "4", sets=[*SETS, *WANDB, *tasks],
+                   env=env)
     _ok(first)
     assert len(list(wandb_dir.glob("wandb/offline-run-*"))) == 1  # rank 0 only
     _ok(launch(data, run_dir, "--max-steps", "6", "--resume", "auto", sets=[*SETS, *WANDB], env=env))
@@ -132,6 +136,8 @@ def test_wandb_offline_run_holds_what_metrics_jsonl_holds(wandb_run: tuple[Path,
     assert logged(first, "train/lr") == {s: metrics(run_dir, "train", "lr")[s] for s in (1, 2, 3, 4)}
     val = metrics(run_dir, "eval", "val_loss")
     assert logged(first, "eval/val_loss") == {2: val[2], 4: val[4]}
+    acc = metrics(run_dir, "downstream", "ominix_tiny_choice/acc")
+    assert logged(first, "downstream/ominix_tiny_choice/acc") == {2: acc[2], 4: acc[4]}
     assert f"W&B run {first['id']} (offline)" in (run_dir / "train.log").read_text()
 
 
@@ -148,12 +154,13 @@ def test_a_resumed_run_logs_into_the_same_wandb_run(wandb_run: tuple[Path, Path]
 def test_training_draws_the_figure_and_train_plot_redraws_it(wandb_run: tuple[Path, Path], tmp_path: Path) -> None:
     run_dir, _ = wandb_run
     figure = run_dir / "plots" / "training.png"
-    assert png_size(figure) == (1200, 360) and figure.stat().st_size > 20_000  # three drawn panels, not blank
+    # four drawn panels, not blank: loss, learning rate, throughput and the lm-eval task
+    assert png_size(figure) == (1600, 360) and figure.stat().st_size > 20_000
     assert not [p for p in figure.parent.iterdir() if p.name != "training.png"]  # no temporary left behind
     out = tmp_path / "again.png"
     result = run_cli("train", "plot", str(run_dir), "--out", str(out))
     _ok(result)
-    assert f"wrote {out}" in result.stdout and png_size(out) == (1200, 360)
+    assert f"wrote {out}" in result.stdout and png_size(out) == (1600, 360)
     missing = run_cli("train", "plot", str(tmp_path))
     assert missing.returncode == 2 and "metrics.jsonl not found" in missing.stderr
 

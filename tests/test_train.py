@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ominix.config import load_config
 from ominix.errors import OminixError
@@ -23,6 +24,7 @@ from tests.conftest import REPO, run_cli
 
 QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3", "schedule.eval_every=3",
          "schedule.eval_blocks=16", "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
+LOCAL_TASK = REPO / "tests" / "data" / "lm_eval" / "tiny_choice.yaml"  # task ominix_tiny_choice
 
 
 @pytest.fixture(scope="session")
@@ -202,13 +204,15 @@ def test_nonfinite_training_stops_with_the_step_or_skips(on_nan: str, data_dir: 
 
 @pytest.fixture(scope="module")
 def ddp_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 steps of ddp on 2 processes, checkpoints at steps 2 and 4, evaluation at both."""
+    """4 steps of ddp on 2 processes, checkpoints at steps 2 and 4, evaluation at both, with a local
+    lm-eval task (its first 4 documents) on rank 0."""
     from tests.conftest import in_private_netns
 
     if not in_private_netns():
         pytest.fail("this test starts torchrun: run it via `make test` (private network namespace)")
     run = tmp_path_factory.mktemp("ddp") / "run"
-    _ok(_launch(data_dir, run, "--nproc-per-node", "2", "--max-steps", "4", sets=SETS))
+    _ok(_launch(data_dir, run, "--nproc-per-node", "2", "--max-steps", "4",
+                sets=[*SETS, f"schedule.eval_tasks=[{LOCAL_TASK}]", "schedule.eval_task_limit=4"]))
     return run
 
 
@@ -241,6 +245,43 @@ def test_ddp_trains_and_writes_metrics_tensorboard_and_checkpoints(ddp_run: Path
 
     weights = read_weights(resolve_checkpoint(ddp_run))
     assert "model.layers.0.self_attn.q_proj.weight" in weights and "lm_head.weight" in weights
+
+
+def test_lm_eval_task_in_the_loop_reaches_metrics_tensorboard_and_the_release(ddp_run: Path,
+                                                                               tmp_path: Path) -> None:
+    """schedule.eval_tasks: rank 0 scores the task at the evaluation of step 2 and at the end; the
+    numbers are in metrics.jsonl, TensorBoard, the figure, the bundle's eval_results.json and both
+    model cards (the bundle's and the export's model-index)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ominix.infer.export import export
+    from ominix.release.bundle import make_bundle
+
+    rows = [json.loads(x) for x in (ddp_run / "metrics.jsonl").read_text().splitlines() if '"downstream"' in x]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(0 <= r["ominix_tiny_choice/acc"] <= 1 and r["seconds"] > 0 for r in rows)
+    assert "tasks step      4 | ominix_tiny_choice/acc" in (ddp_run / "train.log").read_text()
+    events = EventAccumulator(str(ddp_run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("downstream/ominix_tiny_choice/acc")] == [2, 4]
+    assert (ddp_run / "plots" / "training.png").is_file()
+    final = json.loads((ddp_run / "eval" / "downstream.json").read_text())
+    assert final["step"] == 4 and final["settings"]["limit"] == 4
+    assert final["tasks"]["ominix_tiny_choice"]["acc"] == rows[1]["ominix_tiny_choice/acc"]
+    assert not (ddp_run / "eval" / ".downstream-weights").exists()  # the gathered weights are gone
+
+    bundle = tmp_path / "bundle"
+    make_bundle(ddp_run, bundle, name="tiny-tasks", producer="OminiX tests")
+    bundled = json.loads((bundle / "eval" / "eval_results.json").read_text())
+    assert bundled["tasks"] == final["tasks"] and bundled["downstream"]["step"] == 4
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "during training, at step 4, first 4 documents per task" in card
+    assert f"lm-eval `ominix_tiny_choice`: acc {final['tasks']['ominix_tiny_choice']['acc']:.4f}" in card
+    export(ddp_run, tmp_path / "export", verify=False)
+    front = (tmp_path / "export" / "README.md").read_text().split("---")[1]
+    results = yaml.safe_load(front)["model-index"][0]["results"]
+    scored = [r for r in results if r["dataset"]["type"] == "ominix_tiny_choice"]
+    assert scored[0]["metrics"][0]["value"] == final["tasks"]["ominix_tiny_choice"]["acc"]
 
 
 def test_ddp_resume_is_bit_exact(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def eval_(
     max_batches: int = typer.Option(None, "--max-batches", hidden=True, help="Old form of --max-blocks: N x --batch-size blocks."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness tasks (needs ominix[eval])."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness task names or local task YAML files (needs ominix[eval]; docs/DOWNSTREAM_EVAL.md)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the results as JSON."),
 ) -> None:
     """Loss and perplexity, overall and per source set; writes eval_results.json (MOF evaluation results).
@@ -32,6 +32,8 @@ def eval_(
       ominix eval --model exports/tiny --data data/tiny --split validation --out eval_results.json
 
       ominix eval --model runs/tiny --max-blocks 80 --json
+
+      ominix eval --model runs/tiny --tasks arc_easy,tasks/my_task.yaml
     """
     from ominix.cli.progress_view import shown_progress
     from ominix.errors import OminixError

@@ -210,6 +210,15 @@ class ScheduleConfig(Section):
                              "holds fewer): the same blocks and loss under every plugin, batch size "
                              "and world size (ominix eval --max-blocks N). Replaces eval_batches "
                              "(micro batches): eval_batches=N becomes N x micro_batch_size blocks.")
+    eval_tasks: list[str] = Field(
+        [], description="lm-evaluation-harness tasks run on rank 0 at each evaluation (eval_every) and "
+        "at the end: task names, or local task YAML files (their data_files relative to the file) for "
+        "offline clusters. Needs pip install 'ominix[eval]'."
+    )
+    eval_task_limit: int | None = Field(
+        100, ge=1, description="Documents per lm-eval task at each evaluation (the first N), so in-loop "
+        "tasks stay cheap; None = every document."
+    )
     seed: int = Field(42, description="Seed of the weight initialisation and of the python, numpy and "
                       "torch random generators of every rank; the training order follows data.seed.")
     on_nan: Literal["stop", "skip"] = Field(

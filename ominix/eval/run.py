@@ -16,7 +16,8 @@ from ominix.atomic import write_text
 from ominix.checkpoint import model_checksum
 from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
-from ominix.infer.load import ModelSource, load_model, resolve
+from ominix.eval.results import HELD_OUT
+from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve
 
 
 def default_data(source: ModelSource) -> Path:
@@ -27,7 +28,7 @@ def default_data(source: ModelSource) -> Path:
 
 def default_out(source: ModelSource) -> Path:
     if source.run_dir is not None:
-        return source.run_dir / "eval" / "eval_results.json"
+        return source.run_dir / HELD_OUT
     return Path("eval_results.json")
 
 
@@ -64,10 +65,11 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
                           "evaluate on data prepared with this OminiX version and the model's tokenizer")
     if len(dataset) == 0:
         raise OminixError(f"{data} has no blocks in split {split!r}", "prepare more data or choose another --split")
-    if tasks:
-        from ominix.eval.harness import check_installed
+    resolved = None
+    if tasks:  # an unknown task or a missing task file stops here, before the model is loaded
+        from ominix.eval.harness import resolve_tasks
 
-        check_installed()
+        resolved = resolve_tasks(tasks)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     model = load_model(source, device, dtype)
@@ -89,11 +91,11 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
         "command": command,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    del model
     if tasks:
         from ominix.eval.harness import run_tasks
 
-        results["tasks"] = run_tasks(source, tasks, device, dtype)
+        results["tasks"] = run_tasks(model, load_tokenizer(source), tasks, resolved=resolved)
+    del model
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(results, indent=2) + "\n")
     results["out"] = str(out)

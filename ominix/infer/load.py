@@ -204,19 +204,24 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
 def load_tokenizer(source: ModelSource):
     """The Hugging Face tokenizer of ``source``, framing text as the model's training documents were
     framed; a clear error when there is none."""
+    return framed_tokenizer(source.tokenizer, source.framing, source.path)
+
+
+def framed_tokenizer(tok_dir: Path | None, framing: str | None, owner: Path):
+    """The Hugging Face tokenizer in ``tok_dir`` (of the model at ``owner``), framing text as
+    ``framing`` says (None: as the tokenizer does)."""
     from ominix.data.tokenizer import set_framing
 
-    tokenizer = _read_tokenizer(source)
-    if source.framing is not None:
-        set_framing(tokenizer, source.framing)
+    tokenizer = _read_tokenizer(tok_dir, owner)
+    if framing is not None:
+        set_framing(tokenizer, framing)
     return tokenizer
 
 
-def _read_tokenizer(source: ModelSource):
-    tok_dir = source.tokenizer
+def _read_tokenizer(tok_dir: Path | None, owner: Path):
     if tok_dir is None or not tok_dir.exists():
         where = f"({tok_dir} does not exist)" if tok_dir else "(the run config names no data.path)"
-        raise OminixError(f"no tokenizer for {source.path} {where}",
+        raise OminixError(f"no tokenizer for {owner} {where}",
                           "set data.path in the run's config.yaml to the prepared data directory")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

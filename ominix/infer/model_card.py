@@ -1,17 +1,18 @@
 """README.md of an export: a model card with the Hugging Face Hub's YAML front matter (license,
 datasets, language, tags, library_name, pipeline_tag, model-index with the run's evaluation),
-written from the run's config, the checkpoint's state and ``RUN_DIR/eval/eval_results.json``.
+written from the run's config, the checkpoint's state and the run's evaluation results
+(``ominix.eval.results``: ``ominix eval``'s and the lm-eval tasks scored during training).
 
 Nothing is invented: a field the run does not know (no license declared, no language set, data
 that is not a Hub dataset) is left out."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from ominix.eval.results import run_results, tasks_origin
 from ominix.markdown import loss_cells, table
 
 TAGS = ["ominix", "llama", "pretraining", "text-generation"]
@@ -33,14 +34,9 @@ def hub_datasets(sources: list[str]) -> list[str]:
     return [s for s in sources if HUB_ID.match(s) and not Path(s).expanduser().exists()]
 
 
-def eval_results(run_dir: Path | None) -> dict[str, Any] | None:
-    path = run_dir / "eval" / "eval_results.json" if run_dir is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def numbers(metrics: dict[str, Any]) -> list[tuple[str, float]]:
+    """A task's ``(metric, value)`` pairs that are numbers (lm-eval also reports names and "N/A")."""
+    return [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def license_fields(spdx: str | None) -> dict[str, str]:
@@ -74,14 +70,22 @@ def front_matter(source: Any, name: str, results: dict[str, Any] | None,
     metrics = [{"type": "loss", "name": "validation loss", "value": ppl["loss"]}] if "loss" in ppl else []
     if "perplexity" in ppl:
         metrics.append({"type": "perplexity", "name": "validation perplexity", "value": ppl["perplexity"]})
+    entries = []
     if metrics:
         data = results.get("data", {})
-        meta["model-index"] = [{"name": name, "results": [{
+        entries.append({
             "task": {"type": "text-generation", "name": "Text Generation"},
             "dataset": {"type": "ominix-prepared", "name": f"held-out split of {Path(str(data.get('path'))).name}",
                         "split": data.get("split") or "validation"},
             "metrics": metrics,
-        }]}]
+        })
+    for task, values in ((results or {}).get("tasks") or {}).items():  # lm-eval: {task: {metric: value}}
+        entries.append({"task": {"type": "text-generation", "name": "Text Generation"},
+                        "dataset": {"type": task, "name": task},
+                        "metrics": [{"type": metric, "name": f"{task} {metric}", "value": value}
+                                    for metric, value in numbers(values)]})
+    if entries:
+        meta["model-index"] = [{"name": name, "results": entries}]
     return meta
 
 
@@ -93,7 +97,7 @@ def model_card(source: Any, export_meta: dict[str, Any], name: str, release: Any
 
     from ominix.flops import num_params
 
-    results = eval_results(source.run_dir)
+    results = run_results(source.run_dir)
     cfg, m, state = source.run_config, source.model, source.state
     matter = front_matter(source, name, results, release)
     out = ["---", yaml.safe_dump(matter, sort_keys=False).rstrip(), "---", "",
@@ -119,6 +123,11 @@ def model_card(source: Any, export_meta: dict[str, Any], name: str, release: Any
         out += ["", "## Evaluation", "", *table(["split", "loss", "perplexity", "tokens"],
                                                  [[results.get("data", {}).get("split"),
                                                    *loss_cells(results["perplexity"])]])]
+    if results and results.get("tasks"):
+        out += ["", f"lm-evaluation-harness tasks ({tasks_origin(results)}):", "",
+                *table(["task", "metric", "value"], [[task, metric, f"{value:.4f}"]
+                                                     for task, values in results["tasks"].items()
+                                                     for metric, value in numbers(values)])]
     if cfg is not None:
         declared = release or cfg.release
         out += ["", "## Intended use", "", declared.intended_use, "", "## Limitations", "", declared.limitations]

@@ -1,8 +1,8 @@
 """What can be checked from the config and the prepared data's manifest alone, checked in the
 launcher before any process starts (the workers check again, for a worker started by hand): the
-wandb package when ``logging.wandb`` is on, prepared data at ``data.path``, its seq_len and
-vocabulary against the config, and the resume target (exists, is a checkpoint, fits this model,
-data and rank layout)."""
+wandb package when ``logging.wandb`` is on, lm-eval and the task files of ``schedule.eval_tasks``,
+prepared data at ``data.path``, its seq_len and vocabulary against the config, and the resume
+target (exists, is a checkpoint, fits this model, data and rank layout)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.data.fit import check_fits
+from ominix.eval.harness import check_task_files
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -39,6 +40,7 @@ def preflight(cfg: OminixConfig, world_size: int | None) -> None:
     from ominix.train.wandb_log import check_installed
 
     check_installed(cfg.logging.wandb)
+    check_task_files(cfg.schedule.eval_tasks, "schedule.eval_tasks")
     check_fits(cfg)
     resume = resume_target(cfg)
     if resume is not None and world_size is not None:

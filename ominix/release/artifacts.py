@@ -4,6 +4,7 @@
 RUN_DIR/config.yaml                         resolved config (required)
 RUN_DIR/checkpoints/                        at least one complete checkpoint (see ominix.checkpoint)
 RUN_DIR/metrics.jsonl, export/, samples.jsonl, eval/eval_results.json     optional
+RUN_DIR/eval/downstream.json                lm-eval tasks scored in training (optional)
 DATA_DIR (config data.path)                 manifest.json, DATA_CARD.md, tokenizer/, validation/
 ```
 """
@@ -18,6 +19,7 @@ from typing import Any
 from ominix.checkpoint import Checkpoint, complete_checkpoints
 from ominix.checkpoint.layout import CHECKPOINTS, MODEL, STATE, STEP_GLOB
 from ominix.errors import OminixError
+from ominix.eval.results import HELD_OUT
 
 
 def read_json(path: Path) -> Any:
@@ -113,7 +115,7 @@ def collect(run_dir: str | Path, data_dir: Path | None = None) -> RunArtifacts:
     cfg = build_config(read_yaml(config_path), str(config_path))
     checkpoints = _checkpoints(run_dir)
     data = _data_dir(cfg, run_dir, Path(data_dir).expanduser().absolute() if data_dir else None)
-    eval_results = run_dir / "eval" / "eval_results.json"
+    eval_results = run_dir / HELD_OUT
     samples = run_dir / "samples.jsonl"
     return RunArtifacts(
         run_dir=run_dir,

@@ -48,6 +48,7 @@ import yaml
 from ominix.atomic import check_replaceable, staged
 from ominix.checkpoint.layout import SCHEDULER, STATE
 from ominix.errors import OminixError
+from ominix.eval.results import run_results
 from ominix.infer.load import EXPORT_META
 from ominix.release import bundle_data, cards, checkpoints, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
@@ -120,7 +121,7 @@ class _Builder:
         self.intermediate = _declared(art, release.intermediate)
         self.data_mode = bundle_data.resolve_mode(release.data, art.data_dir, out) if art.manifest else None
         self.data_plan: bundle_data.DataPlan | None = None
-        self.eval_results = read_json(art.eval_results) if art.eval_results else None
+        self.eval_results = run_results(art.run_dir)
 
     def planned(self) -> dict[str, str]:
         """``{component name: path in the bundle}`` for every component this run can provide."""
@@ -270,7 +271,10 @@ class _Builder:
         self._logs(placer)
         if art.manifest:
             self.data_plan = bundle_data.place(art, self.data_mode, placer, tmp)
-        if self.eval_results is not None:
+        if self.eval_results is not None and "downstream" in self.eval_results:
+            (tmp / "eval").mkdir()
+            _write_json(tmp / "eval" / "eval_results.json", self.eval_results)  # with training's tasks
+        elif self.eval_results is not None:
             placer.add(art.eval_results, "eval/eval_results.json", link=False)
         if art.samples:
             placer.add(art.samples, "samples/samples.jsonl", link=False)

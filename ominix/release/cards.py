@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ominix.eval.results import tasks_origin
 from ominix.markdown import loss_cells, table
 from ominix.release.mof import ROMAN, Classification, license_facts
 from ominix.release.run_record import card_lines, training_record
@@ -76,14 +77,17 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
     ]
     out += ["", "## Evaluation", ""]
     if eval_results:
-        ppl = eval_results.get("perplexity", {})
+        ppl = eval_results.get("perplexity")
         data = eval_results.get("data", {})
-        out += [f"Perplexity on split `{data.get('split')}` of `{data.get('path')}` "
-                "(eval/eval_results.json has every number):", ""]
-        rows = [["all", *loss_cells(ppl)]] + [[name, *loss_cells(v)] for name, v in ppl.get("per_source", {}).items()]
-        out += table(["source set", "loss", "perplexity", "tokens"], rows)
-        out += [""] if eval_results.get("tasks") else []
-        for task, metrics in (eval_results.get("tasks") or {}).items():  # lm-eval: {task: {metric: value}}
+        if ppl:
+            out += [f"Perplexity on split `{data.get('split')}` of `{data.get('path')}` "
+                    "(eval/eval_results.json has every number):", ""]
+            rows = [["all", *loss_cells(ppl)]] + [[name, *loss_cells(v)] for name, v in ppl.get("per_source", {}).items()]
+            out += table(["source set", "loss", "perplexity", "tokens"], rows)
+        if eval_results.get("tasks"):
+            where = "" if ppl else "; eval/eval_results.json has every number"
+            out += [""] * bool(ppl) + [f"lm-evaluation-harness tasks ({tasks_origin(eval_results)}{where}):", ""]
+        for task, metrics in (eval_results.get("tasks") or {}).items():  # {task: {metric: value}}
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             out.append(f"- lm-eval `{task}`: {shown}")
     else:

@@ -1,5 +1,6 @@
-"""The training figure, ``RUN_DIR/plots/training.png``: loss (training and validation), learning rate
-and throughput against the step, drawn from ``RUN_DIR/metrics.jsonl``.
+"""The training figure, ``RUN_DIR/plots/training.png``: loss (training and validation), learning rate,
+throughput and, when the run has lm-eval tasks (``schedule.eval_tasks``), their metrics against the
+step, drawn from ``RUN_DIR/metrics.jsonl``.
 
 Training draws it at each evaluation and at the end (rank 0, ``logging.figure``); ``ominix train plot
 RUN_DIR`` draws it again from the same file. A step logged twice (a run resumed from a checkpoint
@@ -56,9 +57,10 @@ def draw(run_dir: Path, out: Path | None = None) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     records = read_records(run_dir)
-    train, evals = records["train"], records["eval"]
-    fig = Figure(figsize=(12, 3.6), dpi=100, layout="constrained")
-    loss_ax, lr_ax, speed_ax = fig.subplots(1, 3)
+    train, evals, tasks = records["train"], records["eval"], records.get("downstream", {})
+    panels = 4 if tasks else 3
+    fig = Figure(figsize=(4 * panels, 3.6), dpi=100, layout="constrained")
+    loss_ax, lr_ax, speed_ax, *task_ax = fig.subplots(1, panels)
     loss_ax.plot(*_series(train, "loss"), label="train", linewidth=1)
     if evals:
         loss_ax.plot(*_series(evals, "val_loss"), "o-", label="validation", markersize=3)
@@ -74,7 +76,13 @@ def draw(run_dir: Path, out: Path | None = None) -> Path:
         mfu_ax = speed_ax.twinx()
         mfu_ax.plot(steps, [100 * m for m in mfu], color="tab:orange", linewidth=1, alpha=0.6)
         mfu_ax.set_ylabel("MFU %", color="tab:orange")
-    for ax in (loss_ax, lr_ax, speed_ax):
+    if tasks:
+        names = sorted({key for row in tasks.values() for key in row if "/" in key and "stderr" not in key})
+        for name in names:
+            task_ax[0].plot(*_series(tasks, name), "o-", label=name, markersize=3)
+        task_ax[0].set(title="downstream tasks (lm-eval)", xlabel="step")
+        task_ax[0].legend(fontsize=7)
+    for ax in (loss_ax, lr_ax, speed_ax, *task_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     last = max(train, default=0)
     fig.suptitle(f"{run_dir.absolute().name}: step {last}", fontsize=10)

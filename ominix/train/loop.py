@@ -184,6 +184,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     from ominix.model import describe_attn
     from ominix import checkpoint as ckpt
     from ominix.plugins import PLUGINS
+    from ominix.train.downstream import DownstreamTasks
     from ominix.train.engine import build_engine, init_distributed
     from ominix.train.layout import derive_layout, with_global_batch
     from ominix.train.memory import estimate
@@ -209,6 +210,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
     vote = StopVote()  # a process group: built here, before the throughput clock starts
     out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging, cfg.model_dump(mode="json"))
+    tasks = DownstreamTasks(cfg, run_dir, engine, train_set.tokenizer_dir, train_set.framing)
     config_yaml = dump_yaml(cfg)
 
     state = LoopState()
@@ -328,6 +330,10 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             out.line(format_eval(record))
             out.record("eval", record)
             engine.model.train()
+            meter.resume()
+        if tasks.due(state.step, done):
+            meter.pause()
+            tasks.run(state.step, state.tokens, out)
             meter.resume()
         if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
             out.line(line)

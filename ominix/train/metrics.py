@@ -145,7 +145,8 @@ class MetricsWriter:
 
     def record(self, kind: str, values: dict[str, Any], dashboards: bool = True) -> None:
         """Append one JSON object, stamped with the wall-clock ``time``, to metrics.jsonl and (with
-        ``dashboards``) its numbers to TensorBoard and W&B; after an evaluation, redraw the figure."""
+        ``dashboards``) its numbers to TensorBoard and W&B; after an evaluation (held-out or
+        downstream tasks), redraw the figure."""
         if not self.enabled:
             return
         self.jsonl.write(json_line({"kind": kind, **values, "time": round(time.time(), 3)}) + "\n")
@@ -160,7 +161,7 @@ class MetricsWriter:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(kind, values)
-        if kind == "eval":
+        if kind in ("eval", "downstream"):  # the figure shows both
             self.draw()
 
     def draw(self) -> None:
