@@ -62,7 +62,8 @@ def check_hosts(
       ominix train check-hosts --config llama2-7b --hostfile hosts.txt
     """
     from ominix.config import load_config
-    from ominix.launch.hostcheck import check_cluster, reports_json
+    from ominix.launch.bandwidth import check_cluster
+    from ominix.launch.hostcheck import reports_json
 
     cfg = load_config(one_preset(source, config), sets, {
         "launch.hostfile": hostfile, "launch.ssh_key": ssh_key, "launch.known_hosts": known_hosts,

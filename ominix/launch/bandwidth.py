@@ -21,10 +21,12 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ominix.errors import OminixError
+from ominix.launch import hostcheck
 from ominix.launch.command import remote_python, torchrun_argv
 from ominix.launch.events import Events
 
@@ -145,6 +147,20 @@ def run_check(cfg: OminixConfig, targets: list[Target], master: tuple[str, int],
         node["target"] = target.label
     result["slowest"] = slowest(result)
     return result
+
+
+def check_cluster(cfg: OminixConfig, nodes: int | None, collective: bool,
+                  show: Callable[[dict[str, Any], list[hostcheck.HostReport]], None]
+                  ) -> tuple[dict[str, Any], list[hostcheck.HostReport], dict[str, Any] | None]:
+    """The checks of ``ominix train check-hosts``: every host's over SSH (handed to ``show`` at
+    once), then, when they all pass and ``collective``, the all_reduce across the nodes
+    (None otherwise)."""
+    targets, master = hostcheck.cluster(cfg, nodes)
+    here, reports = hostcheck.check_hosts(cfg, targets, master)
+    show(here, reports)
+    if not collective or not all(r.ok for r in reports):
+        return here, reports, None
+    return here, reports, run_check(cfg, targets, master, [r.gpus for r in reports])
 
 
 def main() -> None:

@@ -268,22 +268,6 @@ def check_hosts(cfg: OminixConfig, targets: list[Target], master: tuple[str, int
         listener.close()
 
 
-def check_cluster(cfg: OminixConfig, nodes: int | None, collective: bool,
-                  show: Callable[[dict[str, Any], list[HostReport]], None]
-                  ) -> tuple[dict[str, Any], list[HostReport], dict[str, Any] | None]:
-    """The checks of ``ominix train check-hosts``: every host's over SSH (handed to ``show`` at
-    once), then, when they all pass and ``collective``, the all_reduce across the nodes
-    (``launch.bandwidth``; None otherwise)."""
-    from ominix.launch.bandwidth import run_check
-
-    targets, master = cluster(cfg, nodes)
-    here, reports = check_hosts(cfg, targets, master)
-    show(here, reports)
-    if not collective or not all(r.ok for r in reports):
-        return here, reports, None
-    return here, reports, run_check(cfg, targets, master, [r.gpus for r in reports])
-
-
 def reports_json(here: dict[str, Any], reports: list[HostReport], collective: dict[str, Any] | None = None) -> str:
     return json.dumps({
         "ok": all(r.ok for r in reports), "here": here,
