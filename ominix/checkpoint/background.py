@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ominix import colossalai_gate as gate
+
 Pending = list[tuple[str, dict[str, Any], bool]]  # (file, host copy of its state dict, safetensors?)
 
 
@@ -59,6 +61,9 @@ def captured_writes() -> Iterator[Pending]:
     from colossalai.checkpoint_io import utils
     from torch.utils._pytree import tree_map
 
+    gate.require("checkpoint.async_save (the booster's files kept in host memory, written by a thread)",
+                 (utils, "save_state_dict", "(state_dict, checkpoint_file_path, use_safetensors)"),
+                 instead="set checkpoint.async_save=false")
     original = utils.save_state_dict
     pending: Pending = []
 
