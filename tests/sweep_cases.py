@@ -192,6 +192,17 @@ def flip_byte(rel: str, value: int = 0xFF) -> Callable[[Path], None]:
     return change
 
 
+def stage_half(ckpt: str, staging: str) -> Callable[[Path], None]:
+    """What a write killed midway leaves: the staging directory with the first half of the
+    checkpoint's weights, no record."""
+    def change(root: Path) -> None:
+        weights = root / staging / "model" / "model-00001.safetensors"
+        weights.parent.mkdir(parents=True)
+        raw = (root / ckpt / "model" / "model-00001.safetensors").read_bytes()
+        weights.write_bytes(raw[: len(raw) // 2])
+    return change
+
+
 def truncate(rel: str, keep: float = 0.5) -> Callable[[Path], None]:
     def change(root: Path) -> None:
         path = root / rel
@@ -452,6 +463,13 @@ CASES: list[Case] = [
          ("train", "launch", "tiny", "--data", *D, "--run-dir", "r", "--max-steps", "4", *SEQ, "--resume", "auto"),
          setup=copy("run", "r", truncate("checkpoints/step_00000003/model/model-00001.safetensors")),
          needle="step_00000003"),
+    Case("launch-async-killed-write", "train launch",
+         "async_save; a background write was killed (half a checkpoint staged, latest on the one before)",
+         ("train", "launch", "tiny", "--data", *D, "--run-dir", "r", "--max-steps", "4", *SEQ, "--resume", "auto",
+          "--set", "checkpoint.async_save=true"), OK,
+         setup=copy("run", "r", stage_half("checkpoints/step_00000003", "checkpoints/.step_00000004.tmp-save")),
+         check=lambda p, r: (p.tmp / "r/checkpoints/latest").read_text().strip() == "step_00000004"
+         and not any((p.tmp / "r/checkpoints").glob(".*tmp-save"))),
     Case("launch-tampered-shard", "train launch", "a training shard changed in place (same size)",
          ("train", "launch", "tiny", "--data", "d", "--run-dir", "r", "--max-steps", "2", *SEQ),
          setup=copy("data", "d", flip_byte("train/00000.bin")), needle="00000.bin"),
@@ -498,6 +516,9 @@ CASES: list[Case] = [
     Case("hosts-bad-port", "train check-hosts", "port out of range in the hostfile",
          ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1:99999\n"),
          needle="port"),
+    Case("hosts-nproc-0", "train check-hosts", "--nproc-per-node 0 for the collective",
+         ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt", "--nproc-per-node", "0"),
+         setup=write("hosts.txt", HOSTS), needle="nproc_per_node"),
     Case("hosts-duplicate", "train check-hosts", "the same host twice",
          ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1\nn1\n"),
          needle="line 2"),

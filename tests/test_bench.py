@@ -27,6 +27,18 @@ def test_train_throughput_bench_smoke(private_netns: None, tmp_path: Path) -> No
     assert len(pids) == 2 and os.getpid() not in pids
 
 
+def test_checkpoint_save_bench_times_the_blocked_part_against_the_synchronous_save(private_netns: None,
+                                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "cs.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "checkpoint_save.py"), "tiny", "--plugin", "ddp",
+                    "--steps", "1", "--dir", str(tmp_path), "--out", str(out)], check=True, capture_output=True,
+                   timeout=600, cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert {"name", "card", "date", "command", "value", "unit", "baseline", "ratio"} <= set(result)
+    assert result["latest_ok"] and result["checkpoint_bytes"] > 10 << 20  # the tiny preset's 15 MB, written
+    assert 0 < result["blocked_s"] <= result["total_s"] and result["baseline"] == result["sync_s"] > 0
+
+
 def test_loss_match_trains_each_side_alone_and_pairs_them(private_netns: None, tmp_path: Path) -> None:
     """bench/loss_match.py --side trains the plain and the optimised (compiled layers + chunked loss)
     run of the same seed on real prepared data, one per call, and --pair compares them; on the CPU

@@ -67,3 +67,16 @@ def test_more_nodes_than_hosts_and_bad_master(tmp_path: Path) -> None:
     assert check_hostname("10.1.2.3") == "10.1.2.3"
     with pytest.raises(OminixError):
         check_hostname("-x;reboot", "launch.master_addr")
+
+
+def test_the_slow_node_is_the_one_whose_both_links_are_slow() -> None:
+    """Each node's link figure is the better of its two ring pairs: node 2's pairs (1-2, 2-3) are
+    both slow, nodes 1 and 3 each keep one fast pair, so only node 2 is named."""
+    from ominix.launch.bandwidth import slowest
+
+    def nodes(*links: float | None) -> dict:
+        return {"per_node": [{"node": i, "link_gbps": g} for i, g in enumerate(links)]}
+
+    assert slowest(nodes(10.0, 9.5, 1.2, 9.8))["node"] == 2
+    assert slowest(nodes(10.0, 9.5, 8.0, 9.8)) is None  # within a factor of two of the best: none stands out
+    assert slowest(nodes(1.0, 9.0)) is None  # two nodes share their only link: neither can be named

@@ -32,7 +32,7 @@ def _check(sshd: Sshd, tmp_path: Path, *extra: str, cwd: Path | None = None,
 
 
 def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
-    code, out = _check(sshd, tmp_path, "--json")
+    code, out = _check(sshd, tmp_path, "--json", "--nproc-per-node", "2")
     assert code == 0, out
     doc = json.loads(out)
     assert doc["ok"] and [h["host"] for h in doc["hosts"]] == [f"127.0.0.{i}:{sshd.port}" for i in (1, 2)]
@@ -40,14 +40,33 @@ def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
         facts = host["facts"]
         assert facts["versions"] == doc["here"]["versions"] and facts["gpus"] == []
         assert facts["master"] == "open"  # a listener on node 0 answered on the master port
+    # then the collective, one torchrun per node over SSH: gloo, 2 nodes x 2 processes
+    measured = doc["collective"]
+    assert (measured["backend"], measured["world"], measured["nodes"]) == ("gloo", 4, 2)
+    assert [r["bytes"] for r in measured["all"]] == [1 << 16, 1 << 20, 4 << 20]
+    assert all(r["bus_gbps"] > 0 for r in measured["all"])
+    assert [n["target"] for n in measured["per_node"]] == [h["host"] for h in doc["hosts"]]
+    assert all(n["link_gbps"] > 0 and n["local_gbps"] > 0 for n in measured["per_node"])
+    assert measured["slowest"] is None  # two nodes share their only link: neither is named
     import socket
 
     socket.create_server(("127.0.0.1", 29731)).close()  # and it is gone: the launch can take the port
 
 
+def test_a_node_that_cannot_join_the_collective_is_named(sshd: Sshd, tmp_path: Path) -> None:
+    """Node 1's gloo is told to use a network interface it does not have: the SSH checks pass,
+    the all_reduce cannot start there, and check-hosts names that node (exit 100 + its rank)."""
+    code, out = _check(sshd, tmp_path, "--set", 'launch.node_env={"127.0.0.2": {"GLOO_SOCKET_IFNAME": "nope0"}}')
+    assert code == 101, out
+    assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in out and "Traceback" not in out, out
+    assert "host checks" in out  # the SSH checks were shown before
+
+
 def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:
     code, out = _check(sshd, tmp_path)
     assert code == 0 and "host checks" in out and "127.0.0.2" in out, out
+    assert "all_reduce over 2 ranks on 2 nodes (gloo), bus GB/s: 0.0625 MiB" in out, out
+    assert "bus bandwidth per node (GB/s)" in out and "slowest node" not in out, out
     code, out = _check(sshd, tmp_path, "--set", "data.path=nowhere", "--set", "launch.workdir=/nonexistent",
                        "--nodes", "1")
     assert code == 1
@@ -110,7 +129,7 @@ def test_ssh_config_alias_agent_and_default_known_hosts(sshd: Sshd, tmp_path: Pa
                        "DISPLAY": ":0"}, check=True, capture_output=True)
         hostfile = tmp_path / "aliases.txt"
         hostfile.write_text("gpu-a\ngpu-b\n")
-        code, out = _check(sshd, tmp_path, "--json", hostfile=hostfile, sets=[],
+        code, out = _check(sshd, tmp_path, "--json", "--no-collective", hostfile=hostfile, sets=[],
                            env={"HOME": str(home), "SSH_AUTH_SOCK": str(sock)})
     finally:
         os.kill(agent_pid, signal.SIGTERM)

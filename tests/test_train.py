@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ominix.checkpoint import resumable
 from ominix.config import load_config
 from ominix.errors import OminixError
 from tests.conftest import REPO, run_cli
@@ -541,9 +542,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_continues(data_dir: Path, tm
 @pytest.mark.usefixtures("private_netns")
 def test_sigterm_between_log_lines_stops_every_rank_within_two_steps(data_dir: Path, tmp_path: Path) -> None:
     """A stop does not wait for a log line (log_every 1000 here): the 2 ranks agree on it one step
-    after the step it came in, and save that step."""
+    after the step it came in, and save that step. The saves are written in the background
+    (checkpoint.async_save, the ranks' threads synchronising through their own group): the stop
+    waits for its write, so ``latest`` names it when the run exits."""
     run = tmp_path / "run"
-    sets = [*QUICK, "logging.log_every=1000", "checkpoint.every=5", "checkpoint.keep_last=3", "schedule.eval_every=0"]
+    sets = [*QUICK, "logging.log_every=1000", "checkpoint.every=5", "checkpoint.keep_last=3", "schedule.eval_every=0",
+            "checkpoint.async_save=true"]
     cmd = [sys.executable, "-m", "ominix", "train", "launch", "tiny", "--data", str(data_dir), "--run-dir", str(run),
            "--nproc-per-node", "2", "--max-steps", "300", *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -559,6 +563,7 @@ def test_sigterm_between_log_lines_stops_every_rank_within_two_steps(data_dir: P
     assert f"stopped by SIGTERM at step {stopped}; saved checkpoint" in out
     assert sorted(p.name for p in (run / "checkpoints" / f"step_{stopped:08d}" / "data").iterdir()) == [
         "rank_00000.json", "rank_00001.json"]  # both ranks saved the same step
+    assert resumable(run, "full") == (run / "checkpoints" / f"step_{stopped:08d}", [])  # its record is whole
     assert max(_losses(run)) == stopped  # the steps since the last log line are logged before the save
 
 

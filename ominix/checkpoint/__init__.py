@@ -52,9 +52,11 @@ headers say.
 Modules: ``layout`` (names, discovery, ``latest``, state.json), ``retention`` (what is kept, prune,
 the listing), ``weights`` (reading safetensors), ``integrity`` (sha256 of files and of a model),
 ``store`` (save and load through the ColossalAI booster; imports torch only when called),
+``background`` (the save whose write, record, rename and ``latest`` happen in a thread),
 ``resume`` (which checkpoint a run resumes from).
 """
 
+from ominix.checkpoint.background import BackgroundSave, SaveTiming
 from ominix.checkpoint.integrity import checksums, model_checksum, problem
 from ominix.checkpoint.layout import (
     Checkpoint, checkpoints_dir, complete_checkpoints, files_under, is_checkpoint, latest_checkpoint, read_state,
@@ -66,7 +68,7 @@ from ominix.checkpoint.store import check_compatible, load_checkpoint, save_chec
 from ominix.checkpoint.weights import has_weights, read_weights, weight_files, weights_dir
 
 __all__ = [
-    "Checkpoint", "check_compatible", "checkpoints_dir", "checksums", "complete_checkpoints", "files_under",
+    "BackgroundSave", "Checkpoint", "SaveTiming", "check_compatible", "checkpoints_dir", "checksums", "complete_checkpoints", "files_under",
     "has_weights", "is_checkpoint", "kept_because", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
     "model_checksum", "problem", "prune", "read_state", "read_weights", "resolve_checkpoint", "resumable",
     "run_dir_of", "save_checkpoint",

@@ -3,14 +3,17 @@ writes the shared files. torch is imported inside the functions that need it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ominix.atomic import make_readable
+from ominix.checkpoint.background import BackgroundSave, Pending, captured_writes, write_captured
 from ominix.checkpoint.integrity import describe, share, write_record
 from ominix.checkpoint.layout import (
     CONFIG, DATA, MODEL, OPTIMIZER, RNG, SCHEDULER, STATE, TOKENIZER, aside_dir, checkpoints_dir, latest_name,
@@ -23,11 +26,11 @@ OPTIMIZER_FILE = "optimizer.pt"  # the one-file optimizer state of a plugin that
 FULL = 1 << 20  # bytes: a disk with less free space than this after a failed write is full
 
 
-def _barrier() -> None:
+def _barrier(group=None) -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -52,17 +55,53 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config_yaml: str,
-                    keep_last: int, keep_every: int, save_optimizer: bool = True) -> Path:
+                    keep_last: int, keep_every: int, save_optimizer: bool = True,
+                    background: BackgroundSave | None = None) -> Path:
     """Write the checkpoint of ``state["step"]`` (with the tokenizer and the document framing of the
     data ``loader`` reads) under a temporary name, record the size and sha256 of its files (the ranks
     share the hashing), rename it into place (an existing checkpoint of the same step is moved aside
     first and deleted last), point ``latest`` at it, prune; returns its directory. A full disk
-    raises OminixError, with ``latest`` and its checkpoint untouched."""
+    raises OminixError, with ``latest`` and its checkpoint untouched.
+
+    With ``background`` (see ``checkpoint.background``) it first waits for the previous background
+    save (raising its error), takes the state to host memory and returns while a thread writes,
+    records, renames and points ``latest``; the directory appears once ``background`` says so."""
+    import time
+
+    began = time.perf_counter()
     ckpts = checkpoints_dir(run_dir)
     step = state["step"]
     tmp = staging_dir(ckpts, step)  # the same name on every rank: they all write into it
+    final = ckpts / step_name(step)
+    if background is not None:
+        background.wait()
+        began = time.perf_counter()  # the previous save's remaining write is not this one's time
+    rank, world = engine.rank, engine.layout.world_size
+
+    def finish(group, pending: Pending) -> None:
+        with _disk_full_is_one_error(run_dir, tmp, step):
+            write_captured(pending)
+            _publish(ckpts, tmp, step, rank, world, group)
+        if rank == 0:
+            prune(ckpts, keep_last, keep_every)
+        _barrier(group)
+
+    with _disk_full_is_one_error(run_dir, tmp, step):
+        with captured_writes() if background is not None else contextlib.nullcontext([]) as pending:
+            _stage(engine, loader, ckpts, tmp, state, config_yaml, keep_last, keep_every, save_optimizer)
+    if background is None:
+        finish(None, pending)
+    else:
+        background.start(lambda group: finish(group, pending), final, step, began)
+    return final
+
+
+@contextlib.contextmanager
+def _disk_full_is_one_error(run_dir: Path, tmp: Path, step: int) -> Iterator[None]:
+    """A save that runs out of disk: the temporary removed, one OminixError naming what is kept."""
+    ckpts = checkpoints_dir(run_dir)
     try:
-        _write(engine, loader, ckpts, tmp, state, config_yaml, keep_last, keep_every, save_optimizer)
+        yield
     except Exception as exc:
         if not _out_of_space(exc, ckpts):
             raise
@@ -76,15 +115,11 @@ def save_checkpoint(engine, loader, run_dir: Path, state: dict[str, Any], config
             + (kept if kept else "the start (no checkpoint was saved)"),
             exit_code=1,
         ) from exc
-    final = ckpts / step_name(step)
-    if engine.rank == 0:
-        prune(ckpts, keep_last, keep_every)
-    _barrier()
-    return final
 
 
-def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config_yaml: str,
+def _stage(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config_yaml: str,
            keep_last: int, keep_every: int, save_optimizer: bool) -> None:
+    """Every rank's files of the checkpoint into ``tmp`` (rank 0 also the shared ones)."""
     import torch
 
     booster, rank = engine.booster, engine.rank
@@ -109,14 +144,20 @@ def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config
         (tmp / CONFIG).write_text(config_yaml)
         if data.tokenizer_dir.is_dir():  # carried (a few MB) so the checkpoint serves without the data
             shutil.copytree(data.tokenizer_dir, tmp / TOKENIZER)
-    _barrier()
-    mine = share(tmp, rank, engine.layout.world_size)
+
+
+def _publish(ckpts: Path, tmp: Path, step: int, rank: int, world: int, group) -> None:
+    """Once every rank's files are in ``tmp``: hash them (each rank its share), and on rank 0 write
+    the record, rename ``tmp`` into place and point ``latest`` at it. ``group``: the process group
+    to synchronise through (None: the default one)."""
+    _barrier(group)
+    mine = share(tmp, rank, world)
     make_readable(mine)  # the model's safetensors are written 0600; each rank fixes the files it hashes
-    parts = _gather(describe(tmp, mine))
+    parts = _gather(describe(tmp, mine), group)
     if rank == 0:
         write_record(tmp, {rel: entry for part in parts for rel, entry in part.items()})
-        final = ckpts / step_name(state["step"])
-        aside = aside_dir(ckpts, state["step"])
+        final = ckpts / step_name(step)
+        aside = aside_dir(ckpts, step)
         if final.exists():  # the same step saved again (a resumed run that re-reached it): never a
             final.rename(aside)  # moment without a whole copy, see retention.finish_overwrites
         tmp.rename(final)
@@ -124,14 +165,14 @@ def _write(engine, loader, ckpts: Path, tmp: Path, state: dict[str, Any], config
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _gather(part: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every rank's ``part`` on rank 0 (elsewhere an empty list)."""
+def _gather(part: dict[str, Any], group=None) -> list[dict[str, Any]]:
+    """Every rank's ``part`` on rank 0 (elsewhere an empty list), through ``group``."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return [part]
     parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(part, parts, dst=0)
+    dist.gather_object(part, parts, dst=0, group=group)
     return parts or []
 
 

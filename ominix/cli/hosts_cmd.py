@@ -37,10 +37,19 @@ def check_hosts(
     ),
     master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: first host)."),
     master_port: int = typer.Option(None, "--master-port", help="Rendezvous port."),
+    nproc: int = typer.Option(None, "--nproc-per-node", help="Processes per node of the collective (default: "
+                              "the hostfile's slots, else the GPUs found, else 1)."),
+    collective: bool = typer.Option(
+        True, "--collective/--no-collective",
+        help="Once the checks pass, run all_reduce across every node through torchrun (NCCL on GPUs, gloo on "
+             "CPUs) and report each node's bus bandwidth, naming a slow or broken node.",
+    ),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the results as JSON."),
 ) -> None:
     """Check every host over SSH, in parallel: login, host key, versions, GPUs, working directory,
-    prepared data, free disk, master port. Exits 1 when any check fails.
+    prepared data, free disk, master port; then a short all_reduce across all nodes (one torchrun
+    per node, as `train launch` starts them) with each node's bus bandwidth. Exits 1 when any check
+    fails, 100 + N when node N fails the collective.
 
     Examples:
 
@@ -48,25 +57,54 @@ def check_hosts(
 
       ominix train check-hosts llama2-7b --hostfile hosts.txt --nodes 4 --json
 
+      ominix train check-hosts llama2-7b --hostfile hosts.txt --no-collective
+
       ominix train check-hosts --config llama2-7b --hostfile hosts.txt
     """
     from ominix.config import load_config
-    from ominix.launch.hostcheck import check_hosts as run_checks
-    from ominix.launch.hostcheck import cluster, reports_json
+    from ominix.launch.bandwidth import check_cluster
+    from ominix.launch.hostcheck import reports_json
 
     cfg = load_config(one_preset(source, config), sets, {
         "launch.hostfile": hostfile, "launch.ssh_key": ssh_key, "launch.known_hosts": known_hosts,
         "launch.accept_new_host_keys": accept_new, "launch.master_addr": master_addr,
-        "launch.master_port": master_port,
+        "launch.master_port": master_port, "launch.nproc_per_node": nproc,
     })
-    targets, master = cluster(cfg, nodes)
-    here, reports = run_checks(cfg, targets, master)
+    here, reports, measured = check_cluster(cfg, nodes, collective,
+                                            show=(lambda here, reports: None) if as_json else print_table)
     if as_json:
-        typer.echo(reports_json(here, reports))
-    else:
-        print_table(here, reports)
+        typer.echo(reports_json(here, reports, measured))
+    elif measured is not None:
+        print_bandwidth(measured)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
+
+
+def print_bandwidth(result: dict[str, Any]) -> None:
+    """The collective's bus bandwidth, overall and per node, and the slow node if one stands out."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)
+    sizes = ", ".join(f"{r['bytes'] / 2**20:g} MiB {r['bus_gbps']:.2f}" for r in result["all"])
+    console.print(f"all_reduce over {result['world']} ranks on {result['nodes']} nodes ({result['backend']}), "
+                  f"bus GB/s: {sizes}", markup=False)
+    table = Table(title="bus bandwidth per node (GB/s)")
+    for col in ("node", "host", "hostname", "link (to a neighbour)", "within the node"):
+        table.add_column(col)
+    for n in result["per_node"]:
+        table.add_row(str(n["node"]), n["target"], n["host"], _gbps(n["link_gbps"]), _gbps(n["local_gbps"]))
+    console.print(table)
+    slow = result["slowest"]
+    if slow is not None:
+        console.print(f"[bold red]slowest node: {slow['node']} ({slow['target']})[/], link {slow['link_gbps']:.2f} "
+                      "GB/s; check its network (cable, NIC, switch port) before a long run")
+    elif result["nodes"] > 2:
+        console.print("no node stands out")
+
+
+def _gbps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _cell(r: HostReport, check: str, text: str) -> str:

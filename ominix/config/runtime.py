@@ -22,6 +22,11 @@ class CheckpointConfig(Section):
     )
     resume: str = Field("auto", description="auto (latest if any), never, or a checkpoint path.")
     save_optimizer: bool = Field(True, description="Save optimizer state (needed for exact resume).")
+    async_save: bool = Field(
+        False, description="Write checkpoints in the background: training is blocked only while the state is "
+        "copied to host memory; integrity.json and latest follow once the write is done. Needs host memory for "
+        "a copy of each rank's share of a checkpoint until it is written, hence off by default.",
+    )
     verify: Literal["sizes", "full"] = Field(
         "sizes", description="What resume checks against a checkpoint's integrity.json: sizes (a stat per file; "
         "finds missing and truncated files) or full (also the sha256 of every file; reads it all once).",

@@ -54,8 +54,9 @@ def workdir(cfg: OminixConfig) -> str:
 
 
 def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_addr: str | None,
-                  master_port: int, rdzv_timeout: int, run_dir: str) -> list[str]:
-    """The torchrun command of one node that starts ``nproc`` workers of ``run_dir``.
+                  master_port: int, rdzv_timeout: int, run_dir: str, worker: list[str] | None = None) -> list[str]:
+    """The torchrun command of one node that starts ``nproc`` workers of ``run_dir`` (or, given
+    ``worker``, ``nproc`` processes of that module and its arguments: ``["-m", MODULE, ...]``).
 
     One node: ``--standalone`` (a free local port). Several: a static rendezvous at
     ``master_addr:master_port`` that waits ``rdzv_timeout`` seconds for every node.
@@ -66,7 +67,7 @@ def torchrun_argv(python: str, nnodes: int, node_rank: int, nproc: int, master_a
     else:
         argv += [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
                  f"--master-port={master_port}", f"--rdzv-conf=timeout={rdzv_timeout}"]
-    return argv + ["-m", "ominix.train", "--run-dir", run_dir]
+    return argv + (worker or ["-m", "ominix.train", "--run-dir", run_dir])
 
 
 def summary(cfg: OminixConfig, nproc: int) -> str:

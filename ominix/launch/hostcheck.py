@@ -268,10 +268,10 @@ def check_hosts(cfg: OminixConfig, targets: list[Target], master: tuple[str, int
         listener.close()
 
 
-def reports_json(here: dict[str, Any], reports: list[HostReport]) -> str:
+def reports_json(here: dict[str, Any], reports: list[HostReport], collective: dict[str, Any] | None = None) -> str:
     return json.dumps({
         "ok": all(r.ok for r in reports), "here": here,
-        "hosts": [{**asdict(r), "ok": r.ok} for r in reports],
+        "hosts": [{**asdict(r), "ok": r.ok} for r in reports], "collective": collective,
     }, indent=2)
 
 

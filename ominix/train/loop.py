@@ -254,6 +254,16 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
                          share=False)
     devices = _devices()
 
+    background = ckpt.BackgroundSave() if c.async_save else None
+
+    def saved(path: Path, step: int, seconds: float, blocked: float, announce: bool = True) -> None:
+        size = sum(f.stat().st_size for f in ckpt.files_under(path))
+        if announce:
+            waited = f" ({blocked:.1f} s of it blocking training)" if background is not None else ""
+            out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s{waited}")
+        out.record("checkpoint", {"step": step, "action": "save", "seconds": seconds, "blocked_seconds": blocked,
+                                  "bytes": size})
+
     def save(announce: bool = True) -> Path:
         info = {
             "loop": asdict(state), "step": state.step, "tokens": state.tokens, "last_loss": state.last_loss,
@@ -263,13 +273,13 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         }
         meter.pause()
         began = time.perf_counter()
+        if background is not None and (timing := background.wait()):  # the previous write, if still going
+            saved(timing.path, timing.step, timing.seconds, timing.blocked)
         path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
-                                    c.save_optimizer)
-        seconds = time.perf_counter() - began
-        size = sum(f.stat().st_size for f in ckpt.files_under(path))
-        if announce:
-            out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s")
-        out.record("checkpoint", {"step": state.step, "action": "save", "seconds": seconds, "bytes": size})
+                                    c.save_optimizer, background)
+        if background is None:
+            seconds = time.perf_counter() - began
+            saved(path, state.step, seconds, seconds, announce)
         meter.resume()
         return path
 
@@ -337,14 +347,20 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             meter.resume()
         if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
             out.line(line)
+        if background is not None and (timing := background.finished()):
+            saved(timing.path, timing.step, timing.seconds, timing.blocked)
         if saving or stop:
             path = save(announce=not (stop and not done))
         if stop and not done:  # the rank that saw no signal stops as the others do, with their code
             signum = preempt.signal or signal.SIGTERM
+            if background is not None and (timing := background.wait()):  # say "saved" once it is
+                saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=False)
             out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved checkpoint "
                      f"{path.name}; resume with --resume auto")
             code = 128 + signum
             break
+    if background is not None and (timing := background.wait()):  # latest names it before the exit
+        saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=code == 0)
     if code == 0:  # a finished run read matching data: wait for this node's verifier's verdict
         for split in (train_set, val_set):
             if split is not None:
