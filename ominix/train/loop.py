@@ -20,6 +20,7 @@ from ominix import hubref
 from ominix.config import OminixConfig, dump_yaml, load_config
 from ominix.errors import OminixError
 from ominix.train.stop import Preemption, StopVote, preemption
+from ominix.train.watchdog import Watchdog
 
 
 @dataclass
@@ -145,14 +146,17 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 
+    watchdog = Watchdog(run_dir, cfg.launch.hang_timeout)
     with one_process_env(), shims.patched() as skipped, preemption() as preempt:
         try:
-            return _train(cfg, run_dir, preempt, skipped)
+            return _train(cfg, run_dir, preempt, skipped, watchdog)
         finally:
+            watchdog.close()
             gc.unfreeze()  # the objects frozen after setup may be collected again
 
 
-def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[str]) -> int:
+def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[str],
+           watchdog: Watchdog) -> int:
     import torch
     import torch.distributed as dist
 
@@ -232,6 +236,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
         }
         meter.pause()
+        watchdog.beat()  # the save is timed from the end of the step before it
         began = time.perf_counter()
         path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
                                     c.save_optimizer)
@@ -240,6 +245,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         if announce:
             out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s")
         out.record("checkpoint", {"step": state.step, "action": "save", "seconds": seconds, "bytes": size})
+        watchdog.beat()
         meter.resume()
         return path
 
@@ -247,6 +253,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     if note := profiler.unreachable(state.step, total):
         out.line(note)
     freeze_heap()
+    watchdog.arm(engine.rank)  # after setup: loading and compiling are not steps
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
@@ -271,6 +278,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         state.step += 1
         state.tokens += layout.tokens_per_step
         window.append((loss, norm))
+        watchdog.beat()
 
         done = state.step >= total
         stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
@@ -294,6 +302,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
             out.line(format_eval(record))
             out.record("eval", record)
+            watchdog.beat()
             engine.model.train()
             meter.resume()
         if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
