@@ -45,7 +45,7 @@ def is_fault(code: int, error: OminixError | None) -> bool:
 
 def _describe(code: int) -> str:
     if code == EXIT_HUNG:
-        return "a rank made no step within launch.hang_timeout (its stacks are in RUN_DIR/hang/)"
+        return "a rank made no step within launch.hang_timeout; its stacks are in RUN_DIR/hang/"
     return f"a worker exited with status {code}"
 
 
@@ -128,7 +128,7 @@ class Relauncher:
         resume = newest_good_step(self.run_dir, self.cfg.checkpoint.verify)
         lost = failed_at - (resume or 0)
         start = f"checkpoint step {resume}" if resume is not None else "the start"
-        what = f"fault {number} at step {failed_at} ({cause}): {lost} step(s) lost since {start}"
+        what = f"fault {number} at step {failed_at}, {lost} step(s) lost since {start}: {cause}"
         self.faults.append(what)
         limit = self.cfg.launch.max_restarts
         self._log(f"{what}; relaunching in {backoff:g} s (restart {number}/{limit})" if again

@@ -60,10 +60,10 @@ class Watchdog:
         path = stacks_file(self.run_dir, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as fh:
-            fh.write(f"rank {rank}: no progress for {idle:.0f} s (launch.hang_timeout {self.timeout_s:g})\n")
+            fh.write(f"rank {rank}: no progress for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g})\n")
             fh.flush()
             faulthandler.dump_traceback(fh, all_threads=True)
-        message = (f"no step for {idle:.0f} s (launch.hang_timeout {self.timeout_s:g}): this rank or another "
+        message = (f"no step for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g}): this rank or another "
                    f"is hung; stacks in {path}")
         sys.stderr.write(f"error (rank {rank}): {message}\nhint: a frozen node or a stuck collective; "
                          "raise launch.hang_timeout if a step, eval or save takes longer\n")
