@@ -8,7 +8,11 @@ which gives torchrun an explicit, minimal environment, takes secrets from stdin 
 node when the launcher asks (a ``stop`` or ``kill`` line on its stdin) or the connection drops.
 
 A stop gives the workers ``launch.stop_timeout`` seconds to save a checkpoint and exit; a second
-Ctrl-C (or SIGTERM) while the launcher waits for that sends ``kill`` to every node.
+Ctrl-C (or SIGTERM) while the launcher waits for that sends ``kill`` to every node. When a node
+fails, the others are stopped the same way, or killed at once when its workers' hang watchdog
+ended it (a hung run has nothing to save). A guard that answers no ``kill`` within
+``KILL_WAIT_S`` (a frozen node: its processes stopped) is killed with everything under it through
+a new SSH channel, so the launcher always returns.
 
 ``run_nodes`` returns 0 when every node succeeded and 130 after Ctrl-C; when node N failed first
 (its exit status or a lost connection) it stops the others and raises :class:`NodeFailed`, whose
