@@ -63,7 +63,7 @@ class NodeCommand:
     target: Target
     command: str
     secrets: dict[str, str] = field(default_factory=dict)
-    killer: str = ""  # the command that kills the guard's whole tree, but for the guard's pid
+    killer: str = ""  # kills a guard and all under it, once the guard's pid is appended
 
     def shown(self) -> str:
         """The exact command, with the names (not the values) of what goes on stdin."""

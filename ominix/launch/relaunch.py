@@ -4,7 +4,7 @@ torchrun's own ``--max-restarts`` is not used: it restarts on any worker failure
 included (which then fails the same way each time), it cannot tell a worker that was stopped by a
 signal from one that crashed, and across nodes it restarts only the agents that are still alive,
 whereas a lost or frozen node is exactly the fault to survive. So each attempt is a whole launch
-(one torchrun here, or one per node), and torchrun's rendezvous forms the group afresh each time.
+(one torchrun on this machine, or one per node), and torchrun's rendezvous forms the group afresh each time.
 
 A fault is any failure except bad input (exit code 2, from the launcher or a worker) and a stop
 (SIGTERM, SIGINT, SIGHUP: the user or the scheduler asked). After a fault the launcher waits
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 from ominix.errors import OminixError
 from ominix.launch.children import stop_signals
 from ominix.launch.events import Events
+from ominix.launch.rundir import EXIT_BAD_INPUT
 from ominix.train.watchdog import EXIT_HUNG
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
-EXIT_BAD_INPUT = 2
 STOPPED = {128 + int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
 
@@ -64,12 +64,14 @@ def last_step(run_dir: Path) -> int:
     return step
 
 
-def newest_good_step(run_dir: Path, verify: str) -> int | None:
-    """The step of the checkpoint a relaunch resumes from, None when there is none usable."""
+def newest_good_step(run_dir: Path) -> int | None:
+    """The step of the checkpoint a relaunch resumes from, None when there is none usable. Sizes
+    only: the workers check it again (``checkpoint.verify``) and a full hash here would hold the
+    relaunch for minutes."""
     from ominix.checkpoint import read_state, resumable
 
     try:
-        found, _ = resumable(run_dir, verify, repair=False)
+        found, _ = resumable(run_dir, "sizes", repair=False)
     except OminixError:
         return None
     return None if found is None else int(read_state(found)["step"])
@@ -118,14 +120,14 @@ class Relauncher:
                 except KeyboardInterrupt:
                     self._log("stopped during the back-off: not relaunched")
                     return 128 + (received[0] if received else signal.SIGINT)
-            if self.cfg.checkpoint.resume != "auto" and newest_good_step(self.run_dir, "sizes") is not None:
+            if self.cfg.checkpoint.resume != "auto" and newest_good_step(self.run_dir) is not None:
                 self.cfg = self.cfg.model_copy(update={"checkpoint": self.cfg.checkpoint.model_copy(
                     update={"resume": "auto"})})
                 self.write_config(self.cfg)
 
     def _record(self, cause: str, number: int, again: bool, backoff: float) -> None:
         failed_at = last_step(self.run_dir)
-        resume = newest_good_step(self.run_dir, self.cfg.checkpoint.verify)
+        resume = newest_good_step(self.run_dir)
         lost = failed_at - (resume or 0)
         start = f"checkpoint step {resume}" if resume is not None else "the start"
         what = f"fault {number} at step {failed_at}, {lost} step(s) lost since {start}: {cause}"
