@@ -56,7 +56,7 @@ with open(out + ".out", "w") as o, open(out + ".err", "w") as e:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"-m\0ominix.train\0" in cmd and b"torch.distributed.run" not in cmd:
+        if b"-m\\0ominix.train\\0" in cmd and b"torch.distributed.run" not in cmd:
             os.kill(int(pid), signal.SIGSTOP)
     signalled = time.monotonic()
     proc.send_signal(sig)
