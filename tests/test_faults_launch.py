@@ -39,18 +39,29 @@ def _wait_for(path: Path, text: str, timeout: float = 180) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-# A launcher in a pid namespace of its own: start it, wait for its 2nd step, signal it, then list
-# every training process still alive in the namespace after `linger` seconds.
+# A launcher in a pid namespace of its own: start it, wait for its 2nd step, (with `freeze`, stop
+# every worker with SIGSTOP,) signal it, then list every training process still alive in the
+# namespace after `linger` seconds.
 DRIVER = """
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 argv, sig, linger, out = json.loads(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+freeze = sys.argv[5:] == ["freeze"]
 with open(out + ".out", "w") as o, open(out + ".err", "w") as e:
     proc = subprocess.Popen(argv, stdout=o, stderr=e)
     deadline = time.monotonic() + 180
     while "step      2/" not in open(out + ".out").read() and time.monotonic() < deadline:
         time.sleep(0.2)
+    for pid in filter(str.isdigit, os.listdir("/proc")) if freeze else []:
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"-m\\0ominix.train\\0" in cmd and b"torch.distributed.run" not in cmd:
+            os.kill(int(pid), signal.SIGSTOP)
+    signalled = time.monotonic()
     proc.send_signal(sig)
     code = proc.wait(timeout=120)
+    took = time.monotonic() - signalled
 deadline, left = time.monotonic() + linger, None
 while left != [] and time.monotonic() < deadline:
     time.sleep(0.5)
@@ -64,17 +75,20 @@ while left != [] and time.monotonic() < deadline:
             continue
         if "ominix.train" in cmd or "torch.distributed.run" in cmd:
             left.append(cmd)
-print(json.dumps({"code": code, "left": left}))
+print(json.dumps({"code": code, "left": left, "took": took}))
 """
 
 
-def _signal_in_namespace(argv: list[str], sig: int, linger: float, tmp: Path) -> tuple[int, list[str], str, str]:
-    script = f"ip link set lo up; exec {sys.executable} -c '{DRIVER}' '{json.dumps(argv)}' {sig} {linger} {tmp / 'run'}"
+def _signal_in_namespace(argv: list[str], sig: int, linger: float, tmp: Path,
+                         freeze: bool = False) -> tuple[int, list[str], str, str, float]:
+    script = (f"ip link set lo up; exec {sys.executable} -c '{DRIVER}' '{json.dumps(argv)}' {sig} {linger} "
+              f"{tmp / 'run'}{' freeze' if freeze else ''}")
     result = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "--kill-child", "-n", "sh", "-c", script],
                             capture_output=True, text=True, env=ENV, cwd=REPO, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    return report["code"], report["left"], (tmp / "run.out").read_text(), (tmp / "run.err").read_text()
+    return (report["code"], report["left"], (tmp / "run.out").read_text(), (tmp / "run.err").read_text(),
+            report["took"])
 
 
 # --- the run-directory lock ------------------------------------------------------------------
@@ -187,19 +201,29 @@ def test_second_launch_is_refused_in_seconds_and_sigterm_saves_and_exits_143(dat
 @pytest.mark.usefixtures("private_netns")
 def test_kill_9_of_the_launcher_leaves_no_process(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     argv = _argv(data_dir, tmp_path / "r", "--nproc-per-node", "2", "--max-steps", "200")
-    code, left, out, err = _signal_in_namespace(argv, signal.SIGKILL, 40, tmp_path)
+    code, left, out, err, _ = _signal_in_namespace(argv, signal.SIGKILL, 40, tmp_path)
     assert code == -9 and left == [], left
 
 
 @pytest.mark.usefixtures("private_netns")
 def test_ctrl_c_saves_and_exits_130_with_one_line(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     run = tmp_path / "r"
-    code, left, out, err = _signal_in_namespace(_argv(data_dir, run, "--nproc-per-node", "2", "--max-steps", "200"),
+    code, left, out, err, _ = _signal_in_namespace(_argv(data_dir, run, "--nproc-per-node", "2", "--max-steps", "200"),
                                                 signal.SIGINT, 10, tmp_path)
     assert code == 130 and left == [], (left, err[-2000:])
     step = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
     assert out.count("stopped by SIGINT") == 1 and f"at step {step}; saved checkpoint step_{step:08d}" in out
     assert "KeyboardInterrupt" not in err and "Traceback" not in err and "SignalException" not in err
+
+
+@pytest.mark.usefixtures("private_netns")
+def test_sigterm_with_every_worker_frozen_ends_within_stop_timeout(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Stopped workers never act on the forwarded SIGTERM: after launch.stop_timeout they are killed."""
+    argv = _argv(data_dir, tmp_path / "r", "--nproc-per-node", "2", "--max-steps", "200",
+                 "--set", "launch.stop_timeout=3", "--set", "launch.hang_timeout=0")
+    code, left, out, err, took = _signal_in_namespace(argv, signal.SIGTERM, 10, tmp_path, freeze=True)
+    assert code == 143 and left == [], (left, err[-2000:])
+    assert took < 3 + 15, took
 
 
 # --- checks before any process starts; worker errors as one line ----------------------------

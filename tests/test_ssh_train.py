@@ -1,9 +1,14 @@
 """The real thing: `ominix train launch` on two "nodes" (127.0.0.1 and 127.0.0.2) over a real sshd,
-one CPU process per node: it trains, checkpoints and resumes; killing a node's worker stops all."""
+one CPU process per node: it trains, checkpoints and resumes; killing a node's worker stops all, or
+under launch.max_restarts relaunches the run, which ends with the losses of an uninterrupted one; a
+frozen node is detected by the hang watchdog, killed, and the run ends in time."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -112,8 +117,9 @@ def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path, prep
             time.sleep(0.2)
 
     threading.Thread(target=kill_node1_worker, daemon=True).start()
-    result = _launch(sshd, tmp_path, prepared, 100000)
+    result = _launch(sshd, tmp_path, prepared, 100000, "--set", "launch.max_restarts=0")
     assert result.returncode == 101, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no restart left (launch.max_restarts 0)" in result.stderr
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in result.stderr
     assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
     assert _leftovers(run) == []
@@ -163,3 +169,144 @@ def test_ctrl_c_stops_every_node_after_a_checkpoint(sshd: Sshd, tmp_path: Path, 
     assert "interrupted: stopping every node" in out and "resume with --resume auto" in out
     assert (run / "checkpoints" / "latest").is_file()
     assert _leftovers(run) == []
+
+
+def _rows(run_dir: Path, kind: str) -> list[dict]:
+    """The ``kind`` records of metrics.jsonl; a line being written is left out."""
+    metrics = run_dir / "metrics.jsonl"
+    rows = []
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """Each step's loss; a step trained again after a fault counts as its last record says."""
+    return {r["step"]: r["loss"] for r in _rows(run_dir, "train")}
+
+
+def _node_processes(run_dir: Path, node: int, workers_only: bool = False) -> list[int]:
+    """Every process of ``node`` in this run: its node guard, torchrun and worker(s)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        worker = b"torch.distributed.run" not in cmd and f"GROUP_RANK={node}".encode() in env
+        if str(run_dir).encode() in cmd and (worker or (not workers_only and f"--node-rank={node}".encode() in cmd)):
+            found.append(int(entry.name))
+    return found
+
+
+def _when_step(run_dir: Path, step: int, act) -> threading.Thread:
+    """Call ``act()`` as soon as metrics.jsonl records ``step`` (polled finely: tiny steps are fast)."""
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if any(r["step"] >= step for r in _rows(run_dir, "train")):
+                act()
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_killed_worker_is_relaunched_and_the_run_ends_with_the_uninterrupted_losses(
+        sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "faulty").mkdir()
+    whole = _launch(sshd, tmp_path / "whole", prepared, 10)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    run = tmp_path / "faulty" / "run"
+    killed: list[int] = []
+
+    def kill_node1_worker() -> None:
+        workers = _node_processes(run, 1, workers_only=True)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(workers)
+
+    _when_step(run, 5, kill_node1_worker)
+    result = _launch(sshd, tmp_path / "faulty", prepared, 10, "--set", "launch.max_restarts=2",
+                     "--set", "launch.restart_backoff=0")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert killed
+    [fault] = _rows(run, "fault")
+    assert fault["restart"] == 1 and fault["lost_steps"] == fault["step"] - fault["resume_step"] >= 1
+    log = (run / "train.log").read_text()
+    assert f"fault 1 at step {fault['step']}" in log and "finished after 1 restart(s)" in log
+    assert f"resumed from {run / 'checkpoints'}" in log
+    expected = _losses(tmp_path / "whole" / "run")
+    assert sorted(expected) == list(range(1, 11))
+    assert _losses(run) == expected  # bit for bit: the CPU path resumes exactly
+    assert _leftovers(run) == []
+
+
+def test_a_frozen_node_is_found_by_the_hang_watchdog_and_killed_in_time(
+        sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
+    run = tmp_path / "run"
+    hang_timeout = 8
+    frozen: dict = {}
+
+    def freeze_node1() -> None:  # guard, torchrun and worker stopped: a node that froze
+        pids = _node_processes(run, 1)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        frozen.update(pids=pids, at=time.monotonic())
+
+    _when_step(run, 2, freeze_node1)
+    result = _launch(sshd, tmp_path, prepared, 100000, "--set", f"launch.hang_timeout={hang_timeout}",
+                     "--set", "launch.max_restarts=0", "--set", "launch.stop_timeout=5")
+    took = time.monotonic() - frozen["at"]
+    assert len(frozen["pids"]) == 3  # the node guard, torchrun, the worker
+    assert result.returncode == 100, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"node 0 (127.0.0.1:{sshd.port}) failed first" in result.stderr
+    assert "no step for" in result.stderr and "launch.hang_timeout 8" in result.stderr
+    assert took < hang_timeout + 25, took
+    stacks = (run / "hang" / "rank_00000.txt").read_text()
+    assert "no progress for" in stacks and "File " in stacks  # the blocked main thread's stack
+    assert not (run / "hang" / "rank_00001.txt").exists()  # a stopped rank cannot write
+    [fault] = _rows(run, "fault")
+    assert fault["restart"] is None and "no step for" in fault["cause"]
+    assert _leftovers(run) == [] and _node_processes(run, 1) == []
+    print(f"frozen node found and the run ended {took:.1f} s after the freeze", file=sys.stderr)
+
+
+def test_sigterm_to_the_launcher_ends_within_stop_timeout_with_a_node_frozen(
+        sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
+    """No watchdog (launch.hang_timeout=0): only the stop can end the run, and it must, in time."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    run = tmp_path / "run"
+    hostfile = sshd.hostfile(tmp_path / "hosts.txt")
+    sets = [*sshd.launch_sets(), f"launch.hostfile={hostfile}", "launch.nodes=2", "launch.nproc_per_node=1",
+            f"launch.master_port={free_port()}", f"launch.node_env={{'*': {{TMPDIR: '{tmp_path}'}}}}",
+            *_small(tmp_path, prepared), "schedule.max_steps=100000", "checkpoint.every=0",
+            "launch.hang_timeout=0", "launch.stop_timeout=5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ominix", "train", "launch", "tiny", *[a for s in sets for a in ("--set", s)]],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    frozen = []
+    _when_step(run, 2, lambda: frozen.extend(p for p in _node_processes(run, 1) if os.kill(p, signal.SIGSTOP)
+                                             is None)).join(timeout=240)
+    assert len(frozen) == 3
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - start
+    assert proc.returncode == 143, out[-3000:]
+    assert took < 5 + 25, took
+    assert "fault" not in (run / "train.log").read_text()  # a stop is not a fault: no relaunch
+    assert _leftovers(run) == [] and _node_processes(run, 1) == []
+    print(f"SIGTERM with a frozen node: the launcher ended in {took:.1f} s", file=sys.stderr)

@@ -99,6 +99,20 @@ class LaunchConfig(Section):
         "before its processes are killed; covers the save of a large checkpoint (minutes for 7B). "
         "A second Ctrl-C kills at once.",
     )
+    max_restarts: int = Field(
+        3, ge=0, description="Relaunches after a worker or node fault (a crash, a lost node, a hang; never a "
+        "config error or a stop signal), each from the newest good checkpoint; 0 = a fault ends the run. "
+        "Covers torchrun launches (several processes or nodes); a one-process run runs in the launcher.",
+    )
+    restart_backoff: float = Field(
+        30.0, ge=0, description="Seconds to wait before the first relaunch, doubled for each further one "
+        "(time for a node to reboot or a network to come back).",
+    )
+    hang_timeout: float = Field(
+        1800.0, ge=0, description="Seconds without a finished step (an evaluation or checkpoint save counts "
+        "as progress) after which every rank still running dumps its stacks into RUN_DIR/hang/ and the "
+        "attempt ends (then restarts if allowed); must exceed the longest step, eval or save; 0 = off.",
+    )
     workdir: str | None = Field(None, description="Working directory on every node; None = here.")
     python: str | None = Field(None, description="Python on the nodes; None = this interpreter.")
     forward_env: list[str] = Field(

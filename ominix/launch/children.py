@@ -9,8 +9,8 @@ and its own error report does not bury the worker's.
   only, which forwards it once), SIGTERM/SIGINT/SIGHUP forwarded (SIGHUP as SIGTERM: the workers
   save either way) to the workers themselves, not to torchrun: torchrun gives its workers 30 s
   after it is signalled and then kills them, too little for a large checkpoint; signalled
-  directly, the workers save and exit, and torchrun sees them finish. A second signal kills
-  torchrun and every worker. The exit code is 128 + the signal when one was forwarded, else the
+  directly, the workers save and exit, and torchrun sees them finish. A second signal, or
+  ``launch.stop_timeout`` seconds without an exit, kills torchrun and every worker. The exit code is 128 + the signal when one was forwarded, else the
   failing worker's own exit code (torchrun says 1 for any failure).
 - ``TorchrunFilter``: torchrun's stderr minus its own log lines, its ChildFailedError or
   SignalException traceback and the failure table; only the first ``error (rank N):`` line and its
@@ -148,24 +148,45 @@ def kill_torchrun(torchrun: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _forwarding(child: subprocess.Popen, received: list[int]) -> Callable[[int, object], None]:
+def kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every process below it, stopped ones included (SIGKILL is the one
+    signal a stopped process cannot hold back); all are listed first, since a killed parent's
+    children are reparented."""
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children_of(tree[-1])
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+def _forwarding(child: subprocess.Popen, received: list[int], stop_timeout: float,
+                timers: list[threading.Timer]) -> Callable[[int, object], None]:
     def forward(signum: int, frame: object) -> None:
         if received:  # asked twice: do not wait for the checkpoint
             kill_torchrun(child.pid)
             return
         received.append(signum)
         signal_workers(child.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        # a stopped (frozen) or stuck worker never acts on the signal: SIGKILL reaches it anyway
+        timer = threading.Timer(stop_timeout, kill_torchrun, args=(child.pid,))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
     return forward
 
 
 def run_torchrun(argv: list[str], env: Mapping[str, str], show_stderr: Callable[[str], None], *,
-                 filtered: bool = True) -> int:
+                 filtered: bool = True, stop_timeout: float = 900.0) -> int:
     """Run ``argv`` (a torchrun command) owned by this process; see the module docstring. With
-    ``filtered`` false (``--debug``), torchrun's stderr passes through untouched."""
+    ``filtered`` false (``--debug``), torchrun's stderr passes through untouched. A signal gives
+    the workers ``stop_timeout`` seconds to save and exit; then torchrun and they are killed."""
     child = subprocess.Popen(argv, env=dict(env), start_new_session=True, preexec_fn=die_with_parent,
                              stderr=subprocess.PIPE if filtered else None)
     received: list[int] = []
-    previous = {sig: signal.signal(sig, _forwarding(child, received))
+    timers: list[threading.Timer] = []
+    previous = {sig: signal.signal(sig, _forwarding(child, received, stop_timeout, timers))
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     output = TorchrunFilter()
     pump = None
@@ -183,6 +204,8 @@ def run_torchrun(argv: list[str], env: Mapping[str, str], show_stderr: Callable[
         if pump is not None:
             pump.join()
     finally:
+        for timer in timers:  # torchrun is gone: its pid may be reused
+            timer.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:

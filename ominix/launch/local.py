@@ -16,6 +16,7 @@ from ominix.launch.command import local_env, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
+from ominix.launch.relaunch import Relauncher
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -70,7 +71,10 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
         if nproc == 1:
             with missing_env(cfg.launch.env):
                 return claimed.finish(Outcome(_in_process(run_dir)))
-        code = run_torchrun(argv, local_env(cfg, os.environ), events.stderr, filtered=not debug_enabled())
+        relauncher = Relauncher(cfg, claimed.path, events, claimed.write_config)
+        code = relauncher.run(lambda: run_torchrun(argv, local_env(cfg, os.environ), events.stderr,
+                                                   filtered=not debug_enabled(),
+                                                   stop_timeout=cfg.launch.stop_timeout))
         return claimed.finish(Outcome(code))
 
 

@@ -8,7 +8,11 @@ which gives torchrun an explicit, minimal environment, takes secrets from stdin 
 node when the launcher asks (a ``stop`` or ``kill`` line on its stdin) or the connection drops.
 
 A stop gives the workers ``launch.stop_timeout`` seconds to save a checkpoint and exit; a second
-Ctrl-C (or SIGTERM) while the launcher waits for that sends ``kill`` to every node.
+Ctrl-C (or SIGTERM) while the launcher waits for that sends ``kill`` to every node. When a node
+fails, the others are stopped the same way, or killed at once when its workers' hang watchdog
+ended it (a hung run has nothing to save). A guard that answers no ``kill`` within
+``KILL_WAIT_S`` (a frozen node: its processes stopped) is killed with everything under it through
+a new SSH channel, so the launcher always returns.
 
 ``run_nodes`` returns 0 when every node succeeded and 130 after Ctrl-C; when node N failed first
 (its exit status or a lost connection) it stops the others and raises :class:`NodeFailed`, whose
@@ -32,7 +36,9 @@ from typing import TYPE_CHECKING
 from ominix.errors import OminixError
 from ominix.launch.command import KEEP_ENV, every_node_env, forwarded, is_secret, remote_python, workdir
 from ominix.launch.events import Events
+from ominix.launch.nodeguard import GUARD_PID
 from ominix.launch.ssh import Target, connect
+from ominix.train.watchdog import EXIT_HUNG
 
 if TYPE_CHECKING:
     import paramiko
@@ -57,6 +63,7 @@ class NodeCommand:
     target: Target
     command: str
     secrets: dict[str, str] = field(default_factory=dict)
+    killer: str = ""  # kills a guard and all under it, once the guard's pid is appended
 
     def shown(self) -> str:
         """The exact command, with the names (not the values) of what goes on stdin."""
@@ -68,11 +75,13 @@ class NodeCommand:
 
 
 class NodeFailed(OminixError):
-    """Node ``rank`` failed first; the others were stopped. Exit code ``100 + rank``."""
+    """Node ``rank`` failed first; the others were stopped. Exit code ``100 + rank``;
+    ``worker_exit`` is the exit code of the worker torchrun named as the root cause, if any."""
 
-    def __init__(self, rank: int, message: str, hint: str) -> None:
+    def __init__(self, rank: int, message: str, hint: str, worker_exit: int | None = None) -> None:
         super().__init__(message, hint, exit_code=EXIT_NODE_FAILED + rank)
         self.rank = rank
+        self.worker_exit = worker_exit
 
 
 def node_env(cfg: OminixConfig, target: Target) -> dict[str, str]:
@@ -93,8 +102,9 @@ def node_command(cfg: OminixConfig, rank: int, target: Target, argv: list[str]) 
             secrets[key] = value
         else:
             guard += ["--env", f"{key}={value}"]
-    command = f"cd {shlex.quote(workdir(cfg))} && exec {shlex.join([*guard, '--', *argv])}"
-    return NodeCommand(rank, target, command, secrets)
+    cd = f"cd {shlex.quote(workdir(cfg))} && exec "
+    killer = cd + shlex.join([remote_python(cfg), "-m", "ominix.launch.nodeguard", "--kill-tree"])
+    return NodeCommand(rank, target, cd + shlex.join([*guard, "--", *argv]), secrets, killer)
 
 
 def log_name(target: Target) -> str:
@@ -113,6 +123,7 @@ class _Node:
         self.channel.exec_command(node.command)
         self.channel.sendall((json.dumps(node.secrets) + "\n").encode())
         self.last_reply = time.monotonic()
+        self.guard_pid: int | None = None
         threading.Thread(target=self._pump, args=(log, events, show, show_lock), daemon=True).start()
         threading.Thread(target=self._heartbeat, daemon=True).start()
 
@@ -136,6 +147,9 @@ class _Node:
                 *lines, pending = (pending + chunk).split(b"\n")
                 with show_lock:
                     for line in lines:
+                        if line.startswith(GUARD_PID.encode()):
+                            self.guard_pid = int(line.split()[-1])
+                            continue
                         self.tail.append(line.decode(errors="replace"))
                         show.line(prefix + self.tail[-1])
             if pending:
@@ -154,6 +168,18 @@ class _Node:
         """The guard kills the node's processes at once."""
         self._send(b"kill\n")
 
+    def kill_tree(self, timeout: float) -> None:
+        """SIGKILL to the guard and everything under it, through a new SSH channel: a frozen
+        node's guard (its processes stopped) reads no ``kill``, but the node's sshd still answers."""
+        if self.guard_pid is None or self.channel.closed:
+            return
+        import paramiko
+
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            killer = self.channel.get_transport().open_session(timeout=timeout)
+            killer.exec_command(f"{self.node.killer} {self.guard_pid}")
+            killer.status_event.wait(timeout)
+
     def _send(self, request: bytes) -> None:
         if not self.channel.closed:
             with contextlib.suppress(OSError, EOFError):  # the connection is gone: the guard stops
@@ -170,6 +196,12 @@ def _cause(tail: collections.abc.Iterable[str]) -> str:
     if fields:
         return "; ".join(f"{k} {v}" for k, v in fields.items() if v != "<N/A>")
     return lines[-1] if lines else ""
+
+
+def _worker_exit(tail: collections.abc.Iterable[str]) -> int | None:
+    """The exit code of torchrun's root cause (the last ``exitcode :`` of its failure table)."""
+    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", "\n".join(tail), re.M)
+    return int(codes[-1]) if codes else None
 
 
 def _describe(status: int) -> str:
@@ -216,10 +248,12 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: 
             if status != 0 and failed is None:
                 failed = (rank, status)
                 stopping = True
-                _stop_all(started, running, events, grace)
+                # the others of a hung run are hung too (or frozen): nothing to wait for
+                hung = _worker_exit(started[rank].tail) == EXIT_HUNG
+                _end_all(cfg, started, running, events, 0.0 if hung else grace)
                 running.clear()
     except KeyboardInterrupt:
-        _interrupted(started, running, events, grace, show, again=stopping)
+        _interrupted(cfg, started, running, events, grace, show, again=stopping)
         return 130
     finally:  # closing the connections is also what stops a guard if anything above raised
         for client in clients:
@@ -231,32 +265,38 @@ def run_nodes(cfg: OminixConfig, nodes: list[NodeCommand], log_dir: Path, show: 
     cause = _cause(started[rank].tail)
     raise NodeFailed(rank, f"node {rank} ({label}) failed first: {_describe(status)}"
                      f"{f' ({cause})' if cause else ''}; stopped the other nodes",
-                     f"see {log_dir / log_name(nodes[rank].target)}")
+                     f"see {log_dir / log_name(nodes[rank].target)}", _worker_exit(started[rank].tail))
 
 
-def _interrupted(started: list[_Node], running: set[int], events: queue.Queue, grace: float,
-                 show: Events, *, again: bool) -> None:
+def _interrupted(cfg: OminixConfig, started: list[_Node], running: set[int], events: queue.Queue,
+                 grace: float, show: Events, *, again: bool) -> None:
     """A first interrupt stops every node gracefully; a second one (also while the nodes were
     being stopped after a failure) kills them."""
     try:
         if not again:
             show.notice("interrupted: stopping every node (they save a checkpoint; interrupt again to kill them)")
-            _stop_all(started, running, events, grace)
+            _end_all(cfg, started, running, events, grace)
             return
     except KeyboardInterrupt:
         pass
     show.notice("interrupted again: killing every node")
-    for n in started:
-        if n.node.rank in running:
-            n.kill()
-    _wait(running, events, KILL_WAIT_S)
+    _end_all(cfg, started, running, events, 0.0)
 
 
-def _stop_all(started: list[_Node], running: set[int], events: queue.Queue, wait_s: float) -> None:
-    for n in started:
-        if n.node.rank in running:
-            n.stop()
-    _wait(running, events, wait_s)
+def _end_all(cfg: OminixConfig, started: list[_Node], running: set[int], events: queue.Queue,
+             grace: float) -> None:
+    """Every running node ends: stopped gracefully within ``grace`` seconds (none: at once), then
+    killed by its guard, then, for a guard that did not answer (a frozen node), killed over a new
+    SSH channel."""
+    steps = [(_Node.stop, grace)] if grace else []
+    steps += [(_Node.kill, KILL_WAIT_S), (lambda n: n.kill_tree(cfg.launch.connect_timeout), KILL_WAIT_S)]
+    for request, wait_s in steps:
+        if not running:
+            return
+        for n in started:
+            if n.node.rank in running:
+                request(n)
+        _wait(running, events, wait_s)
 
 
 def _wait(running: set[int], events: queue.Queue, wait_s: float) -> None:

@@ -15,6 +15,9 @@
   ``kill``, torchrun's group and the workers get SIGKILL. If the guard itself is killed, the
   kernel sends torchrun SIGTERM (PR_SET_PDEATHSIG).
 - The guard exits with the command's status (128 + N for a signal N).
+- Its first output line is ``ominix-nodeguard-pid PID``: a frozen node's guard (its processes
+  stopped) reads no request, so the launcher kills it and all below it with
+  ``python -m ominix.launch.nodeguard --kill-tree PID`` over a new SSH channel.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import subprocess
 import sys
 import threading
 
-from ominix.launch.children import die_with_parent, kill_torchrun, signal_workers
+from ominix.launch.children import die_with_parent, kill_torchrun, kill_tree, signal_workers
 
+GUARD_PID = "ominix-nodeguard-pid"
 GRACE_S = 900.0  # the default of launch.stop_timeout, which the launcher passes as --grace
 
 
@@ -89,14 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="Set a variable.")
     parser.add_argument("--grace", type=float, default=GRACE_S, metavar="SECONDS",
                         help="How long a stopped command gets to exit before it is killed.")
+    parser.add_argument("--kill-tree", type=int, metavar="PID",
+                        help="SIGKILL PID and every process below it (stopped ones too), then exit.")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.kill_tree:
+        kill_tree(args.kill_tree)
+        return 0
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
     env = {k: os.environ[k] for k in args.keep.split(",") if k and k in os.environ}
     env.update(item.split("=", 1) for item in args.env)
     env.update(json.loads(_read_line(0) or "{}"))
+    print(f"{GUARD_PID} {os.getpid()}", flush=True)
     child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)
     guard = _Guard(child, args.grace)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):

@@ -22,6 +22,7 @@ from ominix.launch.children import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
+from ominix.launch.relaunch import Relauncher
 from ominix.train.layout import LayoutError, derive_layout, validate, with_global_batch
 
 if TYPE_CHECKING:
@@ -157,7 +158,8 @@ def launch_multinode(cfg: OminixConfig, run_dir: Path, *, dry_run: bool, events:
     ]
     if dry_run:
         return Outcome(0, head + "\n\n".join(n.shown() for n in nodes) + "\n")
-    return Outcome(multinode.run_nodes(cfg, nodes, run_dir / "logs", events))
+    relauncher = Relauncher(cfg, run_dir, events, prepare)
+    return Outcome(relauncher.run(lambda: multinode.run_nodes(cfg, nodes, run_dir / "logs", events)))
 
 
 def launch_from_cli(source: str | None, sets: list[str], flags: dict, *, dry_run: bool = False,

@@ -21,11 +21,6 @@ def run() -> int:
         from ominix.launch.children import die_with_parent
 
         die_with_parent()
-    hang = os.environ.get("OMINIX_HANG_DUMP")  # seconds: dump every thread's stack and exit (a hung collective)
-    if hang:
-        import faulthandler
-
-        faulthandler.dump_traceback_later(float(hang), exit=True)
     from ominix.cli.quiet import filter_third_party_warnings
     from ominix.cli.render import debug_enabled, report_error
     from ominix.train.failure import as_ominix_error, log_traceback

@@ -20,6 +20,7 @@ from ominix import hubref
 from ominix.config import OminixConfig, dump_yaml, load_config
 from ominix.errors import OminixError
 from ominix.train.stop import Preemption, StopVote, preemption
+from ominix.train.watchdog import Watchdog
 
 
 @dataclass
@@ -165,14 +166,17 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
     from ominix.train import shims
     from ominix.train.engine import one_process_env
 
+    watchdog = Watchdog(run_dir, cfg.launch.hang_timeout)
     with one_process_env(), shims.patched() as skipped, preemption() as preempt:
         try:
-            return _train(cfg, run_dir, preempt, skipped)
+            return _train(cfg, run_dir, preempt, skipped, watchdog)
         finally:
+            watchdog.close()
             gc.unfreeze()  # the objects frozen after setup may be collected again
 
 
-def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[str]) -> int:
+def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[str],
+           watchdog: Watchdog) -> int:
     import torch
     import torch.distributed as dist
 
@@ -272,6 +276,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
         }
         meter.pause()
+        watchdog.beat()  # the save is timed from the end of the step before it
         began = time.perf_counter()
         if background is not None and (timing := background.wait()):  # the previous write, if still going
             saved(timing.path, timing.step, timing.seconds, timing.blocked)
@@ -280,6 +285,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         if background is None:
             seconds = time.perf_counter() - began
             saved(path, state.step, seconds, seconds, announce)
+        watchdog.beat()
         meter.resume()
         return path
 
@@ -290,6 +296,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     out.record("launch", {"step": state.step, "world_size": world, "devices": devices,
                           "setup_s": time.perf_counter() - launched,
                           "steps_redone": ledger.dropped if ledger else 0}, dashboards=False)
+    watchdog.arm(engine.rank)  # after setup: loading and compiling are not steps
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
@@ -316,6 +323,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         state.step += 1
         state.tokens += layout.tokens_per_step
         window.append((loss, norm))
+        watchdog.beat()
 
         done = state.step >= total
         stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
@@ -339,11 +347,13 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
             out.line(format_eval(record))
             out.record("eval", record)
+            watchdog.beat()
             engine.model.train()
             meter.resume()
         if tasks.due(state.step, done):
             meter.pause()
-            tasks.run(state.step, state.tokens, out)
+            with watchdog.held():  # the other ranks wait on a group with its own timeout
+                tasks.run(state.step, state.tokens, out)
             meter.resume()
         if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
             out.line(line)
