@@ -24,8 +24,8 @@ class OminixError(Exception):
 
 # errno -> what to do; the codes a user's own paths and disks produce
 _OS_HINTS = {
-    errno.EACCES: "check the permissions of {path} (ls -ld) or choose a path you can write",
-    errno.EPERM: "check the permissions of {path} (ls -ld) or choose a path you can write",
+    errno.EACCES: "check the permissions of {path} and of its directories (ls -ld)",
+    errno.EPERM: "check the permissions of {path} and of its directories (ls -ld)",
     errno.ENAMETOOLONG: "shorten the path: one name holds at most 255 bytes, a whole path 4096",
     errno.ENOSPC: "free space on that disk or choose a path on a larger one",
     errno.EDQUOT: "free space within your quota or choose a path on another disk",

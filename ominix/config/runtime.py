@@ -136,7 +136,7 @@ class InferConfig(Section):
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens; 1 = off.")
-    seed: int = Field(0, description="Sampling seed.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Sampling seed (0 to 2**63-1, what torch takes).")
     device: str = Field("auto", description="auto (cuda if present), cpu or cuda[:N].")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 on GPU, fp32 on CPU."

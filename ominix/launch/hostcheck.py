@@ -247,7 +247,7 @@ def cluster(cfg: OminixConfig, nodes: int | None) -> tuple[list[Target], tuple[s
     """The first ``nodes`` hosts of the hostfile (None = all), resolved, and the rendezvous address."""
     if not cfg.launch.hostfile:
         raise OminixError("no hostfile given", "pass --hostfile FILE (one host per line)")
-    hosts = select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)
+    hosts = select_hosts(parse_hostfile(cfg.launch.hostfile, cfg.launch.ssh_port), nodes, cfg.launch.hostfile)
     targets = resolve_targets(hosts, cfg.launch)
     addr = check_hostname(cfg.launch.master_addr or targets[0].address, "launch.master_addr")
     return targets, (addr, cfg.launch.master_port)

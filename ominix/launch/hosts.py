@@ -16,6 +16,7 @@ hostname may not start with ``-`` (it would read as an option) and may hold only
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,20 @@ def _fields(tokens: list[str], where: str) -> dict[str, int]:
     return fields
 
 
-def parse_hostfile(path: str | Path) -> list[Host]:
-    """Read a hostfile; a malformed or duplicate line is an error naming its line number."""
+def _same_host_key(host: Host, default_port: int) -> tuple[str, int]:
+    """What makes two lines one machine's sshd: the address (case and IPv6
+    spellings aside) and the port, a line without one meaning ``default_port``."""
+    name = host.hostname.lower()
+    try:
+        name = ipaddress.ip_address(name).compressed
+    except ValueError:
+        pass  # a hostname, not an address
+    return name, host.port or default_port
+
+
+def parse_hostfile(path: str | Path, default_port: int = 22) -> list[Host]:
+    """Read a hostfile; a malformed or duplicate line (the same host and port, a line without a
+    port meaning ``default_port``, ``launch.ssh_port``) is an error naming its line number."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -100,16 +113,17 @@ def parse_hostfile(path: str | Path) -> list[Host]:
         raise OminixError(f"hostfile {path} is not a text file (byte {exc.start} is not UTF-8)",
                           f"pass a text file with one host per line as {FORMAT}") from exc
     hosts: list[Host] = []
-    seen: dict[tuple[str, int | None], int] = {}
+    seen: dict[tuple[str, int], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         host = parse_line(raw, f"{path} line {number}")
         if host is None:
             continue
-        key = (host.hostname.lower(), host.port)
+        key = _same_host_key(host, default_port)
         if key in seen:
             raise OminixError(
-                f"{path} line {number}: {host} is already listed on line {seen[key]}",
-                "list every node once",
+                f"{path} line {number}: {host} is already listed on line {seen[key]} "
+                f"(the same host and SSH port {key[1]})",
+                "list every node once; one machine's processes are its slots=N",
             )
         seen[key] = number
         hosts.append(Host(host.hostname, host.user, host.port, host.slots, number))
