@@ -32,7 +32,7 @@ class WandbConfig(Section):
     """Weights & Biases logging from rank 0: the numbers of metrics.jsonl and the config, one W&B run
     per run directory (its id kept in RUN_DIR/wandb-run.json, so a resumed run logs into it)."""
 
-    enabled: bool = Field(False, description="Log to Weights & Biases (pip install 'ominix[wandb]').")
+    enabled: bool = Field(False, description="Log to Weights & Biases (the wandb extra: docs/INSTALL.md).")
     project: str = Field("ominix", description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (user or team); None = your default entity.")
     name: str | None = Field(None, description="W&B run name; None = the run directory's name.")
