@@ -69,5 +69,6 @@ def test_more_nodes_than_hosts_and_bad_master(tmp_path: Path) -> None:
     with pytest.raises(OminixError, match="--nodes 3 asks for more nodes"):
         select_hosts(hosts, 3)
     assert check_hostname("10.1.2.3") == "10.1.2.3"
+    assert check_hostname("[::1]") == check_hostname("::1") == "::1"  # torchrun takes it bare
     with pytest.raises(OminixError):
         check_hostname("-x;reboot", "launch.master_addr")

@@ -45,6 +45,14 @@ def test_all_checks_pass_json(sshd: Sshd, tmp_path: Path) -> None:
     socket.create_server(("127.0.0.1", 29731)).close()  # and it is gone: the launch can take the port
 
 
+def test_a_bracketed_ipv6_master_is_reached(sshd: Sshd, tmp_path: Path) -> None:
+    """--master-addr [::1]: the nodes reach node 0's listener over IPv6 (no firewall blamed)."""
+    code, out = _check(sshd, tmp_path, "--json", "--master-addr", "[::1]")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["here"]["master"] == "::1:29731" and {h["facts"]["master"] for h in doc["hosts"]} == {"open"}
+
+
 def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:
     code, out = _check(sshd, tmp_path)
     assert code == 0 and "host checks" in out and "127.0.0.2" in out, out

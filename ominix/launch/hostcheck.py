@@ -73,8 +73,10 @@ print(json.dumps(r))
 # that "reachable" means a connection really got through, not just a refusal a firewall can send.
 LISTENER = r"""
 import socket, sys, threading
-try:
-    server = socket.create_server(("", int(sys.argv[1])))
+try:  # both families: the nodes may reach the master by an IPv6 address
+    dual = socket.has_dualstack_ipv6()
+    server = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                  dualstack_ipv6=dual)
 except OSError as e:
     print("busy: " + (e.strerror or str(e)), flush=True)
     sys.exit(0)

@@ -145,10 +145,16 @@ def select_hosts(hosts: list[Host], nodes: int | None, source: str = "the hostfi
 
 
 def check_hostname(name: str, what: str = "host") -> str:
-    """Refuse a name (e.g. ``launch.master_addr``) that could read as an option or shell syntax."""
-    if not HOSTNAME_RE.match(name) and not re.fullmatch(r"[0-9A-Fa-f:.]+", name):
+    """``name`` (e.g. ``launch.master_addr``) as torchrun and sockets take it: an IPv6 address
+    without its brackets. Refuses a name that could read as an option or shell syntax."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if HOSTNAME_RE.match(bare):
+        return bare
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
         raise OminixError(
-            f"{what} {name!r} is not a valid host name or address",
-            "use letters, digits, '.', '-' and '_' only, not starting with '-'",
-        )
-    return name
+            f"{what} {name!r} is not a valid host name or IP address",
+            "use letters, digits, '.', '-' and '_' only, not starting with '-', or an IPv6 address "
+            "as [addr]",
+        ) from None
