@@ -495,6 +495,9 @@ CASES: list[Case] = [
     Case("hosts-duplicate", "train check-hosts", "the same host twice",
          ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1\nn1\n"),
          needle="line 2"),
+    Case("hosts-duplicate-default-port", "train check-hosts", "one host with and without the default SSH port",
+         ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1\nn1:22\n"),
+         needle="(the same host and SSH port 22)"),
     # checkpoint list / export
     Case("list-missing", "checkpoint list", "run directory does not exist", ("checkpoint", "list", "nope"),
          needle="nope"),
