@@ -107,14 +107,15 @@ def test_debug_off_spellings_keep_the_one_error_line() -> None:
         assert result.stderr.startswith("error: no config file or preset named"), off
 
 
-def _without_root_overrides(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``ominix ARGS`` with file permissions applying even to root (the file-access capabilities
-    dropped), as they apply to every other user."""
+def _without_root_overrides(*args: str, cwd: Path,
+                            module: str = "ominix") -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` with file permissions applying even to root (the file-access
+    capabilities dropped), as they apply to every other user."""
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-m",
-                           "ominix", *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+                           module, *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
 
 
 @pytest.mark.parametrize("what", ["config", "corpus", "output"])
@@ -135,6 +136,19 @@ def test_a_permission_error_is_one_line_naming_the_path(what: str, tmp_path: Pat
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[-2].startswith("error: Permission denied: ") and path in lines[-2], lines
     assert lines[-1].startswith("hint: check the permissions of ")
+
+
+def test_a_training_worker_reports_a_permission_error_as_its_rank_s_one_line(tmp_path: Path) -> None:
+    """What every rank prints (and the launcher quotes) when its run's files are not readable."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("optim:\n  lr: 0.001\n")
+    os.chmod(run / "config.yaml", 0)
+    result = _without_root_overrides("--run-dir", "run", cwd=tmp_path, module="ominix.train")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-2] == "error (rank 0): Permission denied: run/config.yaml", lines
+    assert lines[-1].startswith("hint: check the permissions of run/config.yaml")
 
 
 def test_config_show_json_and_set() -> None:

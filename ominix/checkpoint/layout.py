@@ -127,8 +127,9 @@ def _follow_latest(ckpts: Path) -> Path | None:
         return None
     if parse_step(name) is None:
         raise OminixError(f"{ckpts / LATEST} holds {name[:40]!r}, not the name of a {STEP_GLOB} directory",
-                          f"write the newest complete one's name into it (echo step_00000100 > {ckpts / LATEST}), "
-                          "or resume with --resume auto, which passes over a damaged pointer")
+                          f"write the newest complete one's name into it (echo step_00000100 > "
+                          f"{ckpts / LATEST}), or resume with --resume auto, which passes over a damaged "
+                          "pointer")
     target = ckpts / name
     if not is_checkpoint(target):
         raise OminixError(

@@ -94,7 +94,8 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     tokenizer = manifest.get("tokenizer")
     missing = [key for key in REQUIRED if key not in manifest]
-    missing += [f"tokenizer.{key}" for key in REQUIRED_TOKENIZER if isinstance(tokenizer, dict) and key not in tokenizer]
+    if isinstance(tokenizer, dict):
+        missing += [f"tokenizer.{key}" for key in REQUIRED_TOKENIZER if key not in tokenizer]
     if missing:
         raise OminixError(f"{file} lacks {', '.join(missing)}: it was edited or cut short",
                           "prepare the data again with --force")

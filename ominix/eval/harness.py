@@ -34,7 +34,8 @@ def known_tasks(tasks: list[str]):
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known and not Path(t).is_file()]
     if unknown:
-        raise OminixError(f"unknown lm-eval task {', '.join(map(repr, unknown))} (not a task name, nor a file)",
+        names = ", ".join(map(repr, unknown))
+        raise OminixError(f"unknown lm-eval task {names} (not a task name, nor a file)",
                           "check the spelling (`lm_eval ls tasks` lists them); a task of your own is passed "
                           "as its YAML file's path: --tasks ./my_task.yaml")
     return manager

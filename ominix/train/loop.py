@@ -273,13 +273,15 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             loss = forward_backward(engine, batch, profiler.phase)
             skip = s.on_nan == "skip"
             with profiler.phase("optimizer"):
-                if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
+                # skip mode: one sync per step
+                if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):
                     norm, stepped = torch.tensor(float("nan")), False
                 else:
                     norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
             if not stepped:
                 state.skipped_steps += 1
-                out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
+                out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped "
+                         "(schedule.on_nan=skip)")
             lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
             with profiler.phase("optimizer"):
                 engine.scheduler.step()
@@ -295,19 +297,22 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
                 with profiler.phase("log"):  # where the host waits for the GPU, once per window
                     first = state.step - len(window) + 1
                     losses = _mean_over_dp([w[0] for w in window], engine)
-                    norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
+                    # None: the plugin did not say
+                    norms = [None if w[1] is None else float(w[1]) for w in window]
                     if s.on_nan == "stop":
                         _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
                     state.last_loss = losses[-1]
-                    record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
-                              "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
+                    record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr,
+                              "grad_norm": norms[-1], "tokens": state.tokens,
+                              **meter.measure(len(window), total - state.step)}
                     out.line(format_step(record, total))
                     out.record("train", record)
                     window = []
             if s.eval_every and (state.step % s.eval_every == 0 or done):
                 meter.pause()
                 result = engine.evaluate(val_set, s.eval_blocks)
-                record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
+                record = {"step": state.step, "val_loss": result["loss"],
+                          "val_perplexity": result["perplexity"]}
                 out.line(format_eval(record))
                 out.record("eval", record)
                 engine.model.train()
