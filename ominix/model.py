@@ -40,10 +40,11 @@ def resolve_attn(choice: str) -> str:
         return "cudnn" if torch.cuda.is_available() else "sdpa"
     if not flash_attn_available():
         from ominix.errors import OminixError
+        from ominix.extras import install_hint
 
         raise OminixError(
             "model.attn=flash but flash-attn is not installed (or no CUDA device)",
-            "pip install flash-attn, or use --set model.attn=sdpa",
+            f"{install_hint('flash')}, or use --set model.attn=sdpa",
         )
     return "flash"
 

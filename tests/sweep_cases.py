@@ -227,6 +227,21 @@ def edit_json(rel: str, **values: object) -> Callable[[Path], None]:
     return change
 
 
+def _garble_header(path: Path) -> None:
+    """A safetensors file whose header (length-prefixed JSON) is not JSON; its size unchanged."""
+    raw = bytearray(path.read_bytes())
+    raw[8:16] = b"{garble!"
+    path.write_bytes(bytes(raw))
+
+
+def _drop_manifest_field(key: str) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        manifest = json.loads((root / "manifest.json").read_text())
+        del manifest[key]
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    return change
+
+
 def corpus(name: str, records: int = 60, field: str = "text") -> Callable[[Paths], None]:
     lines = [json.dumps({field: f"Record {i}: the quick brown fox jumps over the lazy dog {i * 7}."})
              for i in range(records)]
@@ -530,6 +545,9 @@ CASES: list[Case] = [
     Case("hosts-duplicate", "train check-hosts", "the same host twice",
          ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1\nn1\n"),
          needle="line 2"),
+    Case("hosts-duplicate-default-port", "train check-hosts", "one host with and without the default SSH port",
+         ("train", "check-hosts", "tiny", "--hostfile", "hosts.txt"), setup=write("hosts.txt", "n1\nn1:22\n"),
+         needle="(the same host and SSH port 22)"),
     # checkpoint list / export
     Case("list-missing", "checkpoint list", "run directory does not exist", ("checkpoint", "list", "nope"),
          needle="nope"),
@@ -683,4 +701,29 @@ CASES: list[Case] = [
          ("quickstart", "--out", "mine", "--force"), setup=KEEP, needle="quickstart"),
     Case("qs-steps", "quickstart", "--steps 10 (below the minimum)", ("quickstart", "--steps", "10"), CLEAN,
          needle="--steps"),
+    # operating-system errors and damaged files of every stage: one line naming the path
+    Case("schema-name-too-long", "config schema", "--out a name of 300 characters",
+         ("config", "schema", "--out", "a" * 300 + ".json"), needle="File name too long"),
+    Case("launch-run-dir-under-file", "train launch", "--run-dir inside a file",
+         ("train", "launch", "tiny", "--data", *D, "--run-dir", "f.txt/run", "--max-steps", "2", *SEQ),
+         setup=write("f.txt", "x"), needle="Not a directory: f.txt/run"),
+    Case("launch-lock-is-dir", "train launch", "the run directory's .ominix.lock is a directory",
+         ("train", "launch", "tiny", "--data", *D, "--run-dir", "r", "--max-steps", "4", *SEQ),
+         setup=copy("run", "r", lambda d: (d / ".ominix.lock").mkdir()), needle="is a directory, not the run"),
+    Case("export-latest-garbage", "checkpoint export", "`latest` holds binary garbage",
+         ("checkpoint", "export", "r", "--out", "o", "--no-verify"),
+         setup=copy("run", "r", lambda d: (d / "checkpoints/latest").write_bytes(b"\xff\xfe\x00junk")),
+         needle="not the name of a step_* directory"),
+    Case("infer-safetensors-header", "infer", "the export's safetensors header is not JSON",
+         ("infer", "--model", "e", "--prompt", "hi"),
+         setup=copy("export", "e", lambda d: _garble_header(d / "model.safetensors")),
+         needle="not a readable safetensors file"),
+    Case("infer-seed-huge", "infer", "--seed 2**70", ("infer", "--model", "{export}", "--prompt", "hi",
+                                                      "--seed", str(2**70)), needle="--seed"),
+    Case("insp-manifest-no-field", "data inspect", "manifest.json without its splits field",
+         ("data", "inspect", "d"), setup=copy("data", "d", _drop_manifest_field("splits")), needle="lacks splits"),
+    Case("prep-lone-surrogate", "data prepare", "a record holding a lone surrogate (\\ud800)",
+         ("data", "prepare", "s.jsonl", "--train-tokenizer", "--vocab-size", "300", "--out", "out"),
+         setup=write("s.jsonl", '{"text": "half a pair \\ud800 here"}\n' * 60),
+         needle="s.jsonl:1: field 'text' holds a lone surrogate"),
 ]

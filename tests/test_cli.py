@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from ominix.cli.main import app
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 HEAVY = ("torch", "colossalai", "datasets", "transformers", "wandb", "matplotlib")
 
@@ -95,6 +98,57 @@ def test_debug_shows_the_traceback() -> None:
         result = run_cli(*args, "config", "show", "no-such-preset", env=env)
         assert result.returncode != 0
         assert "Traceback" in result.stderr and "OminixError" in result.stderr
+
+
+def test_debug_off_spellings_keep_the_one_error_line() -> None:
+    for off in ("0", "false", "no", "off", "False"):
+        result = run_cli("config", "show", "no-such-preset", env={"OMINIX_DEBUG": off})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, off
+        assert result.stderr.startswith("error: no config file or preset named"), off
+
+
+def _without_root_overrides(*args: str, cwd: Path,
+                            module: str = "ominix") -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` with file permissions applying even to root (the file-access
+    capabilities dropped), as they apply to every other user."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-m",
+                           module, *args], cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+
+
+@pytest.mark.parametrize("what", ["config", "corpus", "output"])
+def test_a_permission_error_is_one_line_naming_the_path(what: str, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 0.001\n")
+    (tmp_path / "corpus.jsonl").write_text('{"text": "hello"}\n' * 50)
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / {"config": "c.yaml", "corpus": "corpus.jsonl", "output": "ro"}[what], 0o500 if what ==
+             "output" else 0)
+    argv, path = {
+        "config": (["config", "show", "c.yaml"], "c.yaml"),
+        "corpus": (["data", "prepare", "corpus.jsonl", "--train-tokenizer", "--vocab-size", "300", "--out", "d"],
+                   "corpus.jsonl"),
+        "output": (["mof", "init", "--out", "ro/release.yaml"], "ro/"),
+    }[what]
+    result = _without_root_overrides(*argv, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-2].startswith("error: Permission denied: ") and path in lines[-2], lines
+    assert lines[-1].startswith("hint: check the permissions of ")
+
+
+def test_a_training_worker_reports_a_permission_error_as_its_rank_s_one_line(tmp_path: Path) -> None:
+    """What every rank prints (and the launcher quotes) when its run's files are not readable."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("optim:\n  lr: 0.001\n")
+    os.chmod(run / "config.yaml", 0)
+    result = _without_root_overrides("--run-dir", "run", cwd=tmp_path, module="ominix.train")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-2] == "error (rank 0): Permission denied: run/config.yaml", lines
+    assert lines[-1].startswith("hint: check the permissions of run/config.yaml")
 
 
 def test_config_show_json_and_set() -> None:

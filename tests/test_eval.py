@@ -146,6 +146,40 @@ def test_eval_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.slow  # lm-eval indexes its thousands of task files (~50 s of CPU)
+def test_an_unknown_lm_eval_task_is_one_error_that_names_the_local_file_route(run_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        pytest.skip("needs lm-evaluation-harness (the eval extra)")
+    out = tmp_path / "r.json"
+    result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--tasks", "no_such_task")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "error: unknown lm-eval task 'no_such_task'" in result.stderr
+    assert "--tasks ./my_task.yaml" in result.stderr and not out.exists()
+
+
+def test_an_extras_install_hint_keeps_the_installed_torch() -> None:
+    """The hint's command, given to pip (a dry run), installs nothing in place of torch."""
+    import shlex
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from ominix.extras import install_hint
+
+    hint = install_hint("eval")
+    assert "ominix[" not in hint and f"torch=={metadata.version('torch')}" in hint
+    argv = shlex.split(hint.split(" (")[0])
+    assert argv[:2] == ["pip", "install"]
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                             *argv[2:]], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    installs = {item["metadata"]["name"].lower() for item in json.loads(result.stdout)["install"]}
+    assert not installs & {"torch", "transformers", "colossalai"}, installs
+
+
 def test_held_out_blocks_do_not_depend_on_world_size_or_batch_size(run_dir: Path) -> None:
     """The trainer (any plugin: each data-parallel rank a share) and `ominix eval` read the blocks of
     held_out_ids: the same blocks, so the same loss, whatever the world size and batch size."""

@@ -187,6 +187,30 @@ def test_a_disk_that_holds_exactly_keep_last_checkpoints_still_saves(data_dir: P
     assert resumable(ckpts.parent, "full") == (ckpts / "step_00000004", [])
 
 
+def test_disk_full_at_a_log_write_names_the_step_and_latest_resumes(data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The disk fills up (a file written once step 20's checkpoint is in place) and a log write of a
+    later step fails: one error line naming that step, nothing half-saved, and a resume from step 20."""
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    sets = [*SETS, "checkpoint.every=20"]
+    argv = [*_argv(data_dir, disk / "run", "--max-steps", "1000"), "--set", "checkpoint.every=20"]
+    fill = (f"(while [ ! -e {disk}/run/checkpoints/latest ]; do sleep 0.05; done; "
+            f"dd if=/dev/zero of={disk}/filler bs=64k 2>/dev/null) & true")
+    result = subprocess.run(_isolated(argv, before=f"mount -t tmpfs -o size=40m tmpfs {disk}; {fill}",
+                                      after=f"cp -a {disk / 'run'} {kept}"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert errors[0].startswith("error: No space left on device at step 2") and str(disk / "run") in errors[0]
+    assert "then --resume auto continues from step_00000020" in result.stderr
+    ckpts = kept / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000020"]
+    resumed = _launch(data_dir, kept, "--max-steps", "21", "--resume", "auto", sets=sets)
+    _ok(resumed)
+    assert "at step 20" in resumed.stdout and (ckpts / "step_00000021").is_dir()
+
+
 def test_saving_a_step_again_replaces_it_atomically(reference: Path, data_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     """A run resumed from step 3 saves step 4 again: at every moment step 4 is in place or moved aside."""
     run = tmp_path / "run"

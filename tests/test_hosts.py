@@ -54,6 +54,10 @@ def test_duplicates_and_empty_files(tmp_path: Path) -> None:
     with pytest.raises(OminixError, match=r"line 3: NODE1 is already listed on line 1"):
         parse_hostfile(_write(tmp_path, "node1\nnode2\nNODE1  # again\n"))
     assert len(parse_hostfile(_write(tmp_path, "node1:22\nnode1:2222\n"))) == 2  # other port: other sshd
+    for same in ("n1\nn1:22\n", "alice@n1:22\nN1\n", "[::1]\n[0:0::1]:22\n"):  # default port, spellings
+        with pytest.raises(OminixError, match=r"line 2: .* is already listed on line 1 \(the same host and SSH port 22"):
+            parse_hostfile(_write(tmp_path, same))
+    assert len(parse_hostfile(_write(tmp_path, "n1\nn1:22\n"), default_port=2222)) == 2  # launch.ssh_port
     with pytest.raises(OminixError, match="lists no hosts"):
         parse_hostfile(_write(tmp_path, "# nothing\n\n"))
     with pytest.raises(OminixError, match="cannot read hostfile"):
@@ -65,6 +69,7 @@ def test_more_nodes_than_hosts_and_bad_master(tmp_path: Path) -> None:
     with pytest.raises(OminixError, match="--nodes 3 asks for more nodes"):
         select_hosts(hosts, 3)
     assert check_hostname("10.1.2.3") == "10.1.2.3"
+    assert check_hostname("[::1]") == check_hostname("::1") == "::1"  # torchrun takes it bare
     with pytest.raises(OminixError):
         check_hostname("-x;reboot", "launch.master_addr")
 

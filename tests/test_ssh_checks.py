@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.sshd import Sshd, keygen, sshd  # noqa: F401  (fixture)
+from tests.test_ssh import stalled  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("private_netns")
 
@@ -60,6 +61,23 @@ def test_a_node_that_cannot_join_the_collective_is_named(sshd: Sshd, tmp_path: P
     assert code == 101, out
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in out and "Traceback" not in out, out
     assert "host checks" in out  # the SSH checks were shown before
+
+
+def test_a_bracketed_ipv6_master_is_reached(sshd: Sshd, tmp_path: Path) -> None:
+    """--master-addr [::1]: the nodes reach node 0's listener over IPv6 (no firewall blamed)."""
+    code, out = _check(sshd, tmp_path, "--json", "--master-addr", "[::1]")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["here"]["master"] == "::1:29731" and {h["facts"]["master"] for h in doc["hosts"]} == {"open"}
+
+
+def test_a_stalled_ssh_banner_is_one_line_without_a_traceback(sshd: Sshd, stalled: tuple[int, int],
+                                                               tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts.txt"
+    hostfile.write_text(f"127.0.0.2:{stalled[1]}\n")
+    code, out = _check(sshd, tmp_path, hostfile=hostfile, sets=[*sshd.launch_sets(), "launch.connect_timeout=1"])
+    assert code == 1 and "Traceback" not in out and "Exception (client)" not in out, out
+    assert f"127.0.0.2:{stalled[1]} accepted the connection but sent no SSH banner" in out
 
 
 def test_table_and_problems(sshd: Sshd, tmp_path: Path) -> None:

@@ -103,9 +103,10 @@ def step_dirs(ckpts: Path) -> list[tuple[int, Path]]:
 
 
 def latest_name(ckpts: Path) -> str | None:
-    """What the ``latest`` pointer names, or None when there is no pointer."""
+    """What the ``latest`` pointer holds (a step directory's name unless damaged: bytes that are not
+    UTF-8 are replaced, so a caller can quote it), or None when there is no pointer."""
     pointer = ckpts / LATEST
-    return pointer.read_text().strip() if pointer.is_file() else None
+    return pointer.read_bytes()[:200].decode("utf-8", "replace").strip() if pointer.is_file() else None
 
 
 def write_latest(ckpts: Path, name: str) -> None:
@@ -124,6 +125,11 @@ def _follow_latest(ckpts: Path) -> Path | None:
     name = latest_name(ckpts)
     if name is None:
         return None
+    if parse_step(name) is None:
+        raise OminixError(f"{ckpts / LATEST} holds {name[:40]!r}, not the name of a {STEP_GLOB} directory",
+                          f"write the newest complete one's name into it (echo step_00000100 > "
+                          f"{ckpts / LATEST}), or resume with --resume auto, which passes over a damaged "
+                          "pointer")
     target = ckpts / name
     if not is_checkpoint(target):
         raise OminixError(

@@ -62,7 +62,7 @@ def weight_files(path: Path) -> list[Path]:
 def weight_infos(path: Path) -> dict[str, TensorInfo]:
     """Name -> file, dtype and shape of every tensor of a checkpoint or weights directory (headers
     only: no tensor is read)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = weight_files(Path(path))
     if not files:
@@ -72,10 +72,14 @@ def weight_infos(path: Path) -> dict[str, TensorInfo]:
     for file in files:
         if not file.is_file():
             raise OminixError(f"{file} is missing", "the checkpoint or export is incomplete; write it again")
-        with safe_open(file, "pt") as handle:
-            for name in handle.keys():
-                view = handle.get_slice(name)
-                infos[name] = TensorInfo(file, view.get_dtype(), tuple(view.get_shape()))
+        try:
+            with safe_open(file, "pt") as handle:
+                for name in handle.keys():
+                    view = handle.get_slice(name)
+                    infos[name] = TensorInfo(file, view.get_dtype(), tuple(view.get_shape()))
+        except SafetensorError as exc:  # a damaged header: the library's message says where
+            raise OminixError(f"{file} is not a readable safetensors file: {exc}",
+                              "the checkpoint or export is damaged; write it again") from exc
     return infos
 
 

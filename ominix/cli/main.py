@@ -14,7 +14,7 @@ from ominix.cli.quiet import filter_third_party_warnings
 from ominix.cli import release_cmd
 from ominix.cli.render import debug_enabled, report_error
 from ominix.cli.spelling import Group
-from ominix.errors import OminixError
+from ominix.errors import OminixError, os_error
 
 app = typer.Typer(
     name="ominix",
@@ -71,6 +71,10 @@ def run() -> None:
         if debug_enabled():
             raise
         sys.exit(report_error(exc))
+    except OSError as exc:  # a permission, a name too long, a full disk: anywhere a command touches a path
+        if debug_enabled():
+            raise
+        sys.exit(report_error(os_error(exc)))
     except KeyboardInterrupt:
         if debug_enabled():
             raise

@@ -11,8 +11,8 @@ from ominix.errors import OminixError
 
 
 def debug_enabled() -> bool:
-    """Tracebacks wanted (``--debug`` or ``OMINIX_DEBUG=1``)."""
-    return os.environ.get("OMINIX_DEBUG", "") not in ("", "0")
+    """Tracebacks wanted (``--debug`` or ``OMINIX_DEBUG=1``; ``0``, ``false``, ``no``, ``off`` mean off)."""
+    return os.environ.get("OMINIX_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def report_error(exc: OminixError, rank: int | str | None = None) -> int:

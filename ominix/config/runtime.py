@@ -37,7 +37,7 @@ class WandbConfig(Section):
     """Weights & Biases logging from rank 0: the numbers of metrics.jsonl and the config, one W&B run
     per run directory (its id kept in RUN_DIR/wandb-run.json, so a resumed run logs into it)."""
 
-    enabled: bool = Field(False, description="Log to Weights & Biases (pip install 'ominix[wandb]').")
+    enabled: bool = Field(False, description="Log to Weights & Biases (the wandb extra: docs/INSTALL.md).")
     project: str = Field("ominix", description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (user or team); None = your default entity.")
     name: str | None = Field(None, description="W&B run name; None = the run directory's name.")
@@ -155,7 +155,7 @@ class InferConfig(Section):
     top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1 = off.")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens; 1 = off.")
-    seed: int = Field(0, description="Sampling seed.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Sampling seed (0 to 2**63-1, what torch takes).")
     device: str = Field("auto", description="auto (cuda if present), cpu or cuda[:N].")
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto = bf16 on GPU, fp32 on CPU."

@@ -107,6 +107,15 @@ def text_of(record: Any, text_field: str, where: str) -> str | None:
             f"{where}: field {text_field!r} is a {type(text).__name__}, not text",
             "name the text field with --text-field",
         )
+    if text and not text.isascii():
+        try:  # JSON can escape half of a UTF-16 pair (\ud800): a str no tokenizer can encode
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise OminixError(
+                f"{where}: field {text_field!r} holds a lone surrogate {text[exc.start]!r} at character "
+                f"{exc.start}, which is not Unicode text",
+                "fix the record's \\uD800-\\uDFFF escape (half of a UTF-16 pair) or drop the record",
+            ) from exc
     return text
 
 

@@ -68,6 +68,11 @@ def tokenizer_dir(path: str | Path, manifest: dict[str, Any]) -> Path:
     return Path(path) / manifest["tokenizer"].get("dir", "tokenizer")
 
 
+# what the readers of a manifest take from it (the loader, verification, `data inspect`)
+REQUIRED = ("splits", "seq_len", "dtype", "tokenizer", "source_sets")
+REQUIRED_TOKENIZER = ("vocab_size", "file", "sha256")
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of a prepared directory; OminixError when it is not one."""
     path = Path(path)
@@ -81,11 +86,19 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise OminixError(f"{file} is not valid JSON", "prepare the data again with --force") from exc
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise OminixError(
-            f"{file} has format {manifest.get('format')!r}, expected {FORMAT!r}",
+            f"{file} has format {found!r}, expected {FORMAT!r}",
             "prepare the data again with this OminiX version",
         )
+    tokenizer = manifest.get("tokenizer")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if isinstance(tokenizer, dict):
+        missing += [f"tokenizer.{key}" for key in REQUIRED_TOKENIZER if key not in tokenizer]
+    if missing:
+        raise OminixError(f"{file} lacks {', '.join(missing)}: it was edited or cut short",
+                          "prepare the data again with --force")
     return manifest
 
 

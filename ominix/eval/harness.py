@@ -1,4 +1,4 @@
-"""Optional benchmark tasks through lm-evaluation-harness (``pip install 'ominix[eval]'``).
+"""Optional benchmark tasks through lm-evaluation-harness (the ``eval`` extra: docs/INSTALL.md).
 
 One path for ``ominix eval --tasks`` and for the tasks of a training run (``schedule.eval_tasks``):
 lm-eval drives OminiX's own decoder (``ominix.eval.lm_model.OminixLM``, with its KV cache). A task is
@@ -22,8 +22,10 @@ LOCAL_HINT = ("pass an lm-eval task name (lm-eval ls tasks), or a local task fil
 
 def check_installed(setting: str = "--tasks") -> None:
     if importlib.util.find_spec("lm_eval") is None:
+        from ominix.extras import install_hint
+
         raise OminixError(f"{setting} needs lm-evaluation-harness, which is not installed",
-                          "pip install 'ominix[eval]' (task data comes from the hub or a local copy)")
+                          f"{install_hint('eval')}; task data comes from the hub or a local copy")
 
 
 def check_task_files(tasks: list[str], setting: str) -> None:

@@ -73,8 +73,10 @@ print(json.dumps(r))
 # that "reachable" means a connection really got through, not just a refusal a firewall can send.
 LISTENER = r"""
 import socket, sys, threading
-try:
-    server = socket.create_server(("", int(sys.argv[1])))
+try:  # both families: the nodes may reach the master by an IPv6 address
+    dual = socket.has_dualstack_ipv6()
+    server = socket.create_server(("", int(sys.argv[1])), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                  dualstack_ipv6=dual)
 except OSError as e:
     print("busy: " + (e.strerror or str(e)), flush=True)
     sys.exit(0)
@@ -247,7 +249,7 @@ def cluster(cfg: OminixConfig, nodes: int | None) -> tuple[list[Target], tuple[s
     """The first ``nodes`` hosts of the hostfile (None = all), resolved, and the rendezvous address."""
     if not cfg.launch.hostfile:
         raise OminixError("no hostfile given", "pass --hostfile FILE (one host per line)")
-    hosts = select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)
+    hosts = select_hosts(parse_hostfile(cfg.launch.hostfile, cfg.launch.ssh_port), nodes, cfg.launch.hostfile)
     targets = resolve_targets(hosts, cfg.launch)
     addr = check_hostname(cfg.launch.master_addr or targets[0].address, "launch.master_addr")
     return targets, (addr, cfg.launch.master_port)

@@ -16,6 +16,7 @@ hostname may not start with ``-`` (it would read as an option) and may hold only
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,20 @@ def _fields(tokens: list[str], where: str) -> dict[str, int]:
     return fields
 
 
-def parse_hostfile(path: str | Path) -> list[Host]:
-    """Read a hostfile; a malformed or duplicate line is an error naming its line number."""
+def _same_host_key(host: Host, default_port: int) -> tuple[str, int]:
+    """What makes two lines one machine's sshd: the address (case and IPv6
+    spellings aside) and the port, a line without one meaning ``default_port``."""
+    name = host.hostname.lower()
+    try:
+        name = ipaddress.ip_address(name).compressed
+    except ValueError:
+        pass  # a hostname, not an address
+    return name, host.port or default_port
+
+
+def parse_hostfile(path: str | Path, default_port: int = 22) -> list[Host]:
+    """Read a hostfile; a malformed or duplicate line (the same host and port, a line without a
+    port meaning ``default_port``, ``launch.ssh_port``) is an error naming its line number."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -100,16 +113,17 @@ def parse_hostfile(path: str | Path) -> list[Host]:
         raise OminixError(f"hostfile {path} is not a text file (byte {exc.start} is not UTF-8)",
                           f"pass a text file with one host per line as {FORMAT}") from exc
     hosts: list[Host] = []
-    seen: dict[tuple[str, int | None], int] = {}
+    seen: dict[tuple[str, int], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         host = parse_line(raw, f"{path} line {number}")
         if host is None:
             continue
-        key = (host.hostname.lower(), host.port)
+        key = _same_host_key(host, default_port)
         if key in seen:
             raise OminixError(
-                f"{path} line {number}: {host} is already listed on line {seen[key]}",
-                "list every node once",
+                f"{path} line {number}: {host} is already listed on line {seen[key]} "
+                f"(the same host and SSH port {key[1]})",
+                "list every node once; one machine's processes are its slots=N",
             )
         seen[key] = number
         hosts.append(Host(host.hostname, host.user, host.port, host.slots, number))
@@ -131,10 +145,16 @@ def select_hosts(hosts: list[Host], nodes: int | None, source: str = "the hostfi
 
 
 def check_hostname(name: str, what: str = "host") -> str:
-    """Refuse a name (e.g. ``launch.master_addr``) that could read as an option or shell syntax."""
-    if not HOSTNAME_RE.match(name) and not re.fullmatch(r"[0-9A-Fa-f:.]+", name):
+    """``name`` (e.g. ``launch.master_addr``) as torchrun and sockets take it: an IPv6 address
+    without its brackets. Refuses a name that could read as an option or shell syntax."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if HOSTNAME_RE.match(bare):
+        return bare
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
         raise OminixError(
-            f"{what} {name!r} is not a valid host name or address",
-            "use letters, digits, '.', '-' and '_' only, not starting with '-'",
-        )
-    return name
+            f"{what} {name!r} is not a valid host name or IP address",
+            "use letters, digits, '.', '-' and '_' only, not starting with '-', or an IPv6 address "
+            "as [addr]",
+        ) from None

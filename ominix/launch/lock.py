@@ -140,6 +140,9 @@ class RunLock:
 
     def acquire(self, notice: Callable[[str], None]) -> None:
         """Take the lock, taking over a stale one (``notice`` says so); refuse a live holder."""
+        if self.path.is_dir():
+            raise OminixError(f"{self.path} is a directory, not the run directory's lock file",
+                              f"remove it (rm -r {self.path}) unless something of yours lives there")
         for _ in range(3):  # a takeover can race with another launch: look again
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

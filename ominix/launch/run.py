@@ -89,7 +89,8 @@ def check_before_hosts(cfg: OminixConfig, dry_run: bool) -> int | None:
     nodes, p = cfg.launch.nodes, cfg.parallel
     slots = set()
     if cfg.launch.hostfile:  # read here; the hosts are reached later
-        slots = {h.slots for h in select_hosts(parse_hostfile(cfg.launch.hostfile), nodes, cfg.launch.hostfile)}
+        hosts = parse_hostfile(cfg.launch.hostfile, cfg.launch.ssh_port)
+        slots = {h.slots for h in select_hosts(hosts, nodes, cfg.launch.hostfile)}
     nproc = cfg.launch.nproc_per_node or (slots.pop() if len(slots) == 1 else None)
     world = None
     if nproc:

@@ -10,6 +10,7 @@ changed key always.
 from __future__ import annotations
 
 import getpass
+import logging
 import socket
 import threading
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ominix.config import LaunchConfig
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+_QUIET = logging.NullHandler()  # added once (a handler already there is not added again)
 
 
 class SSHError(OminixError):
@@ -150,6 +152,9 @@ def connect(target: Target, launch: LaunchConfig, accept_new: bool | None = None
     """An authenticated client for ``target``; every failure is an :class:`SSHError`."""
     import paramiko
 
+    # NOTE: paramiko's transport thread logs a failure (a stalled banner) with its traceback, which
+    # Python prints on stderr when the logger has no handler; connect's caller reports it as one line
+    logging.getLogger("paramiko").addHandler(_QUIET)
     accept = launch.accept_new_host_keys if accept_new is None else accept_new
     known = known_hosts_path(launch)
     pkey = load_key(target.key) if target.key else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ominix import hubref
 from ominix.config import OminixConfig, dump_yaml, load_config
-from ominix.errors import OminixError
+from ominix.errors import OminixError, os_error
 from ominix.train.stop import Preemption, StopVote, preemption
 from ominix.train.watchdog import Watchdog
 
@@ -86,6 +86,21 @@ def forward_backward(engine, batch, phase=lambda name: contextlib.nullcontext())
             engine.booster.backward(micro_loss / layout.accum, engine.optimizer)
         loss += micro_loss.detach().float() / layout.accum
     return loss
+
+
+@contextlib.contextmanager
+def _disk_errors_name_the_step(state: LoopState, run_dir: Path):
+    """An ``OSError`` of the steps (a log write on a full disk, a log file made unwritable) as one
+    error naming the step reached and the checkpoint a resume continues from (a failed save removes
+    its partial directory, so ``latest`` still names a complete one)."""
+    from ominix.checkpoint.layout import checkpoints_dir, latest_name
+
+    try:
+        yield
+    except OSError as exc:
+        kept = latest_name(checkpoints_dir(run_dir))
+        resume = f"then --resume auto continues from {kept}" if kept else "no checkpoint was saved yet"
+        raise os_error(exc, f"at step {state.step} in {run_dir}", resume) from exc
 
 
 def freeze_heap() -> None:
@@ -300,75 +315,76 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     code = 0
     window: list = []  # (loss, grad norm) of each step since the last log line, kept on the device
     engine.model.train()
-    while state.step < total:
-        profiler.before(state.step + 1)
-        with profiler.phase("data"):
-            batch = to_device(next(loader), engine.device)
-            if ledger is not None:
-                ledger.append(loader.step_blocks)
-        loss = forward_backward(engine, batch, profiler.phase)
-        skip = s.on_nan == "skip"
-        with profiler.phase("optimizer"):
-            if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
-                norm, stepped = torch.tensor(float("nan")), False
-            else:
-                norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
-        if not stepped:
-            state.skipped_steps += 1
-            out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
-        lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
-        with profiler.phase("optimizer"):
-            engine.scheduler.step()
-            engine.optimizer.zero_grad()
-        state.step += 1
-        state.tokens += layout.tokens_per_step
-        window.append((loss, norm))
-        watchdog.beat()
-
-        done = state.step >= total
-        stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
-        saving = done or (c.every and state.step % c.every == 0)
-        if state.step % cfg.logging.log_every == 0 or saving or done or stop:
-            with profiler.phase("log"):  # where the host waits for the GPU, once per window
-                first = state.step - len(window) + 1
-                losses = _mean_over_dp([w[0] for w in window], engine)
-                norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
-                if s.on_nan == "stop":
-                    _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
-                state.last_loss = losses[-1]
-                record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
-                          "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
-                out.line(format_step(record, total))
-                out.record("train", record)
-                window = []
-        if s.eval_every and (state.step % s.eval_every == 0 or done):
-            meter.pause()
-            result = engine.evaluate(val_set, s.eval_blocks)
-            record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
-            out.line(format_eval(record))
-            out.record("eval", record)
+    with _disk_errors_name_the_step(state, run_dir):
+        while state.step < total:
+            profiler.before(state.step + 1)
+            with profiler.phase("data"):
+                batch = to_device(next(loader), engine.device)
+                if ledger is not None:
+                    ledger.append(loader.step_blocks)
+            loss = forward_backward(engine, batch, profiler.phase)
+            skip = s.on_nan == "skip"
+            with profiler.phase("optimizer"):
+                if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
+                    norm, stepped = torch.tensor(float("nan")), False
+                else:
+                    norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
+            if not stepped:
+                state.skipped_steps += 1
+                out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
+            lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
+            with profiler.phase("optimizer"):
+                engine.scheduler.step()
+                engine.optimizer.zero_grad()
+            state.step += 1
+            state.tokens += layout.tokens_per_step
+            window.append((loss, norm))
             watchdog.beat()
-            engine.model.train()
-            meter.resume()
-        if tasks.due(state.step, done):
-            meter.pause()
-            with watchdog.held():  # the other ranks wait on a group with its own timeout
-                tasks.run(state.step, state.tokens, out)
-            meter.resume()
-        if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
-            out.line(line)
-        if background is not None and (timing := background.finished()):
-            saved(timing.path, timing.step, timing.seconds, timing.blocked)
-        if saving or stop:
-            path = save(announce=not (stop and not done))
-        if stop and not done:  # the rank that saw no signal stops as the others do, with their code
-            signum = preempt.signal or signal.SIGTERM
-            if background is not None and (timing := background.wait()):  # say "saved" once it is
-                saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=False)
-            out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved checkpoint "
-                     f"{path.name}; resume with --resume auto")
-            code = 128 + signum
-            break
+
+            done = state.step >= total
+            stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
+            saving = done or (c.every and state.step % c.every == 0)
+            if state.step % cfg.logging.log_every == 0 or saving or done or stop:
+                with profiler.phase("log"):  # where the host waits for the GPU, once per window
+                    first = state.step - len(window) + 1
+                    losses = _mean_over_dp([w[0] for w in window], engine)
+                    norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
+                    if s.on_nan == "stop":
+                        _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
+                    state.last_loss = losses[-1]
+                    record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
+                              "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
+                    out.line(format_step(record, total))
+                    out.record("train", record)
+                    window = []
+            if s.eval_every and (state.step % s.eval_every == 0 or done):
+                meter.pause()
+                result = engine.evaluate(val_set, s.eval_blocks)
+                record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
+                out.line(format_eval(record))
+                out.record("eval", record)
+                watchdog.beat()
+                engine.model.train()
+                meter.resume()
+            if tasks.due(state.step, done):
+                meter.pause()
+                with watchdog.held():  # the other ranks wait on a group with its own timeout
+                    tasks.run(state.step, state.tokens, out)
+                meter.resume()
+            if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
+                out.line(line)
+            if background is not None and (timing := background.finished()):
+                saved(timing.path, timing.step, timing.seconds, timing.blocked)
+            if saving or stop:
+                path = save(announce=not (stop and not done))
+            if stop and not done:  # the rank that saw no signal stops as the others do, with their code
+                signum = preempt.signal or signal.SIGTERM
+                if background is not None and (timing := background.wait()):  # say "saved" once it is
+                    saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=False)
+                out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved checkpoint "
+                         f"{path.name}; resume with --resume auto")
+                code = 128 + signum
+                break
     if background is not None and (timing := background.wait()):  # latest names it before the exit
         saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=code == 0)
     if code == 0:  # a finished run read matching data: wait for this node's verifier's verdict

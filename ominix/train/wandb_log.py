@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ominix import atomic
 from ominix.errors import OminixError
+from ominix.extras import install_hint
 
 if TYPE_CHECKING:
     from ominix.config.runtime import WandbConfig
@@ -29,7 +30,7 @@ def check_installed(cfg: WandbConfig) -> None:
     """Refuse ``logging.wandb.enabled`` without the wandb package (checked before a launch)."""
     if cfg.enabled and importlib.util.find_spec("wandb") is None:
         raise OminixError("logging.wandb.enabled is set but the wandb package is not installed",
-                          "pip install 'ominix[wandb]', or --set logging.wandb.enabled=false")
+                          f"{install_hint('wandb')}, or --set logging.wandb.enabled=false")
 
 
 def resolve_mode(cfg: WandbConfig) -> str:
