@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from ominix.config import DataConfig, ReleaseConfig, dump_yaml, load_config
 from ominix.data.prepare import prepare
+from ominix.data.store import manifest_sha256
 from ominix.errors import OminixError
 from ominix.release import mof
 from ominix.release.bundle import make_bundle, verify_bundle
@@ -40,7 +41,8 @@ def _checkpoint(ckpts: Path, step: int, cfg) -> None:
     torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": []}, ckpt / "optimizer" / "optimizer.pt")
     torch.save({"last_epoch": step}, ckpt / "scheduler.pt")
     state = {"step": step, "tokens": step * 64, "last_loss": 5.0 - step / 10, "world_size": 1, "dp": 1,
-             "tp": 1, "pp": 1, "plugin": "ddp", "has_optimizer": True, "model": cfg.model.model_dump()}
+             "tp": 1, "pp": 1, "plugin": "ddp", "has_optimizer": True, "model": cfg.model.model_dump(),
+             "data_manifest_sha256": manifest_sha256(cfg.data.path)}
     (ckpt / "state.json").write_text(json.dumps(state))
     (ckpt / "config.yaml").write_text(dump_yaml(cfg))
 
@@ -313,6 +315,34 @@ def test_report_hashes_the_shards_it_references(run_dir: Path, tmp_path: Path) -
     assert proc.returncode == 2, proc.stdout
     assert f"{shard}: sha256 does not match the data manifest" in proc.stderr
     assert not out.exists()
+
+
+def test_report_and_check_refuse_data_the_run_never_trained_on(run_dir: Path, tmp_path: Path) -> None:
+    """`mof report --data` of another dataset is refused; a bundle whose data was swapped and its
+    SHA256SUMS written again (so every sum holds) fails `mof check` on the data's identity."""
+    other = tmp_path / "other"
+    shutil.copytree(run_dir.parent / "prepared", other)
+    manifest = other / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("prepared", "prepareD", 1))  # same size, another dataset
+    out = tmp_path / "bundle"
+    proc = run_cli("mof", "report", str(run_dir), "--out", str(out), "--data", str(other),
+                   "--release", str(_release(tmp_path)))
+    assert proc.returncode == 2, proc.stdout
+    assert f"{other} is not the data {run_dir} trained on" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+    make_bundle(run_dir, out, _release(tmp_path))
+    shutil.copyfile(manifest, out / "data" / "manifest.json")
+    sums = out / "SHA256SUMS"
+    from ominix.hashing import sha256_file
+
+    sums.write_text("".join(f"{sha256_file(out / 'data/manifest.json')}  {rel}\n" if rel == "data/manifest.json"
+                            else line + "\n" for line in sums.read_text().splitlines()
+                            for rel in [line.split("  ", 1)[1]]))
+    bad = run_cli("mof", "check", str(out))
+    assert bad.returncode == 1, bad.stdout
+    problems = [line for line in bad.stderr.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and "data/manifest.json: not the data the model trained on" in problems[0], bad.stderr
 
 
 def test_bundle_moved_elsewhere_with_run_and_data_deleted_stands_alone(tmp_path: Path) -> None:

@@ -48,18 +48,23 @@ def _identity(data: Path) -> str | None:
     return manifest_sha256(data) if (data / MANIFEST).is_file() else None
 
 
-def check_recorded(data: Path, recorded_sha: str | None, run: Path, flag: str = "--data") -> None:
-    """Refuse ``data`` when its manifest is not the one the run at ``run`` trained on (``recorded_sha``;
-    None: a state written before runs recorded it, nothing to compare)."""
+def data_mismatch(data: Path, recorded_sha: str | None) -> str | None:
+    """Why ``data`` is not the prepared directory ``recorded_sha`` identifies, or None when it is
+    (or when nothing was recorded: a state written before runs recorded their data)."""
     if recorded_sha is None:
-        return
+        return None
     found = _identity(data)
-    if found != recorded_sha:
-        have = f"manifest sha256 {found[:12]}" if found else f"no {MANIFEST}"
-        raise OminixError(
-            f"{data} is not the data {run} trained on ({have}, the run recorded {recorded_sha[:12]})",
-            f"pass {flag} the prepared directory the run trained on, or restore it as it was",
-        )
+    if found == recorded_sha:
+        return None
+    have = f"manifest sha256 {found[:12]}" if found else f"no {MANIFEST}"
+    return f"{have}, the run recorded {recorded_sha[:12]}"
+
+
+def check_recorded(data: Path, recorded_sha: str | None, run: Path, flag: str = "--data") -> None:
+    """Refuse ``data`` when its manifest is not the one the run at ``run`` trained on."""
+    if why := data_mismatch(data, recorded_sha):
+        raise OminixError(f"{data} is not the data {run} trained on ({why})",
+                          f"pass {flag} the prepared directory the run trained on, or restore it as it was")
 
 
 def run_data(recorded: str | None, run_dir: Path, recorded_sha: str | None,
