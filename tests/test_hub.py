@@ -304,11 +304,11 @@ def test_push_refuses_a_bundle_whose_sha256sums_no_longer_hold(bundle: Path, hub
     card = broken / "MODEL_CARD.md"
     card.write_text(card.read_text().replace("tiny", "TINY"))
     dry = run_cli("release", "push", str(broken), "--repo-id", "my-org/tiny", "--dry-run", env=_env(hub))
-    _one_clear_line(dry, "MODEL_CARD.md does not match the bundle's SHA256SUMS", "ominix mof check")
+    _one_clear_line(dry, "MODEL_CARD.md: sha256 mismatch", "SHA256SUMS no longer holds", "ominix mof check")
     seen = len(_FakeHub.seen)
     env = _env(hub, HF_HOME=str(tmp_path), HF_TOKEN=TOKEN, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub)
     real = run_cli("release", "push", str(broken), "--repo-id", "my-org/tiny", env=env)
-    _one_clear_line(real, "MODEL_CARD.md does not match the bundle's SHA256SUMS", "ominix mof report")
+    _one_clear_line(real, "MODEL_CARD.md: sha256 mismatch", "SHA256SUMS no longer holds", "ominix mof report")
     assert len(_FakeHub.seen) == seen  # refused before any request
 
 

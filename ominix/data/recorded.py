@@ -101,9 +101,11 @@ def check_same_tokenizer(data: Path, manifest: dict[str, Any], model_tokenizer: 
         return
     theirs, ours = _vocabulary(model_tokenizer), _vocabulary(data_file)
     if theirs is not None and theirs != ours:
+        ours = ours or {}
+        differ = (f"{len(ours):,} tokens each, under other ids" if len(ours) == len(theirs) else
+                  f"{len(ours):,} tokens, the model's tokenizer has {len(theirs):,}")
         raise OminixError(
-            f"the data in {data} was prepared with another tokenizer than {model}'s "
-            f"({len(ours or {}):,} and {len(theirs):,} tokens, the ids differ)",
+            f"the data in {data} was prepared with another tokenizer than {model}'s ({differ})",
             "evaluate on data prepared with the model's tokenizer (`ominix data prepare --tokenizer "
             f"{model_tokenizer}`)",
         )

@@ -54,7 +54,8 @@ def _check_sums(bundle: Path, progress: Progress | None) -> None:
     changed = verify_bundle(bundle, progress=progress).changed
     if changed:
         rel, why = changed[0]
-        raise OminixError(f"{bundle / rel} does not match the bundle's {SUMS} ({why}; {len(changed)} file(s) in all)",
+        raise OminixError(f"{bundle / rel}: {why}, so the bundle's {SUMS} no longer holds "
+                          f"({len(changed)} file(s) in all)",
                           f"run `ominix mof check {bundle}`, and write the bundle again with `ominix mof report`")
 
 
