@@ -60,23 +60,26 @@ def data_mismatch(data: Path, recorded_sha: str | None) -> str | None:
     return f"{have}, the run recorded {recorded_sha[:12]}"
 
 
-def check_recorded(data: Path, recorded_sha: str | None, run: Path, flag: str = "--data") -> None:
+def check_recorded(data: Path, recorded_sha: str | None, run: Path,
+                   hint: str = "pass --data the prepared directory the run trained on") -> None:
     """Refuse ``data`` when its manifest is not the one the run at ``run`` trained on."""
     if why := data_mismatch(data, recorded_sha):
-        raise OminixError(f"{data} is not the data {run} trained on ({why})",
-                          f"pass {flag} the prepared directory the run trained on, or restore it as it was")
+        raise OminixError(f"{data} is not the data {run} trained on ({why})", hint)
 
 
 def run_data(recorded: str | None, run_dir: Path, recorded_sha: str | None,
              holding: str = MANIFEST) -> Path | None:
     """The run's prepared directory (absolute), found from the recorded ``data.path`` as a directory
     holding ``holding`` and checked against ``recorded_sha``; None when no candidate holds it."""
-    found = [c.absolute() for c in _candidates(recorded, run_dir) if (c / holding).exists()] if recorded else []
+    candidates = _candidates(recorded, run_dir) if recorded else []
+    found = [c.absolute() for c in candidates if (c / holding).exists()]
     for candidate in found:
         if recorded_sha is None or _identity(candidate) == recorded_sha:
             return candidate
     if found:
-        check_recorded(found[0], recorded_sha, run_dir)
+        check_recorded(found[0], recorded_sha, run_dir,
+                       f"restore the run's prepared data at {recorded} as it was (or pass --data, where the "
+                       "command takes it)")
     return None
 
 

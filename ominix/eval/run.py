@@ -23,9 +23,9 @@ def default_data(source: ModelSource) -> Path:
     """The data the model's run trained on, found where the run recorded it and checked to be it."""
     from ominix.data.recorded import run_data
 
-    found = None
+    found, recorded = None, source.state.get("data_manifest_sha256")
     if source.run_config is not None and source.run_dir is not None:
-        found = run_data(source.run_config.data.path, source.run_dir, source.state.get("data_manifest_sha256"))
+        found = run_data(source.run_config.data.path, source.run_dir, recorded)
     if found is None:
         raise OminixError(f"no prepared data known for {source.path}", "pass --data PREPARED_DIR")
     return found

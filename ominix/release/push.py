@@ -56,7 +56,7 @@ def _check_sums(bundle: Path, progress: Progress | None) -> None:
         rel, why = changed[0]
         raise OminixError(f"{bundle / rel}: {why}, so the bundle's {SUMS} no longer holds "
                           f"({len(changed)} file(s) in all)",
-                          f"run `ominix mof check {bundle}`, and write the bundle again with `ominix mof report`")
+                          f"run `ominix mof check {bundle}`, then write the bundle again (`ominix mof report`)")
 
 
 def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
