@@ -220,17 +220,21 @@ def test_one_process_per_node_verifies_each_starting_on_its_own_share(monkeypatc
     assert node_share()[0] is False
 
 
-def _launch(data: Path, run: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def _launch(data: Path, run: Path, *args: str, sets: tuple[str, ...] = (),
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     flags = [a for s in (*TRAIN, *sets) for a in ("--set", s)]
     return run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), *args, *flags,
-                   env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=300)
+                   env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=300, cwd=cwd)
 
 
 @pytest.mark.usefixtures("private_netns")
 def test_corrupted_shard_stops_training_and_a_changed_manifest_stops_resume(data: Path, tmp_path: Path) -> None:
+    from ominix.config import load_config
+
     copy = _copy(data, tmp_path)
-    good = _launch(copy, tmp_path / "run", "--max-steps", "2")
+    good = _launch(Path(copy.name), tmp_path / "run", "--max-steps", "2", cwd=copy.parent)  # --data data
     assert good.returncode == 0, good.stderr[-3000:]
+    assert load_config(tmp_path / "run" / "config.yaml").data.path == str(copy)  # recorded absolute
     # no evaluation: the training split's shard and its source file only, hashed once
     assert "data: hashing 2 shard files in the background, 0 verified before" in good.stdout, good.stdout
     again = _launch(copy, tmp_path / "again", "--max-steps", "1", "--nproc-per-node", "2",

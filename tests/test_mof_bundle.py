@@ -332,6 +332,7 @@ def test_report_and_check_refuse_data_the_run_never_trained_on(run_dir: Path, tm
     assert not out.exists()
 
     make_bundle(run_dir, out, _release(tmp_path))
+    (out / "data" / "manifest.json").unlink()  # a hard link to the run's own manifest: not written through
     shutil.copyfile(manifest, out / "data" / "manifest.json")
     sums = out / "SHA256SUMS"
     from ominix.hashing import sha256_file
@@ -425,12 +426,17 @@ def test_reference_mode_lists_source_command_and_checksums(run_dir: Path, tmp_pa
     # The shard list is what `sha256sum -c` checks in the prepared directory.
     subprocess.run(["sha256sum", "--quiet", "-c", str(out / "data/shards.sha256")], cwd=prepared, check=True)
 
-    # Sources from the Hub at a pinned revision: the reference is complete and counts.
+    # Sources from the Hub at a pinned revision: the reference is complete and counts (a run that
+    # trained on that data: its checkpoints record the manifest's sha256).
     data = tmp_path / "hubdata"
     shutil.copytree(prepared, data)
     manifest["sources"] = [{"source": "org/corpus", "kind": "hub", "split": "train", "revision": "0123abcd"}]
     (data / "manifest.json").write_text(json.dumps(manifest))
-    result, out = make_bundle(run_dir, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
+    run = tmp_path / "hubrun"
+    shutil.copytree(run_dir, run)
+    for state in run.glob("checkpoints/step_*/state.json"):
+        state.write_text(json.dumps({**json.loads(state.read_text()), "data_manifest_sha256": manifest_sha256(data)}))
+    result, out = make_bundle(run, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
     assert result.mof_class == 1
     ref = json.loads((out / "data/reference.json").read_text())
     assert ref["complete"] and ref["sources"][0]["where"] == "https://huggingface.co/datasets/org/corpus/tree/0123abcd"
