@@ -242,6 +242,35 @@ def _drop_manifest_field(key: str) -> Callable[[Path], None]:
     return change
 
 
+def relative_data(rel: str) -> Callable[[Path], None]:
+    """A run's config.yaml and its checkpoints' with data.path ``rel``, relative (as a run launched
+    before launches recorded it absolute)."""
+    import yaml
+
+    def change(root: Path) -> None:
+        for config in [root / "config.yaml", *root.glob("checkpoints/step_*/config.yaml")]:
+            doc = yaml.safe_load(config.read_text())
+            doc["data"]["path"] = rel
+            config.write_text(yaml.safe_dump(doc))
+    return change
+
+
+def other_tokenizer(root: Path) -> None:
+    """The prepared directory's tokenizer given other ids (two tokens swapped), its manifest updated
+    to match: data as another tokenizer would have prepared it."""
+    from ominix.hashing import sha256_file
+
+    file = root / "tokenizer" / "tokenizer.json"
+    doc = json.loads(file.read_text())
+    vocab = doc["model"]["vocab"]
+    first, second = list(vocab)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    file.write_text(json.dumps(doc))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = sha256_file(file)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
 def corpus(name: str, records: int = 60, field: str = "text") -> Callable[[Paths], None]:
     lines = [json.dumps({field: f"Record {i}: the quick brown fox jumps over the lazy dog {i * 7}."})
              for i in range(records)]
@@ -496,6 +525,10 @@ CASES: list[Case] = [
          check=lambda p, r: "gave up after 1 restart" in r.stderr and (p.tmp / "r" / "hang" / "rank_00001.txt")
          .is_file() and sum('"kind": "fault"' in line for line in (p.tmp / "r" / "metrics.jsonl").open()) == 2,
          timeout=300),
+    Case("launch-tokenizer-swapped", "train launch", "the prepared data's tokenizer.json replaced by another",
+         ("train", "launch", "tiny", "--data", "d", "--run-dir", "r", "--max-steps", "2", *SEQ),
+         setup=copy("data", "d", edit_json("tokenizer/tokenizer.json", version="another")),
+         needle="tokenized with another tokenizer"),
     Case("launch-run-dir-file", "train launch", "--run-dir names a file",
          ("train", "launch", "tiny", "--data", *D, "--run-dir", "f.txt", "--max-steps", "2", *SEQ),
          setup=write("f.txt", "x"), needle="f.txt"),
@@ -652,6 +685,13 @@ CASES: list[Case] = [
     Case("eval-bad-token", "eval", "validation shard changed in place (a token beyond the vocabulary)",
          ("eval", "--model", "{export}", "--data", "d", "--out", "e.json"),
          setup=copy("data", "d", flip_byte("validation/00000.bin")), needle="00000.bin"),
+    Case("eval-data-other-tokenizer", "eval", "--data prepared with another tokenizer than the model's",
+         ("eval", "--model", "{export}", "--data", "d", "--out", "e.json"),
+         setup=copy("data", "d", other_tokenizer), needle="prepared with another tokenizer"),
+    Case("eval-data-elsewhere", "eval", "a run with a relative data.path, evaluated where ./data is another dataset",
+         ("eval", "--model", "r", "--out", "e.json"),
+         setup=both(copy("run", "r", relative_data("data")), copy("data", "data", edit_json("manifest.json", x=1))),
+         needle="is not the data"),
     Case("eval-out-dir", "eval", "--out names a directory",
          ("eval", "--model", "{run}", "--max-blocks", "8", "--out", "."), needle="directory"),
     Case("eval-task-unknown", "eval", "--tasks names no lm-eval task (a local task meant, without its file)",
@@ -694,6 +734,14 @@ CASES: list[Case] = [
     Case("push-branches-no-table", "release push", "--checkpoint-branches on a bundle without a checkpoint table",
          ("release", "push", "b", "--repo-id", "my-org/tiny", "--checkpoint-branches", "--dry-run"),
          setup=write("b/mof.yaml", "framework:\n  name: Model Openness Framework\n"), needle="checkpoints.json"),
+    Case("mof-report-foreign-data", "mof report", "--data a dataset the run never trained on",
+         ("mof", "report", "{run}", "--out", "b", "--data", "d"),
+         setup=copy("data", "d", edit_json("manifest.json", x=1)), needle="is not the data"),
+    # release push (the checks before any network call)
+    Case("push-sums-changed", "release push", "a bundle file changed after SHA256SUMS was written (dry run)",
+         ("release", "push", "b", "--repo-id", "me/tiny", "--dry-run"),
+         setup=both(write("b/mof.yaml", "framework:\n  name: MOF\n"), write("b/MODEL_CARD.md", "# tiny\n"),
+                    write("b/SHA256SUMS", f"{'0' * 64}  MODEL_CARD.md\n")), needle="no longer holds"),
     # quickstart (the --out guard only)
     Case("qs-out-exists", "quickstart", "--out non-empty, no --force", ("quickstart", "--out", "mine"),
          setup=KEEP, needle="mine"),

@@ -227,3 +227,49 @@ def test_evaluation_never_holds_the_full_logits(run_dir: Path) -> None:
     full = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     torch.testing.assert_close(out.token_loss, full, rtol=1e-5, atol=1e-5)
     assert out.loss.item() == pytest.approx(full.mean().item(), rel=1e-5)
+
+
+def test_eval_refuses_data_prepared_with_another_tokenizer(run_dir: Path, tmp_path: Path) -> None:
+    """The ids of another tokenizer's data fit the model's vocabulary, and the loss would mean nothing."""
+    from tests.test_export import make_tokenizer
+
+    other = make_prepared(tmp_path / "other", make_tokenizer(tmp_path / "other" / "tokenizer", vocab_size=280))
+    out = tmp_path / "r.json"
+    result = run_cli("eval", "--model", str(run_dir), "--data", str(other), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert "was prepared with another tokenizer than" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_a_relative_data_path_means_the_data_the_run_recorded_from_any_directory(tmp_path: Path) -> None:
+    """A run whose config says data.path `data` (relative), evaluated from a directory holding
+    another `data/`: the run's own data is found (its manifest sha256 is the recorded one), and once
+    it is gone the other one is refused instead of evaluated."""
+    import shutil
+
+    from ominix.config import load_config, save_config
+    from ominix.data.store import manifest_sha256
+
+    root, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    run = make_run(root)
+    data = make_prepared(root / "data", root / "data" / "tokenizer")
+    shutil.copytree(data, elsewhere / "data")
+    manifest = json.loads((elsewhere / "data" / "manifest.json").read_text())
+    (elsewhere / "data" / "manifest.json").write_text(json.dumps({**manifest, "source_sets": ["a", "b"]}))
+    ckpt = run / "checkpoints" / "step_00000010"
+    for config in (run / "config.yaml", ckpt / "config.yaml"):
+        cfg = load_config(config)
+        save_config(cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": "data"})}), config)
+    state = json.loads((ckpt / "state.json").read_text())
+    (ckpt / "state.json").write_text(json.dumps({**state, "data_manifest_sha256": manifest_sha256(data)}))
+
+    out = tmp_path / "r.json"
+    result = run_cli("eval", "--model", str(run), "--out", str(out), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["data"]["manifest_sha256"] == manifest_sha256(data)
+    shutil.rmtree(data)
+    out.unlink()
+    result = run_cli("eval", "--model", str(run), "--out", str(out), cwd=elsewhere)
+    assert result.returncode == 2, result.stderr
+    assert f"{elsewhere / 'data'} is not the data {run} trained on" in result.stderr, result.stderr
+    assert not out.exists()

@@ -177,6 +177,39 @@ def test_a_shard_is_hashed_once_per_dataset_and_only_for_the_split_read(data: Pa
     assert verify(copy) == ["train/00000.bin: sha256 mismatch"]  # `data inspect --verify` hashes all
 
 
+def test_a_shard_changed_after_its_hash_passed_is_not_read(data: Path, tmp_path: Path) -> None:
+    """The background hash passed, then the shard is rewritten in place (same size, valid ids): the
+    next read of it is refused with the shard's name; a shard only touched (new mtime, same bytes)
+    is hashed again and read on."""
+    import os
+
+    copy = _copy(data, tmp_path)
+    ds = PackedDataset(copy, "train")
+    ds.check(wait=True)
+    first = ds[0].copy()
+    shard = _shard(copy)
+    os.utime(shard, ns=(1, 1))  # touched: the stat moved, the content did not
+    assert (ds[0] == first).all()
+    _corrupt(shard)
+    with pytest.raises(OminixError, match=r"train/00000\.bin changed while it was read: its sha256 no longer"):
+        ds[0]
+
+
+def test_a_swapped_tokenizer_is_refused_before_training(data: Path, tmp_path: Path) -> None:
+    """tokenizer/tokenizer.json replaced by another tokenizer's: the launch is refused (one error,
+    nothing started) and so is every read of the dataset."""
+    from tests.test_export import make_tokenizer
+
+    copy = _copy(data, tmp_path)
+    other = make_tokenizer(tmp_path / "other", vocab_size=280)
+    shutil.copy(other / "tokenizer.json", copy / "tokenizer" / "tokenizer.json")
+    with pytest.raises(OminixError, match=r"tokenizer\.json does not match the manifest's sha256"):
+        PackedDataset(copy, "train")
+    result = _launch(copy, tmp_path / "run", "--max-steps", "1")
+    _refused(result, "tokenizer.json does not match the manifest's sha256: the shards were tokenized with another")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_one_process_per_node_verifies_each_starting_on_its_own_share(monkeypatch: pytest.MonkeyPatch) -> None:
     from ominix.data.verified import node_share
 
@@ -187,17 +220,21 @@ def test_one_process_per_node_verifies_each_starting_on_its_own_share(monkeypatc
     assert node_share()[0] is False
 
 
-def _launch(data: Path, run: Path, *args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def _launch(data: Path, run: Path, *args: str, sets: tuple[str, ...] = (),
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     flags = [a for s in (*TRAIN, *sets) for a in ("--set", s)]
     return run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), *args, *flags,
-                   env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=300)
+                   env={"OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=300, cwd=cwd)
 
 
 @pytest.mark.usefixtures("private_netns")
 def test_corrupted_shard_stops_training_and_a_changed_manifest_stops_resume(data: Path, tmp_path: Path) -> None:
+    from ominix.config import load_config
+
     copy = _copy(data, tmp_path)
-    good = _launch(copy, tmp_path / "run", "--max-steps", "2")
+    good = _launch(Path(copy.name), tmp_path / "run", "--max-steps", "2", cwd=copy.parent)  # --data data
     assert good.returncode == 0, good.stderr[-3000:]
+    assert load_config(tmp_path / "run" / "config.yaml").data.path == str(copy)  # recorded absolute
     # no evaluation: the training split's shard and its source file only, hashed once
     assert "data: hashing 2 shard files in the background, 0 verified before" in good.stdout, good.stdout
     again = _launch(copy, tmp_path / "again", "--max-steps", "1", "--nproc-per-node", "2",

@@ -300,6 +300,25 @@ def test_push_refuses_a_bundle_missing_a_listed_file(bundle: Path, hub: dict[str
     _one_clear_line(result, "model/final/config.json", "ominix mof check")
 
 
+def test_push_refuses_a_bundle_whose_sha256sums_no_longer_hold(bundle: Path, hub: dict[str, Path], tmp_path: Path,
+                                                                fake_hub: str) -> None:
+    """A listed file changed after `mof report` (same size, so only hashing tells): the dry run and
+    the real push both refuse it before the Hub hears a word."""
+    import shutil
+
+    broken = tmp_path / "b"
+    shutil.copytree(bundle, broken)
+    card = broken / "MODEL_CARD.md"
+    card.write_text(card.read_text().replace("tiny", "TINY"))
+    dry = run_cli("release", "push", str(broken), "--repo-id", "my-org/tiny", "--dry-run", env=_env(hub))
+    _one_clear_line(dry, "MODEL_CARD.md: sha256 mismatch", "SHA256SUMS no longer holds", "ominix mof check")
+    seen = len(_FakeHub.seen)
+    env = _env(hub, HF_HOME=str(tmp_path), HF_TOKEN=TOKEN, HF_HUB_OFFLINE="0", HF_ENDPOINT=fake_hub)
+    real = run_cli("release", "push", str(broken), "--repo-id", "my-org/tiny", env=env)
+    _one_clear_line(real, "MODEL_CARD.md: sha256 mismatch", "SHA256SUMS no longer holds", "ominix mof report")
+    assert len(_FakeHub.seen) == seen  # refused before any request
+
+
 @pytest.mark.parametrize("env, needles", [
     ({"HF_TOKEN": ""}, ("no Hugging Face token", "huggingface-cli login")),
     ({"HF_TOKEN": TOKEN, **OFFLINE}, ("HF_HUB_OFFLINE", "--dry-run")),

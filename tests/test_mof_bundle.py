@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from ominix.config import DataConfig, ReleaseConfig, dump_yaml, load_config
 from ominix.data.prepare import prepare
+from ominix.data.store import manifest_sha256
 from ominix.errors import OminixError
 from ominix.release import mof
 from ominix.release.bundle import make_bundle, verify_bundle
@@ -40,7 +41,8 @@ def _checkpoint(ckpts: Path, step: int, cfg) -> None:
     torch.save({"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": []}, ckpt / "optimizer" / "optimizer.pt")
     torch.save({"last_epoch": step}, ckpt / "scheduler.pt")
     state = {"step": step, "tokens": step * 64, "last_loss": 5.0 - step / 10, "world_size": 1, "dp": 1,
-             "tp": 1, "pp": 1, "plugin": "ddp", "has_optimizer": True, "model": cfg.model.model_dump()}
+             "tp": 1, "pp": 1, "plugin": "ddp", "has_optimizer": True, "model": cfg.model.model_dump(),
+             "data_manifest_sha256": manifest_sha256(cfg.data.path)}
     (ckpt / "state.json").write_text(json.dumps(state))
     (ckpt / "config.yaml").write_text(dump_yaml(cfg))
 
@@ -374,6 +376,35 @@ def test_report_hashes_the_shards_it_references(run_dir: Path, tmp_path: Path) -
     assert not out.exists()
 
 
+def test_report_and_check_refuse_data_the_run_never_trained_on(run_dir: Path, tmp_path: Path) -> None:
+    """`mof report --data` of another dataset is refused; a bundle whose data was swapped and its
+    SHA256SUMS written again (so every sum holds) fails `mof check` on the data's identity."""
+    other = tmp_path / "other"
+    shutil.copytree(run_dir.parent / "prepared", other)
+    manifest = other / "manifest.json"
+    manifest.write_text(manifest.read_text().replace("prepared", "prepareD", 1))  # same size, another dataset
+    out = tmp_path / "bundle"
+    proc = run_cli("mof", "report", str(run_dir), "--out", str(out), "--data", str(other),
+                   "--release", str(_release(tmp_path)))
+    assert proc.returncode == 2, proc.stdout
+    assert f"{other} is not the data {run_dir} trained on" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+    make_bundle(run_dir, out, _release(tmp_path))
+    (out / "data" / "manifest.json").unlink()  # a hard link to the run's own manifest: not written through
+    shutil.copyfile(manifest, out / "data" / "manifest.json")
+    sums = out / "SHA256SUMS"
+    from ominix.hashing import sha256_file
+
+    sums.write_text("".join(f"{sha256_file(out / 'data/manifest.json')}  {rel}\n" if rel == "data/manifest.json"
+                            else line + "\n" for line in sums.read_text().splitlines()
+                            for rel in [line.split("  ", 1)[1]]))
+    bad = run_cli("mof", "check", str(out))
+    assert bad.returncode == 1, bad.stdout
+    problems = [line for line in bad.stderr.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and "data/manifest.json: not the data the model trained on" in problems[0], bad.stderr
+
+
 def test_bundle_moved_elsewhere_with_run_and_data_deleted_stands_alone(tmp_path: Path) -> None:
     """The issue's "Done when": the bundle of a run that was never exported, moved, with the run and
     the prepared data deleted, verifies file by file, loads in transformers and is still Class I;
@@ -465,12 +496,17 @@ def test_reference_mode_lists_source_command_and_checksums(run_dir: Path, tmp_pa
     # The shard list is what `sha256sum -c` checks in the prepared directory.
     subprocess.run(["sha256sum", "--quiet", "-c", str(out / "data/shards.sha256")], cwd=prepared, check=True)
 
-    # Sources from the Hub at a pinned revision: the reference is complete and counts.
+    # Sources from the Hub at a pinned revision: the reference is complete and counts (a run that
+    # trained on that data: its checkpoints record the manifest's sha256).
     data = tmp_path / "hubdata"
     shutil.copytree(prepared, data)
     manifest["sources"] = [{"source": "org/corpus", "kind": "hub", "split": "train", "revision": "0123abcd"}]
     (data / "manifest.json").write_text(json.dumps(manifest))
-    result, out = make_bundle(run_dir, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
+    run = tmp_path / "hubrun"
+    shutil.copytree(run_dir, run)
+    for state in run.glob("checkpoints/step_*/state.json"):
+        state.write_text(json.dumps({**json.loads(state.read_text()), "data_manifest_sha256": manifest_sha256(data)}))
+    result, out = make_bundle(run, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
     assert result.mof_class == 1
     ref = json.loads((out / "data/reference.json").read_text())
     assert ref["complete"] and ref["sources"][0]["where"] == "https://huggingface.co/datasets/org/corpus/tree/0123abcd"

@@ -35,7 +35,8 @@ def push(
 ) -> None:
     """Upload a release bundle to a Hugging Face Hub model repository, one commit per branch.
 
-    Uploads every file the bundle's SHA256SUMS lists, and the final model's card as README.md.
+    Uploads every file the bundle's SHA256SUMS lists, and the final model's card as README.md;
+    every file is hashed against SHA256SUMS first (also with --dry-run), a mismatch uploads nothing.
     The token comes from HF_TOKEN or `huggingface-cli login` and is never printed.
 
     Examples:
@@ -46,9 +47,11 @@ def push(
 
       ominix release push runs/tiny/release --repo-id my-org/tiny-llama --private --revision v0.1
     """
+    from ominix.cli.progress_view import shown_progress
     from ominix.release import push as hub
 
-    p = hub.plan(bundle, repo_id, revision, private, checkpoint_branches)
+    with shown_progress(not as_json) as progress:
+        p = hub.plan(bundle, repo_id, revision, private, checkpoint_branches, progress)
     sizes = {name: {rel: path.stat().st_size for rel, path in sorted(files.items())}
              for name, files in p.branches.items()}
     summary = {"repo_id": p.repo_id, "revision": p.revision, "private": p.private, "bundle": str(p.bundle),

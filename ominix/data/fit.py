@@ -1,5 +1,5 @@
-"""Whether prepared data fits a config: its blocks' seq_len and its token ids against the model, and
-a validation split to evaluate on when the run evaluates.
+"""Whether prepared data fits a config: its blocks' seq_len and its token ids against the model, its
+tokenizer file the one the manifest records, and a validation split when the run evaluates.
 Checked by the launcher before any process starts, and again by a worker (one may be started by
 hand)."""
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def check_fits(cfg: OminixConfig) -> dict:
     """The manifest of ``data.path``, refused when its blocks or token ids do not fit the config."""
-    from ominix.data.store import read_manifest
+    from ominix.data.store import check_tokenizer, read_manifest
 
     if cfg.data.path is None or not (Path(cfg.data.path) / "manifest.json").is_file():
         raise OminixError(
@@ -36,6 +36,8 @@ def check_fits(cfg: OminixConfig) -> dict:
             f"set --set model.vocab_size={vocab} (or more), or prepare the data with a tokenizer of "
             f"at most {cfg.model.vocab_size} ids",
         )
+    if cfg.data.verify:
+        check_tokenizer(Path(cfg.data.path), manifest)
     held_out = manifest["splits"].get("validation", {}).get("blocks", 0)
     if cfg.schedule.eval_every and not held_out:
         raise OminixError(

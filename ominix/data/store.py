@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ominix.data.verified import Verifier
+from ominix.data.verified import Verifier, file_state
 from ominix.errors import OminixError
 from ominix.hashing import sha256_file
 
@@ -197,7 +197,9 @@ class PackedDataset:
         self.tokenizer_dir = tokenizer_dir(self.path, self.manifest)
         shards = self.manifest["splits"][split]["shards"]
         self._files = [self.path / s["file"] for s in shards]
+        self._listed = [s["sha256"] for s in shards]
         self._shards = [self._open(s) for s in shards]
+        self._opened = [file_state(f) for f in self._files]  # what each shard looked like when opened
         counts = [s["blocks"] for s in shards]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._source_ids = (
@@ -205,6 +207,8 @@ class PackedDataset:
             if shards else np.zeros(0, dtype=SOURCE_DTYPE)
         )
         self.verifier: Verifier | None = None
+        if verify:
+            check_tokenizer(self.path, self.manifest)
         if verify and shards:
             self.verifier = Verifier(self.path, listed_files(shards), verify_start)
 
@@ -260,6 +264,7 @@ class PackedDataset:
         if self._problem is not None:
             self.check()
         shard, row = self._locate(int(index))
+        self._check_unchanged(shard)
         block = np.asarray(self._shards[shard][row], dtype=np.int64)
         if block.max(initial=0) >= self.vocab_size:
             raise OminixError(
@@ -268,6 +273,25 @@ class PackedDataset:
                 f"run `ominix data inspect {self.path} --verify`, and prepare the data again",
             )
         return block
+
+    def _check_unchanged(self, shard: int) -> None:
+        """Refuse to read a shard that no longer holds what the manifest lists: one stat per read,
+        and a full re-hash only when the shard's size or mtime moved since it was opened (also after
+        the background verifier passed it). It runs before the memory map is touched, as reading a
+        truncated mapping kills the process with SIGBUS instead of raising."""
+        file = self._files[shard]
+        try:
+            now = file_state(file)
+            if now == self._opened[shard]:
+                return
+            digest = sha256_file(file)
+        except OSError as exc:
+            raise OminixError(f"{file} cannot be read any more ({exc.strerror})",
+                              "restore the data directory, then resume with --resume auto") from exc
+        if digest != self._listed[shard]:
+            raise OminixError(f"{file} changed while it was read: its sha256 no longer matches the manifest",
+                              "restore the shard (or prepare the data again), then resume with --resume auto")
+        self._opened[shard] = now  # touched, same content
 
     def source_of(self, index: int) -> str:
         """Name of the source set of block ``index``."""
@@ -285,6 +309,17 @@ def listed_files(shards: list[dict[str, Any]]) -> list[tuple[str, str]]:
     token file and, where it has one, its per-block source file)."""
     return [(shard[key], shard[digest]) for shard in shards
             for key, digest in (("file", "sha256"), ("sources_file", "sources_sha256")) if key in shard]
+
+
+def check_tokenizer(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a prepared directory whose tokenizer file is not the one the data was tokenized with
+    (the manifest's sha256): a swapped tokenizer would be copied into every checkpoint."""
+    record = manifest["tokenizer"]
+    file = path / record["file"]
+    if not file.is_file() or sha256_file(file) != record["sha256"]:
+        what = "is missing" if not file.is_file() else "does not match the manifest's sha256"
+        raise OminixError(f"{file} {what}: the shards were tokenized with another tokenizer",
+                          f"restore {file.parent} as `ominix data prepare` wrote it, or prepare the data again")
 
 
 def verify(path: str | Path) -> list[str]:

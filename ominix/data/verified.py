@@ -29,7 +29,8 @@ SAVE_EVERY = 10.0  # seconds between stamp writes while hashing: progress surviv
 _writing = threading.Lock()  # the verifiers of one process (one per split) write the stamp in turn
 
 
-def _state(file: Path) -> dict[str, int]:
+def file_state(file: Path) -> dict[str, int]:
+    """What says a file changed without reading it: its size and mtime."""
     st = file.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -52,7 +53,7 @@ def unverified(path: Path, files: list[tuple[str, str]]) -> list[tuple[str, str]
         entry = stamp.get(rel)
         try:
             vouched = isinstance(entry, dict) and entry.get("sha256") == listed and \
-                {k: entry.get(k) for k in ("size", "mtime_ns")} == _state(path / rel)
+                {k: entry.get(k) for k in ("size", "mtime_ns")} == file_state(path / rel)
         except OSError:
             vouched = False
         if not vouched:
@@ -98,9 +99,9 @@ class Verifier:
                 continue
             file = self.path / rel
             try:
-                before = _state(file)
+                before = file_state(file)
                 digest = sha256_file(file)
-                after = _state(file)
+                after = file_state(file)
             except OSError as exc:
                 self.problem = (f"{file} cannot be read ({exc.strerror})", "check the data directory")
                 break

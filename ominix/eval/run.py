@@ -21,9 +21,15 @@ from ominix.infer.load import ModelSource, load_model, load_tokenizer, resolve
 
 
 def default_data(source: ModelSource) -> Path:
-    if source.run_config is None or not source.run_config.data.path:
+    """The data the model's run trained on, found where the run recorded it and checked to be it."""
+    from ominix.data.recorded import run_data
+
+    found, recorded = None, source.state.get("data_manifest_sha256")
+    if source.run_config is not None and source.run_dir is not None:
+        found = run_data(source.run_config.data.path, source.run_dir, recorded)
+    if found is None:
         raise OminixError(f"no prepared data known for {source.path}", "pass --data PREPARED_DIR")
-    return Path(source.run_config.data.path)
+    return found
 
 
 def default_out(source: ModelSource) -> Path:
@@ -43,6 +49,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     (:func:`ominix.data.loader.held_out_ids`), whatever the batch size, so the loss is the run's
     ``val_loss`` for the same weights. ``progress("eval", blocks_done, blocks)`` after each batch.
     """
+    from ominix.data.recorded import check_same_tokenizer
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.perplexity import evaluate
 
@@ -53,6 +60,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     data = Path(data) if data is not None else default_data(source)
     out = Path(out) if out is not None else default_out(source)
     dataset = PackedDataset(data, split)
+    check_same_tokenizer(data, dataset.manifest, source.tokenizer, str(source.path))
     if dataset.vocab_size > source.model.vocab_size:
         raise OminixError(f"the data in {data} has token ids up to {dataset.vocab_size - 1}, the model's "
                           f"vocabulary has {source.model.vocab_size}", "evaluate on data prepared with the model's tokenizer")

@@ -80,21 +80,20 @@ def _checkpoint_source(ckpt: Path) -> ModelSource:
                           f"restore {own} from a copy of the checkpoint")
     # a checkpoint without a framing was written before prepare framed documents: doc EOS
     return ModelSource(kind="checkpoint", path=ckpt, weights=weights_dir(ckpt), model=cfg.model,
-                       tokenizer=own if own.is_dir() else _run_tokenizer(cfg, run_dir), run_dir=run_dir,
+                       tokenizer=own if own.is_dir() else _run_tokenizer(cfg, run_dir, state), run_dir=run_dir,
                        run_config=cfg, state=state, framing=state.get("framing", PLAIN))
 
 
-def _run_tokenizer(cfg: OminixConfig, run_dir: Path) -> Path | None:
-    candidates = []
-    if cfg.data.path:
-        candidates.append(Path(cfg.data.path) / "tokenizer")
-    if cfg.data.tokenizer:
-        candidates.append(Path(cfg.data.tokenizer))
-    for cand in candidates:
-        for where in (cand, run_dir.parent / cand):  # relative paths: from the cwd, else beside the run
-            if where.exists():
-                return where
-    return None
+def _run_tokenizer(cfg: OminixConfig, run_dir: Path, state: dict[str, Any]) -> Path | None:
+    """The tokenizer of a checkpoint written before checkpoints carried one: the run's prepared
+    data's, where that is the data the checkpoint recorded; else the run's ``data.tokenizer``."""
+    from ominix.data.recorded import run_data
+
+    data = run_data(cfg.data.path, run_dir, state.get("data_manifest_sha256"), holding=TOKENIZER)
+    if data is not None:
+        return data / TOKENIZER
+    named = Path(cfg.data.tokenizer) if cfg.data.tokenizer else None
+    return named if named is not None and named.is_absolute() and named.exists() else None
 
 
 def _export_source(path: Path) -> ModelSource:

@@ -79,10 +79,12 @@ class RunDir:
 
     def write_config(self, cfg: OminixConfig | None = None) -> None:
         """Write the resolved config the workers read (RUN_DIR/config.yaml): ``cfg`` (the claimed
-        one with what the processes resolved, e.g. the global batch), else the claimed one."""
+        one with what the processes resolved, e.g. the global batch), else the claimed one; its
+        data paths absolute, so later stages find them from any directory."""
         from ominix.config import save_config
+        from ominix.data.recorded import recorded_paths
 
-        save_config(cfg or self.cfg, self.path / "config.yaml")
+        save_config(recorded_paths(cfg or self.cfg), self.path / "config.yaml")
         self.config_written = True
 
     def finish(self, outcome: Outcome) -> Outcome:

@@ -64,20 +64,18 @@ def _checkpoints(run_dir: Path) -> list[Checkpoint]:
     return found
 
 
-def _data_dir(cfg: Any, run_dir: Path, override: Path | None) -> Path | None:
-    if override is not None:
-        if not (override / "manifest.json").is_file():
-            raise OminixError(f"--data {override} is not a prepared data directory (no manifest.json)",
-                              "pass the directory `ominix data prepare --out` wrote")
-        return override
-    if not cfg.data.path:
-        return None
-    path = Path(cfg.data.path).expanduser()
-    # A relative data.path is relative to where training started; try there and beside the run dir.
-    for candidate in ([path] if path.is_absolute() else [Path.cwd() / path, run_dir.parent / path]):
-        if (candidate / "manifest.json").is_file():
-            return candidate.absolute()
-    return None
+def _data_dir(cfg: Any, run_dir: Path, override: Path | None, recorded_sha: str | None) -> Path | None:
+    """The prepared data the run trained on: ``override`` (--data) or the recorded ``data.path``,
+    either refused when its manifest is not the one the final checkpoint recorded."""
+    from ominix.data.recorded import check_recorded, run_data
+
+    if override is None:
+        return run_data(cfg.data.path, run_dir, recorded_sha)
+    if not (override / "manifest.json").is_file():
+        raise OminixError(f"--data {override} is not a prepared data directory (no manifest.json)",
+                          "pass the directory `ominix data prepare --out` wrote")
+    check_recorded(override, recorded_sha, run_dir)
+    return override
 
 
 def _export(run_dir: Path, final: Checkpoint) -> Path | None:
@@ -114,7 +112,8 @@ def collect(run_dir: str | Path, data_dir: Path | None = None) -> RunArtifacts:
                           "pass the directory `ominix train launch` wrote (logging.run_dir)")
     cfg = build_config(read_yaml(config_path), str(config_path))
     checkpoints = _checkpoints(run_dir)
-    data = _data_dir(cfg, run_dir, Path(data_dir).expanduser().absolute() if data_dir else None)
+    data = _data_dir(cfg, run_dir, Path(data_dir).expanduser().absolute() if data_dir else None,
+                     checkpoints[-1].state.get("data_manifest_sha256"))
     eval_results = run_dir / HELD_OUT
     samples = run_dir / "samples.jsonl"
     return RunArtifacts(

@@ -31,6 +31,8 @@ from ominix.errors import OminixError
 from ominix.hashing import CHUNK, sha256_file
 
 SUMS = "SHA256SUMS"
+TRAINED_STATE = "model/metadata/state.json"  # the final checkpoint's state: what the model trained on
+DATA_MANIFEST = "data/manifest.json"
 SIZES = "BUNDLE.json"
 # progress(what, bytes done, bytes in all): told as big files are placed, hashed or verified
 Progress = Callable[[str, int, int], None]
@@ -205,6 +207,21 @@ def _recorded_sizes(bundle: Path) -> dict[str, int]:
         return {}  # a bundle of an earlier version, or BUNDLE.json itself damaged (its sha256 says so)
 
 
+def _foreign_data(bundle: Path) -> list[tuple[str, str]]:
+    """The bundle's data manifest when it is not the one the final model's state records: sums
+    written over another run's data hold, and still the data is not the model's."""
+    from ominix.data.recorded import data_mismatch
+
+    state = bundle / TRAINED_STATE
+    try:
+        recorded = json.loads(state.read_text()).get("data_manifest_sha256") if state.is_file() else None
+    except (ValueError, AttributeError):
+        return []  # a damaged state.json: its sha256 line says so
+    if not (bundle / DATA_MANIFEST).is_file() or not (why := data_mismatch(bundle / "data", recorded)):
+        return []
+    return [(DATA_MANIFEST, f"not the data the model trained on ({why} in {TRAINED_STATE})")]
+
+
 def verify_bundle(bundle: Path, verify: bool = True, progress: Progress | None = None) -> BundleCheck:
     """Check the bundle directory against its SHA256SUMS (and the sizes in BUNDLE.json): files
     missing, changed or not listed. ``verify=False`` compares sizes instead of hashing."""
@@ -228,6 +245,7 @@ def verify_bundle(bundle: Path, verify: bool = True, progress: Progress | None =
         check.changed += [(rel, "sha256 mismatch (changed since the bundle was written)")
                           for rel, digest in sums.items() if digest != listed[rel]]
         check.changed.sort()
+    check.changed += _foreign_data(bundle)
     # the data's verification stamp (written when a run or eval reads the bundle's data/) is a
     # record of hashing, not released content
     check.unlisted = [str(p.relative_to(bundle)) for p in files_under(bundle)

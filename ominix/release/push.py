@@ -1,7 +1,8 @@
 """``ominix release push``: upload a release bundle to a Hugging Face Hub model repository.
 
-The files uploaded are those the bundle's SHA256SUMS lists (and SHA256SUMS itself), so the Hub copy
-verifies with ``sha256sum -c SHA256SUMS``; a bundle without one is walked. The model card of the
+The files uploaded are those the bundle's SHA256SUMS lists (and SHA256SUMS itself), each hashed
+against it before anything is uploaded (also by ``--dry-run``), so the Hub copy verifies with
+``sha256sum -c SHA256SUMS``; a bundle without one is walked. The model card of the
 bundle's final model (``model/final/README.md``, Hub front matter) becomes the repository's README.md
 unless the bundle has its own. The token comes from HF_TOKEN or ``huggingface-cli login`` and never
 appears in a message: the Hub's error texts are scrubbed of it too.
@@ -23,7 +24,7 @@ from ominix.checkpoint import files_under
 from ominix.errors import OminixError
 from ominix.hubref import BUNDLE_MODEL, classify, valid_repo_id
 from ominix.release import checkpoints
-from ominix.release.bundle_files import SUMS, read_sums
+from ominix.release.bundle_files import SUMS, Progress, read_sums, verify_bundle
 
 CARD = "README.md"
 MODEL_CARDS = (f"{BUNDLE_MODEL}/README.md", "model/README.md")  # the bundle's model dir, newest layout first
@@ -75,11 +76,21 @@ def _checkpoint_branches(result: PushPlan) -> None:
             result.branches[checkpoints.branch(row["step"])] = files
 
 
+def _check_sums(bundle: Path, progress: Progress | None) -> None:
+    """Refuse a bundle whose files no longer hash to its SHA256SUMS: the Hub copy would not verify."""
+    changed = verify_bundle(bundle, progress=progress).changed
+    if changed:
+        rel, why = changed[0]
+        raise OminixError(f"{bundle / rel}: {why}, so the bundle's {SUMS} no longer holds "
+                          f"({len(changed)} file(s) in all)",
+                          f"run `ominix mof check {bundle}`, then write the bundle again (`ominix mof report`)")
+
+
 def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
-         checkpoint_branches: bool = False) -> PushPlan:
-    """Check ``bundle`` cheaply (it is a bundle, every listed file is present) and list the upload;
-    ``checkpoint_branches`` adds a branch per intermediate checkpoint and the final model's files
-    at the top of ``revision``."""
+         checkpoint_branches: bool = False, progress: Progress | None = None) -> PushPlan:
+    """Check ``bundle`` (it is a bundle, every file its SHA256SUMS lists is present and hashes to
+    its sum) and list the upload; ``checkpoint_branches`` adds a branch per intermediate checkpoint
+    and the final model's files at the top of ``revision``; ``progress`` hears of the hashing."""
     bundle = Path(bundle).expanduser()
     if not valid_repo_id(repo_id) or "/" not in repo_id:
         raise OminixError(f"--repo-id {repo_id!r} is not a Hub model id",
@@ -92,6 +103,8 @@ def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private:
     if missing:
         raise OminixError(f"{bundle} lacks {len(missing)} file(s) its {SUMS} lists, first {missing[0]}",
                           f"run `ominix mof check {bundle}`, or write the bundle again")
+    if (bundle / SUMS).is_file():
+        _check_sums(bundle, progress)
     result = PushPlan(bundle, repo_id, revision or "main", private, {rel: bundle / rel for rel in rels})
     if CARD not in result.files:
         result.card_from = next((c for c in MODEL_CARDS if c in result.files), None)
