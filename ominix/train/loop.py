@@ -104,7 +104,7 @@ def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[st
     from ominix.checkpoint import resumable
 
     choice = cfg.checkpoint.resume
-    if choice == "never":
+    if cfg.checkpoint.starts_fresh:
         return None, []
     answer: list = [None]
     if dist.get_rank() == 0:
