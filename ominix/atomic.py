@@ -239,10 +239,10 @@ def _check_directory(out: Path, kind: str, force: bool, elsewhere: str) -> None:
     if not out.is_dir():
         raise OminixError(f"{out} is not a directory, not {info.what}; --force only replaces one made by "
                           f"`{info.command}`", elsewhere)
-    if not any(out.iterdir()):
-        return
     if not force:
         raise OminixError(f"{out} already exists", "pass --force to replace it, or choose another --out")
+    if not any(out.iterdir()):
+        return
     found = output_kind(out)
     if found != kind:
         raise OminixError(f"{out} holds {_described(found)}, not {info.what}; --force only replaces one made "
