@@ -181,12 +181,11 @@ def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+UNMARKED = {None: "files no OminiX command made", "run": "a training run", "checkpoint": "a checkpoint"}
+
+
 def _described(kind: str | None) -> str:
-    if kind is None:
-        return "files no OminiX command made"
-    if kind in ("run", "checkpoint"):
-        return "a training run" if kind == "run" else "a checkpoint"
-    return f"{KINDS[kind].what} (made by `{KINDS[kind].command}`)"
+    return UNMARKED[kind] if kind in UNMARKED else f"{KINDS[kind].what} (made by `{KINDS[kind].command}`)"
 
 
 def _protected_by(resolved: Path) -> tuple[Path, str] | None:
