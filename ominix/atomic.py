@@ -204,6 +204,8 @@ def check_replaceable(out: Path, kind: str, force: bool, inputs: Iterable[Path] 
     """Refuse, before anything is read or written, an ``out`` that the command making ``kind``
     must not write: the rule of this module's docstring, one error and hint per case."""
     info = KINDS[kind]
+    if not info.directory and out.is_dir() and not out.is_symlink():
+        raise OminixError(f"--out {out} is a directory", f"give the path of a file, e.g. --out {out / 'NAME'}")
     resolved = out.expanduser().resolve()
     for source in inputs:
         if _inside(Path(source).expanduser().resolve(), resolved):
@@ -226,8 +228,6 @@ def check_replaceable(out: Path, kind: str, force: bool, inputs: Iterable[Path] 
         raise OminixError(f"--out {out} is {what}; refusing to replace it", elsewhere)
     if info.directory:
         _check_directory(out, kind, force, elsewhere)
-    elif stat.S_ISDIR(mode):
-        raise OminixError(f"--out {out} is a directory", f"give the path of a file, e.g. --out {out / 'NAME'}")
     elif not force and (info.edited or not _has_mark(out, kind)):
         why = "" if info.edited else f" and is not {info.what} written by `{info.command}`"
         raise OminixError(f"{out} already exists{why}", "pass --force to replace it, or choose another --out")

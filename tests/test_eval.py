@@ -114,7 +114,7 @@ def test_eval_out_replaces_its_own_results_and_never_the_run_the_data_or_a_devic
     kept = {p: p.read_bytes() for p in (run_dir / "config.yaml", data / "manifest.json")}
     node = _device(tmp_path / "null")
     for out, needle in ((node, "is a device"), (run_dir / "config.yaml", "is one of the files of the training run"),
-                        (data / "manifest.json", "lies inside"), (data, "is or contains the input")):
+                        (data / "manifest.json", "lies inside"), (data, "is a directory")):
         result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--force")
         assert result.returncode == 2 and needle in result.stderr, result.stderr
     assert all(p.read_bytes() == text for p, text in kept.items()) and node.is_char_device()
