@@ -200,6 +200,29 @@ def _protected_by(resolved: Path) -> tuple[Path, str] | None:
     return None
 
 
+def _refuse_protected(out: Path, resolved: Path, elsewhere: str) -> None:
+    protected = _protected_by(resolved)
+    if protected is None:
+        return
+    where, found = protected
+    if found == "run":
+        raise OminixError(f"--out {out} is one of the files of the training run {where}; refusing to "
+                          "replace it", f"{elsewhere}: a path that is not the run's {', '.join(RUN_FILES)}")
+    raise OminixError(f"--out {out} lies inside {where}, {_described(found)}; writing there would "
+                      "change it", f"{elsewhere}, outside {where}")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a training run directory that is or lies inside a dataset, an export, a bundle or a
+    checkpoint, or is one of another run's files: training would write its files into them."""
+    resolved = run_dir.expanduser().resolve()
+    found = output_kind(resolved) if resolved.is_dir() else None
+    if found == "checkpoint" or (found in KINDS and KINDS[found].sealed):
+        raise OminixError(f"--out {run_dir} is {_described(found)}, not a run directory",
+                          "choose another --out for the run (a new directory, or a run's to resume it)")
+    _refuse_protected(run_dir, resolved, "choose another --out for the run")
+
+
 def check_replaceable(out: Path, kind: str, force: bool, inputs: Iterable[Path] = ()) -> None:
     """Refuse, before anything is read or written, an ``out`` that the command making ``kind``
     must not write: the rule of this module's docstring, one error and hint per case."""
@@ -212,14 +235,7 @@ def check_replaceable(out: Path, kind: str, force: bool, inputs: Iterable[Path] 
             raise OminixError(f"--out {out} is or contains the input {source}; refusing to replace it",
                               "choose an --out outside the input")
     elsewhere = "choose another --out (a new or empty directory)" if info.directory else "choose another --out"
-    protected = _protected_by(resolved)
-    if protected is not None:
-        where, found = protected
-        if found == "run":
-            raise OminixError(f"--out {out} is one of the files of the training run {where}; refusing to "
-                              "replace it", f"{elsewhere}: a path that is not the run's {', '.join(RUN_FILES)}")
-        raise OminixError(f"--out {out} lies inside {where}, {_described(found)}; writing there would "
-                          "change it", f"{elsewhere}, outside {where}")
+    _refuse_protected(out, resolved, elsewhere)
     if not out.exists() and not out.is_symlink():
         return
     mode = out.lstat().st_mode

@@ -97,6 +97,11 @@ def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, t
     result = _launch(data_dir, tmp_path / "run", "--plugin", "gemini", sets=["parallel.precision=bf16"], timeout=60)
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "hint:" in result.stderr
     assert not (tmp_path / "run").exists()
+    manifest = (data_dir / "manifest.json").read_bytes()
+    for run_dir, needle in ((data_dir, "is a prepared dataset"), (data_dir / "run", "lies inside")):
+        result = _launch(data_dir, run_dir, "--max-steps", "1", timeout=60)
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert (data_dir / "manifest.json").read_bytes() == manifest and not (data_dir / "run").exists()
 
 
 @pytest.mark.usefixtures("private_netns")

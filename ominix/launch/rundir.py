@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ominix.atomic import check_run_dir
 from ominix.errors import OminixError
 from ominix.launch.events import Outcome
 from ominix.launch.lock import LOCK_NAME, RunLock
@@ -58,6 +59,7 @@ class RunDir:
         self.code: int | None = None
 
     def __enter__(self) -> RunDir:
+        check_run_dir(self.path)
         self.existed = self.path.exists()
         # the outermost directory this launch creates (runs/ of runs/default): removed on a refusal
         self.created = next((d for d in [*reversed(self.path.absolute().parents), self.path.absolute()]
