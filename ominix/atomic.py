@@ -190,8 +190,12 @@ def _described(kind: str | None) -> str:
 
 def _protected_by(resolved: Path) -> tuple[Path, str] | None:
     """The directory (and its kind) whose files ``resolved`` would change: a sealed output or a
-    checkpoint it lies in, or the run whose own file it is."""
+    checkpoint it lies in, or the run whose own file it is; none inside an output this process
+    builds (a bundle exports its weights into itself)."""
+    building = f".tmp-{os.getpid()}"  # an output this process is staging is not sealed yet
     for parent in resolved.parents:
+        if parent.name.startswith(".") and parent.name.endswith(building):
+            return None
         kind = output_kind(parent)
         if kind == "checkpoint" or (kind in KINDS and KINDS[kind].sealed):
             return parent, kind
