@@ -155,7 +155,7 @@ def test_latest_naming_a_missing_step_or_no_good_checkpoint_at_all(tmp_path: Pat
     with pytest.raises(OminixError, match=r"no usable checkpoint in .*step_00000010 is damaged \(state.json: "
                                           "missing\\)") as err:
         resumable(tmp_path)
-    assert "--resume never" in err.value.hint
+    assert "--resume restart" in err.value.hint
 
 
 def test_checkpoints_without_a_record_still_resume_unless_their_weights_are_cut(tmp_path: Path) -> None:

@@ -180,6 +180,29 @@ def test_an_extras_install_hint_keeps_the_installed_torch() -> None:
     assert not installs & {"torch", "transformers", "colossalai"}, installs
 
 
+def test_eval_out_replaces_its_own_results_and_never_the_run_the_data_or_a_device(run_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    from tests.test_faults_data import _device
+
+    data = run_dir.parent / "data"
+    kept = {p: p.read_bytes() for p in (run_dir / "config.yaml", data / "manifest.json")}
+    node = _device(tmp_path / "null")
+    for out, needle in ((node, "is a device"), (run_dir / "config.yaml", "is one of the files of the training run"),
+                        (data / "manifest.json", "lies inside"), (data, "is a directory")):
+        result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--force")
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert all(p.read_bytes() == text for p, text in kept.items()) and node.is_char_device()
+    out = tmp_path / "results.json"
+    out.write_text("my notes")
+    result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--max-blocks", "2")
+    assert result.returncode == 2 and "already exists and is not evaluation results" in result.stderr
+    assert out.read_text() == "my notes"
+    for flags in (["--force"], []):  # replaced with --force, then as its own earlier output
+        result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--max-blocks", "2", *flags)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(out.read_text())["written_by"] == "ominix eval"
+
+
 def test_held_out_blocks_do_not_depend_on_world_size_or_batch_size(run_dir: Path) -> None:
     """The trainer (any plugin: each data-parallel rank a share) and `ominix eval` read the blocks of
     held_out_ids: the same blocks, so the same loss, whatever the world size and batch size."""

@@ -6,7 +6,9 @@ or read-only disk under ``data prepare`` is one error with nothing left behind."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -98,8 +100,11 @@ def test_force_never_deletes_the_input_a_run_or_another_kind(data: Path, tmp_pat
     ({"notes.txt": "mine"}, "data", False),  # files no OminiX command made
     ({MARKER: json.dumps({"kind": "data"}), "manifest.json": "{}"}, "data", True),
     ({MARKER: json.dumps({"kind": "data"})}, "export", False),
-    ({"manifest.json": "{}"}, "data", True),  # a dataset prepared before the marker existed
-    ({"ominix_export.json": "{}"}, "bundle", False),
+    ({"manifest.json": json.dumps({"format": "ominix-packed-v1"})}, "data", True),  # prepared before the marker
+    ({"manifest.json": "{}"}, "data", False),  # a user's own manifest.json: not one OminiX wrote
+    ({"manifest.json": json.dumps({"format": "my-app"}), "photo.jpg": "x"}, "data", False),
+    ({"ominix_export.json": "{}"}, "export", False),
+    ({"ominix_export.json": json.dumps({"format": "huggingface-llama"})}, "bundle", False),
     ({MARKER: json.dumps({"kind": "bundle"}), "config.yaml": "x"}, "bundle", False),  # a run is never replaced
     ({MARKER: "not json"}, "quickstart", False),
 ])
@@ -116,6 +121,56 @@ def test_force_replaces_only_an_output_of_the_same_kind(tmp_path: Path, content:
     else:
         with pytest.raises(OminixError, match="--force only replaces one made by"):
             check_replaceable(out, kind, force=True)
+
+
+def test_force_never_wipes_a_user_directory_that_holds_a_manifest_json(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text(json.dumps({"name": "my web app", "version": 3}))
+    (mine / "index.html").write_text("<html></html>")
+    _refused(run_cli("data", "prepare", str(_corpus(tmp_path / "corpus.jsonl")), "--out", str(mine), "--force"),
+             "holds files no OminiX command made, not a prepared dataset")
+    assert sorted(p.name for p in mine.iterdir()) == ["index.html", "manifest.json"]
+
+
+def _device(path: Path) -> Path:
+    """A character device node like /dev/null (1, 3), made here: never the machine's own."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return path
+
+
+def test_a_single_file_output_replaces_only_its_own_earlier_output(data: Path, tmp_path: Path) -> None:
+    """`config schema` and `mof init` stand for every --out FILE: a device, a run's or a checkpoint's
+    file, a file in a dataset and a symbolic link are refused even with --force; a file another
+    program wrote needs --force; the command's own earlier output is replaced."""
+    run = make_run(tmp_path)
+    node = _device(tmp_path / "null")
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "elsewhere.json")
+    state = run / "checkpoints" / "step_00000010" / "state.json"
+    kept = {p: p.read_bytes() for p in (run / "config.yaml", state, data / "manifest.json")}
+    for command in (("config", "schema"), ("mof", "init")):
+        for out, needle in ((node, "is a device or other special file"),
+                            (run / "config.yaml", "is one of the files of the training run"),
+                            (state, "a checkpoint; writing there would change it"),
+                            (data / "notes.txt", "a prepared dataset (made by `ominix data prepare`)"),
+                            (link, "is a symbolic link")):
+            _refused(run_cli(*command, "--out", str(out), "--force"), needle)
+    assert stat.S_ISCHR(node.lstat().st_mode) and link.is_symlink() and not (data / "notes.txt").exists()
+    assert all(p.read_bytes() == text for p, text in kept.items())
+
+    schema = tmp_path / "schema.json"
+    for _ in range(2):  # the second run replaces the first one's file without --force
+        assert run_cli("config", "schema", "--out", str(schema)).returncode == 0
+    assert json.loads(schema.read_text())["written_by"] == "ominix config schema"
+    notes = tmp_path / "notes.json"
+    notes.write_text("mine")
+    _refused(run_cli("config", "schema", "--out", str(notes)), "already exists and is not a config JSON Schema")
+    assert notes.read_text() == "mine"
+    assert run_cli("config", "schema", "--out", str(notes), "--force").returncode == 0
+    assert "properties" in json.loads(notes.read_text())
 
 
 # --- data integrity ---------------------------------------------------------------------------

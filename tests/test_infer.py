@@ -223,6 +223,24 @@ def test_prompts_file_writes_samples_with_settings_and_checksum(run_dir: Path, t
         assert r["settings"]["kernels"] is False  # the CPU decodes without OminiX's Triton kernels
 
 
+def test_samples_never_replace_the_prompts_file_or_the_run_and_replace_their_own(run_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "The"}) + "\n")
+    config = (run_dir / "config.yaml").read_bytes()
+    for out, needle in ((prompts, "is or contains the input"),
+                        (run_dir / "config.yaml", "is one of the files of the training run")):
+        result = run_cli("infer", "--model", str(run_dir), "--prompts-file", str(prompts), "--out", str(out), "--force")
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert prompts.read_text() == json.dumps({"prompt": "The"}) + "\n" and (run_dir / "config.yaml").read_bytes() == config
+    out = tmp_path / "samples.jsonl"
+    for _ in range(2):  # the second run replaces the first one's samples without --force
+        result = run_cli("infer", "--model", str(run_dir), "--prompts-file", str(prompts), "--out", str(out),
+                         "--max-new-tokens", "2")
+        assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["written_by"] == "ominix infer"
+
+
 @pytest.mark.parametrize("case", ["too-long", "dtype", "top-p", "kernels", "max-new-tokens", "temperature"])
 def test_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.jsonl"

@@ -161,6 +161,18 @@ def test_training_draws_the_figure_and_train_plot_redraws_it(wandb_run: tuple[Pa
     result = run_cli("train", "plot", str(run_dir), "--out", str(out))
     _ok(result)
     assert f"wrote {out}" in result.stdout and png_size(out) == (1600, 360)
+    _ok(run_cli("train", "plot", str(run_dir), "--out", str(out)))  # its own earlier figure: replaced
+    metrics_jsonl = (run_dir / "metrics.jsonl").read_bytes()
+    for target, needle in ((run_dir / "metrics.jsonl", "is or contains the input"),
+                           (run_dir / "config.yaml", "is one of the files of the training run")):
+        refused = run_cli("train", "plot", str(run_dir), "--out", str(target), "--force")
+        assert refused.returncode == 2 and needle in refused.stderr, refused.stderr
+    assert (run_dir / "metrics.jsonl").read_bytes() == metrics_jsonl
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG not a figure of ours")
+    refused = run_cli("train", "plot", str(run_dir), "--out", str(photo))
+    assert refused.returncode == 2 and "is not a training figure" in refused.stderr
+    _ok(run_cli("train", "plot", str(run_dir), "--out", str(photo), "--force"))
     missing = run_cli("train", "plot", str(tmp_path))
     assert missing.returncode == 2 and "metrics.jsonl not found" in missing.stderr
 

@@ -101,6 +101,11 @@ def test_refused_launch_exits_2_with_a_hint_and_writes_nothing(data_dir: Path, t
     result = _launch(data_dir, tmp_path / "run", "--plugin", "gemini", sets=["parallel.precision=bf16"], timeout=60)
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "hint:" in result.stderr
     assert not (tmp_path / "run").exists()
+    manifest = (data_dir / "manifest.json").read_bytes()
+    for run_dir, needle in ((data_dir, "is a prepared dataset"), (data_dir / "run", "lies inside")):
+        result = _launch(data_dir, run_dir, "--max-steps", "1", timeout=60)
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+    assert (data_dir / "manifest.json").read_bytes() == manifest and not (data_dir / "run").exists()
 
 
 @pytest.mark.usefixtures("private_netns")
@@ -372,14 +377,26 @@ def test_the_ledger_holds_what_each_step_read_through_a_resume_on_another_rank_c
 
 
 def test_init_from_a_checkpoint_continues_pretraining(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    """model.init_from takes a Hugging Face weights directory (a checkpoint's model/ is one)."""
+    """model.init_from takes a Hugging Face weights directory (a checkpoint's model/ is one). The new
+    run goes into a copy of the old run's directory: --resume never refuses to mix the two, --resume
+    restart moves the old one into RUN_DIR/previous/ first."""
     weights = ddp_run / "checkpoints" / "step_00000004" / "model"
     run = tmp_path / "cont"
-    result = _launch(data_dir, run, "--max-steps", "1", "--resume", "never",
-                     sets=[*QUICK, "schedule.eval_every=0", f"model.init_from={weights}", "schedule.warmup_steps=0"])
+    shutil.copytree(ddp_run, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    sets = [*QUICK, "schedule.eval_every=0", f"model.init_from={weights}", "schedule.warmup_steps=0"]
+    refused = _launch(data_dir, run, "--max-steps", "1", "--resume", "never", sets=sets)
+    assert refused.returncode == 2 and "already holds a run (checkpoints, metrics.jsonl)" in refused.stderr
+    assert "--resume restart" in refused.stderr and sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    result = _launch(data_dir, run, "--max-steps", "1", "--resume", "restart", sets=sets)
     _ok(result)
     assert "initialised from" in result.stdout
+    assert _losses(run) == {1: _losses(run)[1]} and not (run / "checkpoints" / "step_00000004").exists()
     assert _losses(run)[1] < _losses(ddp_run)[1] - 0.3  # starts where the first run ended, not from scratch
+    (previous,) = (run / "previous").iterdir()
+    assert (previous / "metrics.jsonl").read_bytes() == (ddp_run / "metrics.jsonl").read_bytes()
+    assert sorted(p.relative_to(previous) for p in previous.rglob("*")) == before  # moved whole
+    assert f"moved into {previous}" in result.stderr
 
 
 @pytest.mark.usefixtures("private_netns")

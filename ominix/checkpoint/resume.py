@@ -12,7 +12,8 @@ from ominix.checkpoint.layout import (
 from ominix.checkpoint.retention import finish_overwrites
 from ominix.errors import OminixError
 
-_ELSEWHERE = "start over with --resume never, or resume from another checkpoint with --resume PATH"
+_ELSEWHERE = ("start over with --resume restart (the earlier run is moved into RUN_DIR/previous/), or resume "
+              "from another checkpoint with --resume PATH")
 
 
 def resumable(path: str | Path, verify: str = "sizes", required: bool = False,

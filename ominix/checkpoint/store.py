@@ -202,12 +202,12 @@ def check_compatible(saved: dict[str, Any], cfg, manifest_sha: str, layout, resh
         if value != now[key]:
             raise OminixError(
                 f"the checkpoint has model.{key}={value}, this run {now[key]}",
-                "resume with the model config the checkpoint was trained with, or --resume never",
+                "resume with the model config the checkpoint was trained with, or start over with --resume restart",
             )
     if saved["data_manifest_sha256"] != manifest_sha:
         raise OminixError(
             "the checkpoint was trained on other prepared data (data manifest sha256 differs)",
-            "resume with the same data.path, or start fresh with --resume never",
+            "resume with the same data.path, or start over with --resume restart",
         )
     if saved["plugin"] != cfg.parallel.plugin:
         raise OminixError(

@@ -38,28 +38,23 @@ def show(
 @app.command("schema")
 def print_schema(
     out: Path = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    force: bool = typer.Option(False, "--force/--no-force",
+                               help="Replace an existing file that an earlier `config schema` did not write."),
 ) -> None:
     """Print the JSON Schema of the config file.
 
-    Example:
+    Examples:
 
       ominix config schema --out ominix-schema.json
-    """
-    from ominix import atomic
-    from ominix.config import schema
-    from ominix.errors import OminixError
 
-    text = json.dumps(schema(), indent=2) + "\n"
+      ominix config schema --out schema.json --force   # replace a file of another origin
+    """
+    from ominix.config import schema, write_schema
+
     if out is None:
-        typer.echo(text, nl=False)
+        typer.echo(json.dumps(schema(), indent=2))
         return
-    if out.is_dir():
-        raise OminixError(f"--out {out} is a directory", "give the path of a file, e.g. --out ominix-schema.json")
-    try:
-        atomic.write_text(out, text)
-    except OSError as exc:
-        raise OminixError(f"cannot write {out}: {exc.strerror}",
-                          "give --out a writable file path in an existing directory") from exc
+    typer.echo(f"wrote {write_schema(out, force)}")
 
 
 @app.command("presets")

@@ -22,6 +22,8 @@ def eval_(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness task names or local task YAML files (needs ominix[eval]; docs/DOWNSTREAM_EVAL.md)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the results as JSON."),
+    force: bool = typer.Option(False, "--force/--no-force",
+                               help="Replace an existing --out file that an earlier `ominix eval` did not write."),
 ) -> None:
     """Loss and perplexity, overall and per source set; writes eval_results.json (MOF evaluation results).
 
@@ -40,8 +42,6 @@ def eval_(
     from ominix.eval.run import run_eval
     from ominix.infer.load import torch_dtype
 
-    if out is not None and out.is_dir():
-        raise OminixError(f"--out {out} is a directory", "give the path of the results file, e.g. --out eval_results.json")
     if dtype != "auto":
         torch_dtype(dtype)  # an unknown dtype is refused before anything is loaded
     if max_batches is not None:
@@ -53,7 +53,7 @@ def eval_(
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     with shown_progress(not as_json) as progress:
         results = run_eval(model, data, split, out, batch_size, max_blocks, device, dtype,
-                           shlex.join(["ominix", *sys.argv[1:]]), task_list, progress)
+                           shlex.join(["ominix", *sys.argv[1:]]), task_list, progress, force)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -28,6 +28,8 @@ def infer(
     kernels: bool = typer.Option(None, "--kernels/--no-kernels",
                                  help="OminiX's Triton decode kernels (default: on a GPU with Triton)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="With --prompt: print the record as JSON, no streaming."),
+    force: bool = typer.Option(False, "--force/--no-force",
+                               help="Replace an existing --out file that an earlier `ominix infer` did not write."),
 ) -> None:
     """Generate text with a KV cache (CUDA-graph decode on a GPU); greedy at --temperature 0.
 
@@ -53,7 +55,7 @@ def infer(
     prompts = s.read_prompts(prompts_file) if prompts_file is not None else None
     if prompts is None and out is not None:  # one prompt, recorded in a file instead of streamed
         prompts = [{"prompt": prompt}]
-    target = s.samples_out(source, out) if prompts is not None else None
+    target = s.samples_out(source, out, force, prompts_file) if prompts is not None else None
     session = s.open_session(source, settings.device, settings.dtype, compile, kernels)
     if prompts is not None:
         def progress(i: int, record: dict) -> None:

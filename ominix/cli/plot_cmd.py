@@ -15,6 +15,8 @@ def register(app: typer.Typer) -> None:
 def plot(
     run_dir: Path = typer.Argument(..., help="Run directory (holds metrics.jsonl)."),
     out: Path = typer.Option(None, "--out", "-o", help="PNG file to write; default RUN_DIR/plots/training.png."),
+    force: bool = typer.Option(False, "--force/--no-force",
+                               help="Replace an existing --out file that is not a figure OminiX drew."),
 ) -> None:
     """Draw a run's training figure (loss, learning rate, throughput) from its metrics.jsonl.
 
@@ -28,4 +30,4 @@ def plot(
     """
     from ominix.train.figure import draw
 
-    typer.echo(f"wrote {draw(run_dir, out)}")
+    typer.echo(f"wrote {draw(run_dir, out, force)}")

@@ -36,7 +36,9 @@ def launch(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward."
     ),
     resume: str = typer.Option(
-        None, "--resume", help="auto (latest checkpoint of the run dir, if any), never, or a checkpoint path."
+        None, "--resume", help="auto (latest checkpoint of the run dir, if any), never (a new run, in a directory "
+        "that holds none), restart (a new run; the directory's earlier run is moved into RUN_DIR/previous/TIME/), "
+        "or a checkpoint path."
     ),
     nodes: int = typer.Option(
         None, "--nodes", help="Nodes to use: the first N hosts of the hostfile (without one: this machine only)."
@@ -73,6 +75,8 @@ def launch(
       ominix train launch llama2-7b --data data/slimpajama --plugin gemini --dry-run
 
       ominix train launch tiny --data data/tiny --out runs/tiny --resume auto
+
+      ominix train launch tiny --data data/tiny --out runs/tiny --resume restart   # old run kept in runs/tiny/previous/
 
       ominix train launch tiny --data data/tiny --set "logging.profile_steps=[5, 6]"   # trace in RUN_DIR/profile
 

@@ -13,6 +13,7 @@ from ominix.config.loading import (
     read_yaml,
     save_config,
     schema,
+    write_schema,
 )
 from ominix.config.models import (
     SLIMPAJAMA,
@@ -31,5 +32,5 @@ __all__ = [
     "PRESETS_DIR", "SLIMPAJAMA", "CheckpointConfig", "DataConfig", "InferConfig", "LaunchConfig", "LicenseRef",
     "LoggingConfig", "ModelConfig", "OminixConfig", "OptimConfig", "ParallelConfig", "ReleaseConfig",
     "ReleaseLicenses", "ScheduleConfig", "SlurmConfig", "build_config", "dump_json", "dump_yaml", "format_validation",
-    "load_config", "parse_set", "preset_names", "read_yaml", "save_config", "schema",
+    "load_config", "parse_set", "preset_names", "read_yaml", "save_config", "schema", "write_schema",
 ]

@@ -176,3 +176,15 @@ def save_config(cfg: OminixConfig, path: Path) -> None:
 
 def schema() -> dict[str, Any]:
     return OminixConfig.model_json_schema()
+
+
+def write_schema(out: Path, force: bool = False) -> Path:
+    """Write the JSON Schema into the file ``out`` (marked as this command's, so it is replaced
+    next time; another existing file only with ``force``); returns ``out``."""
+    atomic.check_replaceable(out, "schema", force)
+    try:
+        atomic.write_text(out, json.dumps({**atomic.file_mark("schema"), **schema()}, indent=2) + "\n")
+    except OSError as exc:
+        raise OminixError(f"cannot write {out}: {exc.strerror}",
+                          "give --out a writable file path in an existing directory") from exc
+    return out

@@ -20,7 +20,10 @@ class CheckpointConfig(Section):
     keep_every: int = Field(
         0, ge=0, description="Also keep every checkpoint whose step is a multiple of N (0 = none)."
     )
-    resume: str = Field("auto", description="auto (latest if any), never, or a checkpoint path.")
+    resume: str = Field("auto", description=(
+        "auto (latest if any), never (a new run; refused in a run directory that holds checkpoints or "
+        "metrics), restart (a new run; such a directory's earlier run is moved into RUN_DIR/previous/TIME/ "
+        "first), or a checkpoint path."))
     save_optimizer: bool = Field(True, description="Save optimizer state (needed for exact resume).")
     async_save: bool = Field(
         False, description="Write checkpoints in the background: training is blocked only while the state is "
@@ -31,6 +34,12 @@ class CheckpointConfig(Section):
         "sizes", description="What resume checks against a checkpoint's integrity.json: sizes (a stat per file; "
         "finds missing and truncated files) or full (also the sha256 of every file; reads it all once).",
     )
+
+
+    @property
+    def starts_fresh(self) -> bool:
+        """True when this run starts at step 0 whatever the run directory holds."""
+        return self.resume in ("never", "restart")
 
 
 class WandbConfig(Section):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ominix.atomic import write_text
+from ominix.atomic import check_replaceable, file_mark, write_text
 from ominix.checkpoint import model_checksum
 from ominix.device import pick_device, pick_dtype
 from ominix.errors import OminixError
@@ -42,12 +42,14 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
              out: Path | None = None, batch_size: int = 8, max_blocks: int | None = None,
              device: str = "auto", dtype: str = "auto", command: str | None = None,
              tasks: list[str] | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+             progress: Callable[[str, int, int], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Evaluate ``model_path`` on ``data``/``split`` (and lm-eval ``tasks``); write and return results.
 
     The blocks are those the trainer's evaluation reads with ``schedule.eval_blocks = max_blocks``
     (:func:`ominix.data.loader.held_out_ids`), whatever the batch size, so the loss is the run's
     ``val_loss`` for the same weights. ``progress("eval", blocks_done, blocks)`` after each batch.
+    ``out`` is replaced when an earlier ``ominix eval`` wrote it, another regular file only with
+    ``force`` (``ominix.atomic.check_replaceable``, checked before anything is loaded).
     """
     from ominix.data.recorded import check_same_tokenizer
     from ominix.data.store import PackedDataset, manifest_sha256
@@ -59,6 +61,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     source = resolve(model_path)
     data = Path(data) if data is not None else default_data(source)
     out = Path(out) if out is not None else default_out(source)
+    check_replaceable(out, "eval", force, inputs=[source.path, data])
     dataset = PackedDataset(data, split)
     check_same_tokenizer(data, dataset.manifest, source.tokenizer, str(source.path))
     if dataset.vocab_size > source.model.vocab_size:
@@ -86,6 +89,7 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
                        progress=None if progress is None else lambda done, total: progress("eval", done, total))
     dataset.check(wait=True)  # no results from shards that do not match their manifest
     results: dict[str, Any] = {
+        **file_mark("eval"),
         "model": {"path": str(source.path), "kind": source.kind, "step": source.state.get("step"),
                   "tokens_seen": source.state.get("tokens"), "sha256": model_checksum(source.weights),
                   "framing": source.framing},

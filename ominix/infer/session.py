@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ominix import atomic
 from ominix.checkpoint import model_checksum
 from ominix.config import InferConfig, format_validation
 from ominix.device import pick_device, pick_dtype
@@ -178,14 +179,16 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def samples_out(source: ModelSource, out: Path | None) -> Path:
-    """Where ``complete_file`` writes: ``out``, else RUN_DIR/samples.jsonl; checked before any model loads."""
+def samples_out(source: ModelSource, out: Path | None, force: bool = False,
+                prompts_file: Path | None = None) -> Path:
+    """Where ``complete_file`` writes: ``out``, else RUN_DIR/samples.jsonl; checked before any model
+    loads: an earlier ``ominix infer`` output is replaced, another regular file only with ``force``,
+    never the model or the prompts file (``ominix.atomic.check_replaceable``)."""
     if out is None:
         if source.run_dir is None:
             raise OminixError(f"{source.path} is not part of a run directory", "pass --out FILE.jsonl")
         out = source.run_dir / "samples.jsonl"
-    if out.is_dir():
-        raise OminixError(f"--out {out} is a directory", "give the path of a file, e.g. --out samples.jsonl")
+    atomic.check_replaceable(out, "samples", force, inputs=[p for p in (source.path, prompts_file) if p])
     return out
 
 
@@ -203,7 +206,7 @@ def complete_file(session: Session, prompts: list[dict[str, Any]], sampling: Sam
             for i, (prompt, ids) in enumerate(zip(prompts, encoded)):
                 result = generate(decoder, ids, sampling, session.tokenizer.eos_token_id)
                 record = session.record(prompt, ids, result, sampling)
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps({**atomic.file_mark("samples"), **record}, ensure_ascii=False) + "\n")
                 if progress is not None:
                     progress(i, record)
         tmp.replace(out)

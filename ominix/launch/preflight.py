@@ -23,7 +23,7 @@ def resume_target(cfg: OminixConfig) -> Path | None:
     from ominix.checkpoint import resumable
 
     choice = cfg.checkpoint.resume
-    if choice == "never":
+    if cfg.checkpoint.starts_fresh:
         return None
     target, _ = resumable(cfg.logging.run_dir if choice == "auto" else choice, "sizes",
                           required=choice != "auto", repair=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ominix.errors import OminixError
+from ominix.atomic import check_replaceable, write_text
 
 HEADER = """\
 # Release metadata of a Model Openness Framework (MOF) bundle, read by
@@ -48,12 +48,9 @@ def render() -> str:
 
 
 def write(out: Path, force: bool = False) -> Path:
-    if out.is_dir():
-        raise OminixError(f"{out} is a directory", f"give --out a file path, e.g. --out {out / 'release.yaml'}")
-    if out.exists() and not force:
-        raise OminixError(f"{out} already exists", "pass --force to overwrite it, or choose another --out")
+    """Write the template to ``out``. The user edits it afterwards, so an existing file is replaced
+    only with ``force``, and never when it is not a regular file (``ominix.atomic.check_replaceable``)."""
+    check_replaceable(out, "release-template", force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render())
-    tmp.replace(out)
+    write_text(out, render())
     return out

@@ -45,9 +45,13 @@ def _series(rows: dict[int, dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def draw(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw the figure of ``run_dir`` into ``out`` (default RUN_DIR/plots/training.png), written to
-    a temporary name and renamed; returns its path."""
+def draw(run_dir: Path, out: Path | None = None, force: bool = False) -> Path:
+    """Draw the figure of ``run_dir`` into ``out`` (default RUN_DIR/plots/training.png, the run's
+    own figure), written to a temporary name and renamed; returns its path. An existing ``out`` is
+    replaced when it is a figure OminiX drew, another regular file only with ``force`` (the run's
+    own figure always: it is no file of the user's)."""
+    out = out or run_dir / FIGURE
+    atomic.check_replaceable(out, "figure", force or out == run_dir / FIGURE, inputs=[run_dir / "metrics.jsonl"])
     if not available():
         raise OminixError("matplotlib is not installed: cannot draw the training figure", "pip install matplotlib")
     if not (run_dir / "metrics.jsonl").is_file():
@@ -87,9 +91,8 @@ def draw(run_dir: Path, out: Path | None = None) -> Path:
     last = max(train, default=0)
     fig.suptitle(f"{run_dir.absolute().name}: step {last}", fontsize=10)
 
-    out = out or run_dir / FIGURE
     png = io.BytesIO()
-    fig.savefig(png, format="png")
+    fig.savefig(png, format="png", metadata=atomic.file_mark("figure"))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(out, png.getvalue())
     return out

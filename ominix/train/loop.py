@@ -137,7 +137,7 @@ def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[st
     from ominix.checkpoint import resumable
 
     choice = cfg.checkpoint.resume
-    if choice == "never":
+    if cfg.checkpoint.starts_fresh:
         return None, []
     return _from_rank0(lambda: resumable(run_dir if choice == "auto" else choice, cfg.checkpoint.verify,
                                          required=choice != "auto"))
