@@ -78,7 +78,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     pad = prepare_tokenizer(tokenizer, source.model.max_position_embeddings)
     infos = weight_infos(source.weights)
     check_state(infos, source.model, source.weights)
-    specs = [TensorSpec(name, target, infos[name].shape) for name in _export_names(source.model)]
+    specs = [TensorSpec(name, target, infos[name].shape) for name in export_names(source.model)]
 
     def tensor(name: str) -> Any:
         return read_tensor(infos[name], name).to(target).contiguous()
@@ -148,7 +148,7 @@ def _name(source: ModelSource, out: Path) -> str:
     return release or (source.run_dir.name if source.run_dir else out.name)
 
 
-def _export_names(model_cfg) -> list[str]:
+def export_names(model_cfg) -> list[str]:
     """The tensors an export holds, in the model's order (a layer's tensors share a shard); the
     state dict leaves a tied lm_head out: transformers ties it to the embedding again."""
     import torch
