@@ -156,3 +156,60 @@ def test_gguf_refusals_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "needs the gguf package" in missing.stderr, missing.stderr
     assert "pip install" in missing.stderr and "gguf" in missing.stderr.splitlines()[-1]
     assert "Traceback" not in missing.stderr and not out.exists()
+
+
+def _sentencepiece_style_tokenizer(out: Path) -> Path:
+    """A BPE built as LLaMA-2's tokenizer.json is: ``▁`` for spaces and a leading one, no
+    pre-tokenizer, ``<0xNN>`` byte pieces to fall back to, ``<unk> <s> </s>`` first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.test_export import CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    tok.train_from_iterator(CORPUS.split(". "), trainers.BpeTrainer(vocab_size=360, special_tokens=pieces))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(out)
+    return out
+
+
+def _llama_cpp_spm(text: str, vocab: dict[str, int], scores: list[float]) -> list[int]:
+    """llama.cpp's SentencePiece tokenizer (llm_tokenizer_spm): merge the adjacent pair whose
+    joined piece scores highest (leftmost on ties) until none is a piece; unknown pieces as bytes."""
+    syms = list("▁" + text.replace(" ", "▁"))
+    while True:
+        pairs = [(scores[vocab[a + b]], -i) for i, (a, b) in enumerate(zip(syms, syms[1:])) if a + b in vocab]
+        if not pairs:
+            break
+        i = -max(pairs)[1]
+        syms[i:i + 2] = [syms[i] + syms[i + 1]]
+    return [i for s in syms for i in ([vocab[s]] if s in vocab else [vocab[f"<0x{b:02X}>"] for b in s.encode()])]
+
+
+def test_sentencepiece_style_bpe_is_the_llama_model_with_scores_llama_cpp_merges_by(tmp_path: Path) -> None:
+    """A LLaMA-2-style tokenizer.json becomes tokenizer.ggml.model "llama": its pieces by id,
+    <0xNN> typed BYTE, <unk> UNKNOWN, a leading space added, and scores under which llama.cpp's
+    SentencePiece merging gives the tokenizer's own ids."""
+    from transformers import AutoTokenizer
+
+    _sentencepiece_style_tokenizer(tmp_path / "data" / "tokenizer")
+    run = make_run(tmp_path)
+    meta = _export(run, tmp_path / "gguf", "--dtype", "fp16")
+    assert meta["tokenizer"]["model"] == "llama"
+    reader = gguf.GGUFReader(tmp_path / "gguf" / "model.gguf")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "data" / "tokenizer")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    vocab = tok.get_vocab()
+    assert tokens[:len(tok)] == sorted(vocab, key=vocab.get)
+    types = _field(reader, "tokenizer.ggml.token_type")
+    assert types[vocab["<0x41>"]] == gguf.TokenType.BYTE and types[vocab["<unk>"]] == gguf.TokenType.UNKNOWN
+    assert types[vocab["<s>"]] == gguf.TokenType.CONTROL and _field(reader, "tokenizer.ggml.add_space_prefix")
+    assert "tokenizer.ggml.merges" not in reader.fields
+    assert _field(reader, "tokenizer.ggml.unknown_token_id") == vocab["<unk>"]
+    scores = _field(reader, "tokenizer.ggml.scores")
+    for text in TEXTS[:1] + ["Once upon a time the fox read again."]:
+        assert _llama_cpp_spm(text, vocab, scores) == tok(text, add_special_tokens=False).input_ids, text
