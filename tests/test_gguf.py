@@ -141,9 +141,29 @@ def test_half_precision_gguf_casts_matrices_and_keeps_norms_f32(dtype: str, ggml
     assert torch.equal(back, source["model.embed_tokens.weight"].to(back.dtype))
 
 
+def _whitespace_bpe(out: Path) -> Path:
+    """A BPE split on whitespace and punctuation: no llama.cpp pre-type splits text this way."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.test_export import CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "</s>"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>").save_pretrained(out)
+    return out
+
+
 def test_gguf_refusals_are_one_line_and_write_nothing(tmp_path: Path) -> None:
-    run = make_run(tmp_path)
+    """An unknown format, a missing gguf package, a tokenizer llama.cpp would split otherwise."""
+    _whitespace_bpe(tmp_path / "other" / "data" / "tokenizer")
+    other = make_run(tmp_path / "other")
     out = tmp_path / "out"
+    split = run_cli("checkpoint", "export", str(other), "--out", str(out), "--format", "gguf")
+    assert split.returncode == 2 and "is not the byte-level GPT-2 split" in split.stderr, split.stderr
+    assert "Traceback" not in split.stderr and not out.exists()
+    run = make_run(tmp_path)
     bad = run_cli("checkpoint", "export", str(run), "--out", str(out), "--format", "onnx")
     assert bad.returncode == 2 and "--format 'onnx' is not a format" in bad.stderr, bad.stderr
     shadow = tmp_path / "shadow" / "gguf"  # an environment without the gguf package
