@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,6 @@ from tests.conftest import run_cli
 from tests.test_export import make_run
 from tests.test_framing import llama_style_tokenizer
 
-gguf = pytest.importorskip("gguf")
 
 # llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 split (llama-vocab.cpp), written out here on purpose: the
 # test checks the export's choice of pre-type against llama.cpp's behaviour, not against itself

@@ -105,7 +105,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
             "command": command,
         }
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(source, meta, _name(source, out)))
+        (tmp / "README.md").write_text(model_card(source, meta, release_name(source, out)))
         if verify:
             from ominix.infer.verify import verify_export
 
@@ -143,7 +143,8 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _name(source: ModelSource, out: Path) -> str:
+def release_name(source: ModelSource, out: Path) -> str:
+    """The model's name: the release's, else the run directory's, else the output's."""
     release = source.run_config.release.name if source.run_config else None
     return release or (source.run_dir.name if source.run_dir else out.name)
 

@@ -27,7 +27,7 @@ from ominix.checkpoint.weights import read_tensor, weight_infos
 from ominix.errors import OminixError
 from ominix.extras import install_hint
 from ominix.hashing import sha256_file
-from ominix.infer.export import export_names, prepare_tokenizer
+from ominix.infer.export import export_names, prepare_tokenizer, release_name
 from ominix.infer.gguf_vocab import vocab_fields, write_vocab
 from ominix.infer.load import EXPORT_META, check_state, load_tokenizer, resolve, torch_dtype
 
@@ -129,19 +129,18 @@ def export_gguf(path: str | Path, out: Path | None = None, dtype: str | None = N
     infos = weight_infos(source.weights)
     check_state(infos, source.model, source.weights)
     names = gguf_tensors(source.model)
-    name = source.run_config.release.name if source.run_config and source.run_config.release.name else (
-        source.run_dir.name if source.run_dir else out.name)
 
     with staged(out, kind="export") as tmp:
         writer = gguf.GGUFWriter(tmp / GGUF_FILE, "llama")
-        _write_hyper_parameters(writer, gguf, source.model, name, dtype)
+        _write_hyper_parameters(writer, gguf, source.model, release_name(source, out), dtype)
         write_vocab(writer, vocab)
         for hf_name, gguf_name in names:  # the header lists every tensor before any data
             shape = tuple(infos[hf_name].shape)
             stored = "fp32" if len(shape) == 1 else dtype
             np_dtype, kind = _STORED[stored]
             nbytes = math.prod(shape) * (4 if stored == "fp32" else 2)
-            writer.add_tensor_info(gguf_name, shape, np_dtype, nbytes, raw_dtype=getattr(gguf.GGMLQuantizationType, kind))
+            writer.add_tensor_info(gguf_name, shape, np_dtype, nbytes,
+                                   raw_dtype=getattr(gguf.GGMLQuantizationType, kind))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
