@@ -15,10 +15,11 @@ from tests.test_export import make_run
 from tests.test_framing import llama_style_tokenizer
 
 
-# llama.cpp's LLAMA_VOCAB_PRE_TYPE_GPT2 split (llama-vocab.cpp), written out here on purpose: the
-# test checks the export's choice of pre-type against llama.cpp's behaviour, not against itself
+# the split llama.cpp runs for the gpt-2 pre-type (unicode.cpp's unicode_regex_split_custom_gpt2),
+# written out here on purpose: the test checks the export's choice against llama.cpp, not itself
 LLAMA_CPP_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "  two  spaces, it's 42 times\nnew line!"]
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "  two  spaces, it's 42 times\nnew line!",
+         "a\tb \t\n\n  end  "]
 
 
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
