@@ -21,9 +21,9 @@ def export(
     out: Path = typer.Option(None, "--out", "-o", help="Output directory; default RUN_DIR/export."),
     fmt: str = typer.Option("hf", "--format", help="hf (transformers, vLLM, lm-eval) or gguf (llama.cpp: OUT/model.gguf, default RUN_DIR/export-gguf)."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32; default the run's training precision."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Load the export with transformers and compare logits."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Load the export with transformers and compare logits (--format hf)."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing output directory."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard (5GB, 500MB, 2GiB...); one model.safetensors when all fits."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard (5GB, 500MB, 2GiB...); one model.safetensors when all fits (--format hf)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the export metadata as JSON."),
 ) -> None:
     """Export a checkpoint to the Hugging Face format (config.json, generation_config.json,
