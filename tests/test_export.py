@@ -259,6 +259,14 @@ def test_real_pipeline_prepare_train_export_infer_eval(private_netns: None, tmp_
     modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in written}
     os.umask(mask)
     assert {p: oct(m) for p, m in modes.items() if m != 0o644} == {}
+    # the tokenizer `data prepare` trained goes into a GGUF whose tokens are the trained ones
+    import gguf
+
+    gguf_meta = json.loads(run_cli("checkpoint", "export", str(run), "--format", "gguf", "--json").stdout)
+    assert gguf_meta["tokenizer"] == {"model": "gpt2", "pre": "gpt-2", "add_bos_token": False}
+    reader = gguf.GGUFReader(run / "export-gguf" / "model.gguf")
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[:len(vocab)] == sorted(vocab, key=vocab.get)
     record = json.loads(run_cli("infer", "--model", str(out), "--prompt", "The function", "--temperature", "0",
                                 "--max-new-tokens", "12", "--json").stdout)
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -78,7 +78,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
     pad = prepare_tokenizer(tokenizer, source.model.max_position_embeddings)
     infos = weight_infos(source.weights)
     check_state(infos, source.model, source.weights)
-    specs = [TensorSpec(name, target, infos[name].shape) for name in _export_names(source.model)]
+    specs = [TensorSpec(name, target, infos[name].shape) for name in export_names(source.model)]
 
     def tensor(name: str) -> Any:
         return read_tensor(infos[name], name).to(target).contiguous()
@@ -105,7 +105,7 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
             "command": command,
         }
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(source, meta, _name(source, out)))
+        (tmp / "README.md").write_text(model_card(source, meta, release_name(source, out)))
         if verify:
             from ominix.infer.verify import verify_export
 
@@ -143,12 +143,13 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _name(source: ModelSource, out: Path) -> str:
+def release_name(source: ModelSource, out: Path) -> str:
+    """The model's name: the release's, else the run directory's, else the output's."""
     release = source.run_config.release.name if source.run_config else None
     return release or (source.run_dir.name if source.run_dir else out.name)
 
 
-def _export_names(model_cfg) -> list[str]:
+def export_names(model_cfg) -> list[str]:
     """The tensors an export holds, in the model's order (a layer's tensors share a shard); the
     state dict leaves a tied lm_head out: transformers ties it to the embedding again."""
     import torch
