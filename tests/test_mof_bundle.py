@@ -109,7 +109,7 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     report = json.loads(proc.stdout)
     assert (report["class"], report["label"], report["progress"]) == (
         1, "Class I - Open Science Model", {"1": 100, "2": 100, "3": 100})
-    document = yaml.safe_load((out / "mof.yaml").read_text())
+    document = yaml.safe_load((out / "mof.yml").read_text())
     mof.validate(document, "bundle")  # the official schema and the 17 names
     names = {c["name"] for c in document["release"]["components"]}
     assert len(names) == 17
@@ -162,7 +162,7 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert "## Checkpoints" not in (run_dir / "export/README.md").read_text()
     _checkpoint_branches_dry_run(out)
     # mof check on the bundle's own file gives the same classification.
-    check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")
+    check = run_cli("mof", "check", str(out / "mof.yml"), "--json")
     assert json.loads(check.stdout)["progress"] == report["progress"]
     _no_leftovers(tmp_path)
 
@@ -335,7 +335,7 @@ def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path)
     (out / "eval/eval_results.json").write_text("{}\n")  # another size
     (out / "LICENSE-data").unlink()
     (out / "notes.txt").write_text("added after the release\n")
-    for target in (out, out / "mof.yaml"):  # the bundle directory, or the mof.yaml inside it
+    for target in (out, out / "mof.yml"):  # the bundle directory, or the mof.yml inside it
         bad = run_cli("mof", "check", str(target), "--json")
         assert bad.returncode == 1, bad.stderr
         found = json.loads(bad.stdout)["bundle"]
@@ -356,7 +356,7 @@ def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path)
     assert quick.returncode == 1 and found["verified"] is False
     assert found["changed"] == ["eval/eval_results.json"] and found["missing"] == ["LICENSE-data"]
     lone = tmp_path / "lone.yaml"
-    shutil.copyfile(out / "mof.yaml", lone)
+    shutil.copyfile(out / "mof.yml", lone)
     assert run_cli("mof", "check", str(lone)).returncode == 0  # a lone MOF file is classified as before
 
 
@@ -427,7 +427,7 @@ def test_bundle_moved_elsewhere_with_run_and_data_deleted_stands_alone(tmp_path:
     check = run_cli("mof", "check", str(handed), "--json")
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["class"] == 1 and json.loads(check.stdout)["bundle"]["ok"] is True
-    for entry in yaml.safe_load((handed / "mof.yaml").read_text())["release"]["components"]:
+    for entry in yaml.safe_load((handed / "mof.yml").read_text())["release"]["components"]:
         assert (handed / entry["component_path"]).exists(), entry
 
     model_dir = handed / "model" / "final"
