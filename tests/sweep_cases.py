@@ -309,6 +309,8 @@ SEQ = ("--set", "schedule.warmup_steps=1")
 
 D = ("{data}",)
 HOSTS = "n1 slots=1\nn2 slots=1\n"
+MOF_FILE_TEXT = ("framework:\n  name: Model Openness Framework\n  version: '1.0'\n  date: '2024-12-15'\n"
+                 "release:\n  name: m\n  producer: p\n  license: {}\n  components:\n  - name: Model card\n")
 
 CASES: list[Case] = [
     # config show / schema / presets
@@ -738,6 +740,11 @@ CASES: list[Case] = [
     Case("mof-check-no-release", "mof check", "a mapping without release:", ("mof", "check", "m.yml"),
          setup=write("m.yml", "framework:\n  name: MOF\n"), needle="release"),
     Case("mof-check-dir", "mof check", "a directory", ("mof", "check", "{data}"), needle="data"),
+    Case("mof-check-unquoted-date", "mof check", "an unquoted date (MOT's schema wants a string)",
+         ("mof", "check", "m.yml"), setup=write("m.yml", MOF_FILE_TEXT.replace("'2024-12-15'", "2024-12-15")),
+         needle="unquoted date"),
+    Case("mof-check-yaml-name", "mof check", "a lone model file named .yaml (MOT reads *.yml only)",
+         ("mof", "check", "m.yaml"), setup=write("m.yaml", MOF_FILE_TEXT), needle="*.yml only"),
     Case("mof-init-exists", "mof init", "--out exists, no --force", ("mof", "init", "--out", "r.yaml"),
          setup=write("r.yaml", "mine"), needle="r.yaml"),
     Case("mof-init-dir", "mof init", "--out names a directory", ("mof", "init", "--out", "mine", "--force"),
@@ -756,6 +763,11 @@ CASES: list[Case] = [
     Case("mof-report-release-typo", "mof report", "release.yaml with a mistyped key",
          ("mof", "report", "{run}", "--out", "b", "--release", "rel.yaml"),
          setup=write("rel.yaml", "nmae: x\n"), needle="nmae"),
+    Case("mof-report-closed-license", "mof report", "a data license MOT lists but rejects (C-UDA-1.0)",
+         ("mof", "report", "{run}", "--out", "b", "--release", "rel.yaml", "--json"), OK,
+         setup=write("rel.yaml", "name: x\nlicenses:\n  data:\n    name: C-UDA-1.0\n"),
+         check=lambda p, r: {"name": "Model parameters (Final)", "status": "invalid"}.items()
+         <= next(c for c in json.loads(r.stdout)["components"] if c["name"] == "Model parameters (Final)").items()),
     Case("mof-report-force-run", "mof report", "--out RUN --force names the run itself",
          ("mof", "report", "r", "--out", "r", "--force"), setup=copy("run", "r"), needle="r"),
     Case("mof-report-force-other", "mof report", "--force on an unrelated non-empty directory",

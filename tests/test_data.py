@@ -65,7 +65,7 @@ def test_embedded_quickstart_cli_manifest_card_tokenizer_inspect(tmp_path: Path)
     m = json.loads(result.stdout)
     assert m["command"] == f"ominix data prepare --config tiny --out {out} --json"
     assert m["ominix_version"] and m["created"] and m["seq_len"] == 128 and m["dtype"] == "uint16"
-    assert m["sources"][0]["license"] == "Python-2.0"  # the SPDX id the release's mof.yaml declares
+    assert m["sources"][0]["license"] == "Python-2.0"  # the SPDX id the release's mof.yml declares
     assert set(m["source_sets"]) == {"python-reference", "python-docstrings"}
     train = m["splits"]["train"]
     assert train["blocks"] > 3000 and set(train["per_source"]) == set(m["source_sets"])

@@ -54,6 +54,9 @@ def test_license_status_rules() -> None:
     assert mof.license_status("OpenMDW-1.0", "document") == "type-appropriate"
     assert mof.license_status("unlicensed", "code") == "unlicensed"
     assert mof.license_status("CC-BY-NC-4.0", "data") == "invalid"
+    # Listed as type-appropriate by MOT but not open: MOT's evaluator fails them.
+    assert mof.license_status("C-UDA-1.0", "data") == "invalid"
+    assert mof.license_status("MulanPSL-1.0", "code") == "invalid"
 
 
 @pytest.mark.parametrize("path", RELEASES, ids=[p.stem[:48] for p in RELEASES])
@@ -133,3 +136,62 @@ def test_check_of_a_directory_with_mof_yaml_but_no_checksums_fails_and_lone_file
     proc = run_cli("mof", "check", str(tmp_path))
     assert proc.returncode == 1
     assert "problem: SHA256SUMS (not a bundle written by `ominix mof report`): missing" in proc.stderr
+
+
+def _every_component(**licenses: dict) -> dict:
+    """A release of all 17 components under one distribution license; ``licenses`` sets a
+    component's own ``license:`` by name."""
+    return {"framework": {"name": "Model Openness Framework", "version": "1.0", "date": "2024-12-15"},
+            "release": {"name": "m", "producer": "p", "license": {"distribution": {"name": "Apache-2.0"}},
+                        "components": [{"name": c.name, **licenses.get(c.name, {})} for c in mof.components()]}}
+
+
+def _check(tmp_path: Path, document: dict) -> dict:
+    path = tmp_path / "m.yml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = CliRunner().invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("license_id", ["C-UDA-1.0", "PDDL-1.0", "CC-PDDC"])
+def test_listed_but_not_open_weights_license_fails_class_three_as_in_mot(tmp_path: Path, license_id: str) -> None:
+    # mof-licenses.json lists these for data, but none is OSI, FSF or an open-data family: MOT's
+    # evaluator puts the component in 'invalid', so Class III (6 required) stands at 5 of 6.
+    assert _check(tmp_path, _every_component())["class"] == 1  # the control: Apache-2.0 everywhere
+    got = _check(tmp_path, _every_component(**{"Model parameters (Final)": {"license": license_id}}))
+    assert (got["class"], got["progress"]) == (0, {"1": 0, "2": 0, "3": pytest.approx(500 / 6)})
+    weights = next(c for c in got["components"] if c["name"] == "Model parameters (Final)")
+    assert (weights["license"], weights["status"], weights["included"]) == (license_id, "invalid", False)
+
+
+def test_empty_component_license_is_unlicensed_not_the_release_license(tmp_path: Path) -> None:
+    # MOT takes a component's own license when the key is set, and '' resolves to unlicensed.
+    got = _check(tmp_path, _every_component(**{"Model parameters (Final)": {"license": ""}}))
+    assert (got["class"], got["progress"]) == (0, {"1": 0, "2": 0, "3": pytest.approx(500 / 6)})
+    weights = next(c for c in got["components"] if c["name"] == "Model parameters (Final)")
+    assert (weights["license"], weights["status"]) == (None, "unlicensed")
+
+
+@pytest.mark.parametrize("where", ["framework", "release"])
+def test_unquoted_date_fails_the_schema_as_in_mot(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "m.yml"
+    text = yaml.safe_dump(_every_component(), sort_keys=False)
+    if where == "release":
+        text = text.replace("  name: m\n", "  name: m\n  date: 2025-01-31\n")
+    else:
+        text = text.replace("date: '2024-12-15'", "date: 2024-12-15")
+    path.write_text(text)
+    proc = run_cli("mof", "check", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{where}.date: unquoted date" in proc.stderr and "hint: quote it: date: '" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 2
+
+
+def test_lone_model_file_must_be_named_yml_as_mot_reads(tmp_path: Path) -> None:
+    official = next(p for p in RELEASES if p.name.startswith("Class2RTestFile"))
+    for name in ("model.yaml", "model.json"):
+        (tmp_path / name).write_text(official.read_text())
+        proc = run_cli("mof", "check", str(tmp_path / name))
+        assert proc.returncode == 2 and "MOT reads MOF model files named *.yml only" in proc.stderr
+        assert f"hint: rename it: mv {tmp_path / name} {tmp_path / 'model.yml'}" in proc.stderr

@@ -5,6 +5,7 @@ test on a trained tiny run lives with the quickstart tests.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -98,6 +99,18 @@ def _release(tmp: Path, **changes) -> Path:
     return path
 
 
+def _relist(bundle: Path, old: str, new: str) -> None:
+    """Rename ``old`` to ``new`` in the bundle's BUNDLE.json and SHA256SUMS, as an older OminiX
+    would have listed it."""
+    sizes = json.loads((bundle / "BUNDLE.json").read_text())
+    sizes["files"][new] = sizes["files"].pop(old)
+    (bundle / "BUNDLE.json").write_text(json.dumps(sizes))
+    lines = (bundle / "SHA256SUMS").read_text().replace(f"  {old}\n", f"  {new}\n").splitlines()
+    digest = hashlib.sha256((bundle / "BUNDLE.json").read_bytes()).hexdigest()
+    (bundle / "SHA256SUMS").write_text("".join(f"{digest}  BUNDLE.json\n" if ln.endswith("  BUNDLE.json")
+                                               else ln + "\n" for ln in lines))
+
+
 def _no_leftovers(parent: Path) -> None:
     assert not [p for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
@@ -109,7 +122,11 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     report = json.loads(proc.stdout)
     assert (report["class"], report["label"], report["progress"]) == (
         1, "Class I - Open Science Model", {"1": 100, "2": 100, "3": 100})
-    document = yaml.safe_load((out / "mof.yaml").read_text())
+    document = yaml.safe_load((out / "mof.yml").read_text())
+    # The file goes to MOT as it is: named *.yml (all its sync reads), dates quoted (a YAML loader
+    # reads an unquoted date as a date, which fails the schema's string type).
+    assert not (out / "mof.yaml").exists()
+    assert isinstance(document["framework"]["date"], str) and isinstance(document["release"]["date"], str)
     mof.validate(document, "bundle")  # the official schema and the 17 names
     names = {c["name"] for c in document["release"]["components"]}
     assert len(names) == 17
@@ -162,7 +179,7 @@ def test_full_run_is_class_one_schema_valid_and_checksums_verify(run_dir: Path, 
     assert "## Checkpoints" not in (run_dir / "export/README.md").read_text()
     _checkpoint_branches_dry_run(out)
     # mof check on the bundle's own file gives the same classification.
-    check = run_cli("mof", "check", str(out / "mof.yaml"), "--json")
+    check = run_cli("mof", "check", str(out / "mof.yml"), "--json")
     assert json.loads(check.stdout)["progress"] == report["progress"]
     _no_leftovers(tmp_path)
 
@@ -330,12 +347,21 @@ def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path)
     ok = run_cli("mof", "check", str(out))
     assert ok.returncode == 0, ok.stderr
     assert f"verified: every file of {out} matches SHA256SUMS" in ok.stdout
+    # A bundle written before the rename holds mof.yaml: check (and push) still read it.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    (legacy / "mof.yml").rename(legacy / "mof.yaml")
+    _relist(legacy, "mof.yml", "mof.yaml")
+    for target in (legacy, legacy / "mof.yaml"):
+        old = run_cli("mof", "check", str(target), "--json")
+        assert old.returncode == 0, old.stderr
+        assert json.loads(old.stdout)["class"] == 1 and json.loads(old.stdout)["bundle"]["problems"] == []
     card = (out / "MODEL_CARD.md").read_text()
     (out / "MODEL_CARD.md").write_text(card.replace("tiny-mof", "tiny-MOF"))  # same size, other bytes
     (out / "eval/eval_results.json").write_text("{}\n")  # another size
     (out / "LICENSE-data").unlink()
     (out / "notes.txt").write_text("added after the release\n")
-    for target in (out, out / "mof.yaml"):  # the bundle directory, or the mof.yaml inside it
+    for target in (out, out / "mof.yml"):  # the bundle directory, or the mof.yml inside it
         bad = run_cli("mof", "check", str(target), "--json")
         assert bad.returncode == 1, bad.stderr
         found = json.loads(bad.stdout)["bundle"]
@@ -355,9 +381,11 @@ def test_check_of_a_bundle_verifies_its_checksums(run_dir: Path, tmp_path: Path)
     found = json.loads(quick.stdout)["bundle"]
     assert quick.returncode == 1 and found["verified"] is False
     assert found["changed"] == ["eval/eval_results.json"] and found["missing"] == ["LICENSE-data"]
-    lone = tmp_path / "lone.yaml"
-    shutil.copyfile(out / "mof.yaml", lone)
+    lone = tmp_path / "lone.yml"
+    shutil.copyfile(out / "mof.yml", lone)
     assert run_cli("mof", "check", str(lone)).returncode == 0  # a lone MOF file is classified as before
+    shutil.copyfile(out / "mof.yml", tmp_path / "lone.yaml")  # a name MOT would not read
+    assert run_cli("mof", "check", str(tmp_path / "lone.yaml")).returncode == 2
 
 
 def test_report_hashes_the_shards_it_references(run_dir: Path, tmp_path: Path) -> None:
@@ -427,7 +455,7 @@ def test_bundle_moved_elsewhere_with_run_and_data_deleted_stands_alone(tmp_path:
     check = run_cli("mof", "check", str(handed), "--json")
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["class"] == 1 and json.loads(check.stdout)["bundle"]["ok"] is True
-    for entry in yaml.safe_load((handed / "mof.yaml").read_text())["release"]["components"]:
+    for entry in yaml.safe_load((handed / "mof.yml").read_text())["release"]["components"]:
         assert (handed / entry["component_path"]).exists(), entry
 
     model_dir = handed / "model" / "final"

@@ -33,12 +33,12 @@ def test_quickstart_end_to_end(tmp_path: Path, private_netns: None) -> None:
     assert summary == json.loads((out / SUMMARY).read_text())
     art = summary["artifacts"]
 
-    # Class I bundle with the licenses the quickstart declares, as MOT would rate its mof.yaml.
+    # Class I bundle with the licenses the quickstart declares, as MOT would rate its mof.yml.
     assert summary["mof"]["class"] == 1
     bundle = Path(art["bundle"])
-    check = run_cli("mof", "check", str(bundle / "mof.yaml"), "--json")
+    check = run_cli("mof", "check", str(bundle / "mof.yml"), "--json")
     assert check.returncode == 0 and json.loads(check.stdout)["class"] == 1
-    licenses = yaml.safe_load((bundle / "mof.yaml").read_text())["release"]["license"]
+    licenses = yaml.safe_load((bundle / "mof.yml").read_text())["release"]["license"]
     assert {k: v["name"] for k, v in licenses.items()} == {
         "code": "Apache-2.0", "data": "Python-2.0", "document": "CC-BY-4.0"}
 

@@ -70,4 +70,4 @@ def test_readme_bash_examples_run(tmp_path: Path, private_netns: None) -> None:
     assert "resumed from" in log and "learning-rate schedule" not in log  # the same curve, continued
     assert (run / "checkpoints" / "step_00000030").is_dir()
     assert (run / "export" / "config.json").is_file()
-    assert (tmp_path / "release-tiny" / "mof.yaml").is_file()
+    assert (tmp_path / "release-tiny" / "mof.yml").is_file()

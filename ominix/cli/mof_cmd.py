@@ -52,8 +52,8 @@ def _print(result, title: str) -> None:
 
 @app.command("check")
 def check(
-    file: Path = typer.Argument(..., help="A release bundle (its directory, or the mof.yaml inside it: every "
-                                "file is checked against SHA256SUMS), or a lone MOF model file (YAML or JSON)."),
+    file: Path = typer.Argument(..., help="A release bundle (its directory, or the mof.yml inside it: every "
+                                "file is checked against SHA256SUMS), or a lone MOF model file (*.yml, as MOT)."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="Hash every file of a bundle; --no-verify checks presence and sizes only."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print MOT's classification shape as JSON "

@@ -3,7 +3,7 @@ and classify it by what it holds.
 
 ```
 BUNDLE/
-  mof.yaml                 MOF model file (official schema): each component present, license, path
+  mof.yml                  MOF model file (official schema): each component present, license, path
   MOF_REPORT.md            class, progress per class, components, what the next class needs
   mof_classification.json  the same for programs (MOT's shape + per-component detail)
   MODEL_CARD.md  DATA_CARD.md  LICENSE-code  LICENSE-data  LICENSE-document  LICENSE (distribution)
@@ -29,7 +29,7 @@ BUNDLE/
 Weights, data shards and optimizer state come in as hard links where the run lies on the same
 filesystem (no space taken), every other file and those elsewhere as copies (see
 ``ominix.release.bundle_files``); nothing points outside the bundle. A component is
-declared in mof.yaml only when its files are in the bundle (or, for referenced data, the reference is
+declared in mof.yml only when its files are in the bundle (or, for referenced data, the reference is
 complete), so the class is that of what is handed over. The bundle is written under a temporary
 name and renamed, so it never exists half-written.
 """
@@ -52,7 +52,8 @@ from ominix.eval.results import run_results
 from ominix.infer.load import EXPORT_META
 from ominix.release import bundle_data, cards, checkpoints, mof, provenance
 from ominix.release.artifacts import RunArtifacts, collect, read_json
-from ominix.release.bundle_files import SUMS, BundleCheck, Placer, Progress, verify_bundle
+from ominix.release.bundle_files import (MOF_FILE, SUMS, BundleCheck, Placer, Progress, bundle_mof_file,
+                                         verify_bundle)
 from ominix.release.run_record import training_record
 
 __all__ = ["BundleCheck", "locate", "make_bundle", "verify_bundle"]
@@ -291,7 +292,7 @@ class _Builder:
                                            + "\n".join(table) + "\n")
         self._final_card(tmp, placer, table)
         document = self.mof_document(self.contained(tmp))
-        (tmp / "mof.yaml").write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+        (tmp / MOF_FILE).write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
         result = mof.classify(document["release"])
         result.hints = _hints(art, self.data_plan)
         result.notes = [] if declared else [NOT_DECLARED]
@@ -359,14 +360,21 @@ def make_bundle(run_dir: str | Path, out: str | Path | None = None, release_file
 
 
 def locate(path: Path) -> tuple[Path, Path | None]:
-    """``(MOF file, its bundle directory or None)`` for a bundle directory, a bundle's mof.yaml
-    (it sits beside SHA256SUMS) or a lone MOF model file."""
+    """``(MOF file, its bundle directory or None)`` for a bundle directory, a bundle's mof.yml
+    (it sits beside SHA256SUMS; mof.yaml in an older bundle) or a lone MOF model file (.yml, the
+    only name MOT reads)."""
     if path.is_dir():
-        if not (path / "mof.yaml").is_file():
-            raise OminixError(f"{path} is a directory without mof.yaml, not a release bundle",
+        found = bundle_mof_file(path)
+        if found is None:
+            raise OminixError(f"{path} is a directory without {MOF_FILE}, not a release bundle",
                               "pass a bundle written by `ominix mof report`, or a MOF model file")
-        return path / "mof.yaml", path
-    return path, path.parent if (path.parent / SUMS).is_file() else None
+        return found, path
+    if (path.parent / SUMS).is_file() and path == bundle_mof_file(path.parent):
+        return path, path.parent
+    if path.is_file() and path.suffix != ".yml":
+        raise OminixError(f"{path}: MOT reads MOF model files named *.yml only, so it would not read this one",
+                          f"rename it: mv {path} {path.with_suffix('.yml')}")
+    return path, None
 
 
 def _linked_images(doc: Path) -> list[str]:

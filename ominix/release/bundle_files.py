@@ -222,6 +222,15 @@ def _foreign_data(bundle: Path) -> list[tuple[str, str]]:
     return [(DATA_MANIFEST, f"not the data the model trained on ({why} in {TRAINED_STATE})")]
 
 
+MOF_FILE = "mof.yml"  # MOT's model sync picks up *.yml files only
+LEGACY_MOF_FILE = "mof.yaml"  # what bundles were written with before; still read
+
+
+def bundle_mof_file(bundle: Path) -> Path | None:
+    """The MOF model file of bundle directory ``bundle`` (``mof.yml``; ``mof.yaml`` in a bundle
+    written before the rename), or None."""
+    return next((bundle / n for n in (MOF_FILE, LEGACY_MOF_FILE) if (bundle / n).is_file()), None)
+
 def verify_bundle(bundle: Path, verify: bool = True, progress: Progress | None = None) -> BundleCheck:
     """Check the bundle directory against its SHA256SUMS (and the sizes in BUNDLE.json): files
     missing, changed or not listed. ``verify=False`` compares sizes instead of hashing."""

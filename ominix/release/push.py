@@ -24,7 +24,7 @@ from ominix.checkpoint import files_under
 from ominix.errors import OminixError
 from ominix.hubref import BUNDLE_MODEL, classify, valid_repo_id
 from ominix.release import checkpoints
-from ominix.release.bundle_files import SUMS, Progress, read_sums, verify_bundle
+from ominix.release.bundle_files import MOF_FILE, SUMS, Progress, bundle_mof_file, read_sums, verify_bundle
 
 CARD = "README.md"
 MODEL_CARDS = (f"{BUNDLE_MODEL}/README.md", "model/README.md")  # the bundle's model dir, newest layout first
@@ -95,8 +95,8 @@ def plan(bundle: str | Path, repo_id: str, revision: str | None = None, private:
     if not valid_repo_id(repo_id) or "/" not in repo_id:
         raise OminixError(f"--repo-id {repo_id!r} is not a Hub model id",
                           "give ORG/NAME (letters, digits, '-', '_', '.'), e.g. --repo-id my-org/tiny-llama")
-    if not bundle.is_dir() or not (bundle / "mof.yaml").is_file():
-        what = "does not exist" if not bundle.exists() else "is not a release bundle (no mof.yaml)"
+    if not bundle.is_dir() or bundle_mof_file(bundle) is None:
+        what = "does not exist" if not bundle.exists() else f"is not a release bundle (no {MOF_FILE})"
         raise OminixError(f"{bundle} {what}", "pass the directory `ominix mof report` wrote")
     rels = _listed(bundle)
     missing = [rel for rel in rels if not (bundle / rel).is_file()]
