@@ -534,6 +534,10 @@ def test_reference_mode_lists_source_command_and_checksums(run_dir: Path, tmp_pa
     shutil.copytree(run_dir, run)
     for state in run.glob("checkpoints/step_*/state.json"):
         state.write_text(json.dumps({**json.loads(state.read_text()), "data_manifest_sha256": manifest_sha256(data)}))
+    for config in [run / "config.yaml", *run.glob("checkpoints/step_*/config.yaml")]:  # and its path
+        doc = yaml.safe_load(config.read_text())
+        doc["data"]["path"] = str(data)
+        config.write_text(yaml.safe_dump(doc))
     result, out = make_bundle(run, tmp_path / "hub", _release(tmp_path), data_dir=data, data_mode="reference")
     assert result.mof_class == 1
     ref = json.loads((out / "data/reference.json").read_text())
