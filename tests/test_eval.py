@@ -146,20 +146,6 @@ def test_eval_bad_input_exit_2_nothing_written(case: str, run_dir: Path, tmp_pat
     assert not out.exists()
 
 
-@pytest.mark.slow  # lm-eval indexes its thousands of task files (~50 s of CPU)
-def test_an_unknown_lm_eval_task_is_one_error_that_names_the_local_file_route(run_dir: Path,
-                                                                              tmp_path: Path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("lm_eval") is None:
-        pytest.skip("needs lm-evaluation-harness (the eval extra)")
-    out = tmp_path / "r.json"
-    result = run_cli("eval", "--model", str(run_dir), "--out", str(out), "--tasks", "no_such_task")
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "error: unknown lm-eval task 'no_such_task'" in result.stderr
-    assert "--tasks ./my_task.yaml" in result.stderr and not out.exists()
-
-
 def test_an_extras_install_hint_keeps_the_installed_torch() -> None:
     """The hint's command, given to pip (a dry run), installs nothing in place of torch."""
     import shlex
