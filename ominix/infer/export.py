@@ -56,6 +56,15 @@ def default_out(source: ModelSource) -> Path:
     return source.run_dir / "export"
 
 
+
+def source_record(fmt: str, source, dtype: str, command: str | None) -> dict:
+    """What every export's ``ominix_export.json`` says of its source: format, checkpoint or export,
+    its state, dtype, model shape, framing and the command that wrote it."""
+    return {"format": fmt, "source": str(source.path.resolve()), "source_kind": source.kind,
+            "state": source.state, "dtype": dtype, "model": source.model.model_dump(mode="json"),
+            "framing": source.framing, "command": command}
+
+
 def export(path: str | Path, out: Path | None = None, dtype: str | None = None, verify: bool = True,
            force: bool = False, max_shard_size: int = DEFAULT_SHARD, device: str = "cpu",
            command: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
@@ -91,19 +100,8 @@ def export(path: str | Path, out: Path | None = None, dtype: str | None = None, 
         files = write_sharded(specs, tensor, tmp, max_shard_size, written)  # name -> sha256
         _write_configs(source, tokenizer, tmp, dtype)
         save_tokenizer(tokenizer, tmp)
-        meta = {
-            "format": "huggingface-llama",
-            "source": str(source.path.resolve()),
-            "source_kind": source.kind,
-            "state": source.state,
-            "dtype": dtype,
-            "model": source.model.model_dump(mode="json"),
-            "pad_token": pad,
-            "framing": source.framing,
-            "files": files,
-            "model_sha256": model_checksum(tmp, files),
-            "command": command,
-        }
+        meta = {**source_record("huggingface-llama", source, dtype, command), "pad_token": pad,
+                "files": files, "model_sha256": model_checksum(tmp, files)}
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(source, meta, release_name(source, out)))
         if verify:

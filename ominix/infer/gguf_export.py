@@ -27,7 +27,7 @@ from ominix.checkpoint.weights import read_tensor, weight_infos
 from ominix.errors import OminixError
 from ominix.extras import install_hint
 from ominix.hashing import sha256_file
-from ominix.infer.export import export_names, prepare_tokenizer, release_name
+from ominix.infer.export import export_names, prepare_tokenizer, release_name, source_record
 from ominix.infer.gguf_vocab import vocab_fields, write_vocab
 from ominix.infer.load import EXPORT_META, check_state, load_tokenizer, resolve, torch_dtype
 
@@ -148,18 +148,9 @@ def export_gguf(path: str | Path, out: Path | None = None, dtype: str | None = N
             writer.write_tensor_data(gguf_array(hf_name, read_tensor(infos[hf_name], hf_name),
                                                 source.model, dtype))
         writer.close()
-        meta = {
-            "format": "gguf",
-            "source": str(source.path.resolve()),
-            "source_kind": source.kind,
-            "state": source.state,
-            "dtype": dtype,
-            "model": source.model.model_dump(mode="json"),
-            "tokenizer": {"model": vocab["model"], "pre": vocab["pre"], "add_bos_token": vocab["add_bos_token"]},
-            "framing": source.framing,
-            "files": {GGUF_FILE: sha256_file(tmp / GGUF_FILE)},
-            "command": command,
-        }
+        meta = {**source_record("gguf", source, dtype, command),
+                "tokenizer": {"model": vocab["model"], "pre": vocab["pre"], "add_bos_token": vocab["add_bos_token"]},
+                "files": {GGUF_FILE: sha256_file(tmp / GGUF_FILE)}}
         (tmp / EXPORT_META).write_text(json.dumps(meta, indent=2) + "\n")
     meta["out"] = str(out)
     return meta
