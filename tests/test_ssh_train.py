@@ -101,19 +101,11 @@ def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path, prep
     def kill_node1_worker() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                    env = (entry / "environ").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                # a worker (LOCAL_RANK set by torchrun) of node 1 of this run, once it trains
-                if (b"ominix.train" in cmd and str(run).encode() in cmd and b"GROUP_RANK=1" in env
-                        and b"LOCAL_RANK=0" in env and (run / "metrics.jsonl").exists()):
-                    os.kill(int(entry.name), 9)
-                    return
+            # node 1's worker (one per node), once the run trains
+            workers = _node_processes(run, 1, workers_only=True) if (run / "metrics.jsonl").exists() else []
+            if workers:
+                os.kill(workers[0], 9)
+                return
             time.sleep(0.2)
 
     threading.Thread(target=kill_node1_worker, daemon=True).start()
