@@ -30,7 +30,7 @@ test-deps:
 	@test -z "$(strip $(TEST_DEBS))" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_DEBS))
 
 test: install test-deps
-	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -q $(PYTEST_ARGS)'
+	unshare -n sh -c 'ip link set lo up && $(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)'
 
 test-gpu:
 	$(BIN)/python -m pytest -q -m gpu tests/gpu

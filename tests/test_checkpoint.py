@@ -249,3 +249,30 @@ def test_retention_counts_only_complete_checkpoints_and_leaves_strays_alone(tmp_
     kept = {e["step"]: e["kept"] for e in list_checkpoints(tmp_path)}
     assert kept[10] == "last 2" and kept[20] == "latest, last 2"
     assert kept[25].startswith("incomplete") and kept[30].startswith("incomplete")
+
+
+def test_a_delete_killed_half_way_leaves_a_scratch_directory_the_next_save_clears(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """Retention renames a checkpoint out of the step names before removing its files, so a process
+    killed in the middle of a delete never leaves a half-deleted ``step_*`` (which, being incomplete,
+    retention would keep for ever)."""
+    from ominix.checkpoint import retention
+
+    for step in (1, 2, 3):
+        _ckpt(tmp_path, step)
+    ckpts = checkpoints_dir(tmp_path)
+    write_latest(ckpts, step_name(3))
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):  # removes one file, then the process "dies"
+        next(p for p in Path(path).rglob("*") if p.is_file()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retention.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prune(ckpts, keep_last=2, keep_every=0)
+    monkeypatch.setattr(retention.shutil, "rmtree", real_rmtree)
+    assert [s for s, _ in step_dirs(ckpts)] == [2, 3]
+    assert (ckpts / f".{step_name(1)}.deleting").is_dir()
+    retention.clear_scratch(ckpts)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", step_name(2), step_name(3)]

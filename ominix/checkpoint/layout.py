@@ -27,6 +27,7 @@ TOKENIZER = "tokenizer"  # the tokenizer the weights were trained with, copied f
 RECORD = "integrity.json"  # size and sha256 of every other file of the checkpoint, written last
 STAGING = ".tmp-save"  # suffix of a checkpoint being written
 ASIDE = ".old-save"  # suffix of a checkpoint moved aside while the same step is saved again
+DELETING = ".deleting"  # suffix of a checkpoint that retention is deleting (renamed first, then removed)
 STEP_GLOB = "step_*"  # for messages: how a user recognises a step directory
 _STEP = re.compile(r"^step_(\d{8,})$")
 
@@ -61,7 +62,7 @@ def aside_dir(ckpts: Path, step: int) -> Path:
 
 
 def scratch_dirs(ckpts: Path, suffix: str) -> list[tuple[int, Path]]:
-    """The ``STAGING`` or ``ASIDE`` directories in ``ckpts`` with their steps."""
+    """The ``STAGING``, ``ASIDE`` or ``DELETING`` directories in ``ckpts`` with their steps."""
     if not ckpts.is_dir():
         return []
     found = ((parse_step(p.name[1:-len(suffix)]), p) for p in ckpts.glob(f".step_*{suffix}"))

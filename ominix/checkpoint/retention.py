@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ominix.checkpoint.layout import (
-    ASIDE, CHECKPOINTS, STAGING, STATE, checkpoints_dir, is_checkpoint, latest_name, parse_step, read_state,
+    ASIDE, CHECKPOINTS, DELETING, STAGING, STATE, checkpoints_dir, is_checkpoint, latest_name, parse_step, read_state,
     scratch_dirs, step_dirs, step_name,
 )
 from ominix.config import load_config
@@ -43,12 +43,23 @@ def _kept(ckpts: Path, keep_last: int, keep_every: int) -> list[tuple[int, Path,
     return [(step, path, reasons[step]) for step, path in found]
 
 
+def _delete(path: Path) -> None:
+    """Remove the checkpoint ``path`` as one step: it is renamed out of the step names first, so a
+    process killed while deleting leaves a scratch directory (cleared before the next save), never a
+    half-deleted ``step_*`` directory that would look incomplete and be kept for ever."""
+    doomed = path.with_name(f".{path.name}{DELETING}")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
 def prune(ckpts: Path, keep_last: int, keep_every: int) -> list[Path]:
     """Delete the checkpoints in ``ckpts`` that no retention rule keeps; returns what was removed."""
     removed = []
     for _, path, reasons in _kept(ckpts, keep_last, keep_every):
         if not reasons:
-            shutil.rmtree(path)
+            _delete(path)
             removed.append(path)
     return removed
 
@@ -74,7 +85,7 @@ def make_room(ckpts: Path, step: int, keep_last: int, keep_every: int) -> list[P
             break
         if not after[old] and old != latest:
             free += _size(path)
-            shutil.rmtree(path)
+            _delete(path)
             removed.append(path)
     return removed
 
@@ -96,7 +107,7 @@ def finish_overwrites(ckpts: Path) -> list[str]:
 def clear_scratch(ckpts: Path) -> None:
     """Before a save: delete what killed saves left under temporary names (one run writes a run
     directory, so every other temporary is stale) and finish interrupted overwrites."""
-    for _, tmp in scratch_dirs(ckpts, STAGING):
+    for _, tmp in [*scratch_dirs(ckpts, STAGING), *scratch_dirs(ckpts, DELETING)]:
         shutil.rmtree(tmp)
     finish_overwrites(ckpts)
 
