@@ -95,26 +95,32 @@ def test_two_node_training_checkpoints_and_resumes(sshd: Sshd, tmp_path: Path, p
     print(f"two-node tiny training over SSH, 4 steps: {took:.1f} s")
 
 
-def test_killing_one_nodes_worker_stops_the_run(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
+@pytest.mark.parametrize("target", ["worker", "torchrun"])
+def test_kill_9_on_one_node_stops_the_run_with_one_line(sshd: Sshd, tmp_path: Path, prepared: Path,
+                                                        target: str) -> None:
+    """kill -9 of node 1's worker, or of node 1's torchrun agent itself, under launch.max_restarts=0:
+    every node stops, the launcher names node 1 and the cause in one line, no traceback, nothing left."""
     run = tmp_path / "run"
+    killed: list[int] = []
 
-    def kill_node1_worker() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            # node 1's worker (one per node), once the run trains
-            workers = _node_processes(run, 1, workers_only=True) if (run / "metrics.jsonl").exists() else []
-            if workers:
-                os.kill(workers[0], 9)
-                return
-            time.sleep(0.2)
+    def kill_on_node1() -> None:
+        pids = _node_processes(run, 1, workers_only=True) if target == "worker" else _node_agent(run, 1)
+        for pid in pids[:1]:
+            os.kill(pid, signal.SIGKILL)
+        killed.extend(pids[:1])
 
-    threading.Thread(target=kill_node1_worker, daemon=True).start()
+    _when_step(run, 1, kill_on_node1)
     result = _launch(sshd, tmp_path, prepared, 100000, "--set", "launch.max_restarts=0")
+    assert killed
     assert result.returncode == 101, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
     assert "no restart left (launch.max_restarts 0)" in result.stderr
     assert f"node 1 (127.0.0.2:{sshd.port}) failed first" in result.stderr
-    assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
-    assert _leftovers(run) == []
+    if target == "worker":
+        assert "SIGKILL" in result.stderr  # the cause, from torchrun's summary on node 1
+    else:  # the guard reports its torchrun's end; no unrelated log line is quoted as the cause
+        assert "failed first: killed by signal 9; stopped the other nodes" in result.stderr
+    assert _leftovers(run) == [] and _node_processes(run, 1) == []
 
 
 def test_colossalai_launcher_trains_over_ssh(sshd: Sshd, tmp_path: Path, prepared: Path) -> None:
@@ -193,6 +199,20 @@ def _node_processes(run_dir: Path, node: int, workers_only: bool = False) -> lis
             continue
         worker = b"torch.distributed.run" not in cmd and f"GROUP_RANK={node}".encode() in env
         if str(run_dir).encode() in cmd and (worker or (not workers_only and f"--node-rank={node}".encode() in cmd)):
+            found.append(int(entry.name))
+    return found
+
+
+def _node_agent(run_dir: Path, node: int) -> list[int]:
+    """The torchrun agent of ``node`` in this run (not its node guard, whose command line holds torchrun's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        ours = b"torch.distributed.run" in cmd and str(run_dir).encode() in cmd and b"ominix.launch.nodeguard" not in cmd
+        if ours and f"--node-rank={node}".encode() in cmd:
             found.append(int(entry.name))
     return found
 

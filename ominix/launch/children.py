@@ -34,6 +34,14 @@ from ominix.errors import OminixError
 _PR_SET_PDEATHSIG = 1
 # torchrun's own log lines: "W1201 15:19:47.712000 18416 torch/distributed/elastic/...:1028] ..."
 _TORCH_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/distributed/\S+\] ")
+_TORCH_CPP_LOG = re.compile(r"^\[[IWEF]\d{4} [\d:.]+ \S+:\d+\] ")  # c10's own log lines, e.g. [W1203 ... socket.cpp:207]
+
+
+def is_torch_log(line: str) -> bool:
+    """A line of torch's own logging (Python or C++), which never says why a worker failed."""
+    return bool(_TORCH_LOG.match(line) or _TORCH_CPP_LOG.match(line))
+
+
 _OWN_EXCEPTIONS = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError",
                    "torch.distributed.elastic.multiprocessing.api.SignalException")
 

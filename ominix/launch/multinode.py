@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
+from ominix.launch.children import TorchrunFilter, is_torch_log
 from ominix.launch.command import KEEP_ENV, every_node_env, forwarded, is_secret, remote_python, workdir
 from ominix.launch.events import Events
 from ominix.launch.nodeguard import GUARD_PID
@@ -138,24 +139,37 @@ class _Node:
         return time.monotonic() - self.last_reply
 
     def _pump(self, log: Path, events: queue.Queue, show: Events, show_lock: threading.Lock) -> None:
+        """Copy the node's output to its log as it comes and show it line by line; torchrun's own
+        tracebacks and failure tables are kept out of the console as on one node (the log and
+        ``tail``, from which the cause is read, keep every line), unless tracebacks are wanted."""
+        from ominix.cli.render import debug_enabled
+
         prefix = f"[{self.node.target.label}] "
+        console = None if debug_enabled() else TorchrunFilter()
+
+        def show_lines(lines: list[str]) -> None:
+            for line in lines:
+                self.tail.append(line)
+            for line in (lines if console is None else [kept for raw in lines for kept in console.feed(raw)]):
+                show.line(prefix + line)
+
         pending = b""
         with log.open("ab") as fh:
             while chunk := self.channel.recv(65536):
                 fh.write(chunk)
                 fh.flush()
                 *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.startswith(GUARD_PID.encode()):
+                        self.guard_pid = int(line.split()[-1])
                 with show_lock:
-                    for line in lines:
-                        if line.startswith(GUARD_PID.encode()):
-                            self.guard_pid = int(line.split()[-1])
-                            continue
-                        self.tail.append(line.decode(errors="replace"))
-                        show.line(prefix + self.tail[-1])
-            if pending:
-                self.tail.append(pending.decode(errors="replace"))
-                with show_lock:
-                    show.line(prefix + self.tail[-1])
+                    show_lines([line.decode(errors="replace") for line in lines
+                                if not line.startswith(GUARD_PID.encode())])
+            with show_lock:
+                show_lines([pending.decode(errors="replace")] if pending else [])
+                if console is not None:
+                    for line in console.flush():
+                        show.line(prefix + line)
         # -1: the channel closed without an exit status (host or network dropped)
         status = self.channel.recv_exit_status()
         events.put((self.node.rank, status))
@@ -187,15 +201,17 @@ class _Node:
 
 
 def _cause(tail: collections.abc.Iterable[str]) -> str:
-    """The reason a node gave: the worker's own error line, or torchrun's root-cause summary."""
-    lines = [line.strip() for line in tail if line.strip()]
+    """The reason a node gave: the worker's own error line, torchrun's root-cause summary, or the
+    last line that names an error; "" when the node said none (e.g. its torchrun was killed)."""
+    lines = [line.strip() for line in tail if line.strip() and not is_torch_log(line)]
     ours = [line for line in lines if line.startswith("error (rank")]
     if ours:
         return ours[-1]
     fields = dict(re.findall(r"^(rank|exitcode|traceback)\s*:\s*(.+)$", "\n".join(lines), re.M))
     if fields:
         return "; ".join(f"{k} {v}" for k, v in fields.items() if v != "<N/A>")
-    return lines[-1] if lines else ""
+    said = [line for line in lines if re.search(r"error|exception|killed", line, re.I)]
+    return said[-1] if said else ""  # a training log line would say nothing about the failure
 
 
 def _worker_exit(tail: collections.abc.Iterable[str]) -> int | None:
