@@ -139,13 +139,14 @@ def run_all(cases: list[Case], shared: Paths, root: Path, workers: int | None = 
         return dict(pool.map(one, cases))
 
 
-def build_fixtures(root: Path) -> Paths:
-    """The shared inputs, built once: the tiny preset's data, a 3-step run (1 process, one checkpoint)
-    and its fp32 export."""
-    data, run, export = root / "data", root / "run", root / "export"
+def build_fixtures(root: Path, data: Path | None = None) -> Paths:
+    """The shared inputs, built once: the tiny preset's data (prepared here unless ``data`` is
+    given), a 3-step run (1 process, one checkpoint) and its fp32 export."""
+    prepare = [] if data else [("data", "prepare", "--config", "tiny", "--out", str(root / "data"))]
+    data, run, export = data or root / "data", root / "run", root / "export"
     steps = ["--set", "schedule.warmup_steps=1", "--set", "checkpoint.every=3", "--set", "schedule.eval_every=3",
              "--set", "schedule.eval_blocks=8"]
-    for argv in (("data", "prepare", "--config", "tiny", "--out", str(data)),
+    for argv in (*prepare,
                  ("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run), "--max-steps", "3", *steps),
                  ("checkpoint", "export", str(run), "--out", str(export), "--dtype", "fp32", "--no-verify")):
         result = run_cli(*argv, env=ENV, timeout=600)

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -72,10 +71,16 @@ def test_help_imports_nothing_heavy() -> None:
 
 
 def test_help_is_fast() -> None:
-    run_cli("--help")  # warm the bytecode cache
-    start = time.perf_counter()
-    run_cli("--help")
-    assert time.perf_counter() - start < 1.5  # generous for a loaded CI box; measured ~0.35 s
+    """The CPU time of a new interpreter's ``--help``: what it costs, however loaded the machine is."""
+    def cpu_seconds() -> float:
+        proc = subprocess.Popen([sys.executable, "-m", "ominix", "--help"], stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_seconds()  # warm the bytecode cache
+    assert cpu_seconds() < 1.0  # measured ~0.3 s; importing torch alone costs ~2 s
 
 
 def test_version() -> None:

@@ -22,11 +22,14 @@ import torch
 
 from ominix.checkpoint import read_weights, resumable
 from tests.conftest import REPO
-from tests.test_train import _launch, _losses, _ok, data_dir  # noqa: F401 (data_dir: the prepared-data fixture)
+from tests.fs_events import TreeEvents
+from tests.test_train import _launch, _losses, _ok
 
 STEPS = 5
 SETS = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=1", "schedule.eval_every=0",
         "logging.tensorboard=false", "checkpoint.keep_every=0"]
+
+SEED = 17  # the kill delays: the same kill points on every run, printed in the assertion messages
 
 pytestmark = pytest.mark.usefixtures("private_netns")
 
@@ -63,35 +66,43 @@ def reference(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _kill_when(argv: list[str], ckpts: Path, seen, delay: float) -> None:
-    """Start the run; ``delay`` seconds after ``seen(ckpts)`` first holds, kill -9 all its processes."""
-    log = ckpts.parent.parent / "killed.log"
-    with log.open("a") as out:
-        proc = subprocess.Popen(_isolated(argv), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
-    try:
-        while not seen(ckpts):
-            assert proc.poll() is None, f"the run ended before the kill point: {log.read_text()[-2000:]}"
-            time.sleep(0.001)
-        time.sleep(delay)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+    """Start the run; ``delay`` seconds after a path for which ``seen`` holds is created under the
+    run (an inotify event: never missed, however short-lived), kill -9 all its processes."""
+    root = ckpts.parent.parent
+    log = root / "killed.log"
+    with TreeEvents(root) as events:
+        with log.open("a") as out:
+            proc = subprocess.Popen(_isolated(argv), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            events.wait(seen, alive=lambda: proc.poll() is None)
+            time.sleep(delay)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {log.read_text()[-2000:]}") from None
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+
+
+def _named(*parts: str):
+    """A path ending in ``parts`` (the staging directory, then what is written into it)."""
+    return lambda path: path.parts[-len(parts):] == parts
 
 
 def test_kill_9_of_every_process_during_saves_then_resume_is_bit_exact(reference: Path, data_dir: Path,  # noqa: F811
                                                                         tmp_path: Path) -> None:
-    run, rng = tmp_path / "run", random.Random()
+    run, rng = tmp_path / "run", random.Random(SEED)
     ckpts = run / "checkpoints"
     kills = [  # (what the run has just done, then a random delay within a save of ~70 ms)
-        (lambda c: (c / ".step_00000002.tmp-save").is_dir(), rng.uniform(0, 0.05)),  # writing step 2
-        (lambda c: (c / "step_00000003").is_dir(), 0.0),  # step 3 renamed in; latest may still name step 2
-        (lambda c: (c / ".step_00000004.tmp-save").is_dir(), rng.uniform(0, 0.08)),  # anywhere in step 4's save
+        (_named("checkpoints", ".step_00000002.tmp-save"), rng.uniform(0, 0.05)),  # writing step 2
+        (_named("checkpoints", "step_00000003"), 0.0),  # step 3 renamed in; latest may still name step 2
+        (_named("checkpoints", ".step_00000004.tmp-save"), rng.uniform(0, 0.08)),  # anywhere in step 4's save
     ]
     for seen, delay in kills:
         _kill_when(_argv(data_dir, run, "--max-steps", str(STEPS)), ckpts, seen, delay)
     result = subprocess.run(_isolated(_argv(data_dir, run, "--max-steps", str(STEPS))), cwd=REPO, env=_env(),
                             capture_output=True, text=True, timeout=300)
     _ok(result)
-    delays = [round(d, 3) for _, d in kills]
+    delays = f"seed {SEED}, kill delays {[round(d, 3) for _, d in kills]}"
     assert _losses(run) == _losses(reference), delays  # bit-identical, every step
     assert _same_weights(ckpts / "step_00000005", reference / "checkpoints" / "step_00000005"), delays
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004", "step_00000005"]
@@ -105,19 +116,19 @@ def test_kill_9_during_background_writes_then_resume_is_bit_exact(reference: Pat
                                                                    tmp_path: Path) -> None:
     """checkpoint.async_save: the loop goes on while a thread writes; a kill in that write leaves
     ``latest`` on the checkpoint before, and the resumed run continues the same losses."""
-    run, rng = tmp_path / "run", random.Random()
+    run, rng = tmp_path / "run", random.Random(SEED)
     ckpts = run / "checkpoints"
     argv = _argv(data_dir, run, "--max-steps", str(STEPS), "--set", "checkpoint.async_save=true")
     kills = [  # the model's weights appear in the staging directory only once the thread writes them
-        (lambda c: (c / ".step_00000002.tmp-save" / "model" / "model-00001.safetensors").is_file(), 0.0),
-        (lambda c: (c / ".step_00000003.tmp-save").is_dir(), rng.uniform(0, 0.3)),  # either phase
-        (lambda c: (c / "step_00000004").is_dir(), 0.0),  # renamed in; latest may still name step 3
+        (_named(".step_00000002.tmp-save", "model", "model-00001.safetensors"), 0.0),
+        (_named("checkpoints", ".step_00000003.tmp-save"), rng.uniform(0, 0.3)),  # either phase
+        (_named("checkpoints", "step_00000004"), 0.0),  # renamed in; latest may still name step 3
     ]
     for seen, delay in kills:
         _kill_when(argv, ckpts, seen, delay)
     result = subprocess.run(_isolated(argv), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     _ok(result)
-    delays = [round(d, 3) for _, d in kills]
+    delays = f"seed {SEED}, kill delays {[round(d, 3) for _, d in kills]}"
     assert _losses(run) == _losses(reference), delays
     assert _same_weights(ckpts / "step_00000005", reference / "checkpoints" / "step_00000005"), delays
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000004", "step_00000005"]

@@ -18,7 +18,7 @@ import pytest
 from ominix.errors import OminixError
 from ominix.launch.lock import LOCK_NAME, RunLock
 from tests.conftest import REPO, run_cli
-from tests.test_train import data_dir  # noqa: F401  (the session's prepared tiny data)
+
 
 SETS = ["schedule.warmup_steps=1", "logging.log_every=1", "checkpoint.every=0", "schedule.eval_every=0",
         "logging.tensorboard=false"]

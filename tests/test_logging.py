@@ -98,10 +98,8 @@ def _ok(result) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    _ok(run_cli("data", "prepare", "--config", "tiny", "--out", str(out), timeout=300))
-    return out
+def data(data_dir: Path) -> Path:
+    return data_dir  # the session's prepared tiny data (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from ominix.errors import OminixError
 from ominix.train.layout import derive_layout, validate
 from ominix.train.memory import GIB, estimate
 from tests.conftest import run_cli
-from tests.test_train import _launch, _ok, data_dir  # noqa: F401  (data_dir is a fixture)
+from tests.test_train import _launch, _ok
 
 ONE_GPU = {"launch.nodes": 1, "launch.nproc_per_node": 1}
 H200 = "launch.device_memory_gib=140"

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.slurmd import Slurm, slurm  # noqa: F401  (fixture)
-from tests.test_train import data_dir  # noqa: F401  (fixture)
+
 
 QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=0", "schedule.eval_every=0",
          "checkpoint.keep_last=1", "checkpoint.keep_every=0", "launch.master_addr=127.0.0.1",

@@ -1,7 +1,7 @@
 """The bad-input sweep (tests/sweep_cases.py): each case run through ``python -m ominix`` as a user
 would, asserting its outcome class (clean error, usage error, right result, named notice).
 
-The shared inputs (a prepared tiny dataset, a 3-step one-process run and its export) are built once;
+The shared inputs (the session's prepared tiny dataset, a 3-step one-process run and its export) are built once;
 the selected cases then run one per core (at most 4) in one session fixture, and each test reads
 its result.
 `python scripts/bad_input_sweep.py` runs the same cases and writes docs/BAD_INPUTS.md.
@@ -17,14 +17,15 @@ from tests.sweep_cases import CASES, Case, Observed, as_expected, build_fixtures
 
 
 @pytest.fixture(scope="session")
-def observed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Observed]:
+def observed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             data_dir: Path) -> dict[str, Observed]:
     from tests.conftest import in_private_netns
 
     if not in_private_netns():
         pytest.fail("the sweep trains a tiny run: run it via `make test` (private network namespace)")
     wanted = {item.callspec.params["case"].id for item in request.session.items
               if hasattr(item, "callspec") and isinstance(item.callspec.params.get("case"), Case)}
-    shared = build_fixtures(tmp_path_factory.mktemp("sweep-shared"))
+    shared = build_fixtures(tmp_path_factory.mktemp("sweep-shared"), data_dir)
     return run_all([c for c in CASES if c.id in wanted], shared, tmp_path_factory.mktemp("sweep-cases"))
 
 

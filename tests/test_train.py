@@ -28,16 +28,6 @@ QUICK = ["schedule.warmup_steps=2", "logging.log_every=1", "checkpoint.every=3",
 LOCAL_TASK = REPO / "tests" / "data" / "lm_eval" / "tiny_choice.yaml"  # task ominix_tiny_choice
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset's data, prepared for real: the embedded corpus, a trained byte-level BPE
-    tokenizer of 2048 ids, seq_len 128, 5% held out."""
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    result = run_cli("data", "prepare", "--config", "tiny", "--out", str(out), timeout=300)
-    assert result.returncode == 0, result.stderr
-    return out
-
-
 def _launch(data: Path, run_dir: Path, *args: str, sets: list[str] = QUICK, timeout: float = 300):
     flags = [a for s in sets for a in ("--set", s)]
     return run_cli("train", "launch", "tiny", "--data", str(data), "--run-dir", str(run_dir), *args, *flags,

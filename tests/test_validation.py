@@ -13,7 +13,7 @@ import pytest
 from ominix.config import load_config
 from ominix.errors import OminixError
 from tests.conftest import run_cli
-from tests.test_train import _launch, _ok, data_dir  # noqa: F401  (data_dir: the shared fixture)
+from tests.test_train import _launch, _ok
 
 EVAL = ["schedule.warmup_steps=1", "logging.log_every=1", "schedule.eval_every=1", "schedule.eval_blocks=5",
         "logging.tensorboard=false"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import _launch, _losses, _ok, data_dir  # noqa: F401  (data_dir is a fixture)
+from tests.test_train import _launch, _losses, _ok
 
 pytestmark = pytest.mark.gpu
 
