@@ -100,7 +100,9 @@ def test_docs_relative_links_resolve() -> None:
 
 @pytest.mark.slow
 def test_docs_bash_examples_run(tmp_path: Path, private_netns: None) -> None:
-    script = "set -euo pipefail\n" + "\n".join(f"echo '+ '{shlex.quote(line)}\n{line}" for line in bash_lines())
+    # each line is echoed with the seconds since the start, so a failure's output shows where time went
+    script = "set -euo pipefail\n" + "\n".join(f"echo \"+ [${{SECONDS}}s] \"{shlex.quote(line)}\n{line}"
+                                                for line in bash_lines())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, text=True, capture_output=True,
