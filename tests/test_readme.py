@@ -26,11 +26,12 @@ import pytest
 from tests.conftest import REPO
 
 SKIP = re.compile(r"^(make|pip|python3 -m venv)\b")
-RUN_PAGES = ("README.md", "docs/DATA.md", "docs/TRAINING.md", "docs/EXPORT.md", "docs/INFERENCE.md", "docs/MOF.md")
+RUN_PAGES = ("README.md", "docs/DATA.md", "docs/TRAINING.md", "docs/EXPORT.md", "docs/INFERENCE.md",
+             "docs/MOF.md")
 PAGES = ("README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")))
-README_GROUPS = ["ominix data prepare", "ominix data inspect", "ominix train launch", "ominix checkpoint list",
-                 "ominix checkpoint export", "ominix infer", "ominix eval", "ominix mof init", "ominix mof report",
-                 "ominix mof check", "ominix quickstart"]
+README_GROUPS = ["ominix data prepare", "ominix data inspect", "ominix train launch",
+                 "ominix checkpoint list", "ominix checkpoint export", "ominix infer", "ominix eval",
+                 "ominix mof init", "ominix mof report", "ominix mof check", "ominix quickstart"]
 DOCS_GROUPS = ["ominix config", "ominix train check-hosts", "ominix train plot", "ominix release push",
                "ominix data batch"]
 # Checks each line's command and flags in one interpreter: a process per line would cost seconds each.
@@ -86,16 +87,17 @@ def test_docs_shown_commands_parse() -> None:
 
 
 def test_docs_relative_links_resolve() -> None:
-    broken = []
+    broken, checked = [], 0
     for page in PAGES:
         text = re.sub(r"^```.*?^```", "", (REPO / page).read_text(), flags=re.M | re.S)
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             path = target.split("#")[0]
             if re.match(r"[a-z]+:", target) or not path:
                 continue
+            checked += 1
             if not (REPO / page).parent.joinpath(path).resolve().is_file():
                 broken.append(f"{page}: {target}")
-    assert not broken, broken
+    assert checked > 30 and not broken, broken
 
 
 @pytest.mark.slow
