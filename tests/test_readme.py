@@ -42,7 +42,8 @@ from ominix.cli.main import app
 for args in json.load(sys.stdin):
     result = CliRunner().invoke(app, args)
     if result.exit_code != 0:
-        said = [line.strip(" |\u2502") for line in result.output.splitlines() if any(c.isalpha() for c in line)]
+        said = [line.strip(" \u2502") for line in result.output.splitlines()
+                if any(c.isalpha() for c in line)]
         print(" ".join(args[:-1]), "->", said[-1:])
 """
 
