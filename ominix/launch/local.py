@@ -50,7 +50,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     before anything starts."""
     import torch
 
-    from ominix.cli.render import debug_enabled
+    from ominix.console import debug_enabled
     from ominix.train import memory
     from ominix.train.layout import validate, with_global_batch
 
@@ -81,7 +81,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 def _in_process(run_dir: str) -> int:
     """The worker in this process, with a worker's error contract: any error's traceback goes into
     RUN_DIR/train.log, and an error that is not an OminixError becomes one (one line and a hint)."""
-    from ominix.cli.render import debug_enabled
+    from ominix.console import debug_enabled
     from ominix.train.failure import as_ominix_error, log_traceback
     from ominix.train.loop import main
 

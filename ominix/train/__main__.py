@@ -21,8 +21,8 @@ def run() -> int:
         from ominix.launch.children import die_with_parent
 
         die_with_parent()
-    from ominix.cli.quiet import filter_third_party_warnings
-    from ominix.cli.render import debug_enabled, report_error
+    from ominix.warning_filter import filter_third_party_warnings
+    from ominix.console import debug_enabled, report_error
     from ominix.train.failure import as_ominix_error, log_traceback
 
     filter_third_party_warnings()  # tensornvme, apex, bitsandbytes...: shown with OMINIX_DEBUG=1

@@ -17,11 +17,13 @@ import contextlib
 import faulthandler
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ominix import console
+from ominix.errors import OminixError
 
 EXIT_HUNG = 124  # as timeout(1) says "timed out"
 HANG_DIR = "hang"
@@ -78,9 +80,8 @@ class Watchdog:
             faulthandler.dump_traceback(fh, all_threads=True)
         message = (f"no step for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g}): this rank or another "
                    f"is hung; stacks in {path}")
-        sys.stderr.write(f"error (rank {rank}): {message}\nhint: a frozen node or a stuck collective; "
-                         "raise launch.hang_timeout if a step, eval or save takes longer\n")
-        sys.stderr.flush()
+        console.report_error(OminixError(message, "a frozen node or a stuck collective; raise "
+                                         "launch.hang_timeout if a step, eval or save takes longer"), rank)
         with (self.run_dir / "train.log").open("a") as log:
             log.write(f"rank {rank}: {message}\n")
         os._exit(EXIT_HUNG)

@@ -1,5 +1,5 @@
 """Third-party import-time warnings that say nothing to an OminiX user, filtered in the CLI and in
-every training worker; ``--debug`` (``OMINIX_DEBUG=1``) shows them. Free of Typer (the worker uses it).
+every training worker; ``--debug`` (``OMINIX_DEBUG=1``) shows them.
 
 Each entry names an optional accelerator OminiX does not use, or a deprecation inside ColossalAI's
 own code; none asks the user to change anything of theirs.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from ominix.cli.render import debug_enabled
+from ominix.console import debug_enabled
 
 # (category, start of the message): Python warnings raised while importing or wrapping
 WARNINGS = (
