@@ -186,11 +186,6 @@ def fill(model, tensors: Iterable[tuple[str, Any]]):
     return model
 
 
-def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str = "cpu", dtype: str = "fp32"):
-    """An eval-mode OminiX model on ``device`` in ``dtype`` holding ``state`` (already checked)."""
-    return fill(empty_model(model_cfg, device, dtype), state.items())
-
-
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):
     """Check the weights of ``source`` against its shape (headers only), then load them into a
     model built empty on ``device``, one tensor at a time: host memory holds the model (when

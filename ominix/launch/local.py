@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from ominix.config import dump_yaml
+from ominix.env_defaults import env_defaults
 from ominix.errors import OminixError
 from ominix.launch.children import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
@@ -29,18 +28,6 @@ def local_nproc(cfg: OminixConfig) -> int:
     import torch
 
     return max(torch.cuda.device_count(), 1)
-
-
-@contextlib.contextmanager
-def missing_env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set the ``values`` this process's environment lacks, and remove them again on exit."""
-    added = [k for k in values if k not in os.environ]
-    os.environ.update({k: values[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
 
 
 def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = None) -> Outcome:
@@ -69,7 +56,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     with RunDir(cfg, events.notice) as claimed:
         claimed.write_config()
         if nproc == 1:
-            with missing_env(cfg.launch.env):
+            with env_defaults(cfg.launch.env):
                 return claimed.finish(Outcome(_in_process(run_dir)))
         relauncher = Relauncher(cfg, claimed.path, events, claimed.write_config)
         code = relauncher.run(lambda: run_torchrun(argv, local_env(cfg, os.environ), events.stderr,
