@@ -19,7 +19,8 @@ def debug_enabled() -> bool:
 
 
 def out(line: str) -> None:
-    """``line`` on stdout, flushed at once: a launcher reading a worker's pipe sees it as it comes."""
+    """``line`` on stdout, flushed at once: a launcher reading a worker's pipe sees it as it
+    comes."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 

@@ -1,4 +1,4 @@
-"""Environment variables set for the length of a block, only where the process has none of its own."""
+"""Environment variables set for the length of a block, where the process has none of its own."""
 
 from __future__ import annotations
 

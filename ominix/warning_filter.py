@@ -14,13 +14,15 @@ from ominix.console import debug_enabled
 
 # (category, start of the message): Python warnings raised while importing or wrapping
 WARNINGS = (
-    (UserWarning, r"Please install the latest tensornvme"),  # colossalai.utils.safetensors: async save
+    # colossalai.utils.safetensors: async save
+    (UserWarning, r"Please install the latest tensornvme"),
     (UserWarning, r"Please install apex from source"),  # colossalai shardformer: fused RMSNorm
     (FutureWarning, r"`broadcast_buffers` is deprecated"),  # ColossalAI's DDP plugin, torch >= 2.10
 )
 # (logger, start of the message): log records of the same kind
 LOG_RECORDS = (
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # optional `kernels` package
+    # the optional `kernels` package
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
 )
 
 
