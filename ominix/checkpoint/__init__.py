@@ -50,19 +50,21 @@ with a notice naming what was passed over. A checkpoint without integrity.json (
 records existed) is accepted when its state.json parses and its safetensors are as long as their
 headers say.
 
-Modules: ``layout`` (names, discovery, ``latest``, state.json), ``retention`` (what is kept, prune,
-the listing), ``weights`` (reading safetensors), ``integrity`` (sha256 of files and of a model),
+Modules: ``layout`` (names, ``latest``, state.json), ``discovery`` (the latest checkpoint, the one
+a path names, every complete one), ``retention`` (what is kept, prune, the listing), ``weights``
+(reading safetensors), ``integrity`` (sha256 of files and of a model, and whether a checkpoint is
+complete: the one rule),
 ``store`` (save and load through the ColossalAI booster; imports torch only when called),
 ``background`` (the save whose write, record, rename and ``latest`` happen in a thread),
 ``resume`` (which checkpoint a run resumes from).
 """
 
 from ominix.checkpoint.background import BackgroundSave, SaveTiming
-from ominix.checkpoint.integrity import checksums, model_checksum, problem
-from ominix.checkpoint.layout import (
-    Checkpoint, checkpoints_dir, complete_checkpoints, files_under, is_checkpoint, latest_checkpoint, read_state,
-    resolve_checkpoint, run_dir_of, step_name,
+from ominix.checkpoint.discovery import (
+    Checkpoint, complete_checkpoints, latest_checkpoint, resolve_checkpoint,
 )
+from ominix.checkpoint.integrity import checksums, is_checkpoint, model_checksum, problem
+from ominix.checkpoint.layout import checkpoints_dir, files_under, read_state, run_dir_of, step_name
 from ominix.checkpoint.resume import resumable
 from ominix.checkpoint.retention import kept_because, list_checkpoints, prune
 from ominix.checkpoint.store import check_compatible, load_checkpoint, save_checkpoint

@@ -19,7 +19,7 @@ from ominix.checkpoint import (
     has_weights, is_checkpoint, read_state, resolve_checkpoint, run_dir_of, weights_dir,
 )
 from ominix.checkpoint.integrity import part_problem
-from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, RECORD, STEP_GLOB, TOKENIZER
+from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, RECORD, STATE, STEP_GLOB, TOKENIZER
 from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.data.store import PLAIN
@@ -60,7 +60,8 @@ def resolve(path: str | Path) -> ModelSource:
         raise OminixError(f"{path} does not exist", HINT_SOURCES)
     if (path / "config.json").is_file() and has_weights(path):
         return _export_source(path)
-    if is_checkpoint(path) or (path / CHECKPOINTS).is_dir():
+    # a checkpoint that is not whole is resolve_checkpoint's to explain
+    if is_checkpoint(path) or (path / CHECKPOINTS).is_dir() or (path / STATE).is_file():
         return _checkpoint_source(resolve_checkpoint(path))
     raise OminixError(f"{path} is not an OminiX run, checkpoint or Hugging Face export", HINT_SOURCES)
 
