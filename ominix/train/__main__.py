@@ -1,7 +1,7 @@
 """The worker: ``python -m ominix.train --run-dir RUN_DIR`` (one per rank, under torchrun).
 
-Any error is one ``error (rank N):`` line and a hint on stderr (ominix.console, the one renderer; the
-launcher shows the first rank's only), and its traceback is appended to ``RUN_DIR/train.log``
+Any error is one ``error (rank N):`` line and a hint on stderr (ominix.console, the one renderer;
+the launcher shows the first rank's only), and its traceback is appended to ``RUN_DIR/train.log``
 (printed too with ``OMINIX_DEBUG=1``). Under torchrun the worker dies with torchrun: torchrun puts
 each worker in its own session, so a SIGKILLed torchrun would otherwise leave it running.
 """
