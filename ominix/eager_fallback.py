@@ -52,8 +52,3 @@ def _cause(exc: BaseException) -> str:
 def or_eager(compiled: Callable[..., Any], eager: Callable[..., Any]) -> Callable[..., Any]:
     """``compiled`` until its first call fails to compile, then ``eager`` (one notice per process)."""
     return _OrEager(compiled, eager)
-
-
-def compile_failure() -> str | None:
-    """Why compiling failed in this process (None: it did not, or nothing compiled yet)."""
-    return _failed[0] if _failed else None

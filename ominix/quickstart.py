@@ -4,8 +4,9 @@ data prepare -> train the first steps of the schedule (tiny preset, 2 processes 
 ColossalAI ddp, eval and checkpoints) -> resume from the last checkpoint to the schedule's end ->
 infer -> eval -> checkpoint export (verified with transformers; its card carries the evaluation) ->
 MOF report. Each stage calls the same library function as its ``ominix`` command, so the quickstart
-proves the commands a user runs next. :func:`run` prints nothing: it reports each stage and its outcome to an ``on_event`` callback
-(``ominix.cli.quickstart_view`` shows them) and returns the summary. Everything goes into one
+proves the commands a user runs next. :func:`run` prints nothing: it reports each stage and its
+outcome to an ``on_event`` callback (``ominix.cli.quickstart_view`` shows them) and returns the
+summary. Everything goes into one
 directory:
 
     OUT/data/  OUT/run/  OUT/run/export/  OUT/run/samples.jsonl  OUT/run/eval/eval_results.json

@@ -53,7 +53,7 @@ def test_dash_h_is_help_everywhere(path: list[str]) -> None:
 
 
 def test_error_lines_print_brackets_as_written(capsys: pytest.CaptureFixture[str]) -> None:
-    from ominix.cli.render import report_error
+    from ominix.console import report_error
     from ominix.errors import OminixError
 
     assert report_error(OminixError("needs pip install 'ominix[eval]'", "lines: [user@]host [slots=N]")) == 2

@@ -428,10 +428,10 @@ def test_launch_env_reaches_every_node_and_yields_to_node_env_and_the_local_envi
     assert "--env NCCL_NVLS_ENABLE=0" in b and "--env OMP_NUM_THREADS=8" in b and "OMP_NUM_THREADS=2" not in b
     assert "export NCCL_NVLS_ENABLE=0" in sbatch_script(cfg, tmp_path / "run")
     assert local_env(cfg, {"NCCL_NVLS_ENABLE": "1"}) == {"NCCL_NVLS_ENABLE": "1", "OMP_NUM_THREADS": "2"}
-    from ominix.launch.local import missing_env  # the one-process run, in this process
+    from ominix.env_defaults import env_defaults  # the one-process run, in this process
 
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
-    with missing_env(cfg.launch.env):
+    with env_defaults(cfg.launch.env):
         assert os.environ["NCCL_NVLS_ENABLE"] == "1" and os.environ["OMP_NUM_THREADS"] == "2"
     assert os.environ["NCCL_NVLS_ENABLE"] == "1" and "OMP_NUM_THREADS" not in os.environ
     plain = OminixConfig()

@@ -36,11 +36,12 @@ SHA-NI on the EPYC CI machine, where the tiny preset's 15 MB checkpoint hashes i
 save, the write going to the page cache). A 7B checkpoint with optimizer state is about 100 GB
 (13 GB bf16 weights, 84 GB fp32 master weights and Adam moments): 50-200 s on one core, but 2-6 s
 when the 32 ranks of 4 x 8 GPUs each hash their share of the files, which they just wrote and still
-have in the page cache; writing the 100 GB takes 20-100 s at 1-5 GB/s. Hashing in a background thread after the rename would save those
-seconds but leave a window where the newest checkpoint has no record, and ``latest`` would have to
-wait for the thread (or name a checkpoint resume cannot check): inline keeps one rule, "a step
-directory under its final name has its record". (DDP writes its optimizer as one file, which one
-rank must hash alone; DDP does not fit a 7B model anyway.)
+have in the page cache; writing the 100 GB takes 20-100 s at 1-5 GB/s. Hashing in a background
+thread after the rename would save those seconds but leave a window where the newest checkpoint
+has no record, and ``latest`` would have to wait for the thread (or name a checkpoint resume
+cannot check): inline keeps one rule, "a step directory under its final name has its record".
+(DDP writes its optimizer as one file, which one rank must hash alone; DDP does not fit a 7B model
+anyway.)
 
 Resume (:func:`resumable`) checks the record: sizes always (a stat per file), and the sha256 of
 every file with ``checkpoint.verify: full`` (reads the whole checkpoint once, on rank 0). It takes
@@ -49,26 +50,29 @@ with a notice naming what was passed over. A checkpoint without integrity.json (
 records existed) is accepted when its state.json parses and its safetensors are as long as their
 headers say.
 
-Modules: ``layout`` (names, discovery, ``latest``, state.json), ``retention`` (what is kept, prune,
-the listing), ``weights`` (reading safetensors), ``integrity`` (sha256 of files and of a model),
+Modules: ``layout`` (names, ``latest``, state.json), ``discovery`` (the latest checkpoint, the one
+a path names, every complete one), ``retention`` (what is kept, prune, the listing), ``weights``
+(reading safetensors), ``integrity`` (sha256 of files and of a model, and whether a checkpoint is
+complete: the one rule),
 ``store`` (save and load through the ColossalAI booster; imports torch only when called),
 ``background`` (the save whose write, record, rename and ``latest`` happen in a thread),
 ``resume`` (which checkpoint a run resumes from).
 """
 
 from ominix.checkpoint.background import BackgroundSave, SaveTiming
-from ominix.checkpoint.integrity import checksums, model_checksum, problem
-from ominix.checkpoint.layout import (
-    Checkpoint, checkpoints_dir, complete_checkpoints, files_under, is_checkpoint, latest_checkpoint, read_state,
-    resolve_checkpoint, run_dir_of, step_name,
+from ominix.checkpoint.discovery import (
+    Checkpoint, complete_checkpoints, latest_checkpoint, resolve_checkpoint,
 )
+from ominix.checkpoint.integrity import checksums, is_checkpoint, model_checksum, problem
+from ominix.checkpoint.layout import checkpoints_dir, files_under, read_state, run_dir_of, step_name
 from ominix.checkpoint.resume import resumable
 from ominix.checkpoint.retention import kept_because, list_checkpoints, prune
 from ominix.checkpoint.store import check_compatible, load_checkpoint, save_checkpoint
 from ominix.checkpoint.weights import has_weights, read_weights, weight_files, weights_dir
 
 __all__ = [
-    "BackgroundSave", "Checkpoint", "SaveTiming", "check_compatible", "checkpoints_dir", "checksums", "complete_checkpoints", "files_under",
+    "BackgroundSave", "Checkpoint", "SaveTiming", "check_compatible", "checkpoints_dir", "checksums",
+    "complete_checkpoints", "files_under",
     "has_weights", "is_checkpoint", "kept_because", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
     "model_checksum", "problem", "prune", "read_state", "read_weights", "resolve_checkpoint", "resumable",
     "run_dir_of", "save_checkpoint",

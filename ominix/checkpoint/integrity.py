@@ -91,6 +91,12 @@ def problem(ckpt: Path, verify: str = "sizes") -> str | None:
     return _state_problem(ckpt)
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A complete checkpoint: a directory in which :func:`problem` finds nothing wrong (the sizes
+    of the files its record lists, or without a record its state.json and whole weight files)."""
+    return problem(path) is None
+
+
 def part_problem(ckpt: Path, part: str) -> str | None:
     """What is wrong with the files under ``ckpt/part`` (a small part, e.g. its tokenizer, that a
     reader takes as is) against their sha256 in the record, or None; a checkpoint without a record

@@ -1,6 +1,7 @@
-"""Where a checkpoint's parts are: step directory names, discovery, the ``latest`` pointer, state.json.
+"""Where a checkpoint's parts are: step directory names, the ``latest`` pointer, state.json.
 
-This module is the only place that spells the layout; every other module asks it.
+This module is the only place that spells the layout; every other module asks it (which
+checkpoints are complete is :mod:`ominix.checkpoint.discovery`'s).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +81,6 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and ".tmp" not in p.name)
 
 
-def is_checkpoint(path: Path) -> bool:
-    """A complete checkpoint: its state.json and at least one file of weights."""
-    return (path / STATE).is_file() and any(files_under(path / MODEL))
-
-
 def read_state(ckpt_dir: Path) -> dict[str, Any]:
     file = ckpt_dir / STATE
     try:
@@ -115,92 +110,3 @@ def write_latest(ckpts: Path, name: str) -> None:
     tmp = ckpts / f".{LATEST}.tmp"
     tmp.write_text(name + "\n")
     os.replace(tmp, ckpts / LATEST)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint named by ``RUN_DIR/checkpoints/latest``, or None when there is none yet."""
-    return _follow_latest(checkpoints_dir(run_dir))
-
-
-def _follow_latest(ckpts: Path) -> Path | None:
-    name = latest_name(ckpts)
-    if name is None:
-        return None
-    if parse_step(name) is None:
-        raise OminixError(f"{ckpts / LATEST} holds {name[:40]!r}, not the name of a {STEP_GLOB} directory",
-                          f"write the newest complete one's name into it (echo step_00000100 > "
-                          f"{ckpts / LATEST}), or resume with --resume auto, which passes over a damaged "
-                          "pointer")
-    target = ckpts / name
-    if not is_checkpoint(target):
-        raise OminixError(
-            f"{ckpts / LATEST} names {target.name}, which is not a complete checkpoint",
-            f"point {ckpts / LATEST} at an existing {STEP_GLOB} directory, or resume with --resume PATH",
-        )
-    return target
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run directory (its latest), a checkpoints/ dir, or itself."""
-    path = Path(path)
-    if is_checkpoint(path):
-        return path
-    for ckpts in (path / CHECKPOINTS, path):
-        found = _follow_latest(ckpts)
-        if found is not None:
-            return found
-    if not path.exists():
-        raise OminixError(f"{path} does not exist", f"give a run directory or a {CHECKPOINTS}/{STEP_GLOB} directory")
-    raise OminixError(
-        f"{path} is neither a checkpoint nor a run directory with {CHECKPOINTS}/{LATEST}",
-        f"give a run directory that has saved a checkpoint, or a {CHECKPOINTS}/{STEP_GLOB} directory",
-    )
-
-
-@dataclass
-class Checkpoint:
-    """One complete checkpoint directory and its state.json."""
-
-    path: Path
-    step: int
-    state: dict[str, Any]
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / MODEL
-
-    @property
-    def optimizer_dir(self) -> Path:
-        return self.path / OPTIMIZER
-
-    @property
-    def scheduler_file(self) -> Path:
-        return self.path / SCHEDULER
-
-    @property
-    def state_file(self) -> Path:
-        return self.path / STATE
-
-    def has_optimizer(self) -> bool:
-        return self.optimizer_dir.is_dir() and any(files_under(self.optimizer_dir))
-
-
-def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """Every checkpoint of ``run_dir`` up to the one ``latest`` names, oldest first (empty when there
-    is none). A step directory newer than ``latest`` is the leftover of a save that never finished and
-    is skipped; an incomplete one at or below it, or a ``latest`` naming no checkpoint, is an error."""
-    ckpts = checkpoints_dir(run_dir)
-    found = []
-    for step, path in step_dirs(ckpts):
-        if not is_checkpoint(path):
-            raise OminixError(f"checkpoint {path} is incomplete (no {STATE} or no {MODEL}/ files)",
-                              "delete it, or resume training so that it is written again")
-        found.append(Checkpoint(path, step, read_state(path)))
-    name = latest_name(ckpts)
-    if name is not None:
-        newest = parse_step(name)
-        found = [c for c in found if newest is not None and c.step <= newest]
-        if not found or found[-1].path.name != name:
-            raise OminixError(f"{ckpts / LATEST} names {name!r}, which is not a complete checkpoint",
-                              f"point it at an existing {STEP_GLOB} directory")
-    return found

@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ominix.checkpoint.integrity import is_checkpoint
 from ominix.checkpoint.layout import (
-    ASIDE, CHECKPOINTS, DELETING, STAGING, STATE, checkpoints_dir, is_checkpoint, latest_name, parse_step, read_state,
+    ASIDE, CHECKPOINTS, DELETING, STAGING, STATE, checkpoints_dir, latest_name, parse_step, read_state,
     scratch_dirs, step_dirs, step_name,
 )
 from ominix.config import load_config

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ominix.checkpoint.layout import MODEL, is_checkpoint
+from ominix.checkpoint.layout import MODEL
 from ominix.errors import OminixError
 
 SINGLE = "model.safetensors"
@@ -42,8 +42,9 @@ def has_weights(path: Path) -> bool:
 
 
 def weights_dir(path: Path) -> Path:
-    """The directory of the weight files: a checkpoint's ``model/``, else ``path`` itself."""
-    return path / MODEL if is_checkpoint(path) else path
+    """The directory of the weight files: a checkpoint's ``model/``, else ``path`` itself (an
+    export)."""
+    return path / MODEL if (path / MODEL).is_dir() else path
 
 
 def weight_files(path: Path) -> list[Path]:

@@ -19,11 +19,15 @@ app = typer.Typer(help="List checkpoints and export them to the Hugging Face for
 def export(
     source: Path = typer.Argument(..., help="Run directory (its latest checkpoint), checkpoint directory, or export."),
     out: Path = typer.Option(None, "--out", "-o", help="Output directory; default RUN_DIR/export."),
-    fmt: str = typer.Option("hf", "--format", help="hf (transformers, vLLM, lm-eval) or gguf (llama.cpp: OUT/model.gguf, default RUN_DIR/export-gguf)."),
+    fmt: str = typer.Option("hf", "--format", help="hf (transformers, vLLM, lm-eval) or gguf "
+                            "(llama.cpp: OUT/model.gguf, default RUN_DIR/export-gguf)."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32; default the run's training precision."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Load the export with transformers and compare logits (--format hf)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify",
+                                help="Load the export with transformers and compare logits (--format hf)."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing output directory."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard (5GB, 500MB, 2GiB...); one model.safetensors when all fits (--format hf)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size",
+                                       help="Largest safetensors shard (5GB, 500MB, 2GiB...); one "
+                                       "model.safetensors when all fits (--format hf)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the export metadata as JSON."),
 ) -> None:
     """Export a checkpoint to the Hugging Face format (config.json, generation_config.json,
@@ -38,7 +42,7 @@ def export(
 
       ominix checkpoint export runs/tinyllama-1.1b --out /models/tl --force --max-shard-size 500MB
 
-      ominix checkpoint export runs/tiny --format gguf --dtype fp16   # then: llama-cli -m runs/tiny/export-gguf/model.gguf
+      ominix checkpoint export runs/tiny --format gguf --dtype fp16   # then: llama-cli -m OUT/model.gguf
     """
     from ominix.cli.progress_view import shown_progress
     from ominix.infer.export import export as do_export, parse_size

@@ -16,11 +16,15 @@ def eval_(
     split: str = typer.Option("validation", "--split", help="Split of the prepared data."),
     out: Path = typer.Option(None, "--out", "-o", help="Results file; default RUN_DIR/eval/eval_results.json."),
     batch_size: int = typer.Option(8, "--batch-size", help="Blocks per forward pass."),
-    max_blocks: int = typer.Option(None, "--max-blocks", help="Read N held-out blocks, spread over the split (what a run with schedule.eval_blocks N reads); default the whole split."),
-    max_batches: int = typer.Option(None, "--max-batches", hidden=True, help="Old form of --max-blocks: N x --batch-size blocks."),
+    max_blocks: int = typer.Option(None, "--max-blocks", help="Read N held-out blocks, spread over "
+                                   "the split (what a run with schedule.eval_blocks N reads); default "
+                                   "the whole split."),
+    max_batches: int = typer.Option(None, "--max-batches", hidden=True,
+                                    help="Old form of --max-blocks: N x --batch-size blocks."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if present), cpu or cuda[:N]."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."),
-    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness task names or local task YAML files (needs ominix[eval]; docs/DOWNSTREAM_EVAL.md)."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-evaluation-harness task names "
+                              "or local task YAML files (needs ominix[eval]; docs/DOWNSTREAM_EVAL.md)."),
     as_json: bool = typer.Option(False, "--json/--no-json", help="Print the results as JSON."),
     force: bool = typer.Option(False, "--force/--no-force",
                                help="Replace an existing --out file that an earlier `ominix eval` did not write."),

@@ -1,4 +1,4 @@
-"""The ``ominix`` Typer app: command groups, --version, --debug; errors go to ``cli.render``."""
+"""The ``ominix`` Typer app: command groups, --version, --debug; errors go to ``ominix.console``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import typer
 from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.cli import quickstart_cmd
-from ominix.cli.quiet import filter_third_party_warnings
 from ominix.cli import release_cmd
-from ominix.cli.render import debug_enabled, report_error
 from ominix.cli.spelling import Group
+from ominix.console import debug_enabled, report_error
 from ominix.errors import OminixError, os_error
+from ominix.warning_filter import filter_third_party_warnings
 
 app = typer.Typer(
     name="ominix",

@@ -30,7 +30,8 @@ def quickstart(
     out: Path = typer.Option(None, "--out", "-o", help="Output directory; default runs/quickstart-YYYYmmdd-HHMMSS."),
     force: bool = typer.Option(False, "--force/--no-force", help="Replace an existing quickstart directory OUT."),
     steps: int = typer.Option(200, "--steps", help="Optimizer steps (the last 50 run after a resume)."),
-    as_json: bool = typer.Option(False, "--json/--no-json", help="Print the summary as JSON (progress goes to stderr)."),
+    as_json: bool = typer.Option(False, "--json/--no-json",
+                                 help="Print the summary as JSON (progress goes to stderr)."),
 ) -> None:
     """Run the whole pipeline on the corpus shipped inside OminiX, CPU only, no internet, a few minutes:
     data prepare -> train (tiny, 2 processes, ColossalAI ddp) -> resume -> checkpoint export ->

@@ -31,7 +31,8 @@ def launch(
     ),
     run_dir: str = typer.Option(None, "--run-dir", hidden=True, help="Old name of --out."),
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), flash, sdpa, cudnn."),
+    attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), "
+                                                  "flash, sdpa, cudnn."),
     gradient_checkpointing: bool = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward."
     ),
@@ -45,7 +46,8 @@ def launch(
     ),
     hostfile: str = typer.Option(None, "--hostfile", help=hosts_cmd.HOSTFILE_HELP),
     launcher: str = typer.Option(
-        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), slurm (submitted with sbatch; launch.slurm.* settings)."
+        None, "--launcher", help="ominix (torchrun per node over SSH), colossalai (colossalai run), "
+                                 "slurm (submitted with sbatch; launch.slurm.* settings)."
     ),
     master_addr: str = typer.Option(None, "--master-addr", help="Rendezvous address (default: the first host)."),
     master_port: int = typer.Option(None, "--master-port", help="Rendezvous port."),

@@ -75,7 +75,8 @@ def documents() -> list[dict[str, Any]]:
     return records
 
 
-def build(out: Path = CORPUS_FILE) -> None:
+def build(out: Path = CORPUS_FILE) -> str:
+    """Write the snapshot to ``out`` and its summary beside it; returns what was written, in a line."""
     import zstandard
 
     records = documents()
@@ -87,9 +88,11 @@ def build(out: Path = CORPUS_FILE) -> None:
         "text_bytes": sum(len(r["text"].encode()) for r in records),
     }
     (out.parent / "python-docs.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"{out}: {meta['documents']} documents, {meta['text_bytes']:,} bytes of text, "
-          f"{out.stat().st_size:,} bytes compressed")
+    return (f"{out}: {meta['documents']} documents, {meta['text_bytes']:,} bytes of text, "
+            f"{out.stat().st_size:,} bytes compressed")
 
 
 if __name__ == "__main__":
-    build()
+    from ominix import console
+
+    console.out(build())

@@ -110,7 +110,8 @@ def plan(repo: str, terms: list[SplitPart], *, streaming: bool = False, log: Any
     parts: list[Part] = []
     for term in terms:
         if term.split not in splits:
-            raise OminixError(f"{repo} has no split {term.split!r} (it has: {', '.join(splits)})", "choose one with --split")
+            raise OminixError(f"{repo} has no split {term.split!r} (it has: {', '.join(splits)})",
+                              "choose one with --split")
         chosen, record_term = splits[term.split], term
         if term.percent:
             start, stop = term.bounds(len(chosen))

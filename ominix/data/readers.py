@@ -94,7 +94,8 @@ def set_name_of(record: dict[str, Any], where: str = "a record") -> str | None:
 
 def text_of(record: Any, text_field: str, where: str) -> str | None:
     if not isinstance(record, dict):
-        raise OminixError(f"{where}: a record is a {type(record).__name__}, not an object", "one JSON object per record")
+        raise OminixError(f"{where}: a record is a {type(record).__name__}, not an object",
+                          "one JSON object per record")
     if text_field not in record:
         fields = ", ".join(sorted(record)) or "none"
         raise OminixError(

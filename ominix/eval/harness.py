@@ -89,10 +89,6 @@ def _anchored(files: Any, base: Path) -> Any:
     return str(base / files) if "://" not in str(files) else files
 
 
-def task_names(tasks: list[str | dict[str, Any]]) -> list[str]:
-    return [task["task"] if isinstance(task, dict) else task for task in tasks]
-
-
 def run_tasks(model: Any, tokenizer: Any, tasks: list[str], limit: int | None = None,
               resolved: tuple[list[str | dict[str, Any]], Any] | None = None) -> dict[str, dict[str, float]]:
     """``{task: {metric: value}}`` of lm-eval's ``tasks`` for ``model`` (eval mode, OminiX's decoder)

@@ -65,8 +65,9 @@ def run_eval(model_path: str | Path, data: str | Path | None = None, split: str 
     dataset = PackedDataset(data, split)
     check_same_tokenizer(data, dataset.manifest, source.tokenizer, str(source.path))
     if dataset.vocab_size > source.model.vocab_size:
-        raise OminixError(f"the data in {data} has token ids up to {dataset.vocab_size - 1}, the model's "
-                          f"vocabulary has {source.model.vocab_size}", "evaluate on data prepared with the model's tokenizer")
+        raise OminixError(f"the data in {data} has token ids up to {dataset.vocab_size - 1}, the "
+                          f"model's vocabulary has {source.model.vocab_size}",
+                          "evaluate on data prepared with the model's tokenizer")
     if dataset.seq_len > source.model.max_position_embeddings:
         raise OminixError(f"the data's blocks have {dataset.seq_len} tokens, the model's context is "
                           f"{source.model.max_position_embeddings}", "evaluate on data prepared with a shorter seq_len")

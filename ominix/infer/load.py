@@ -19,7 +19,7 @@ from ominix.checkpoint import (
     has_weights, is_checkpoint, read_state, resolve_checkpoint, run_dir_of, weights_dir,
 )
 from ominix.checkpoint.integrity import part_problem
-from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, RECORD, STEP_GLOB, TOKENIZER
+from ominix.checkpoint.layout import CHECKPOINTS, CONFIG, RECORD, STATE, STEP_GLOB, TOKENIZER
 from ominix.checkpoint.weights import iter_weights, weight_infos
 from ominix.config import ModelConfig, OminixConfig, load_config
 from ominix.data.store import PLAIN
@@ -60,7 +60,8 @@ def resolve(path: str | Path) -> ModelSource:
         raise OminixError(f"{path} does not exist", HINT_SOURCES)
     if (path / "config.json").is_file() and has_weights(path):
         return _export_source(path)
-    if is_checkpoint(path) or (path / CHECKPOINTS).is_dir():
+    # a checkpoint that is not whole is resolve_checkpoint's to explain
+    if is_checkpoint(path) or (path / CHECKPOINTS).is_dir() or (path / STATE).is_file():
         return _checkpoint_source(resolve_checkpoint(path))
     raise OminixError(f"{path} is not an OminiX run, checkpoint or Hugging Face export", HINT_SOURCES)
 
@@ -184,11 +185,6 @@ def fill(model, tensors: Iterable[tuple[str, Any]]):
             if not (tied and name == "lm_head.weight"):
                 params[name].copy_(tensor)
     return model
-
-
-def build_from_state(model_cfg: ModelConfig, state: dict[str, Any], device: str = "cpu", dtype: str = "fp32"):
-    """An eval-mode OminiX model on ``device`` in ``dtype`` holding ``state`` (already checked)."""
-    return fill(empty_model(model_cfg, device, dtype), state.items())
 
 
 def load_model(source: ModelSource, device: str = "cpu", dtype: str = "fp32"):

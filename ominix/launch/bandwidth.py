@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ominix import console
 from ominix.errors import OminixError
 from ominix.launch import hostcheck
 from ominix.launch.command import remote_python, torchrun_argv
@@ -166,7 +167,7 @@ def check_cluster(cfg: OminixConfig, nodes: int | None, collective: bool,
 def main() -> None:
     result = measure()
     if result is not None:
-        print(TAG + json.dumps(result), flush=True)
+        console.out(TAG + json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ and its own error report does not bury the worker's.
   save either way) to the workers themselves, not to torchrun: torchrun gives its workers 30 s
   after it is signalled and then kills them, too little for a large checkpoint; signalled
   directly, the workers save and exit, and torchrun sees them finish. A second signal, or
-  ``launch.stop_timeout`` seconds without an exit, kills torchrun and every worker. The exit code is 128 + the signal when one was forwarded, else the
-  failing worker's own exit code (torchrun says 1 for any failure).
+  ``launch.stop_timeout`` seconds without an exit, kills torchrun and every worker. The exit code
+  is 128 + the signal when one was forwarded, else the failing worker's own exit code (torchrun
+  says 1 for any failure).
 - ``TorchrunFilter``: torchrun's stderr minus its own log lines, its ChildFailedError or
   SignalException traceback and the failure table; only the first ``error (rank N):`` line and its
   hint are kept (the other ranks usually fail because that one did).

@@ -3,23 +3,14 @@ CLI passes its own renderers (the defaults write plain lines, for library caller
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ominix import console
+
 if TYPE_CHECKING:
     from ominix.launch.hostcheck import HostReport
-
-
-def _stdout(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _stderr(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 def _ignore(here: dict[str, Any], reports: list[HostReport]) -> None:
@@ -32,9 +23,9 @@ class Events:
     (``interrupted: stopping every node``, a stale run-directory lock taken over); ``stderr``: a
     line the local workers wrote to stderr; ``checks``: the host checks, before any node starts."""
 
-    line: Callable[[str], None] = _stdout
-    notice: Callable[[str], None] = _stderr
-    stderr: Callable[[str], None] = _stderr
+    line: Callable[[str], None] = console.out
+    notice: Callable[[str], None] = console.err
+    stderr: Callable[[str], None] = console.err
     checks: Callable[[dict[str, Any], list[HostReport]], None] = _ignore
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from ominix.config import dump_yaml
+from ominix.env_defaults import env_defaults
 from ominix.errors import OminixError
 from ominix.launch.children import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
@@ -31,18 +30,6 @@ def local_nproc(cfg: OminixConfig) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-@contextlib.contextmanager
-def missing_env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set the ``values`` this process's environment lacks, and remove them again on exit."""
-    added = [k for k in values if k not in os.environ]
-    os.environ.update({k: values[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
 def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = None) -> Outcome:
     """Validate ``cfg`` for this machine and its data, lock the run directory, write
     RUN_DIR/config.yaml and run the worker(s). A relaunch into the same directory writes its own
@@ -50,7 +37,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     before anything starts."""
     import torch
 
-    from ominix.cli.render import debug_enabled
+    from ominix.console import debug_enabled
     from ominix.train import memory
     from ominix.train.layout import validate, with_global_batch
 
@@ -69,7 +56,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
     with RunDir(cfg, events.notice) as claimed:
         claimed.write_config()
         if nproc == 1:
-            with missing_env(cfg.launch.env):
+            with env_defaults(cfg.launch.env):
                 return claimed.finish(Outcome(_in_process(run_dir)))
         relauncher = Relauncher(cfg, claimed.path, events, claimed.write_config)
         code = relauncher.run(lambda: run_torchrun(argv, local_env(cfg, os.environ), events.stderr,
@@ -81,7 +68,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 def _in_process(run_dir: str) -> int:
     """The worker in this process, with a worker's error contract: any error's traceback goes into
     RUN_DIR/train.log, and an error that is not an OminixError becomes one (one line and a hint)."""
-    from ominix.cli.render import debug_enabled
+    from ominix.console import debug_enabled
     from ominix.train.failure import as_ominix_error, log_traceback
     from ominix.train.loop import main
 

@@ -11,8 +11,8 @@ be taken belonged to a dead launch, even one in another pid namespace or contain
 is not supported (some NFS mounts answer ENOLCK), liveness falls back to the record: a lock is
 stale when its holder is on this host (same host name and pid namespace) and its pid is not alive
 or now names a process started after the lock, or when its heartbeat is older than
-``STALE_AFTER_S`` (a holder on another host that died or lost the file system). Clocks of the hosts sharing the file system must
-agree to well within ``STALE_AFTER_S`` (NTP does that).
+``STALE_AFTER_S`` (a holder on another host that died or lost the file system). Clocks of the
+hosts sharing the file system must agree to well within ``STALE_AFTER_S`` (NTP does that).
 """
 
 from __future__ import annotations

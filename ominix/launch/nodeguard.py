@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 
+from ominix import console
 from ominix.launch.children import die_with_parent, kill_torchrun, kill_tree, signal_workers
 
 GUARD_PID = "ominix-nodeguard-pid"
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: os.environ[k] for k in args.keep.split(",") if k and k in os.environ}
     env.update(item.split("=", 1) for item in args.env)
     env.update(json.loads(_read_line(0) or "{}"))
-    print(f"{GUARD_PID} {os.getpid()}", flush=True)
+    console.out(f"{GUARD_PID} {os.getpid()}")
     child = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent)
     guard = _Guard(child, args.grace)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):

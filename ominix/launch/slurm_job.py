@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from ominix import console
 from ominix.errors import OminixError
 from ominix.launch.lock import RunLock
 
@@ -31,8 +32,7 @@ LOCK_WAIT_S = 60.0
 
 
 def _say(line: str) -> None:
-    sys.stderr.write(f"ominix slurm job: {line}\n")
-    sys.stderr.flush()
+    console.err(f"ominix slurm job: {line}")
 
 
 def _take_lock(run_dir: Path, job: str) -> RunLock:
@@ -102,9 +102,7 @@ def main() -> int:
     try:
         return run(args.run_dir, command, args.requeue)
     except OminixError as exc:
-        from ominix.cli.render import report_error
-
-        return report_error(exc)
+        return console.report_error(exc)
 
 
 if __name__ == "__main__":

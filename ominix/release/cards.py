@@ -82,7 +82,8 @@ def model_card(art: Any, release: Any, eval_results: dict[str, Any] | None) -> s
         if ppl:
             out += [f"Perplexity on split `{data.get('split')}` of `{data.get('path')}` "
                     "(eval/eval_results.json has every number):", ""]
-            rows = [["all", *loss_cells(ppl)]] + [[name, *loss_cells(v)] for name, v in ppl.get("per_source", {}).items()]
+            rows = [["all", *loss_cells(ppl)]] + [[name, *loss_cells(v)]
+                                                  for name, v in ppl.get("per_source", {}).items()]
             out += table(["source set", "loss", "perplexity", "tokens"], rows)
         if eval_results.get("tasks"):
             where = "" if ppl else "; eval/eval_results.json has every number"

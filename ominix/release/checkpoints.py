@@ -73,7 +73,8 @@ def read_table(bundle: Path) -> list[dict[str, Any]]:
     try:
         return json.loads(path.read_text())["checkpoints"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise OminixError(f"{path} is not a checkpoint table", "write the bundle again with `ominix mof report`") from exc
+        raise OminixError(f"{path} is not a checkpoint table",
+                          "write the bundle again with `ominix mof report`") from exc
 
 
 def _loss(value: float | None) -> str:

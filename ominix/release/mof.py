@@ -172,7 +172,8 @@ def _component_json(res: ComponentResult) -> dict[str, Any]:
     return row
 
 
-def _resolve(entry: dict[str, Any], release_licenses: dict[str, Any], content_type: str) -> tuple[str | None, str | None]:
+def _resolve(entry: dict[str, Any], release_licenses: dict[str, Any],
+             content_type: str) -> tuple[str | None, str | None]:
     own = entry.get("license")
     if own is not None:  # NOTE: '' is the component's own (empty) license, as MOT reads it: unlicensed
         return str(own) or None, "component"

@@ -1,7 +1,7 @@
 """The worker: ``python -m ominix.train --run-dir RUN_DIR`` (one per rank, under torchrun).
 
-Any error is one ``error (rank N):`` line and a hint on stderr (the CLI's one renderer; the
-launcher shows the first rank's only), and its traceback is appended to ``RUN_DIR/train.log``
+Any error is one ``error (rank N):`` line and a hint on stderr (ominix.console, the one renderer;
+the launcher shows the first rank's only), and its traceback is appended to ``RUN_DIR/train.log``
 (printed too with ``OMINIX_DEBUG=1``). Under torchrun the worker dies with torchrun: torchrun puts
 each worker in its own session, so a SIGKILLed torchrun would otherwise leave it running.
 """
@@ -21,8 +21,8 @@ def run() -> int:
         from ominix.launch.children import die_with_parent
 
         die_with_parent()
-    from ominix.cli.quiet import filter_third_party_warnings
-    from ominix.cli.render import debug_enabled, report_error
+    from ominix.warning_filter import filter_third_party_warnings
+    from ominix.console import debug_enabled, report_error
     from ominix.train.failure import as_ominix_error, log_traceback
 
     filter_third_party_warnings()  # tensornvme, apex, bitsandbytes...: shown with OMINIX_DEBUG=1

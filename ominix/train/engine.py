@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from ominix.config import OminixConfig
+from ominix.env_defaults import env_defaults
 from ominix.plugins import PLUGINS, Plugin
 from ominix.train import memory
 from ominix.train.layout import Layout, validate
@@ -309,21 +309,14 @@ def _build_model(cfg: OminixConfig, spec: Plugin, device, plugin):
     return model
 
 
-@contextlib.contextmanager
-def one_process_env() -> Iterator[None]:
-    """The RANK/WORLD_SIZE/MASTER_* variables of a one-process group, set where torchrun set none (the
-    in-process run) for the length of the run, then removed again. ColossalAI reads them when the group
-    starts and its plugins read LOCAL_RANK when built, so the scope is the whole run."""
+def one_process_env() -> contextlib.AbstractContextManager[None]:
+    """The RANK/WORLD_SIZE/MASTER_* variables of a one-process group, set where torchrun set none
+    (the in-process run) for the length of the run, then removed again. ColossalAI reads them when
+    the group starts and its plugins read LOCAL_RANK when built, so the scope is the whole run."""
     defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    added = {key: value for key, value in defaults.items() if key not in os.environ}
-    if "MASTER_PORT" not in os.environ:
-        added["MASTER_PORT"] = str(_free_port())
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
+    if "MASTER_PORT" not in os.environ:  # a free port is looked for only when one is needed
+        defaults["MASTER_PORT"] = str(_free_port())
+    return env_defaults(defaults)
 
 
 def init_distributed(seed: int) -> None:

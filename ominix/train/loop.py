@@ -43,17 +43,20 @@ def _mean_over_dp(values: list, engine) -> list[float]:
     return (t / engine.layout.dp).tolist()
 
 
-def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: int, fp16: bool) -> None:
-    """Raise at the first step whose loss (or, outside fp16 loss scaling, whose gradient norm) is not
-    finite. Under fp16 an infinite gradient norm is the loss scaler's business: it skips that step."""
+def _stop_on_nonfinite(losses: list[float], norms: list[float | None], first: int,
+                       fp16: bool) -> None:
+    """Raise at the first step whose loss (or, outside fp16 loss scaling, whose gradient norm) is
+    not finite. Under fp16 an infinite gradient norm is the loss scaler's business: it skips that
+    step."""
     for i, (loss, norm) in enumerate(zip(losses, norms)):
         bad_norm = norm is not None and not math.isfinite(norm) and not fp16
         if not math.isfinite(loss) or bad_norm:
-            what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+            what = (f"loss became {loss}" if not math.isfinite(loss)
+                    else f"gradient norm became {norm}")
             raise OminixError(
                 f"{what} at step {first + i}",
-                "lower optim.lr, raise schedule.warmup_steps, use bf16, or resume from the last checkpoint "
-                "with --set schedule.on_nan=skip",
+                "lower optim.lr, raise schedule.warmup_steps, use bf16, or resume from the last "
+                "checkpoint with --set schedule.on_nan=skip",
                 exit_code=1,
             )
 
@@ -69,9 +72,9 @@ def to_device(batch, device):
 def forward_backward(engine, batch, phase=lambda name: contextlib.nullcontext()):
     """Forward and backward of one step's ``batch`` (the rank's sequences): through the pipeline
     (the plugin splits it into micro batches), or micro batch by micro batch with the gradients
-    accumulated and synchronised after the last. Returns the step's mean loss, on the device. ``phase``
-    names the host's time (``StepProfiler.phase``). The training loop and bench/train_throughput.py
-    both run this, so the bench times the loop's own step."""
+    accumulated and synchronised after the last. Returns the step's mean loss, on the device.
+    ``phase`` names the host's time (``StepProfiler.phase``). The training loop and
+    bench/train_throughput.py both run this, so the bench times the loop's own step."""
     import torch
 
     layout = engine.layout
@@ -99,77 +102,18 @@ def _disk_errors_name_the_step(state: LoopState, run_dir: Path):
         yield
     except OSError as exc:
         kept = latest_name(checkpoints_dir(run_dir))
-        resume = f"then --resume auto continues from {kept}" if kept else "no checkpoint was saved yet"
+        resume = (f"then --resume auto continues from {kept}" if kept
+                  else "no checkpoint was saved yet")
         raise os_error(exc, f"at step {state.step} in {run_dir}", resume) from exc
 
 
 def freeze_heap() -> None:
     """Move everything built so far out of the garbage collector's reach (``gc.freeze``; ``train``
-    thaws it when it returns). Setup leaves ~450k long-lived objects (torch, ColossalAI, the engine);
-    a full collection scanned them all, ~250 ms on the CI machine's CPU: a pause of the host that the
-    GPU feels wherever the host runs little ahead of it."""
+    thaws it when it returns). Setup leaves ~450k long-lived objects (torch, ColossalAI, the
+    engine); a full collection scanned them all, ~250 ms on the CI machine's CPU: a pause of the
+    host that the GPU feels wherever the host runs little ahead of it."""
     gc.collect()
     gc.freeze()
-
-
-def _from_rank0(fn, share: bool = True):
-    """``fn()`` run on rank 0 alone; every rank gets its answer (``share``; else rank 0 alone, the
-    others None) or raises its OminixError, so no rank waits in a collective for one that failed."""
-    import torch.distributed as dist
-
-    answer, result = [None], None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-            answer = [("ok", result if share else None)]
-        except OminixError as exc:
-            answer = [("error", (exc.message, exc.hint, exc.exit_code))]
-    dist.broadcast_object_list(answer, src=0)
-    kind, value = answer[0]
-    if kind == "error":
-        raise OminixError(*value)
-    return value if share else result
-
-
-def _resume_from(cfg: OminixConfig, run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from and notices about damaged ones passed over: rank 0 checks, every
-    rank gets its answer (or its error)."""
-    from ominix.checkpoint import resumable
-
-    choice = cfg.checkpoint.resume
-    if cfg.checkpoint.starts_fresh:
-        return None, []
-    return _from_rank0(lambda: resumable(run_dir if choice == "auto" else choice, cfg.checkpoint.verify,
-                                         required=choice != "auto"))
-
-
-def _devices() -> dict[str, int]:
-    """``{"host: device name": processes}`` over every rank (one collective)."""
-    import socket
-
-    import torch.distributed as dist
-
-    from ominix.flops import device_name
-
-    names: list = [None] * dist.get_world_size()
-    dist.all_gather_object(names, f"{socket.gethostname()}: {device_name()}")
-    return {name: names.count(name) for name in sorted(set(names))}
-
-
-def _open_data(cfg: OminixConfig):
-    """The training split, the validation split (None without evaluations) and the manifest's sha256.
-    One process per node hashes the shards of the splits the run reads (``data.verify``)."""
-    from ominix.data.fit import check_fits
-    from ominix.data.store import PackedDataset, manifest_sha256
-    from ominix.data.verified import node_share
-
-    check_fits(cfg)  # the launcher checked already; a worker may be started by hand
-    verifies, start = node_share()
-    verify = cfg.data.verify and verifies
-    train = PackedDataset(cfg.data.path, "train", verify=verify, verify_start=start)
-    val = (PackedDataset(cfg.data.path, "validation", verify=verify, verify_start=start)
-           if cfg.schedule.eval_every else None)
-    return train, val, manifest_sha256(cfg.data.path)
 
 
 def train(cfg: OminixConfig, run_dir: Path) -> int:
@@ -195,42 +139,42 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     import torch
     import torch.distributed as dist
 
-    from ominix import compiled, float8
+    from ominix import checkpoint as ckpt
     from ominix.data.ledger import LedgerWriter, describe
     from ominix.data.loader import BlockLoader
     from ominix.data.verified import verification_note
-    from ominix.flops import device_name, flops_per_token, num_params, peak_flops
-    from ominix.model import describe_attn
-    from ominix import checkpoint as ckpt
+    from ominix.flops import device_name, flops_per_token, peak_flops
     from ominix.plugins import PLUGINS
     from ominix.train.downstream import DownstreamTasks
     from ominix.train.engine import build_engine, init_distributed
     from ominix.train.layout import derive_layout, with_global_batch
-    from ominix.train.memory import estimate
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
     from ominix.train.profile import StepProfiler
+    from ominix.train.saver import Saver
     from ominix.train.schedule import (
         continue_schedule, eval_note, lr_multiplier, resume_note, span, total_steps, warmup_note,
     )
+    from ominix.train.startup import devices, from_rank0, open_data, resume_from, run_lines
 
     launched = time.perf_counter()
     s, c = cfg.schedule, cfg.checkpoint
     init_distributed(s.seed)
     world = torch.distributed.get_world_size()
     layout = derive_layout(cfg, world)
-    cfg = with_global_batch(cfg, layout)  # checkpoints record it (a SLURM job counting GPUs left it unset)
+    # checkpoints record the global batch (a SLURM job counting GPUs left it unset)
+    cfg = with_global_batch(cfg, layout)
     total = total_steps(cfg, layout.tokens_per_step)
-    train_set, val_set, data_sha = _open_data(cfg)
-    resume, notices = _resume_from(cfg, run_dir)
+    train_set, val_set, data_sha = open_data(cfg)
+    resume, notices = resume_from(cfg, run_dir)
     if resume is not None:  # refuse a mismatching checkpoint before building anything
         saved = ckpt.read_state(resume)
         ckpt.check_compatible(saved, cfg, data_sha, layout, PLUGINS[cfg.parallel.plugin].reshard)
     engine = build_engine(cfg, lr_multiplier(cfg, total))
-    loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp, seed=cfg.data.seed)
+    loader = BlockLoader(train_set, layout.rank_batch, engine.dp_rank, layout.dp,
+                         seed=cfg.data.seed)
     vote = StopVote()  # a process group: built here, before the throughput clock starts
     out = MetricsWriter(run_dir, engine.rank == 0, cfg.logging, cfg.model_dump(mode="json"))
     tasks = DownstreamTasks(cfg, run_dir, engine, train_set.tokenizer_dir, train_set.framing)
-    config_yaml = dump_yaml(cfg)
 
     state = LoopState()
     notes = [warmup_note(cfg, total), eval_note(cfg, 0 if val_set is None else len(val_set)),
@@ -244,8 +188,10 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         ckpt.load_checkpoint(engine, loader, resume, load_optimizer=with_optimizer)
         state = LoopState(**saved["loop"])
         seconds = time.perf_counter() - began
-        out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens) in {seconds:.1f} s"
-                 + ("" if with_optimizer else "; optimizer state starts afresh (the checkpoint has none)"))
+        fresh = ("" if with_optimizer
+                 else "; optimizer state starts afresh (the checkpoint has none)")
+        out.line(f"resumed from {resume} at step {state.step} ({state.tokens:,} tokens) in "
+                 f"{seconds:.1f} s{fresh}")
         if note := resume_note(state.step, *continue_schedule(engine.scheduler), span(cfg, total)):
             out.line(note)
         out.record("checkpoint", {"step": state.step, "action": "load", "seconds": seconds})
@@ -253,63 +199,27 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
         engine.booster.load_model(engine.model, hubref.weights_path(cfg.model.init_from))
         out.line(f"initialised from {cfg.model.init_from}")
 
-    name = device_name()
-    meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len), peak_flops(name))
-    out.line(f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {name}; {layout.describe()}")
-    out.line(f"memory estimate {estimate(cfg, layout).describe()}")  # the steps log the measured peak
-    chosen = None if engine.spec.hf_model else compiled.scope(cfg.model, engine.spec.wraps_params,
-                                                               engine.device.type == "cuda")
-    fp8 = "" if cfg.model.fp8 == "off" else f"{float8.describe(cfg.model.fp8, chosen is not None)}; "
-    out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {describe_attn(cfg.model.attn)}; "
-             f"{compiled.SCOPES.get(chosen, 'eager')}; {fp8}"
-             f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
-             f"documents framed {train_set.framing}; {total} steps; "
-             f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
+    meter = Throughput(layout.tokens_per_step, world, flops_per_token(cfg.model, layout.seq_len),
+                       peak_flops(device_name()))
+    for line in run_lines(cfg, layout, world, engine, train_set.framing, total, run_dir):
+        out.line(line)
     if state.step >= total:
-        out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to train "
-                 "(raise --max-steps to continue)")
+        out.line(f"the checkpoint is at step {state.step}, the run ends at {total}: nothing to "
+                 "train (raise --max-steps to continue)")
 
-    ledger = _from_rank0(lambda: LedgerWriter(run_dir, describe(loader.state_dict(), data_sha), state.step),
-                         share=False)
-    devices = _devices()
-
-    background = ckpt.BackgroundSave() if c.async_save else None
-
-    def saved(path: Path, step: int, seconds: float, blocked: float, announce: bool = True) -> None:
-        size = sum(f.stat().st_size for f in ckpt.files_under(path))
-        if announce:
-            waited = f" ({blocked:.1f} s of it blocking training)" if background is not None else ""
-            out.line(f"saved checkpoint {path} ({size / 2**30:.2f} GiB) in {seconds:.1f} s{waited}")
-        out.record("checkpoint", {"step": step, "action": "save", "seconds": seconds, "blocked_seconds": blocked,
-                                  "bytes": size})
-
-    def save(announce: bool = True) -> Path:
-        info = {
-            "loop": asdict(state), "step": state.step, "tokens": state.tokens, "last_loss": state.last_loss,
-            "world_size": world, "dp": layout.dp, "tp": layout.tp, "pp": layout.pp,
-            "plugin": cfg.parallel.plugin, "has_optimizer": c.save_optimizer,
-            "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json"),
-        }
-        meter.pause()
-        watchdog.beat()  # the save is timed from the end of the step before it
-        began = time.perf_counter()
-        if background is not None and (timing := background.wait()):  # the previous write, if still going
-            saved(timing.path, timing.step, timing.seconds, timing.blocked)
-        path = ckpt.save_checkpoint(engine, loader, run_dir, info, config_yaml, c.keep_last, c.keep_every,
-                                    c.save_optimizer, background)
-        if background is None:
-            seconds = time.perf_counter() - began
-            saved(path, state.step, seconds, seconds, announce)
-        watchdog.beat()
-        meter.resume()
-        return path
+    ledger = from_rank0(lambda: LedgerWriter(run_dir, describe(loader.state_dict(), data_sha),
+                                             state.step), share=False)
+    facts = {"world_size": world, "dp": layout.dp, "tp": layout.tp, "pp": layout.pp,
+             "plugin": cfg.parallel.plugin, "has_optimizer": c.save_optimizer,
+             "data_manifest_sha256": data_sha, "model": cfg.model.model_dump(mode="json")}
+    saver = Saver(cfg, engine, loader, run_dir, dump_yaml(cfg), facts, out, meter, watchdog)
+    launch = {"step": state.step, "world_size": world, "devices": devices()}
 
     profiler = StepProfiler(cfg.logging.profile_steps, run_dir / "profile", engine.rank == 0)
     if note := profiler.unreachable(state.step, total):
         out.line(note)
     freeze_heap()
-    out.record("launch", {"step": state.step, "world_size": world, "devices": devices,
-                          "setup_s": time.perf_counter() - launched,
+    out.record("launch", {**launch, "setup_s": time.perf_counter() - launched,
                           "steps_redone": ledger.dropped if ledger else 0}, dashboards=False)
     watchdog.arm(engine.rank)  # after setup: loading and compiling are not steps
     code = 0
@@ -325,13 +235,15 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             loss = forward_backward(engine, batch, profiler.phase)
             skip = s.on_nan == "skip"
             with profiler.phase("optimizer"):
-                if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):  # skip mode: one sync per step
+                # skip mode: one sync per step, to know before the update
+                if skip and not math.isfinite(_mean_over_dp([loss], engine)[0]):
                     norm, stepped = torch.tensor(float("nan")), False
                 else:
                     norm, stepped = engine.clip_and_step(cfg.optim.grad_clip, skip_nonfinite=skip)
             if not stepped:
                 state.skipped_steps += 1
-                out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped (schedule.on_nan=skip)")
+                out.line(f"step {state.step + 1}: non-finite loss or gradient, update skipped "
+                         "(schedule.on_nan=skip)")
             lr = engine.scheduler.get_last_lr()[0]  # the rate this step used
             with profiler.phase("optimizer"):
                 engine.scheduler.step()
@@ -342,25 +254,30 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
             watchdog.beat()
 
             done = state.step >= total
-            stop = vote.cast(preempt.requested)  # a signal any rank had by the previous step: all stop here
+            # a signal any rank had by the previous step: all stop here
+            stop = vote.cast(preempt.requested)
             saving = done or (c.every and state.step % c.every == 0)
             if state.step % cfg.logging.log_every == 0 or saving or done or stop:
                 with profiler.phase("log"):  # where the host waits for the GPU, once per window
                     first = state.step - len(window) + 1
                     losses = _mean_over_dp([w[0] for w in window], engine)
-                    norms = [None if w[1] is None else float(w[1]) for w in window]  # None: plugin did not say
+                    # None: the plugin did not say
+                    norms = [None if w[1] is None else float(w[1]) for w in window]
                     if s.on_nan == "stop":
-                        _stop_on_nonfinite(losses, norms, first, fp16=cfg.parallel.precision == "fp16")
+                        _stop_on_nonfinite(losses, norms, first,
+                                           fp16=cfg.parallel.precision == "fp16")
                     state.last_loss = losses[-1]
-                    record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr, "grad_norm": norms[-1],
-                              "tokens": state.tokens, **meter.measure(len(window), total - state.step)}
+                    record = {"step": state.step, "loss": sum(losses) / len(losses), "lr": lr,
+                              "grad_norm": norms[-1], "tokens": state.tokens,
+                              **meter.measure(len(window), total - state.step)}
                     out.line(format_step(record, total))
                     out.record("train", record)
                     window = []
             if s.eval_every and (state.step % s.eval_every == 0 or done):
                 meter.pause()
                 result = engine.evaluate(val_set, s.eval_blocks)
-                record = {"step": state.step, "val_loss": result["loss"], "val_perplexity": result["perplexity"]}
+                record = {"step": state.step, "val_loss": result["loss"],
+                          "val_perplexity": result["perplexity"]}
                 out.line(format_eval(record))
                 out.record("eval", record)
                 watchdog.beat()
@@ -371,22 +288,21 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
                 with watchdog.held():  # the other ranks wait on a group with its own timeout
                     tasks.run(state.step, state.tokens, out)
                 meter.resume()
-            if line := profiler.after(state.step, final=done or stop):  # before a save, which is not a step
+            # before a save, which is not a step
+            if line := profiler.after(state.step, final=done or stop):
                 out.line(line)
-            if background is not None and (timing := background.finished()):
-                saved(timing.path, timing.step, timing.seconds, timing.blocked)
+            saver.report_finished()
             if saving or stop:
-                path = save(announce=not (stop and not done))
-            if stop and not done:  # the rank that saw no signal stops as the others do, with their code
+                path = saver.save(asdict(state), announce=not (stop and not done))
+            # the rank that saw no signal stops as the others do, with their code
+            if stop and not done:
                 signum = preempt.signal or signal.SIGTERM
-                if background is not None and (timing := background.wait()):  # say "saved" once it is
-                    saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=False)
-                out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved checkpoint "
-                         f"{path.name}; resume with --resume auto")
+                saver.wait(announce=False)  # say "saved" once it is
+                out.line(f"stopped by {signal.Signals(signum).name} at step {state.step}; saved "
+                         f"checkpoint {path.name}; resume with --resume auto")
                 code = 128 + signum
                 break
-    if background is not None and (timing := background.wait()):  # latest names it before the exit
-        saved(timing.path, timing.step, timing.seconds, timing.blocked, announce=code == 0)
+    saver.wait(announce=code == 0)  # latest names it before the exit
     if code == 0:  # a finished run read matching data: wait for this node's verifier's verdict
         for split in (train_set, val_set):
             if split is not None:
@@ -404,10 +320,12 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
 
 
 def main(run_dir: str) -> int:
-    """Worker entry point (``python -m ominix.train --run-dir RUN_DIR``): train RUN_DIR/config.yaml."""
+    """Worker entry point (``python -m ominix.train --run-dir RUN_DIR``): train
+    RUN_DIR/config.yaml."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise OminixError(f"{path} not found", "start runs with `ominix train launch`, which writes it")
+        raise OminixError(f"{path} not found",
+                          "start runs with `ominix train launch`, which writes it")
     cfg = load_config(path)
     import torch.distributed as dist
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ominix import console
 from ominix.flops import format_mfu, mfu
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ class MetricsWriter:
 
     def line(self, text: str) -> None:
         if self.enabled:
-            print(text, flush=True)
+            console.out(text)
             self.log_file.write(text + "\n")
             self.log_file.flush()
 

@@ -66,7 +66,8 @@ class StepProfiler:
         """A note when the window cannot open in a run that has ``done`` of its ``total`` steps behind it."""
         if self.last < 0 or done < self.first <= total:
             return None
-        where = f"the run's {total} steps end before it" if self.first > total else f"the run resumes at step {done + 1}"
+        where = (f"the run's {total} steps end before it" if self.first > total
+                 else f"the run resumes at step {done + 1}")
         return f"note: logging.profile_steps [{self.first}, {self.last}] is not profiled: {where}"
 
     def phase(self, name: str):

@@ -17,11 +17,13 @@ import contextlib
 import faulthandler
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from ominix import console
+from ominix.errors import OminixError
 
 EXIT_HUNG = 124  # as timeout(1) says "timed out"
 HANG_DIR = "hang"
@@ -45,7 +47,8 @@ class Watchdog:
         if not self.timeout_s:
             return
         self.beat()
-        threading.Thread(target=self._watch, args=(rank,), daemon=True, name="ominix-hang-watchdog").start()
+        threading.Thread(target=self._watch, args=(rank,), daemon=True,
+                         name="ominix-hang-watchdog").start()
 
     def beat(self) -> None:
         self.last = time.monotonic()
@@ -73,14 +76,15 @@ class Watchdog:
         path = stacks_file(self.run_dir, rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as fh:
-            fh.write(f"rank {rank}: no progress for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g})\n")
+            fh.write(f"rank {rank}: no progress for {idle:.1f} s "
+                     f"(launch.hang_timeout {self.timeout_s:g})\n")
             fh.flush()
             faulthandler.dump_traceback(fh, all_threads=True)
-        message = (f"no step for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g}): this rank or another "
-                   f"is hung; stacks in {path}")
-        sys.stderr.write(f"error (rank {rank}): {message}\nhint: a frozen node or a stuck collective; "
-                         "raise launch.hang_timeout if a step, eval or save takes longer\n")
-        sys.stderr.flush()
+        message = (f"no step for {idle:.1f} s (launch.hang_timeout {self.timeout_s:g}): this rank "
+                   f"or another is hung; stacks in {path}")
+        hint = ("a frozen node or a stuck collective; raise launch.hang_timeout if a step, eval or "
+                "save takes longer")
+        console.report_error(OminixError(message, hint), rank)
         with (self.run_dir / "train.log").open("a") as log:
             log.write(f"rank {rank}: {message}\n")
         os._exit(EXIT_HUNG)

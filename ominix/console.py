@@ -1,18 +1,34 @@
-"""The one error renderer: an ``OminixError`` as an ``error:`` line and a ``hint:`` line on stderr.
-
-Free of Typer, so the training worker (``python -m ominix.train``) renders its errors here too.
+"""The one owner of a process's console output outside the Typer commands: an ``OminixError`` as an
+``error:`` line and a ``hint:`` line on stderr, and the plain lines a worker prints for the user or
+for the process that started it. The CLI and every worker (``python -m ominix.train``, the node
+guard, the SLURM job wrapper, the collective check) write through here.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from ominix.errors import OminixError
 
 
 def debug_enabled() -> bool:
-    """Tracebacks wanted (``--debug`` or ``OMINIX_DEBUG=1``; ``0``, ``false``, ``no``, ``off`` mean off)."""
+    """Tracebacks wanted (``--debug`` or ``OMINIX_DEBUG=1``; ``0``, ``false``, ``no``, ``off`` mean
+    off)."""
     return os.environ.get("OMINIX_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def out(line: str) -> None:
+    """``line`` on stdout, flushed at once: a launcher reading a worker's pipe sees it as it
+    comes."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def err(line: str) -> None:
+    """``line`` on stderr, flushed at once."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def report_error(exc: OminixError, rank: int | str | None = None) -> int:

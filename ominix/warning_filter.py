@@ -1,5 +1,5 @@
 """Third-party import-time warnings that say nothing to an OminiX user, filtered in the CLI and in
-every training worker; ``--debug`` (``OMINIX_DEBUG=1``) shows them. Free of Typer (the worker uses it).
+every training worker; ``--debug`` (``OMINIX_DEBUG=1``) shows them.
 
 Each entry names an optional accelerator OminiX does not use, or a deprecation inside ColossalAI's
 own code; none asks the user to change anything of theirs.
@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import warnings
 
-from ominix.cli.render import debug_enabled
+from ominix.console import debug_enabled
 
 # (category, start of the message): Python warnings raised while importing or wrapping
 WARNINGS = (
-    (UserWarning, r"Please install the latest tensornvme"),  # colossalai.utils.safetensors: async save
+    # colossalai.utils.safetensors: async save
+    (UserWarning, r"Please install the latest tensornvme"),
     (UserWarning, r"Please install apex from source"),  # colossalai shardformer: fused RMSNorm
     (FutureWarning, r"`broadcast_buffers` is deprecated"),  # ColossalAI's DDP plugin, torch >= 2.10
 )
 # (logger, start of the message): log records of the same kind
 LOG_RECORDS = (
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),  # optional `kernels` package
+    # the optional `kernels` package
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward"),
 )
 
 
