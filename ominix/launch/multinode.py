@@ -142,7 +142,7 @@ class _Node:
         """Copy the node's output to its log as it comes and show it line by line; torchrun's own
         tracebacks and failure tables are kept out of the console as on one node (the log and
         ``tail``, from which the cause is read, keep every line), unless tracebacks are wanted."""
-        from ominix.cli.render import debug_enabled
+        from ominix.console import debug_enabled
 
         prefix = f"[{self.node.target.label}] "
         console = None if debug_enabled() else TorchrunFilter()
