@@ -153,11 +153,11 @@ def measure_side(args: argparse.Namespace) -> int:
 
     from ominix.config import load_config
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import init_distributed, one_process_env
     run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
-    run.enter_context(shims.patched())
+    run.enter_context(colossalai_patches.patched())
     init_distributed(seed=0)
     world = dist.get_world_size()
     sets = list(args.sets)

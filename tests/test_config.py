@@ -31,7 +31,7 @@ def test_every_preset_validates(name: str) -> None:
 def test_every_preset_lays_out_on_its_own_nodes(name: str) -> None:
     """Each preset's batch, micro batch and parallel degrees divide the world its launch section
     names (the check a launch makes before it reaches any node)."""
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     cfg = load_config(name)
     layout = validate(cfg, cfg.launch.nodes * (cfg.launch.nproc_per_node or 1), gpu=True)

@@ -8,7 +8,7 @@ import pytest
 
 from ominix.config import load_config
 from ominix.errors import OminixError
-from ominix.train.layout import derive_layout, validate
+from ominix.train.parallel_layout import derive_layout, validate
 from ominix.train.memory import GIB, estimate
 from tests.conftest import run_cli
 from tests.test_train import _launch, _ok, data_dir  # noqa: F401  (data_dir is a fixture)

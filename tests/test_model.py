@@ -319,14 +319,14 @@ def test_chunked_loss_is_used_under_each_cpu_plugin(plugin: str) -> None:
     import contextlib
 
     from ominix.config import load_config
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import build_engine, init_distributed, one_process_env
 
     cfg = load_config("tiny", ["model.loss_chunk=100", "schedule.micro_batch_size=2",
                                "schedule.global_batch_size=2", "data.seq_len=64"], {"parallel.plugin": plugin})
     with contextlib.ExitStack() as run:
         run.enter_context(one_process_env())
-        run.enter_context(shims.patched())
+        run.enter_context(colossalai_patches.patched())
         init_distributed(seed=0)
         run.callback(torch.distributed.destroy_process_group)
         engine = build_engine(cfg, lambda step: 1.0)

@@ -75,7 +75,7 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
     from ominix.compiled import describe_compile
     from ominix.model import describe_attn
     from ominix.train.memory import describe_fit as memory_line
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
     from ominix.train.schedule import total_steps, warmup_note, warmup_steps
 
     layout = derive_layout(cfg, nproc * cfg.launch.nodes)

@@ -52,7 +52,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 
     from ominix.cli.render import debug_enabled
     from ominix.train import memory
-    from ominix.train.layout import validate, with_global_batch
+    from ominix.train.parallel_layout import validate, with_global_batch
 
     events = events or Events()
     nproc = local_nproc(cfg)

@@ -36,7 +36,7 @@ def preflight(cfg: OminixConfig, world_size: int | None) -> None:
     from ominix.checkpoint import check_compatible, read_state
     from ominix.data.store import manifest_sha256
     from ominix.plugins import PLUGINS
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
     from ominix.train.wandb_log import check_installed
 
     check_installed(cfg.logging.wandb)

@@ -23,7 +23,7 @@ from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
 from ominix.launch.relaunch import Relauncher
-from ominix.train.layout import LayoutError, derive_layout, validate, with_global_batch
+from ominix.train.parallel_layout import LayoutError, derive_layout, validate, with_global_batch
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig

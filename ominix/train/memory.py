@@ -24,8 +24,9 @@ from ominix.flops import num_params
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
-# a layout is a ``train.layout.Layout``, whose ``validate`` asks this module: not imported, no cycle
-Layout = Any
+# a ``train.parallel_layout.ParallelLayout``, whose ``validate`` asks this module: not imported,
+# so there is no cycle
+ParallelLayout = Any
 
 GIB = 2**30
 RESERVE = 2 * GIB  # what a process holds beyond torch's allocations: CUDA context, fragmentation
@@ -58,7 +59,7 @@ class Estimate:
         return f"~{self.total / GIB:.1f} GiB per GPU = {shown}"
 
 
-def _states(cfg: OminixConfig, layout: Layout) -> tuple[float, float, float]:
+def _states(cfg: OminixConfig, layout: ParallelLayout) -> tuple[float, float, float]:
     """Parameters, gradients and optimizer state on one GPU, in bytes."""
     p, plugin = cfg.parallel, cfg.parallel.plugin
     half = p.precision in ("bf16", "fp16")
@@ -97,7 +98,7 @@ def _layer_bytes(cfg: OminixConfig, act: int) -> dict[str, float]:
     return {"layer": fused if m.compile else eager, "selective": selective, "full": act * h}
 
 
-def estimate(cfg: OminixConfig, layout: Layout) -> Estimate:
+def estimate(cfg: OminixConfig, layout: ParallelLayout) -> Estimate:
     """The predicted peak memory of one GPU of ``layout`` (see the module docstring)."""
     m = cfg.model
     act = 2 if cfg.parallel.precision in ("bf16", "fp16") else 4
@@ -122,7 +123,7 @@ def estimate(cfg: OminixConfig, layout: Layout) -> Estimate:
     return Estimate(params, grads, optimizer, kept, transient, workspace)
 
 
-def check(cfg: OminixConfig, layout: Layout, device_bytes: float, device: str) -> Estimate:
+def check(cfg: OminixConfig, layout: ParallelLayout, device_bytes: float, device: str) -> Estimate:
     """Refuse ``layout`` when its estimate exceeds ``device_bytes`` of ``device`` (less RESERVE),
     naming the largest micro batch (or offload fraction) that fits; return the estimate."""
     est = estimate(cfg, layout)
@@ -137,7 +138,7 @@ def check(cfg: OminixConfig, layout: Layout, device_bytes: float, device: str) -
     )
 
 
-def _fixes(cfg: OminixConfig, layout: Layout, budget: float) -> list[str]:
+def _fixes(cfg: OminixConfig, layout: ParallelLayout, budget: float) -> list[str]:
     """What would fit ``budget``: a smaller micro batch, optimizer offload, checkpointing."""
     fixes = []
     for mb in range(layout.micro_batch - 1, 0, -1):
@@ -163,9 +164,9 @@ def _fixes(cfg: OminixConfig, layout: Layout, budget: float) -> list[str]:
                      "them), or use --plugin zero2_cpu (optimizer state on the host)"]
 
 
-def check_here(cfg: OminixConfig, layout: Layout) -> Estimate | None:
+def check_here(cfg: OminixConfig, layout: ParallelLayout) -> Estimate | None:
     """``check`` against this process's CUDA device, unless ``launch.device_memory_gib`` names the
-    memory (``layout.validate`` checks that figure) or there is no device."""
+    memory (``parallel_layout.validate`` checks that figure) or there is no device."""
     if cfg.launch.device_memory_gib:
         return None
     import torch
@@ -176,7 +177,7 @@ def check_here(cfg: OminixConfig, layout: Layout) -> Estimate | None:
     return check(cfg, layout, float(props.total_memory), props.name)
 
 
-def describe_fit(cfg: OminixConfig, layout: Layout) -> str:
+def describe_fit(cfg: OminixConfig, layout: ParallelLayout) -> str:
     """The estimate and where it is checked, for the plan a dry run prints."""
     est = estimate(cfg, layout)
     if not cfg.launch.memory_check:
