@@ -221,7 +221,7 @@ def test_compiled_model_matches_eager(scope: str, wrapped: bool) -> None:
         loss.backward()
         out.append((loss.detach(), model.model.layers[1].self_attn.q_proj.weight.grad.clone(),
                     model.model.norm.weight.grad.clone()))
-    assert (model.kernels.rms is not rms_normalize) == (scope == "ops")  # ops: the shared kernels swapped
+    assert (model.ops.rms is not rms_normalize) == (scope == "ops")  # ops: the shared kernels swapped
     assert (model.model.run_layer is not None) == wrapped  # hooked regions only for wrapped parameters
     for eager, fused in zip(*out):
         torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)

@@ -13,7 +13,7 @@ from ominix.cli import quickstart_cmd
 from ominix.cli.quiet import filter_third_party_warnings
 from ominix.cli import release_cmd
 from ominix.cli.render import debug_enabled, report_error
-from ominix.cli.spelling import Group
+from ominix.cli.flag_aliases import RootGroup
 from ominix.errors import OminixError, os_error
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
         "Pipeline: data prepare -> train launch -> checkpoint export -> infer / eval -> mof report. "
         "Presets: `ominix config presets`; what one sets: `ominix config show PRESET`."
     ),
-    cls=Group,  # a flag spelled as colossalai run / torchrun spell it: one line naming ours
+    cls=RootGroup,  # a flag spelled as colossalai run / torchrun spell it: one line naming ours
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Variables a node keeps from its own login environment; everything else is set explicitly.
 KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
 # No torch variable sets torchrun's stop timeout (30 s after it is signalled): a stop therefore
-# signals the workers themselves, never torchrun (children.py, nodeguard.py).
+# signals the workers themselves, never torchrun (torchrun.py, nodeguard.py).
 BASE_ENV = {"PYTHONUNBUFFERED": "1"}
 
 

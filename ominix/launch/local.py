@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ominix.config import dump_yaml
 from ominix.errors import OminixError
-from ominix.launch.children import run_torchrun
+from ominix.launch.torchrun import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.preflight import preflight

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ominix.data.fit import check_fits
+from ominix.data.compatibility import check_fits
 from ominix.eval.harness import check_task_files
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from ominix.launch.command import remote_python, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.hostcheck import checked_gpus, cluster
 from ominix.launch.hosts import FORMAT, parse_hostfile, select_hosts
-from ominix.launch.children import stop_signals
+from ominix.launch.torchrun import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir

@@ -159,7 +159,7 @@ def _devices() -> dict[str, int]:
 def _open_data(cfg: OminixConfig):
     """The training split, the validation split (None without evaluations) and the manifest's sha256.
     One process per node hashes the shards of the splits the run reads (``data.verify``)."""
-    from ominix.data.fit import check_fits
+    from ominix.data.compatibility import check_fits
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.data.verified import node_share
 
