@@ -220,8 +220,8 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.rotary_emb = RotaryEmbedding(cfg)
-        self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.checkpoint_policy = cfg.checkpoint_policy
+        self.recompute_activations = cfg.recompute_activations
+        self.recompute_policy = cfg.recompute_policy
         self.run_layer = None  # compile_hooked_layers: run_layer(layer, x, cos, sin), one compiled region
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -234,8 +234,8 @@ class LlamaModel(nn.Module):
         region = self.run_layer if cache is None else None
         for layer in self.layers:
             fn, args = (region, (layer, x, cos, sin)) if region else (layer, (x, cos, sin, cache))
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = run_checkpointed(fn, *args, policy=self.checkpoint_policy)
+            if self.recompute_activations and self.training and cache is None:
+                x = run_checkpointed(fn, *args, policy=self.recompute_policy)
             else:
                 x = fn(*args)
         if cache is not None:

@@ -123,10 +123,13 @@ def test_an_unset_global_batch_is_the_layouts_and_recorded_in_the_run(data_dir: 
 
 
 def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
+    """The plan shows the resolved config: a flag, and a key given by its old name (one notice)."""
     result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", "--attn", "sdpa",
-                     "--gradient-checkpointing", timeout=60)
+                     "--recompute-activations", sets=[*QUICK, "model.checkpoint_policy=selective"], timeout=60)
     _ok(result)
-    assert "  attn: sdpa\n" in result.stdout and "  gradient_checkpointing: true\n" in result.stdout
+    assert "  attn: sdpa\n" in result.stdout and "  recompute_activations: true\n" in result.stdout
+    assert "  recompute_policy: selective\n" in result.stdout and "checkpoint_policy" not in result.stdout
+    assert result.stderr.count("note: model.checkpoint_policy is now model.recompute_policy") == 1
     assert "global batch 16 = micro 8 x accum 1 x dp 2" in result.stdout
     assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m ominix.train --run-dir" in result.stdout
     assert not (tmp_path / "run").exists()
@@ -292,15 +295,49 @@ def test_lm_eval_task_in_the_loop_reaches_metrics_tensorboard_and_the_release(dd
     assert scored[0]["metrics"][0]["value"] == final["tasks"]["ominix_tiny_choice"]["acc"]
 
 
-def test_ddp_resume_is_bit_exact(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+def _as_written_before_the_rename(run: Path) -> None:
+    """Rewrite ``run`` (a copy) as a version before model.recompute_* had their names wrote it: the
+    old key names in config.yaml, and in each checkpoint's config.yaml and state.json, whose sizes
+    and sha256 its integrity record holds."""
+    import hashlib
+
+    def old_names(path: Path) -> None:
+        text = path.read_text()
+        path.write_text(text.replace("recompute_activations", "gradient_checkpointing")
+                        .replace("recompute_policy", "checkpoint_policy"))
+
+    old_names(run / "config.yaml")
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        record = json.loads((ckpt / "integrity.json").read_text())
+        for name in ("config.yaml", "state.json"):
+            old_names(ckpt / name)
+            data = (ckpt / name).read_bytes()
+            record["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ckpt / "integrity.json").write_text(json.dumps(record))
+
+
+def test_ddp_resume_is_bit_exact_also_for_a_run_of_an_older_version(ddp_run: Path, data_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """A run written before model.gradient_checkpointing / model.checkpoint_policy were renamed,
+    relaunched from its own config.yaml: it resumes bit-exactly, with one notice per old key."""
+    old = tmp_path / "old"
+    shutil.copytree(ddp_run, old)
+    _as_written_before_the_rename(old)
+    assert '"gradient_checkpointing"' in (old / "checkpoints" / "step_00000002" / "state.json").read_text()
     again = tmp_path / "again"
-    result = _launch(data_dir, again, "--nproc-per-node", "2", "--max-steps", "4",
-                     "--resume", str(ddp_run / "checkpoints" / "step_00000002"), sets=SETS)
+    flags = [a for s in [*SETS, "schedule.eval_tasks=[]"] for a in ("--set", s)]
+    result = run_cli("train", "launch", str(old / "config.yaml"), "--data", str(data_dir), "--run-dir", str(again),
+                     "--nproc-per-node", "2", "--max-steps", "4",
+                     "--resume", str(old / "checkpoints" / "step_00000002"), *flags,
+                     env={"COLUMNS": "200", "OMP_NUM_THREADS": "1"}, timeout=300)
     _ok(result)
     assert re.search(r"resumed from \S+ at step 2 \([\d,]+ tokens\) in \d+\.\d s", result.stdout)
     loads = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines() if '"load"' in x]
     assert [r["step"] for r in loads] == [2] and loads[0]["seconds"] > 0
     assert _losses(again) == {s: _losses(ddp_run)[s] for s in (3, 4)}  # bit-identical, not approximately
+    for key in ("gradient_checkpointing", "checkpoint_policy"):
+        assert result.stderr.count(f"note: model.{key} is now") == 1
+    assert "recompute_activations: false" in (again / "config.yaml").read_text()
 
 
 def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -464,7 +501,7 @@ def test_how_the_model_runs_may_change_on_resume_and_every_other_field_is_compar
 
     cfg = load_config("tiny")
     runs_otherwise = load_config("tiny", ["model.attn=auto", "model.compile=true", "model.loss_chunk=0",
-                                          "model.gradient_checkpointing=true", "model.checkpoint_policy=selective",
+                                          "model.recompute_activations=true", "model.recompute_policy=selective",
                                           "model.name=renamed", "model.initializer_range=0.5"])
     saved = {"model": runs_otherwise.model.model_dump(), "data_manifest_sha256": "x", "plugin": "ddp",
              "world_size": 1, "tp": 1, "pp": 1}

@@ -40,8 +40,8 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
     asks for hosts, refused once the config and data checks passed. A multi-node launch checks
     everything the config and data decide before it reaches any host over SSH."""
     events = events or Events()
-    if cfg.schedule._notice:  # an old key converted (the worker reads the new name)
-        events.notice(cfg.schedule._notice)
+    for notice in cfg.notices():  # old key names (RUN_DIR/config.yaml, which the worker reads, has the new)
+        events.notice(notice)
     if cfg.launch.launcher == "slurm":
         return start_slurm(cfg, dry_run=dry_run, events=events)
     if not cfg.launch.hostfile:

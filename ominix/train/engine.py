@@ -305,8 +305,8 @@ def _build_model(cfg: OminixConfig, spec: Plugin, device, plugin):
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
     if not spec.takes_lazy_init:
         LazyInitContext.materialize(model)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if m.recompute_activations:
+        model.gradient_checkpointing_enable()  # transformers' name for activation recompute
     return model
 
 

@@ -262,7 +262,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     fp8 = "" if cfg.model.fp8 == "off" else f"{float8.describe(cfg.model.fp8, chosen is not None)}; "
     out.line(f"model {cfg.model.name}: {num_params(cfg.model):,} parameters; attention {describe_attn(cfg.model.attn)}; "
              f"{compiled.SCOPES.get(chosen, 'eager')}; {fp8}"
-             f"gradient checkpointing {cfg.model.checkpoint_policy if cfg.model.gradient_checkpointing else 'off'}; "
+             f"activation recompute {cfg.model.recompute_policy if cfg.model.recompute_activations else 'off'}; "
              f"documents framed {train_set.framing}; {total} steps; "
              f"{layout.tokens_per_step * total:,} tokens; run dir {run_dir}")
     if state.step >= total:

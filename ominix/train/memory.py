@@ -1,6 +1,6 @@
 """Whether a run fits in one accelerator's memory, estimated before anything is built.
 
-Per GPU, in bytes, for a plugin, a model shape, the micro batch, accumulation, checkpointing policy
+Per GPU, in bytes, for a plugin, a model shape, the micro batch, accumulation, recompute policy
 and world size:
 
     peak = params + grads + optimizer        the model states, as the plugin shards or offloads them
@@ -86,14 +86,14 @@ def _states(cfg: OminixConfig, layout: ParallelLayout) -> tuple[float, float, fl
 
 
 def _layer_bytes(cfg: OminixConfig, act: int) -> dict[str, float]:
-    """Bytes per token that one decoder layer keeps for backward, by checkpointing policy."""
+    """Bytes per token that one decoder layer keeps for backward, by recompute policy."""
     m = cfg.model
     h, kv, i = m.hidden_size, m.kv_heads * m.head_dim, m.intermediate_size
     # eager: both norms' fp32 inputs; the normed inputs of q/k/v and of the MLP, q, attention's
     # output and its reshaped copy (o_proj's input); k and v; gate, silu(gate), up, their product
     eager = act * (5 * h + 2 * kv + 4 * i) + 2 * 4 * h
     fused = act * (5 * h + 2 * kv + 3 * i)  # compiled: the fused norms and SwiGLU keep their inputs
-    # selective checkpointing keeps the layer's input and the matmul and attention outputs
+    # selective recompute keeps the layer's input and the matmul and attention outputs
     selective = act * (5 * h + 2 * kv + 2 * i)
     return {"layer": fused if m.compile else eager, "selective": selective, "full": act * h}
 
@@ -110,8 +110,8 @@ def estimate(cfg: OminixConfig, layout: ParallelLayout) -> Estimate:
     layers = m.num_hidden_layers / layout.pp * in_flight
     per_token = _layer_bytes(cfg, act)
     one_layer = per_token["layer"] * tokens
-    if m.gradient_checkpointing:
-        kept = per_token[m.checkpoint_policy] * tokens * layers
+    if m.recompute_activations:
+        kept = per_token[m.recompute_policy] * tokens * layers
         backward = 1.5 * one_layer  # a layer run again, and its gradients
     else:
         kept, backward = one_layer * layers, 0.5 * one_layer  # the gradients of one layer
@@ -139,7 +139,7 @@ def check(cfg: OminixConfig, layout: ParallelLayout, device_bytes: float, device
 
 
 def _fixes(cfg: OminixConfig, layout: ParallelLayout, budget: float) -> list[str]:
-    """What would fit ``budget``: a smaller micro batch, optimizer offload, checkpointing."""
+    """What would fit ``budget``: a smaller micro batch, optimizer offload, activation recompute."""
     fixes = []
     for mb in range(layout.micro_batch - 1, 0, -1):
         if layout.rank_batch % mb:
@@ -158,8 +158,8 @@ def _fixes(cfg: OminixConfig, layout: ParallelLayout, budget: float) -> list[str
                 fixes.append(f"set parallel.offload_optim_frac={tenths / 10:.1f} "
                              "(optimizer state on the host; slower)")
                 break
-    if not cfg.model.gradient_checkpointing:
-        fixes.append("set model.gradient_checkpointing=true")
+    if not cfg.model.recompute_activations:
+        fixes.append("set model.recompute_activations=true")
     return fixes or ["train on more GPUs (gemini, zero2 and fsdp shard the model states over "
                      "them), or use --plugin zero2_cpu (optimizer state on the host)"]
 

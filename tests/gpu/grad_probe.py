@@ -29,7 +29,7 @@ import torch
 SHAPE = ["model.hidden_size=256", "model.intermediate_size=688", "model.num_hidden_layers=3",
          "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.vocab_size=2048",
          "model.max_position_embeddings=256", "model.attn=sdpa", "data.seq_len=256",
-         "model.gradient_checkpointing=false"]
+         "model.recompute_activations=false"]
 MICRO = 4
 
 
