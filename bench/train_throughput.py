@@ -71,7 +71,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
 
     from ominix.train.engine import build_engine
     from ominix.train.loop import forward_backward, freeze_heap
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
     layout = engine.layout

@@ -97,3 +97,13 @@ def test_checkpoint_layout_is_spelled_in_one_package() -> None:
     outside = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                if "checkpoint" not in p.relative_to(PACKAGE).parts and spelled.search(p.read_text())]
     assert outside == []
+
+
+def test_no_module_shares_a_name_with_the_standard_library() -> None:
+    """A module named like a standard-library one (``inspect``, ``profile``) reads as that module
+    and shadows it for a script run from the module's folder."""
+    import sys
+
+    shadowing = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                       if p.stem in sys.stdlib_module_names)
+    assert shadowing == []

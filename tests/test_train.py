@@ -939,7 +939,7 @@ def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(mo
 
 
 def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
 
     def note(steps, done, total, enabled=True):
         return StepProfiler(steps, Path("unused"), enabled).unreachable(done, total)

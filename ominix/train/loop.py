@@ -208,7 +208,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     from ominix.train.parallel_layout import derive_layout, with_global_batch
     from ominix.train.memory import estimate
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
     from ominix.train.schedule import (
         continue_schedule, eval_note, lr_multiplier, resume_note, span, total_steps, warmup_note,
     )
