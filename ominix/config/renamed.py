@@ -29,7 +29,8 @@ def _in_section(section: str) -> dict[str, str]:
 
 
 def notice(old: str, origin: str) -> str:
-    return f"note: {old} is now {RENAMED[old]}: {origin} uses the old name, read as the new one; rename it"
+    return (f"note: {old} is now {RENAMED[old]}: {origin} uses the old name, read as the new one; "
+            "rename it")
 
 
 def _both_set(old: str, origin: str | None = None) -> OminixError:
@@ -57,13 +58,14 @@ def rename_section(section: str, data: Any) -> Any:
 def rename_tree(tree: dict[str, Any], origin: str, notices: dict[str, str]) -> None:
     """Rename the old keys of a whole config ``tree`` (a YAML file's) in place; ``notices`` gets
     one line per old key found (keyed by it, so a key met again adds none)."""
-    for old, new in RENAMED.items():
+    for old in RENAMED:
         section, key = old.split(".", 1)
         node = tree.get(section)
         if isinstance(node, dict) and key in node:
-            if new.split(".", 1)[1] in node:
+            new = _in_section(section)[key]
+            if new in node:
                 raise _both_set(old, origin)
-            node[new.split(".", 1)[1]] = node.pop(key)
+            node[new] = node.pop(key)
             notices.setdefault(old, notice(old, origin))
 
 
