@@ -82,7 +82,7 @@ def test_fsdp_is_refused_on_torch_older_than_2_7(monkeypatch) -> None:
 
     cfg = load_config("tiny", ["parallel.plugin=fsdp"])
     parallel_layout.validate(cfg, 2, gpu=True)  # the installed torch is new enough
-    monkeypatch.setattr(layout, "torch_version", lambda: (2, 5))
+    monkeypatch.setattr(parallel_layout, "torch_version", lambda: (2, 5))
     with pytest.raises(OminixError, match=r"fsdp needs torch >= 2.7 \(installed: 2.5\)") as info:
         parallel_layout.validate(cfg, 2, gpu=True)
     assert "torch>=2.7" in info.value.hint
