@@ -79,14 +79,14 @@ def main() -> None:
     from ominix import checkpoint as ckpt
     from ominix.config import dump_yaml, load_config
     from ominix.flops import device_name
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import build_engine, init_distributed, one_process_env
-    from ominix.train.layout import derive_layout, with_global_batch
+    from ominix.train.parallel_layout import derive_layout, with_global_batch
 
     flags = {"parallel.plugin": args.plugin, "parallel.precision": args.precision, "data.seq_len": args.seq_len,
              "schedule.micro_batch_size": args.micro_batch}
     cfg = load_config(args.preset, args.sets, {k: v for k, v in flags.items() if v is not None})
-    with one_process_env(), shims.patched(), tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with one_process_env(), colossalai_patches.patched(), tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         init_distributed(cfg.schedule.seed)
         world = dist.get_world_size()
         cfg.schedule.global_batch_size = None

@@ -46,7 +46,7 @@ def parse_case(text: str) -> dict:
 def run_case(case: dict, data: str, steps: int, nproc: int, run_dir: Path) -> dict:
     """Train ``case`` for ``steps`` steps and compare its peak with the estimate of its config."""
     from ominix.config import load_config
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
     from ominix.train.memory import estimate
 
     sets = [*case["sets"], f"schedule.micro_batch_size={case['micro']}",

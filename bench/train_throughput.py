@@ -71,7 +71,7 @@ def _measure(cfg, hf_baseline: bool, warmup: int, steps: int, data: str | None =
 
     from ominix.train.engine import build_engine
     from ominix.train.loop import forward_backward, freeze_heap
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
 
     engine = build_engine(cfg, lambda step: 1.0, hf_baseline=hf_baseline)
     layout = engine.layout
@@ -153,11 +153,11 @@ def measure_side(args: argparse.Namespace) -> int:
 
     from ominix.config import load_config
     from ominix.flops import device_name, flops_per_token, mfu, peak_flops
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import init_distributed, one_process_env
     run = contextlib.ExitStack()  # the run's process-wide settings, kept until this process exits
     run.enter_context(one_process_env())
-    run.enter_context(shims.patched())
+    run.enter_context(colossalai_patches.patched())
     init_distributed(seed=0)
     world = dist.get_world_size()
     sets = list(args.sets)

@@ -1,5 +1,5 @@
-"""The one gate before OminiX patches or mirrors a ColossalAI internal (``ominix.train.shims``,
-``ominix.compiled_gemini``).
+"""The one gate before OminiX patches or mirrors a ColossalAI internal
+(``ominix.train.colossalai_patches``, ``ominix.compiled_gemini``).
 
 Each target is checked to exist with the signature the patch was written against (ColossalAI
 ``WRITTEN_FOR``) before it is replaced or called: under another ColossalAI (installed with

@@ -7,7 +7,7 @@
 - ``compile_ops``: only the parameter-free kernels (norm, rotary, SwiGLU), which work anywhere.
 
 The model calls ``apply`` when it is built; this module knows the model only by its attributes
-(``model.model.layers``, ``model.kernels``), so it sits below ``ominix.model``.
+(``model.model.layers``, ``model.ops``), so it sits below ``ominix.model``.
 """
 
 from __future__ import annotations
@@ -76,5 +76,5 @@ def _compiled(fn):
 def compile_ops(model: nn.Module) -> None:
     """torch.compile the parameter-free kernels (RMSNorm's normalisation, rotary, SwiGLU): fused
     elementwise kernels with fewer saved intermediates; every op that touches a weight stays eager."""
-    k = model.kernels
+    k = model.ops
     k.rms, k.rotary, k.swiglu = _compiled(rms_normalize), _compiled(apply_rotary_qk), _compiled(swiglu)

@@ -67,7 +67,7 @@ def compile_hooked_layers(model: nn.Module) -> None:
     # the graph's module: the layer's structure on the meta device, every parameter passed in
     layer_type = type(model.model.layers[0])
     with torch.device("meta"):
-        template = float8.convert(layer_type(model.config, 0, model.attn, model.kernels), model.fp8)
+        template = float8.convert(layer_type(model.config, 0, model.attn, model.ops), model.fp8)
     names = [n for n, _ in template.named_parameters()]
 
     def eager(params, x, cos, sin):

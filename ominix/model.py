@@ -82,7 +82,7 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
-class Kernels:
+class ParameterFreeOps:
     """The parameter-free pieces of a decoder layer, shared by all its modules. ``compile_ops``
     swaps them for ``torch.compile``d versions: fused kernels that never see a parameter, so they
     work under plugins whose parameters run hooks on every op (Gemini)."""
@@ -94,14 +94,14 @@ class Kernels:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, kernels: Kernels | None = None) -> None:
+    def __init__(self, dim: int, eps: float, ops: ParameterFreeOps | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
-        self.kernels = kernels or Kernels()
+        self.ops = ops or ParameterFreeOps()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * self.kernels.rms(x, self.eps)
+        return self.weight * self.ops.rms(x, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -128,9 +128,9 @@ class RotaryEmbedding(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, kernels: Kernels) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, ops: ParameterFreeOps) -> None:
         super().__init__()
-        self.kernels = kernels
+        self.ops = ops
         self.layer_idx = layer_idx
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.kv_heads, cfg.head_dim
         self.attn = attn
@@ -146,7 +146,7 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self.kernels.rotary(q, k, cos, sin)
+        q, k = self.ops.rotary(q, k, cos, sin)
         if cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
@@ -186,24 +186,24 @@ def _cudnn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, kernels: Kernels) -> None:
+    def __init__(self, cfg: ModelConfig, ops: ParameterFreeOps) -> None:
         super().__init__()
-        self.kernels = kernels
+        self.ops = ops
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(self.ops.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, kernels: Kernels) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, attn: str, ops: ParameterFreeOps) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, attn, kernels)
-        self.mlp = LlamaMLP(cfg, kernels)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
+        self.self_attn = LlamaAttention(cfg, layer_idx, attn, ops)
+        self.mlp = LlamaMLP(cfg, ops)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None) -> torch.Tensor:
@@ -212,16 +212,16 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn: str, kernels: Kernels) -> None:
+    def __init__(self, cfg: ModelConfig, attn: str, ops: ParameterFreeOps) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, attn, kernels) for i in range(cfg.num_hidden_layers)
+            LlamaDecoderLayer(cfg, i, attn, ops) for i in range(cfg.num_hidden_layers)
         )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.rotary_emb = RotaryEmbedding(cfg)
-        self.gradient_checkpointing = cfg.gradient_checkpointing
-        self.checkpoint_policy = cfg.checkpoint_policy
+        self.recompute_activations = cfg.recompute_activations
+        self.recompute_policy = cfg.recompute_policy
         self.run_layer = None  # compile_hooked_layers: run_layer(layer, x, cos, sin), one compiled region
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -234,8 +234,8 @@ class LlamaModel(nn.Module):
         region = self.run_layer if cache is None else None
         for layer in self.layers:
             fn, args = (region, (layer, x, cos, sin)) if region else (layer, (x, cos, sin, cache))
-            if self.gradient_checkpointing and self.training and cache is None:
-                x = run_checkpointed(fn, *args, policy=self.checkpoint_policy)
+            if self.recompute_activations and self.training and cache is None:
+                x = run_checkpointed(fn, *args, policy=self.recompute_policy)
             else:
                 x = fn(*args)
         if cache is not None:
@@ -256,9 +256,9 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.attn = resolve_attn(attn or cfg.attn)
-        self.kernels = Kernels()
+        self.ops = ParameterFreeOps()
         self.fp8 = "off"  # build_model: the FP8 recipe of the decoder layers (ominix.float8)
-        self.model = LlamaModel(cfg, self.attn, self.kernels)
+        self.model = LlamaModel(cfg, self.attn, self.ops)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

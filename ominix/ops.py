@@ -1,5 +1,5 @@
 """The parameter-free kernels of a decoder layer: RMSNorm's normalisation, rotary embeddings (Hugging
-Face layout) and SwiGLU. The model calls them through its ``Kernels``; ``compiled.compile_ops`` swaps
+Face layout) and SwiGLU. The model calls them through its ``ParameterFreeOps``; ``compiled.compile_ops`` swaps
 in ``torch.compile``d versions of the same functions."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What gradient checkpointing keeps for backward (``model.checkpoint_policy``).
+"""What activation recompute keeps for backward (``model.recompute_policy``, with
+``model.recompute_activations``).
 
 ``full``: only each decoder layer's input; the whole layer runs again in backward (about a third
 more compute, the least memory). ``selective``: the outputs of the matmuls and of attention are

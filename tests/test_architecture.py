@@ -129,3 +129,11 @@ def test_lines_stay_short() -> None:
     long = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_LINE_LENGTH]
     assert long == []
+def test_no_module_shares_a_name_with_the_standard_library() -> None:
+    """A module named like a standard-library one (``inspect``, ``profile``) reads as that module
+    and shadows it for a script run from the module's folder."""
+    import sys
+
+    shadowing = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                       if p.stem in sys.stdlib_module_names)
+    assert shadowing == []

@@ -31,7 +31,7 @@ def test_every_preset_validates(name: str) -> None:
 def test_every_preset_lays_out_on_its_own_nodes(name: str) -> None:
     """Each preset's batch, micro batch and parallel degrees divide the world its launch section
     names (the check a launch makes before it reaches any node)."""
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     cfg = load_config(name)
     layout = validate(cfg, cfg.launch.nodes * (cfg.launch.nproc_per_node or 1), gpu=True)
@@ -43,7 +43,7 @@ def test_reference_run_preset() -> None:
     assert cfg.parallel.plugin == "gemini"
     assert cfg.schedule.micro_batch_size == 16
     assert cfg.data.seq_len == 4096
-    assert cfg.model.gradient_checkpointing and cfg.model.attn == "auto"
+    assert cfg.model.recompute_activations and cfg.model.attn == "auto"
     assert (cfg.launch.nodes, cfg.launch.nproc_per_node) == (4, 8)
     assert cfg.schedule.global_batch_size == 16 * 4 * 8
 
@@ -68,7 +68,7 @@ def test_unknown_section_is_named() -> None:
 @pytest.mark.parametrize(
     ("item", "parts", "value"),
     [("optim.lr=1e-4", ["optim", "lr"], "1e-4"), ("schedule.max_steps=20", ["schedule", "max_steps"], 20),
-     ("model.gradient_checkpointing=true", ["model", "gradient_checkpointing"], True),
+     ("model.recompute_activations=true", ["model", "recompute_activations"], True),
      ("data.sources=[a.jsonl, b.jsonl]", ["data", "sources"], ["a.jsonl", "b.jsonl"]),
      ("data.tokenizer=null", ["data", "tokenizer"], None), ("logging.run_dir=a=b", ["logging", "run_dir"], "a=b")],
 )
@@ -151,6 +151,58 @@ def test_every_field_has_a_description() -> None:
 
     s = schema()
     walk(s, s["$defs"], "")
+
+
+# --- renamed keys: activation recompute was named like the checkpoint section (saving) ------------
+
+OLD_KEYS = {"gradient_checkpointing": "recompute_activations", "checkpoint_policy": "recompute_policy"}
+
+
+def test_old_key_names_in_yaml_and_set_give_the_new_keys_config_and_one_notice(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("model:\n  gradient_checkpointing: true\n  checkpoint_policy: selective\n")
+    new.write_text("model:\n  recompute_activations: true\n  recompute_policy: selective\n")
+    wanted = load_config(new).model_dump()
+    assert wanted["model"]["recompute_activations"] and load_config(new).notices() == []
+    from_file = load_config(old)
+    from_set = load_config(None, ["model.gradient_checkpointing=true", "model.checkpoint_policy=selective"])
+    for cfg, origin in ((from_file, str(old)), (from_set, "--set model.")):
+        assert cfg.model_dump() == wanted
+        assert [n for n in cfg.notices() if "gradient_checkpointing" in n] == [
+            f"note: model.gradient_checkpointing is now model.recompute_activations: {origin}"
+            + ("" if cfg is from_file else "gradient_checkpointing=true")
+            + " uses the old name, read as the new one; rename it"]
+        assert len(cfg.notices()) == 2 and not set(OLD_KEYS) & set(cfg.model_dump()["model"])
+    # the same old key in the file and in --set: still one notice; a later layer still wins
+    both = load_config(old, ["model.gradient_checkpointing=false"])
+    assert not both.model.recompute_activations and len(both.notices()) == 2
+    assert not load_config(new, ["model.gradient_checkpointing=false"]).model.recompute_activations
+    assert load_config(old, ["model.recompute_policy=full"]).model.recompute_policy == "full"
+    old.write_text("model:\n  gradient_checkpointing: true\n  recompute_activations: false\n")
+    with pytest.raises(OminixError, match="gradient_checkpointing and model.recompute_activations are both set"):
+        load_config(old)
+
+
+def test_old_key_names_in_a_saved_state_and_in_the_schema() -> None:
+    """A checkpoint's state.json of an older version validates (a resume compares it); the JSON
+    Schema lists the old names as deprecated, so an editor accepts an older config file."""
+    from ominix.config import ModelConfig
+
+    saved = ModelConfig.model_validate({"gradient_checkpointing": True, "checkpoint_policy": "selective"})
+    assert (saved.recompute_activations, saved.recompute_policy) == (True, "selective")
+    props = schema()["$defs"]["ModelConfig"]["properties"]
+    for old, new in OLD_KEYS.items():
+        assert props[old]["deprecated"] and f"model.{new}" in props[old]["description"]
+        assert props[old]["type"] == props[new].get("type") and "deprecated" not in props[new]
+
+
+def test_config_show_prints_an_old_key_under_its_new_name_with_one_notice() -> None:
+    result = run_cli("config", "show", "tiny", "--set", "model.gradient_checkpointing=true")
+    assert result.returncode == 0, result.stderr
+    assert "  recompute_activations: true\n" in result.stdout and "gradient_checkpointing" not in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("note:")] == [
+        "note: model.gradient_checkpointing is now model.recompute_activations: --set "
+        "model.gradient_checkpointing=true uses the old name, read as the new one; rename it"]
 
 
 # --- plugin rules that depend on the config alone: refused at load, so `config show` and --dry-run

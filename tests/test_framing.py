@@ -119,13 +119,13 @@ def test_llama_style_tokenizer_frames_documents_bos_doc_eos_from_prepare_to_expo
         trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from ominix.data.inspect import inspect
+    from ominix.data.summary import summarize
     from ominix.data.store import WITH_BOS, read_manifest
     from ominix.infer.export import export
 
     data, tok_dir, run = trained
     manifest = read_manifest(data)
-    assert manifest["framing"] == inspect(data, samples=0)["framing"] == WITH_BOS
+    assert manifest["framing"] == summarize(data, samples=0)["framing"] == WITH_BOS
     bos, eos = manifest["tokenizer"]["bos_id"], manifest["tokenizer"]["eos_id"]
     stream = _stream(data)
     # every document starts with <s> and ends with </s>: each </s> is followed by the next <s>
@@ -225,7 +225,7 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
     the export then frame a prompt without the BOS the model never saw, though the tokenizer adds one."""
     from transformers import AutoTokenizer
 
-    from ominix.data.inspect import inspect
+    from ominix.data.summary import summarize
     from ominix.data.store import PLAIN, PackedDataset
     from ominix.eval.run import run_eval
     from ominix.infer.export import export
@@ -233,7 +233,7 @@ def test_data_prepared_before_framing_trains_and_serves_as_it_was_framed(
 
     data, tok_dir, _ = trained
     old = _old_style(data, tok_dir, tmp_path / "old-data")
-    assert PackedDataset(old, verify=False).framing == inspect(old, samples=0)["framing"] == PLAIN
+    assert PackedDataset(old, verify=False).framing == summarize(old, samples=0)["framing"] == PLAIN
     run = _train(old, tmp_path / "run")
     assert f"documents framed {PLAIN};" in (run / "train.log").read_text()
     state = json.loads((run / "checkpoints" / "step_00000002" / "state.json").read_text())

@@ -198,7 +198,7 @@ def test_training_without_matplotlib_goes_on_without_the_figure(data: Path, tmp_
 def test_profile_summary_counts_overlapping_gpu_work_once() -> None:
     """GPU busy is the union of kernel and copy intervals (overlapping streams count once); the
     host's phases add up over micro batches; CPU-side ops are neither."""
-    from ominix.train.profile import busy_seconds, summarize
+    from ominix.train.step_profiler import busy_seconds, summarize
 
     assert busy_seconds([(0, 10), (5, 15), (20, 30), (22, 25)]) == 25
     assert busy_seconds([]) == 0

@@ -8,7 +8,7 @@ import pytest
 
 from ominix.config import load_config
 from ominix.errors import OminixError
-from ominix.train.layout import derive_layout, validate
+from ominix.train.parallel_layout import derive_layout, validate
 from ominix.train.memory import GIB, estimate
 from tests.conftest import run_cli
 from tests.test_train import _launch, _ok
@@ -50,7 +50,7 @@ def test_estimate_follows_sharding_and_checkpointing() -> None:
     one, eight = estimate(base, derive_layout(base, 1)), estimate(base, derive_layout(base, 8))
     assert eight.optimizer == pytest.approx(one.optimizer / 8)  # Gemini shards the states over dp
     assert eight.activations == one.activations  # a micro batch's activations stay on its GPU
-    off = load_config("llama2-7b", ["model.compile=false", "model.gradient_checkpointing=false"], ONE_GPU)
+    off = load_config("llama2-7b", ["model.compile=false", "model.recompute_activations=false"], ONE_GPU)
     assert estimate(off, derive_layout(off, 1)).activations > 20 * one.activations
     zero2 = load_config("llama2-7b", ["parallel.plugin=zero2"], ONE_GPU)
     cpu = load_config("llama2-7b", ["parallel.plugin=zero2_cpu"], ONE_GPU)

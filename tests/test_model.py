@@ -76,8 +76,8 @@ def test_kv_cache_decoding_equals_full_forward() -> None:
     torch.testing.assert_close(torch.cat([prefill, chunk, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-def test_gradient_checkpointing_gives_same_gradients() -> None:
-    """Full and selective checkpointing give the gradients of no checkpointing; full runs every
+def test_activation_recompute_gives_same_gradients() -> None:
+    """Full and selective activation recompute give the gradients of no recompute; full runs every
     matmul of a layer again in backward, selective keeps their outputs and runs none again."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -94,9 +94,9 @@ def test_gradient_checkpointing_gives_same_gradients() -> None:
     cfg = SHAPES["gqa"]
     ids = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
     grads, matmuls = {}, {}
-    for name, update in [("none", {"gradient_checkpointing": False}),
-                         ("full", {"gradient_checkpointing": True}),
-                         ("selective", {"gradient_checkpointing": True, "checkpoint_policy": "selective"})]:
+    for name, update in [("none", {"recompute_activations": False}),
+                         ("full", {"recompute_activations": True}),
+                         ("selective", {"recompute_activations": True, "recompute_policy": "selective"})]:
         model = build_model(cfg.model_copy(update=update), seed=6).train()
         with CountMatmuls() as counter:
             model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
@@ -211,7 +211,7 @@ def test_chunked_loss_under_hooked_parameters() -> None:
 def test_compiled_model_matches_eager(scope: str, wrapped: bool) -> None:
     """Both compile scopes (and, under a parameter-wrapping plugin, the hooked layer regions) give
     the eager loss and gradients; inductor runs on the CPU too."""
-    cfg = SHAPES["gqa"].model_copy(update={"gradient_checkpointing": True})
+    cfg = SHAPES["gqa"].model_copy(update={"recompute_activations": True})
     ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
     out = []
     for compiled in (False, True):
@@ -221,7 +221,7 @@ def test_compiled_model_matches_eager(scope: str, wrapped: bool) -> None:
         loss.backward()
         out.append((loss.detach(), model.model.layers[1].self_attn.q_proj.weight.grad.clone(),
                     model.model.norm.weight.grad.clone()))
-    assert (model.kernels.rms is not rms_normalize) == (scope == "ops")  # ops: the shared kernels swapped
+    assert (model.ops.rms is not rms_normalize) == (scope == "ops")  # ops: the shared kernels swapped
     assert (model.model.run_layer is not None) == wrapped  # hooked regions only for wrapped parameters
     for eager, fused in zip(*out):
         torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)
@@ -266,7 +266,7 @@ def test_hooked_compiled_layers_fire_parameter_hooks(ckpt: bool) -> None:
             self.calls.append(("post_backward", len(params)))
             self.done.update(id(p) for p in params)
 
-    cfg = SHAPES["gqa"].model_copy(update={"gradient_checkpointing": ckpt})
+    cfg = SHAPES["gqa"].model_copy(update={"recompute_activations": ckpt})
     ids = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
     eager = build_model(cfg, seed=4).train()
     hooked = build_model(cfg, seed=4).train()
@@ -319,14 +319,14 @@ def test_chunked_loss_is_used_under_each_cpu_plugin(plugin: str) -> None:
     import contextlib
 
     from ominix.config import load_config
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import build_engine, init_distributed, one_process_env
 
     cfg = load_config("tiny", ["model.loss_chunk=100", "schedule.micro_batch_size=2",
                                "schedule.global_batch_size=2", "data.seq_len=64"], {"parallel.plugin": plugin})
     with contextlib.ExitStack() as run:
         run.enter_context(one_process_env())
-        run.enter_context(shims.patched())
+        run.enter_context(colossalai_patches.patched())
         init_distributed(seed=0)
         run.callback(torch.distributed.destroy_process_group)
         engine = build_engine(cfg, lambda step: 1.0)

@@ -60,7 +60,7 @@ def _ok(result) -> None:
     (["parallel.plugin=3d", "parallel.pp=2", "parallel.num_microbatches=4"], 2, True, "num_microbatches"),
 ])
 def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     with pytest.raises(OminixError, match=needle) as info:
         validate(load_config("tiny", sets), nproc, gpu=gpu)
@@ -68,18 +68,18 @@ def test_bad_combination_names_the_setting(sets, nproc, gpu, needle) -> None:
 
 
 def test_fsdp_is_refused_on_torch_older_than_2_7(monkeypatch) -> None:
-    from ominix.train import layout
+    from ominix.train import parallel_layout
 
     cfg = load_config("tiny", ["parallel.plugin=fsdp"])
-    layout.validate(cfg, 2, gpu=True)  # the installed torch is new enough
-    monkeypatch.setattr(layout, "torch_version", lambda: (2, 5))
+    parallel_layout.validate(cfg, 2, gpu=True)  # the installed torch is new enough
+    monkeypatch.setattr(parallel_layout, "torch_version", lambda: (2, 5))
     with pytest.raises(OminixError, match=r"fsdp needs torch >= 2.7 \(installed: 2.5\)") as info:
-        layout.validate(cfg, 2, gpu=True)
+        parallel_layout.validate(cfg, 2, gpu=True)
     assert "torch>=2.7" in info.value.hint
 
 
 def test_layout_is_derived_in_one_place() -> None:
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     layout = validate(load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"]), 4, gpu=True)
     assert (layout.dp, layout.accum, layout.rank_batch, layout.tokens_per_step) == (2, 1, 8, 16 * 128)
@@ -113,10 +113,13 @@ def test_an_unset_global_batch_is_the_layouts_and_recorded_in_the_run(data_dir: 
 
 
 def test_dry_run_prints_summary_and_torchrun_command(data_dir: Path, tmp_path: Path) -> None:
+    """The plan shows the resolved config: a flag, and a key given by its old name (one notice)."""
     result = _launch(data_dir, tmp_path / "run", "--nproc-per-node", "2", "--dry-run", "--attn", "sdpa",
-                     "--gradient-checkpointing", timeout=60)
+                     "--recompute-activations", sets=[*QUICK, "model.checkpoint_policy=selective"], timeout=60)
     _ok(result)
-    assert "  attn: sdpa\n" in result.stdout and "  gradient_checkpointing: true\n" in result.stdout
+    assert "  attn: sdpa\n" in result.stdout and "  recompute_activations: true\n" in result.stdout
+    assert "  recompute_policy: selective\n" in result.stdout and "checkpoint_policy" not in result.stdout
+    assert result.stderr.count("note: model.checkpoint_policy is now model.recompute_policy") == 1
     assert "global batch 16 = micro 8 x accum 1 x dp 2" in result.stdout
     assert "-m torch.distributed.run --nproc-per-node=2 --standalone -m ominix.train --run-dir" in result.stdout
     assert not (tmp_path / "run").exists()
@@ -168,7 +171,7 @@ def test_max_tokens_stops_at_the_step_that_reaches_it() -> None:
 
 def test_3d_checkpoint_is_refused_on_another_rank_count() -> None:
     from ominix.checkpoint import check_compatible
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     cfg = load_config("tiny", ["parallel.plugin=3d", "parallel.tp=2", "parallel.precision=bf16"])
     saved = {"model": cfg.model.model_dump(), "data_manifest_sha256": "x", "plugin": "3d",
@@ -282,15 +285,49 @@ def test_lm_eval_task_in_the_loop_reaches_metrics_tensorboard_and_the_release(dd
     assert scored[0]["metrics"][0]["value"] == final["tasks"]["ominix_tiny_choice"]["acc"]
 
 
-def test_ddp_resume_is_bit_exact(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
+def _as_written_before_the_rename(run: Path) -> None:
+    """Rewrite ``run`` (a copy) as a version before model.recompute_* had their names wrote it: the
+    old key names in config.yaml, and in each checkpoint's config.yaml and state.json, whose sizes
+    and sha256 its integrity record holds."""
+    import hashlib
+
+    def old_names(path: Path) -> None:
+        text = path.read_text()
+        path.write_text(text.replace("recompute_activations", "gradient_checkpointing")
+                        .replace("recompute_policy", "checkpoint_policy"))
+
+    old_names(run / "config.yaml")
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        record = json.loads((ckpt / "integrity.json").read_text())
+        for name in ("config.yaml", "state.json"):
+            old_names(ckpt / name)
+            data = (ckpt / name).read_bytes()
+            record["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (ckpt / "integrity.json").write_text(json.dumps(record))
+
+
+def test_ddp_resume_is_bit_exact_also_for_a_run_of_an_older_version(ddp_run: Path, data_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """A run written before model.gradient_checkpointing / model.checkpoint_policy were renamed,
+    relaunched from its own config.yaml: it resumes bit-exactly, with one notice per old key."""
+    old = tmp_path / "old"
+    shutil.copytree(ddp_run, old)
+    _as_written_before_the_rename(old)
+    assert '"gradient_checkpointing"' in (old / "checkpoints" / "step_00000002" / "state.json").read_text()
     again = tmp_path / "again"
-    result = _launch(data_dir, again, "--nproc-per-node", "2", "--max-steps", "4",
-                     "--resume", str(ddp_run / "checkpoints" / "step_00000002"), sets=SETS)
+    flags = [a for s in [*SETS, "schedule.eval_tasks=[]"] for a in ("--set", s)]
+    result = run_cli("train", "launch", str(old / "config.yaml"), "--data", str(data_dir), "--run-dir", str(again),
+                     "--nproc-per-node", "2", "--max-steps", "4",
+                     "--resume", str(old / "checkpoints" / "step_00000002"), *flags,
+                     env={"COLUMNS": "200", "OMP_NUM_THREADS": "1"}, timeout=300)
     _ok(result)
     assert re.search(r"resumed from \S+ at step 2 \([\d,]+ tokens\) in \d+\.\d s", result.stdout)
     loads = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines() if '"load"' in x]
     assert [r["step"] for r in loads] == [2] and loads[0]["seconds"] > 0
     assert _losses(again) == {s: _losses(ddp_run)[s] for s in (3, 4)}  # bit-identical, not approximately
+    for key in ("gradient_checkpointing", "checkpoint_policy"):
+        assert result.stderr.count(f"note: model.{key} is now") == 1
+    assert "recompute_activations: false" in (again / "config.yaml").read_text()
 
 
 def test_checkpoint_resumes_on_another_rank_count(ddp_run: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -450,11 +487,11 @@ def test_resume_under_another_function_of_the_weights_is_refused(change: str, ne
 def test_how_the_model_runs_may_change_on_resume_and_every_other_field_is_compared() -> None:
     from ominix.checkpoint import check_compatible
     from ominix.config import ModelConfig
-    from ominix.train.layout import validate
+    from ominix.train.parallel_layout import validate
 
     cfg = load_config("tiny")
     runs_otherwise = load_config("tiny", ["model.attn=auto", "model.compile=true", "model.loss_chunk=0",
-                                          "model.gradient_checkpointing=true", "model.checkpoint_policy=selective",
+                                          "model.recompute_activations=true", "model.recompute_policy=selective",
                                           "model.name=renamed", "model.initializer_range=0.5"])
     saved = {"model": runs_otherwise.model.model_dump(), "data_manifest_sha256": "x", "plugin": "ddp",
              "world_size": 1, "tp": 1, "pp": 1}
@@ -471,7 +508,7 @@ def test_how_the_model_runs_may_change_on_resume_and_every_other_field_is_compar
 @pytest.mark.slow
 @pytest.mark.usefixtures("private_netns")
 @pytest.mark.parametrize("plugin, sets", [
-    ("zero2", []),  # LowLevelZero through the CPU shims (ominix/train/shims.py)
+    ("zero2", []),  # LowLevelZero through the CPU shims (ominix/train/colossalai_patches.py)
     ("3d", ["parallel.tp=2"]),  # transformers' LlamaForCausalLM, tensor parallel over 2 ranks
     ("3d", ["parallel.pp=2"]),  # two pipeline stages, 2 micro batches per step
 ])
@@ -700,20 +737,21 @@ def test_a_changed_speed_up_target_is_skipped_with_a_notice_and_a_changed_fix_re
     from colossalai.logging.logger import DistributedLogger
     from colossalai.zero.gemini.chunk import chunk as chunk_module
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
 
-    with shims.patched() as skipped:  # the installed ColossalAI is the one the shims were written for
-        assert skipped == [] and chunk_module.Chunk.set_l2_norm.__module__ == shims.__name__
+    # the installed ColossalAI is the one the patches were written for
+    with colossalai_patches.patched() as skipped:
+        assert skipped == [] and chunk_module.Chunk.set_l2_norm.__module__ == colossalai_patches.__name__
     changed = lambda self, squared=False: None  # noqa: E731
     monkeypatch.setattr(chunk_module.Chunk, "set_l2_norm", changed)
-    with shims.patched() as skipped:
+    with colossalai_patches.patched() as skipped:
         assert len(skipped) == 1 and "chunk norms on the device is skipped" in skipped[0]
         assert "set_l2_norm is (self, squared=False), not (self)" in skipped[0]
         assert chunk_module.Chunk.set_l2_norm is changed
     debug, reduce = DistributedLogger.debug, chunk_module.Chunk.reduce
     monkeypatch.setattr(chunk_module, "free_storage", lambda tensor, stream=None: None)
     with pytest.raises(OminixError, match=r"side stream .*\.free_storage is \(tensor, stream=None\)"):
-        with shims.patched():
+        with colossalai_patches.patched():
             pass
     assert (DistributedLogger.debug, chunk_module.Chunk.reduce) == (debug, reduce)  # nothing stays patched
 
@@ -741,13 +779,13 @@ def test_colossalai_debug_calls_cost_nothing_unless_debug_is_logged(monkeypatch:
     from colossalai.logging import get_dist_logger
     from colossalai.logging.logger import DistributedLogger
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
 
     stacks: list[int] = []
     stack = inspect.stack
     monkeypatch.setattr(inspect, "stack", lambda *a, **k: (stacks.append(1), stack(*a, **k))[1])
     logger, original = get_dist_logger(), DistributedLogger.debug
-    with shims.patched():
+    with colossalai_patches.patched():
         logger.debug("not logged at INFO")
         assert stacks == []
         logger.set_level("DEBUG")
@@ -772,7 +810,7 @@ def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(
     from colossalai.zero.gemini.chunk.chunk import Chunk
     from colossalai.zero.gemini.gemini_optimizer import GeminiOptimizer
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import one_process_env
 
     torch.manual_seed(0)
@@ -784,7 +822,7 @@ def test_gemini_chunk_norms_stay_on_the_device_and_the_global_norm_is_unchanged(
 
     def global_norm(patched: bool) -> tuple[float, list]:
         chunks = [chunk(v, gathered=i != 1) for i, v in enumerate(values)]
-        with shims.patched() if patched else contextlib.nullcontext():
+        with colossalai_patches.patched() if patched else contextlib.nullcontext():
             for c in chunks:
                 Chunk.set_l2_norm(c)
             kinds = [type(c.l2_norm) for c in chunks]
@@ -809,9 +847,9 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     unless chunks move to the host; parallel.gemini_async_reduce chooses either way."""
     import torch.distributed as dist
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import BUILDERS, one_process_env
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
 
     cfg = load_config("llama2-7b", sets=["schedule.global_batch_size=32"])
     layout = derive_layout(cfg, 1)
@@ -819,7 +857,7 @@ def test_gemini_reduces_on_the_compute_stream(private_netns: None) -> None:
     offload = load_config("llama2-7b", sets=["parallel.offload_optim_frac=0.5"])
     side = load_config("llama2-7b", sets=["parallel.gemini_async_reduce=true"])
     ordered = load_config("llama2-7b", sets=["parallel.offload_optim_frac=0.5", "parallel.gemini_async_reduce=false"])
-    with shims.patched(), one_process_env():
+    with colossalai_patches.patched(), one_process_env():
         dist.init_process_group("gloo")
         try:
             config = BUILDERS["gemini"](cfg, layout).gemini_config
@@ -843,7 +881,7 @@ def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(mo
     changes."""
     from types import SimpleNamespace
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
 
     events: list = []
     side = object()
@@ -872,26 +910,26 @@ def test_a_side_stream_reduction_frees_after_its_collective_and_on_its_stream(mo
         free_storage(chunk.cuda_global_chunk)
         events.append("reduce returns")
 
-    reduce_then_free, free_storage = shims.frees_after_reads(reduce, lambda t: events.append("freed"))
-    monkeypatch.setattr(shims, "_side_stream", lambda tensor: side)
+    reduce_then_free, free_storage = colossalai_patches.frees_after_reads(reduce, lambda t: events.append("freed"))
+    monkeypatch.setattr(colossalai_patches, "_side_stream", lambda tensor: side)
     reduce_then_free(Chunk(), True)
     assert events == ["reduce-scatter enqueued", "reduce returns", "stream waits for the collective",
                       ("record", "side"), "freed"]
     events.clear()
-    monkeypatch.setattr(shims, "_side_stream", lambda tensor: None)  # the compute stream: as ColossalAI does
+    monkeypatch.setattr(colossalai_patches, "_side_stream", lambda tensor: None)  # the compute stream: as ColossalAI does
     reduce_then_free(Chunk(), False)
     assert events == ["reduce-scatter enqueued", "freed", "reduce returns"]
     events.clear()
     free_storage(Tensor())  # outside a reduction, on the compute stream, a free is a free
     assert events == ["freed"]
     events.clear()
-    monkeypatch.setattr(shims, "_side_stream", lambda tensor: side)
+    monkeypatch.setattr(colossalai_patches, "_side_stream", lambda tensor: side)
     free_storage(Tensor())  # outside a reduction on a side stream (a chunk released there): recorded first
     assert events == [("record", "side"), "freed"]
 
 
 def test_a_profile_window_the_run_never_reaches_is_a_note() -> None:
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
 
     def note(steps, done, total, enabled=True):
         return StepProfiler(steps, Path("unused"), enabled).unreachable(done, total)

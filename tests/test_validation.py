@@ -63,7 +63,7 @@ def test_the_old_eval_batches_becomes_the_same_blocks_with_a_notice(tmp_path: Pa
 
 
 def test_a_short_validation_split_is_read_whole_and_an_empty_one_refused(tmp_path: Path) -> None:
-    from ominix.data.fit import check_fits
+    from ominix.data.compatibility import check_fits
     from ominix.train.schedule import eval_note
 
     cfg = load_config("tiny", ["schedule.eval_blocks=500"])

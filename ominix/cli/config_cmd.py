@@ -32,6 +32,8 @@ def show(
     from ominix.config import dump_json, dump_yaml, load_config
 
     cfg = load_config(one_preset(source, config), sets)
+    for notice in cfg.notices():  # an old key name: the output shows the new one
+        typer.echo(notice, err=True)
     typer.echo(dump_json(cfg) if as_json else dump_yaml(cfg), nl=False)
 
 

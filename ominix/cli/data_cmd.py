@@ -123,9 +123,9 @@ def inspect(
       ominix data inspect data/sp1 --verify --json
     """
     from ominix.cli.data_view import print_report
-    from ominix.data.inspect import inspect as run_inspect
+    from ominix.data.summary import summarize
 
-    report = run_inspect(path, verify=verify, samples=sample)
+    report = summarize(path, verify=verify, samples=sample)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

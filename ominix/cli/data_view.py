@@ -98,7 +98,7 @@ def print_summary(manifest: dict[str, Any], path: str) -> None:
 
 
 def print_report(r: dict[str, Any]) -> None:
-    """The report of ``ominix data inspect`` (``ominix.data.inspect.inspect``'s result)."""
+    """The report of ``ominix data inspect`` (``ominix.data.summary.summarize``'s result)."""
     from rich.console import Console
 
     console = Console(highlight=False)

@@ -11,8 +11,8 @@ from ominix import __version__
 from ominix.cli import checkpoint_cmd, config_cmd, data_cmd, eval_cmd, infer_cmd, mof_cmd, train_cmd
 from ominix.cli import quickstart_cmd
 from ominix.cli import release_cmd
-from ominix.cli.spelling import Group
 from ominix.console import debug_enabled, report_error
+from ominix.cli.flag_aliases import RootGroup
 from ominix.errors import OminixError, os_error
 from ominix.warning_filter import filter_third_party_warnings
 
@@ -23,7 +23,7 @@ app = typer.Typer(
         "Pipeline: data prepare -> train launch -> checkpoint export -> infer / eval -> mof report. "
         "Presets: `ominix config presets`; what one sets: `ominix config show PRESET`."
     ),
-    cls=Group,  # a flag spelled as colossalai run / torchrun spell it: one line naming ours
+    cls=RootGroup,  # a flag spelled as colossalai run / torchrun spell it: one line naming ours
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,

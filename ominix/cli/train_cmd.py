@@ -33,8 +33,13 @@ def launch(
     max_steps: int = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     attn: str = typer.Option(None, "--attn", help="Attention kernel: auto (flash-attn if installed), "
                                                   "flash, sdpa, cudnn."),
+    recompute_activations: bool = typer.Option(
+        None, "--recompute-activations/--no-recompute-activations",
+        help="Keep fewer activations and recompute them in backward (less memory, more compute).",
+    ),
     gradient_checkpointing: bool = typer.Option(
-        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward."
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", hidden=True,
+        help="Old name of --recompute-activations.",
     ),
     resume: str = typer.Option(
         None, "--resume", help="auto (latest checkpoint of the run dir, if any), never (a new run, in a directory "
@@ -96,7 +101,8 @@ def launch(
     outcome = launch_from_cli(one_preset(source, config), sets, {
         "parallel.plugin": plugin, "launch.nproc_per_node": nproc_per_node, "data.path": data,
         "logging.run_dir": out or run_dir, "schedule.max_steps": max_steps, "checkpoint.resume": resume,
-        "model.attn": attn, "model.gradient_checkpointing": gradient_checkpointing,
+        "model.attn": attn, "model.recompute_activations": recompute_activations,
+        "model.gradient_checkpointing": gradient_checkpointing,  # read as the new key, with a notice
         "launch.nodes": nodes, "launch.hostfile": hostfile, "launch.launcher": launcher,
         "launch.master_addr": master_addr, "launch.master_port": master_port,
         "launch.rdzv_timeout": rdzv_timeout, "launch.ssh_key": ssh_key,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ominix import atomic
 from ominix.config.models import OminixConfig
+from ominix.config.renamed import rename_key, rename_tree
 from ominix.errors import OminixError
 
 PRESETS_DIR = Path(__file__).parent.parent / "configs"
@@ -124,13 +125,14 @@ def format_validation(exc: ValidationError, origin: str | None = None, name: Cal
     return OminixError(f"{prefix}{loc}: {msg}", hint or " ".join(filter(None, ("change", loc, where))))
 
 
-def build_config(
-    tree: dict[str, Any], origin: str = "config"
-) -> OminixConfig:
+def build_config(tree: dict[str, Any], origin: str = "config", renamed: list[str] = ()) -> OminixConfig:
+    """Validate ``tree``; ``renamed`` are the notices of old key names met while building it."""
     try:
-        return OminixConfig.model_validate(tree)
+        cfg = OminixConfig.model_validate(tree)
     except ValidationError as exc:
         raise format_validation(exc, origin) from exc
+    cfg._renamed = list(renamed)
+    return cfg
 
 
 def load_config(
@@ -141,23 +143,26 @@ def load_config(
     """Resolve a config: defaults < ``source`` (YAML path or preset name) < ``sets`` < ``flags``.
 
     ``flags`` maps dotted keys to values; ``None`` values are ignored so unset CLI options
-    leave lower layers alone.
+    leave lower layers alone. Old key names (``config.renamed``) are read as the new ones, each
+    layer renamed before it merges, with one notice per old key (``cfg.notices()``).
     """
     tree: dict[str, Any] = {}
     origin = "defaults"
+    renamed: dict[str, str] = {}
     if source is not None:
         path = _resolve_source(source)
         tree = read_yaml(path)
         origin = str(path)
+        rename_tree(tree, origin, renamed)
     for item in sets or []:
         parts, value = parse_set(item)
-        _apply(tree, parts, value, f"--set {item}")
+        _apply(tree, rename_key(parts, f"--set {item}", renamed), value, f"--set {item}")
     for key, value in (flags or {}).items():
         if value is not None:
-            _apply(tree, key.split("."), value, f"flag for {key}")
+            _apply(tree, rename_key(key.split("."), f"flag for {key}", renamed), value, f"flag for {key}")
     if sets or flags:
         origin = f"{origin} with overrides"
-    return build_config(tree, origin)
+    return build_config(tree, origin, list(renamed.values()))
 
 
 def dump_yaml(cfg: BaseModel) -> str:

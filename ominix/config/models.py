@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ominix import plugins
+from ominix.config.renamed import rename_section, schema_extra
 from ominix.config.release import ReleaseConfig
 from ominix.config.runtime import CheckpointConfig, InferConfig, LaunchConfig, LoggingConfig
 from ominix.config.section import Section
@@ -64,11 +65,16 @@ class ModelConfig(Section):
     loss_chunk: int = Field(
         8192, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy; 0 = unfused."
     )
-    gradient_checkpointing: bool = Field(False, description="Recompute layer activations in backward.")
-    checkpoint_policy: Literal["full", "selective"] = Field(
-        "full", description="With gradient_checkpointing, what backward recomputes: full (the whole layer; "
+    recompute_activations: bool = Field(
+        False, description="Activation recompute (also called activation or gradient checkpointing; "
+        "nothing to do with the checkpoint section, which saves the run): keep fewer of each decoder "
+        "layer's activations and recompute them in backward, trading compute for memory. Old name: "
+        "model.gradient_checkpointing.",
+    )
+    recompute_policy: Literal["full", "selective"] = Field(
+        "full", description="With recompute_activations, what backward recomputes: full (the whole layer; "
         "least memory) or selective (keep matmul and attention outputs, recompute norms, rotary, SwiGLU "
-        "and adds; less recompute, more memory).",
+        "and adds; less recompute, more memory). Old name: model.checkpoint_policy.",
     )
     init_from: str | None = Field(
         None, description="Hugging Face weights directory or Hub id to start from (continued pretraining)."
@@ -78,8 +84,15 @@ class ModelConfig(Section):
     # resumes under other values of these, every other field (a new one included) must match
     RUNTIME_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "name", "initializer_range", "attn", "compile", "fp8", "compile_scope", "loss_chunk",
-        "gradient_checkpointing", "checkpoint_policy", "init_from",
+        "recompute_activations", "recompute_policy", "init_from",
     })
+
+    model_config = ConfigDict(json_schema_extra=schema_extra("model"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return rename_section("model", data)
 
     def function_fields(self) -> dict[str, Any]:
         """Every field that changes the function the weights compute, in declaration order (the
@@ -309,6 +322,12 @@ class OminixConfig(Section):
     launch: LaunchConfig = Field(default_factory=LaunchConfig, description="Process launch.")
     infer: InferConfig = Field(default_factory=InferConfig, description="Generation.")
     release: ReleaseConfig = Field(default_factory=ReleaseConfig, description="MOF release metadata.")
+
+    _renamed: list[str] = PrivateAttr(default_factory=list)  # load_config's notices of old key names
+
+    def notices(self) -> list[str]:
+        """One line per old key the config was given (renamed or converted), for a command to show."""
+        return [*self._renamed, *filter(None, [self.schedule._notice])]
 
     @model_validator(mode="after")
     def _cross_section(self) -> OminixConfig:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ominix import hubref
 from ominix.data import readers
-from ominix.data.parts import SPLIT_DIRS, Part, natural_key, sliced
+from ominix.data.source_part import SPLIT_DIRS, SourcePart, natural_key, sliced
 from ominix.data.splits import SplitPart
 from ominix.errors import OminixError
 
@@ -70,8 +70,8 @@ def _human(n: float) -> str:
     return ""
 
 
-class HubPart(Part):
-    """A Part whose files live on the Hub; read after ``hf_hub_download`` or through streaming."""
+class HubPart(SourcePart):
+    """A SourcePart whose files live on the Hub; read after ``hf_hub_download`` or through streaming."""
 
     def _local(self, path: str) -> str:
         from huggingface_hub import hf_hub_download
@@ -101,13 +101,14 @@ def _cached(repo: str, path: str, revision: str | None) -> bool:
     return isinstance(try_to_load_from_cache(repo, path, revision=revision, repo_type="dataset"), str)
 
 
-def plan(repo: str, terms: list[SplitPart], *, streaming: bool = False, log: Any = None) -> list[Part]:
+def plan(repo: str, terms: list[SplitPart], *, streaming: bool = False,
+         log: Any = None) -> list[SourcePart]:
     """One HubPart per split term, after listing the repository; reports the download size up front."""
     files, revision = list_files(repo)
     splits: dict[str, list[str]] = {}
     for path in sorted(files, key=natural_key):
         splits.setdefault(_split_of(path), []).append(path)
-    parts: list[Part] = []
+    parts: list[SourcePart] = []
     for term in terms:
         if term.split not in splits:
             raise OminixError(f"{repo} has no split {term.split!r} (it has: {', '.join(splits)})",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ominix.data import embedded, hub, readers
-from ominix.data.parts import SPLIT_DIRS, Part, natural_key
+from ominix.data.source_part import SPLIT_DIRS, SourcePart, natural_key
 from ominix.data.splits import SplitPart, parse_split
 from ominix.errors import OminixError
 
@@ -108,18 +108,18 @@ def _pick(spec: str, splits: dict[str, Any], part: SplitPart) -> Any:
     return splits[part.split]
 
 
-def plan(specs: list[str], split: str, *, streaming: bool = False, log: Any = None) -> list[Part]:
+def plan(specs: list[str], split: str, *, streaming: bool = False, log: Any = None) -> list[SourcePart]:
     """Resolve every source and split term into Parts (nothing is read or downloaded yet)."""
     terms = parse_split(split)
     if not specs:
         raise OminixError("no data source given", "name one: a path, a glob, @embedded, or owner/name")
-    parts: list[Part] = []
+    parts: list[SourcePart] = []
     for spec in specs:
         if spec == embedded.EMBEDDED:
             corpus = embedded.info()
             for term in terms:
                 files = _pick(spec, {"train": [embedded.CORPUS_FILE]}, term)
-                parts.append(Part(spec, "embedded", corpus["name"], term, files,
+                parts.append(SourcePart(spec, "embedded", corpus["name"], term, files,
                                   [f.stat().st_size for f in files], corpus["license"],
                                   {"description": corpus["description"], "url": corpus["url"]}))
             continue
@@ -133,5 +133,6 @@ def plan(specs: list[str], split: str, *, streaming: bool = False, log: Any = No
         extra = {"skipped_files": [str(f) for f in skipped]} if skipped else {}
         for term in terms:
             files = _pick(spec, splits, term)
-            parts.append(Part(spec, kind, name, term, files, [f.stat().st_size for f in files], extra=extra))
+            sizes = [f.stat().st_size for f in files]
+            parts.append(SourcePart(spec, kind, name, term, files, sizes, extra=extra))
     return parts

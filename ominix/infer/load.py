@@ -163,7 +163,7 @@ def empty_model(model_cfg: ModelConfig, device: str = "cpu", dtype: str = "fp32"
 
     from ominix.model import LlamaForCausalLM
 
-    cfg = model_cfg.model_copy(update={"compile": False, "gradient_checkpointing": False})
+    cfg = model_cfg.model_copy(update={"compile": False, "recompute_activations": False})
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, attn="sdpa").to(torch_dtype(dtype))
     model.to_empty(device=device)

@@ -115,7 +115,7 @@ def _meta_models(out: Path, model_cfg: ModelConfig) -> tuple[Any, Any]:
     from ominix.model import LlamaForCausalLM
 
     config = AutoConfig.from_pretrained(out)
-    cfg = model_cfg.model_copy(update={"compile": False, "gradient_checkpointing": False})
+    cfg = model_cfg.model_copy(update={"compile": False, "recompute_activations": False})
     with torch.device("meta"):
         ours = LlamaForCausalLM(cfg, attn="sdpa").float().eval()
         # sdpa: with no mask, transformers' attention is causal (eager would attend everywhere)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # Variables a node keeps from its own login environment; everything else is set explicitly.
 KEEP_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "LD_LIBRARY_PATH", "CUDA_HOME")
 # No torch variable sets torchrun's stop timeout (30 s after it is signalled): a stop therefore
-# signals the workers themselves, never torchrun (children.py, nodeguard.py).
+# signals the workers themselves, never torchrun (torchrun.py, nodeguard.py).
 BASE_ENV = {"PYTHONUNBUFFERED": "1"}
 
 
@@ -75,7 +75,7 @@ def summary(cfg: OminixConfig, nproc: int) -> str:
     from ominix.compiled import describe_compile
     from ominix.model import describe_attn
     from ominix.train.memory import describe_fit as memory_line
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
     from ominix.train.schedule import total_steps, warmup_note, warmup_steps
 
     layout = derive_layout(cfg, nproc * cfg.launch.nodes)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ominix.config import dump_yaml
 from ominix.env_defaults import env_defaults
 from ominix.errors import OminixError
-from ominix.launch.children import run_torchrun
+from ominix.launch.torchrun import run_torchrun
 from ominix.launch.command import local_env, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.preflight import preflight
@@ -39,7 +39,7 @@ def start_local(cfg: OminixConfig, *, dry_run: bool, events: Events | None = Non
 
     from ominix.console import debug_enabled
     from ominix.train import memory
-    from ominix.train.layout import validate, with_global_batch
+    from ominix.train.parallel_layout import validate, with_global_batch
 
     events = events or Events()
     nproc = local_nproc(cfg)

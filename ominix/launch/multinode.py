@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.launch.children import TorchrunFilter, is_torch_log
+from ominix.launch.torchrun_output import TorchrunFilter, is_torch_log
 from ominix.launch.command import KEEP_ENV, every_node_env, forwarded, is_secret, remote_python, workdir
 from ominix.launch.events import Events
 from ominix.launch.nodeguard import GUARD_PID

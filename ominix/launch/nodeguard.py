@@ -31,7 +31,7 @@ import sys
 import threading
 
 from ominix import console
-from ominix.launch.children import die_with_parent, kill_torchrun, kill_tree, signal_workers
+from ominix.launch.torchrun import die_with_parent, kill_torchrun, kill_tree, signal_workers
 
 GUARD_PID = "ominix-nodeguard-pid"
 GRACE_S = 900.0  # the default of launch.stop_timeout, which the launcher passes as --grace

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ominix.data.fit import check_fits
+from ominix.data.compatibility import check_fits
 from ominix.eval.harness import check_task_files
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def preflight(cfg: OminixConfig, world_size: int | None) -> None:
     from ominix.checkpoint import check_compatible, read_state
     from ominix.data.store import manifest_sha256
     from ominix.plugins import PLUGINS
-    from ominix.train.layout import derive_layout
+    from ominix.train.parallel_layout import derive_layout
     from ominix.train.wandb_log import check_installed
 
     check_installed(cfg.logging.wandb)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ominix.errors import OminixError
-from ominix.launch.children import stop_signals
+from ominix.launch.torchrun import stop_signals
 from ominix.launch.events import Events
 from ominix.launch.rundir import EXIT_BAD_INPUT
 from ominix.train.watchdog import EXIT_HUNG

@@ -18,12 +18,12 @@ from ominix.launch.command import remote_python, summary, torchrun_argv
 from ominix.launch.events import Events, Outcome
 from ominix.launch.hostcheck import checked_gpus, cluster
 from ominix.launch.hosts import FORMAT, parse_hostfile, select_hosts
-from ominix.launch.children import stop_signals
+from ominix.launch.torchrun import stop_signals
 from ominix.launch.local import start_local
 from ominix.launch.preflight import preflight
 from ominix.launch.rundir import RunDir
 from ominix.launch.relaunch import Relauncher
-from ominix.train.layout import LayoutError, derive_layout, validate, with_global_batch
+from ominix.train.parallel_layout import LayoutError, derive_layout, validate, with_global_batch
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
@@ -40,8 +40,8 @@ def start(cfg: OminixConfig, *, dry_run: bool = False, events: Events | None = N
     asks for hosts, refused once the config and data checks passed. A multi-node launch checks
     everything the config and data decide before it reaches any host over SSH."""
     events = events or Events()
-    if cfg.schedule._notice:  # an old key converted (the worker reads the new name)
-        events.notice(cfg.schedule._notice)
+    for notice in cfg.notices():  # old key names (RUN_DIR/config.yaml, which the worker reads, has the new)
+        events.notice(notice)
     if cfg.launch.launcher == "slurm":
         return start_slurm(cfg, dry_run=dry_run, events=events)
     if not cfg.launch.hostfile:

@@ -18,7 +18,7 @@ def run() -> int:
     parser.add_argument("--run-dir", required=True, help="Run directory holding config.yaml.")
     args = parser.parse_args()
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun
-        from ominix.launch.children import die_with_parent
+        from ominix.launch.torchrun import die_with_parent
 
         die_with_parent()
     from ominix.warning_filter import filter_third_party_warnings

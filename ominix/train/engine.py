@@ -1,4 +1,5 @@
-"""The ColossalAI engine: the Booster that trains a validated ``ominix.train.layout.Layout``.
+"""The ColossalAI engine: the Booster that trains a validated
+``ominix.train.parallel_layout.ParallelLayout``.
 
 This is the only module that imports ColossalAI plugins, and it does so inside functions (the import
 costs ~7 s). Each plugin is one small builder in ``BUILDERS``, keyed by the names of the plugin table
@@ -17,21 +18,21 @@ from ominix.config import OminixConfig
 from ominix.env_defaults import env_defaults
 from ominix.plugins import PLUGINS, Plugin
 from ominix.train import memory
-from ominix.train.layout import Layout, validate
+from ominix.train.parallel_layout import ParallelLayout, validate
 
 
-def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> Any:
+def _gemini(cfg: OminixConfig, layout: ParallelLayout, placement: str | None = None) -> Any:
     from colossalai.booster.plugin import GeminiPlugin
 
     p = cfg.parallel
     placement = placement or p.gemini_placement
     offload_optim_frac = p.offload_optim_frac if placement == "static" else 0.0
     # Gemini's async reduce runs each gradient chunk's reduction on a side stream. Its frees of the
-    # gathered chunks wait for that stream (shims.frees_after_reads); without that, 7B at micro 16
-    # died with an illegal memory access once the chunk norms stopped making the host wait. With
-    # those waits the side stream is slower on one H200 than the compute stream (46% against 49%
-    # MFU at 7B), so the default reduces on the compute stream, except
-    # where chunks move to the host: there the side stream overlaps those copies.
+    # gathered chunks wait for that stream (colossalai_patches.frees_after_reads); without that, 7B
+    # at micro 16 died with an illegal memory access once the chunk norms stopped making the host
+    # wait. With those waits the side stream is slower on one H200 than the compute stream (46%
+    # against 49% MFU at 7B), so the default reduces on the compute stream, except where chunks
+    # move to the host: there the side stream overlaps those copies.
     offloads = placement == "auto" or offload_optim_frac > 0
     async_reduce = offloads if p.gemini_async_reduce is None else p.gemini_async_reduce
     return GeminiPlugin(
@@ -45,7 +46,7 @@ def _gemini(cfg: OminixConfig, layout: Layout, placement: str | None = None) -> 
     )
 
 
-def _zero2(cfg: OminixConfig, layout: Layout, cpu_offload: bool = False) -> Any:
+def _zero2(cfg: OminixConfig, layout: ParallelLayout, cpu_offload: bool = False) -> Any:
     import torch
     from colossalai.booster.plugin import LowLevelZeroPlugin
 
@@ -60,7 +61,7 @@ def _zero2(cfg: OminixConfig, layout: Layout, cpu_offload: bool = False) -> Any:
     )
 
 
-def _hybrid(cfg: OminixConfig, layout: Layout) -> Any:
+def _hybrid(cfg: OminixConfig, layout: ParallelLayout) -> Any:
     from colossalai.booster.plugin import HybridParallelPlugin
 
     from ominix.model import resolve_attn
@@ -81,19 +82,19 @@ def _hybrid(cfg: OminixConfig, layout: Layout) -> Any:
     )
 
 
-def _ddp(cfg: OminixConfig, layout: Layout) -> Any:
+def _ddp(cfg: OminixConfig, layout: ParallelLayout) -> Any:
     from colossalai.booster.plugin import TorchDDPPlugin
 
     return TorchDDPPlugin()
 
 
-def _fsdp(cfg: OminixConfig, layout: Layout) -> Any:
+def _fsdp(cfg: OminixConfig, layout: ParallelLayout) -> Any:
     from colossalai.booster.plugin import TorchFSDPPlugin
 
     return TorchFSDPPlugin()
 
 
-BUILDERS: dict[str, Callable[[OminixConfig, Layout], Any]] = {
+BUILDERS: dict[str, Callable[[OminixConfig, ParallelLayout], Any]] = {
     "gemini": _gemini,
     "gemini_auto": lambda cfg, layout: _gemini(cfg, layout, placement="auto"),
     "zero2": _zero2,
@@ -118,7 +119,7 @@ class Engine:
     model: Any
     optimizer: Any
     scheduler: Any
-    layout: Layout
+    layout: ParallelLayout
     device: Any
     rank: int
     dp_rank: int
@@ -304,8 +305,8 @@ def _build_model(cfg: OminixConfig, spec: Plugin, device, plugin):
         init_weights(model)  # reads initializer_range and num_hidden_layers, which LlamaConfig has too
     if not spec.takes_lazy_init:
         LazyInitContext.materialize(model)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if m.recompute_activations:
+        model.gradient_checkpointing_enable()  # transformers' name for activation recompute
     return model
 
 
@@ -343,7 +344,7 @@ def _free_port() -> int:
 
 def build_engine(cfg: OminixConfig, schedule_fn: Callable[[int], float], hf_baseline: bool = False) -> Engine:
     """Build the plugin, model, optimizer and LR scheduler of ``cfg`` and boost them (process group up,
-    inside ``shims.patched()``, which must last as long as the engine is used).
+    inside ``colossalai_patches.patched()``, which must last as long as the engine is used).
 
     ``hf_baseline`` trains transformers' LlamaForCausalLM instead of OminiX's decoder through the same
     plugin and optimizer: ColossalAI's own LLaMA path, the baseline of ``bench/train_throughput.py``."""

@@ -122,11 +122,11 @@ def train(cfg: OminixConfig, run_dir: Path) -> int:
 
     What the run changes in the process (a one-process group's environment variables when run
     in-process, the ColossalAI shims, the signal handlers) is undone when it returns or raises."""
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import one_process_env
 
     watchdog = Watchdog(run_dir, cfg.launch.hang_timeout)
-    with one_process_env(), shims.patched() as skipped, preemption() as preempt:
+    with one_process_env(), colossalai_patches.patched() as skipped, preemption() as preempt:
         try:
             return _train(cfg, run_dir, preempt, skipped, watchdog)
         finally:
@@ -147,9 +147,9 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     from ominix.plugins import PLUGINS
     from ominix.train.downstream import DownstreamTasks
     from ominix.train.engine import build_engine, init_distributed
-    from ominix.train.layout import derive_layout, with_global_batch
+    from ominix.train.parallel_layout import derive_layout, with_global_batch
     from ominix.train.metrics import MetricsWriter, Throughput, format_eval, format_step
-    from ominix.train.profile import StepProfiler
+    from ominix.train.step_profiler import StepProfiler
     from ominix.train.saver import Saver
     from ominix.train.schedule import (
         continue_schedule, eval_note, lr_multiplier, resume_note, span, total_steps, warmup_note,
@@ -179,7 +179,7 @@ def _train(cfg: OminixConfig, run_dir: Path, preempt: Preemption, skipped: list[
     state = LoopState()
     notes = [warmup_note(cfg, total), eval_note(cfg, 0 if val_set is None else len(val_set)),
              verification_note(train_set, val_set)]
-    for notice in [*skipped, *notices, *notes]:  # skipped: speed-ups of shims.patched
+    for notice in [*skipped, *notices, *notes]:  # skipped: speed-ups of colossalai_patches.patched
         if notice:
             out.line(notice)
     if resume is not None:

@@ -1,6 +1,6 @@
 """Whether a run fits in one accelerator's memory, estimated before anything is built.
 
-Per GPU, in bytes, for a plugin, a model shape, the micro batch, accumulation, checkpointing policy
+Per GPU, in bytes, for a plugin, a model shape, the micro batch, accumulation, recompute policy
 and world size:
 
     peak = params + grads + optimizer        the model states, as the plugin shards or offloads them
@@ -24,8 +24,9 @@ from ominix.flops import num_params
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
 
-# a layout is a ``train.layout.Layout``, whose ``validate`` asks this module: not imported, no cycle
-Layout = Any
+# a ``train.parallel_layout.ParallelLayout``, whose ``validate`` asks this module: not imported,
+# so there is no cycle
+ParallelLayout = Any
 
 GIB = 2**30
 RESERVE = 2 * GIB  # what a process holds beyond torch's allocations: CUDA context, fragmentation
@@ -58,7 +59,7 @@ class Estimate:
         return f"~{self.total / GIB:.1f} GiB per GPU = {shown}"
 
 
-def _states(cfg: OminixConfig, layout: Layout) -> tuple[float, float, float]:
+def _states(cfg: OminixConfig, layout: ParallelLayout) -> tuple[float, float, float]:
     """Parameters, gradients and optimizer state on one GPU, in bytes."""
     p, plugin = cfg.parallel, cfg.parallel.plugin
     half = p.precision in ("bf16", "fp16")
@@ -85,19 +86,19 @@ def _states(cfg: OminixConfig, layout: Layout) -> tuple[float, float, float]:
 
 
 def _layer_bytes(cfg: OminixConfig, act: int) -> dict[str, float]:
-    """Bytes per token that one decoder layer keeps for backward, by checkpointing policy."""
+    """Bytes per token that one decoder layer keeps for backward, by recompute policy."""
     m = cfg.model
     h, kv, i = m.hidden_size, m.kv_heads * m.head_dim, m.intermediate_size
     # eager: both norms' fp32 inputs; the normed inputs of q/k/v and of the MLP, q, attention's
     # output and its reshaped copy (o_proj's input); k and v; gate, silu(gate), up, their product
     eager = act * (5 * h + 2 * kv + 4 * i) + 2 * 4 * h
     fused = act * (5 * h + 2 * kv + 3 * i)  # compiled: the fused norms and SwiGLU keep their inputs
-    # selective checkpointing keeps the layer's input and the matmul and attention outputs
+    # selective recompute keeps the layer's input and the matmul and attention outputs
     selective = act * (5 * h + 2 * kv + 2 * i)
     return {"layer": fused if m.compile else eager, "selective": selective, "full": act * h}
 
 
-def estimate(cfg: OminixConfig, layout: Layout) -> Estimate:
+def estimate(cfg: OminixConfig, layout: ParallelLayout) -> Estimate:
     """The predicted peak memory of one GPU of ``layout`` (see the module docstring)."""
     m = cfg.model
     act = 2 if cfg.parallel.precision in ("bf16", "fp16") else 4
@@ -109,8 +110,8 @@ def estimate(cfg: OminixConfig, layout: Layout) -> Estimate:
     layers = m.num_hidden_layers / layout.pp * in_flight
     per_token = _layer_bytes(cfg, act)
     one_layer = per_token["layer"] * tokens
-    if m.gradient_checkpointing:
-        kept = per_token[m.checkpoint_policy] * tokens * layers
+    if m.recompute_activations:
+        kept = per_token[m.recompute_policy] * tokens * layers
         backward = 1.5 * one_layer  # a layer run again, and its gradients
     else:
         kept, backward = one_layer * layers, 0.5 * one_layer  # the gradients of one layer
@@ -122,7 +123,7 @@ def estimate(cfg: OminixConfig, layout: Layout) -> Estimate:
     return Estimate(params, grads, optimizer, kept, transient, workspace)
 
 
-def check(cfg: OminixConfig, layout: Layout, device_bytes: float, device: str) -> Estimate:
+def check(cfg: OminixConfig, layout: ParallelLayout, device_bytes: float, device: str) -> Estimate:
     """Refuse ``layout`` when its estimate exceeds ``device_bytes`` of ``device`` (less RESERVE),
     naming the largest micro batch (or offload fraction) that fits; return the estimate."""
     est = estimate(cfg, layout)
@@ -137,8 +138,8 @@ def check(cfg: OminixConfig, layout: Layout, device_bytes: float, device: str) -
     )
 
 
-def _fixes(cfg: OminixConfig, layout: Layout, budget: float) -> list[str]:
-    """What would fit ``budget``: a smaller micro batch, optimizer offload, checkpointing."""
+def _fixes(cfg: OminixConfig, layout: ParallelLayout, budget: float) -> list[str]:
+    """What would fit ``budget``: a smaller micro batch, optimizer offload, activation recompute."""
     fixes = []
     for mb in range(layout.micro_batch - 1, 0, -1):
         if layout.rank_batch % mb:
@@ -157,15 +158,15 @@ def _fixes(cfg: OminixConfig, layout: Layout, budget: float) -> list[str]:
                 fixes.append(f"set parallel.offload_optim_frac={tenths / 10:.1f} "
                              "(optimizer state on the host; slower)")
                 break
-    if not cfg.model.gradient_checkpointing:
-        fixes.append("set model.gradient_checkpointing=true")
+    if not cfg.model.recompute_activations:
+        fixes.append("set model.recompute_activations=true")
     return fixes or ["train on more GPUs (gemini, zero2 and fsdp shard the model states over "
                      "them), or use --plugin zero2_cpu (optimizer state on the host)"]
 
 
-def check_here(cfg: OminixConfig, layout: Layout) -> Estimate | None:
+def check_here(cfg: OminixConfig, layout: ParallelLayout) -> Estimate | None:
     """``check`` against this process's CUDA device, unless ``launch.device_memory_gib`` names the
-    memory (``layout.validate`` checks that figure) or there is no device."""
+    memory (``parallel_layout.validate`` checks that figure) or there is no device."""
     if cfg.launch.device_memory_gib:
         return None
     import torch
@@ -176,7 +177,7 @@ def check_here(cfg: OminixConfig, layout: Layout) -> Estimate | None:
     return check(cfg, layout, float(props.total_memory), props.name)
 
 
-def describe_fit(cfg: OminixConfig, layout: Layout) -> str:
+def describe_fit(cfg: OminixConfig, layout: ParallelLayout) -> str:
     """The estimate and where it is checked, for the plan a dry run prints."""
     est = estimate(cfg, layout)
     if not cfg.launch.memory_check:

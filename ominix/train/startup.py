@@ -11,7 +11,7 @@ from ominix.errors import OminixError
 
 if TYPE_CHECKING:
     from ominix.config import OminixConfig
-    from ominix.train.layout import Layout
+    from ominix.train.parallel_layout import ParallelLayout
 
 
 def from_rank0(fn, share: bool = True):
@@ -61,7 +61,7 @@ def devices() -> dict[str, int]:
 def open_data(cfg: OminixConfig):
     """The training split, the validation split (None without evaluations) and the manifest's
     sha256. One process per node hashes the shards of the splits the run reads (``data.verify``)."""
-    from ominix.data.fit import check_fits
+    from ominix.data.compatibility import check_fits
     from ominix.data.store import PackedDataset, manifest_sha256
     from ominix.data.verified import node_share
 
@@ -74,7 +74,7 @@ def open_data(cfg: OminixConfig):
     return train, val, manifest_sha256(cfg.data.path)
 
 
-def run_lines(cfg: OminixConfig, layout: Layout, world: int, engine: Any, framing: str, total: int,
+def run_lines(cfg: OminixConfig, layout: ParallelLayout, world: int, engine: Any, framing: str, total: int,
               run_dir: Path) -> list[str]:
     """What the run is about to do: plugin and devices, the memory estimate (the steps log the
     measured peak), the model as it will train, the steps and tokens."""
@@ -87,13 +87,13 @@ def run_lines(cfg: OminixConfig, layout: Layout, world: int, engine: Any, framin
     chosen = None if engine.spec.hf_model else compiled.scope(m, engine.spec.wraps_params,
                                                               engine.device.type == "cuda")
     fp8 = "" if m.fp8 == "off" else f"{float8.describe(m.fp8, chosen is not None)}; "
-    recompute = m.checkpoint_policy if m.gradient_checkpointing else "off"
+    recompute = m.recompute_policy if m.recompute_activations else "off"
     return [
         f"plugin {cfg.parallel.plugin} ({cfg.parallel.precision}) on {world} x {device_name()}; "
         f"{layout.describe()}",
         f"memory estimate {estimate(cfg, layout).describe()}",
         f"model {m.name}: {num_params(m):,} parameters; attention {describe_attn(m.attn)}; "
-        f"{compiled.SCOPES.get(chosen, 'eager')}; {fp8}gradient checkpointing {recompute}; "
+        f"{compiled.SCOPES.get(chosen, 'eager')}; {fp8}activation recompute {recompute}; "
         f"documents framed {framing}; {total} steps; {layout.tokens_per_step * total:,} tokens; "
         f"run dir {run_dir}",
     ]

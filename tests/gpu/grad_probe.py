@@ -29,7 +29,7 @@ import torch
 SHAPE = ["model.hidden_size=256", "model.intermediate_size=688", "model.num_hidden_layers=3",
          "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.vocab_size=2048",
          "model.max_position_embeddings=256", "model.attn=sdpa", "data.seq_len=256",
-         "model.gradient_checkpointing=false"]
+         "model.recompute_activations=false"]
 MICRO = 4
 
 
@@ -52,7 +52,7 @@ def gemini_grads(compiled: bool, loss_chunk: int | None = None) -> tuple[dict[st
     import torch.distributed as dist
     from colossalai.zero.gemini.gemini_ddp import GeminiDDP
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
     from ominix.train.engine import build_engine, init_distributed, one_process_env
 
     grads: dict[str, torch.Tensor] = {}
@@ -65,7 +65,7 @@ def gemini_grads(compiled: bool, loss_chunk: int | None = None) -> tuple[dict[st
     GeminiDDP.grad_handle = staticmethod(recording)  # bound into each parameter's hook when boosted
     run = contextlib.ExitStack()
     run.enter_context(one_process_env())
-    run.enter_context(shims.patched())
+    run.enter_context(colossalai_patches.patched())
     init_distributed(seed=0)
     world, rank = dist.get_world_size(), dist.get_rank()
     cfg = _config(compiled, "bf16", world, loss_chunk)

@@ -30,7 +30,7 @@ def _gpus() -> int:
     ("gemini", 1, ["model.tie_word_embeddings=true"]),  # one tensor for the embedding and the head
     ("gemini", 1, ["model.compile=true"]),  # auto scope under Gemini: hooked compiled decoder layers
     ("gemini", 2, ["model.compile=true"]),
-    ("gemini", 1, ["parallel.gemini_async_reduce=true"]),  # the reduction on a side stream (shims.py)
+    ("gemini", 1, ["parallel.gemini_async_reduce=true"]),  # the reduction on a side stream (colossalai_patches.py)
     ("gemini", 2, ["parallel.gemini_async_reduce=true"]),
     ("zero2", 2, []),
     ("zero2", 1, ["model.compile=true"]),  # compiled decoder layers
@@ -84,7 +84,7 @@ def test_chunk_norm_stays_on_the_device_on_any_stream() -> None:
     import torch
     from colossalai.zero.gemini.chunk.chunk import Chunk
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
 
     v = torch.randn(1000, device="cuda", dtype=torch.bfloat16)
     expected = float(v[:990].float().norm()) ** 2
@@ -94,7 +94,7 @@ def test_chunk_norm_stays_on_the_device_on_any_stream() -> None:
         Chunk.set_l2_norm(c)
         return c.l2_norm
 
-    with shims.patched():
+    with colossalai_patches.patched():
         on_compute = norm()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -115,7 +115,7 @@ def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_i
     reduction's frees held, or a free on the side stream recorded) the memory waits for the stream."""
     import torch
 
-    from ominix.train import shims
+    from ominix.train import colossalai_patches
 
     def free(tensor: torch.Tensor) -> None:  # ColossalAI's free_storage
         tensor.untyped_storage().resize_(0)
@@ -131,7 +131,7 @@ def test_a_chunk_reduced_on_a_side_stream_is_not_reused_while_the_stream_reads_i
         def wait_async_reduce(self) -> None:
             pass
 
-    reduce_then_free, free_storage = shims.frees_after_reads(scatter, free)
+    reduce_then_free, free_storage = colossalai_patches.frees_after_reads(scatter, free)
     chunk = Chunk()
     chunk.cuda_global_chunk = torch.ones(1 << 24, device="cuda")  # 64 MiB, allocated on the compute stream
     where = chunk.cuda_global_chunk.data_ptr()

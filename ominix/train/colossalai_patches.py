@@ -1,4 +1,4 @@
-"""Shims over ColossalAI 0.5.0 for the length of a run: ``patched()`` applies them and restores what
+"""Patches (shims) over ColossalAI 0.5.0 for the length of a run: ``patched()`` applies them and restores what
 they replaced on exit. Each one passes ``ominix.colossalai_gate`` first (its targets exist with the
 signatures they were written against): the CPU accelerator's and the side-stream reduction's refuse
 another ColossalAI, the two speed-ups (the logger, the chunk norms) are skipped with a notice.

@@ -1,4 +1,5 @@
-"""A planned piece of input data (``Part``) and the record slicing shared by local and hub sources.
+"""A planned piece of input data (``SourcePart``: one source and split term) and the record slicing
+shared by local and hub sources.
 
 Below both ``ominix.data.sources`` (local specs, the planner) and ``ominix.data.hub`` (Hub
 datasets), so neither imports the other's internals.
@@ -23,7 +24,7 @@ def natural_key(path: Any) -> list[Any]:
 
 
 @dataclass
-class Part:
+class SourcePart:
     """One (source, split term): the files to read and the record range to take from them."""
 
     source: str

@@ -3,7 +3,7 @@
 ``derive_layout`` splits the world into data x tensor x pipeline parallel groups and the global batch
 into micro batches; ``validate`` adds the checks that need the hardware and the installed torch. Both
 are cheap (no torch or ColossalAI import), so the launchers check a config here before they start
-processes, and the engine builds from the same ``Layout``.
+processes, and the engine builds from the same ``ParallelLayout``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class LayoutError(OminixError):
 
 
 @dataclass(frozen=True)
-class Layout:
+class ParallelLayout:
     """How a global batch is split: derived in one place, printed at start."""
 
     world_size: int
@@ -50,7 +50,7 @@ class Layout:
         )
 
 
-def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
+def derive_layout(cfg: OminixConfig, world_size: int) -> ParallelLayout:
     """Split the world into dp x tp x pp and the global batch into micro batches, or say what to change."""
     p, s = cfg.parallel, cfg.schedule
     if world_size % (p.tp * p.pp):
@@ -74,17 +74,18 @@ def derive_layout(cfg: OminixConfig, world_size: int) -> Layout:
             f"(micro batch x dp) = {accum} with pipeline parallelism",
             "leave parallel.num_microbatches unset, or change schedule.global_batch_size",
         )
-    return Layout(world_size, dp, p.tp, p.pp, global_batch, s.micro_batch_size, accum, cfg.data.seq_len)
+    return ParallelLayout(world_size, dp, p.tp, p.pp, global_batch, s.micro_batch_size, accum,
+                          cfg.data.seq_len)
 
 
-def with_global_batch(cfg: OminixConfig, layout: Layout) -> OminixConfig:
+def with_global_batch(cfg: OminixConfig, layout: ParallelLayout) -> OminixConfig:
     """``cfg`` with the global batch ``layout`` resolved written in (what RUN_DIR/config.yaml and the
     checkpoints record, so that a resume compares the batch the run trained with)."""
     schedule = cfg.schedule.model_copy(update={"global_batch_size": layout.global_batch})
     return cfg.model_copy(update={"schedule": schedule})
 
 
-def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> Layout:
+def validate(cfg: OminixConfig, world_size: int, gpu: bool) -> ParallelLayout:
     """Check a config against the processes and hardware before anything starts; return the layout.
     (Rules that depend on the config alone are checked when it is loaded: ``ominix.plugins``.)
     With ``launch.device_memory_gib`` set, the memory estimate is checked here too; otherwise where

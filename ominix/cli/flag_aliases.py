@@ -55,7 +55,7 @@ def suggestion(group: Any, ctx: Any, args: list[str]) -> OminixError | None:
     return None
 
 
-class Group(TyperGroup):
+class RootGroup(TyperGroup):
     """The root command group: a flag spelled as another launcher spells it is one clear line."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:

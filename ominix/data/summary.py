@@ -13,7 +13,7 @@ from ominix.data.store import verify as verify_checksums
 from ominix.errors import OminixError
 
 
-def inspect(path: str | Path, *, verify: bool = False, samples: int = 1, seed: int = 0) -> dict[str, Any]:
+def summarize(path: str | Path, *, verify: bool = False, samples: int = 1, seed: int = 0) -> dict[str, Any]:
     """A JSON-ready report; ``problems`` lists checksum failures when verifying (else None)."""
     from tokenizers import Tokenizer
 
