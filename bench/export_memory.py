@@ -103,7 +103,8 @@ def main() -> int:
     ap.add_argument("--load-device", default="cpu", help="where the loaded model lives (cuda on the GPU machine)")
     ap.add_argument("--baseline-pythonpath", help="also export with the ominix under this directory")
     ap.add_argument("--tmp", help="directory for the checkpoint and exports (default: a temporary one)")
-    ap.add_argument("--out", help="JSON results file")
+    ap.add_argument("--out", help="JSON results file (default: bench/results/export_memory_CARD.json, "
+                    "export_memory_SIZE_CARD.json for a preset)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -158,8 +159,10 @@ def main() -> int:
         "make_checkpoint_seconds": round(made_s, 1), "rows": rows,
     }
     print(json.dumps(result, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    size = "" if args.preset == "small" else f"_{childproc.preset_size(args.preset)}"
+    out = Path(args.out or childproc.result_path(f"export_memory{size}", result["card"]))
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     return 0 if all(r.get("within_bound", True) for r in rows) else 1
 
 
