@@ -150,6 +150,11 @@ def parse_args() -> argparse.Namespace:
 SIDES = {"ominix": "ominix", "baseline": "baseline: transformers LlamaForCausalLM"}
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to 3 places; None where either side has no figure (not run, or failed)."""
+    return round(a / b, 3) if a and b else None
+
+
 def measure_side(args: argparse.Namespace) -> int:
     """The child: build one engine (OminiX's model or the baseline), time it, write its row."""
     import torch.distributed as dist
@@ -279,7 +284,6 @@ def main() -> int:
     ours = rows[0]
     base = rows[1] if not args.no_baseline else {"tokens_per_s": None, "mfu": None}
     cli = rows[-1] if args.cli else None
-    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
     result = {
         **meta, "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
