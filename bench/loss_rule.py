@@ -11,6 +11,9 @@ spread (min, max, standard deviation) is reported, so a pass within the spread r
         --arm eager=model.compile=false --arm compiled=model.compile=true \\
         --baseline eager --candidate compiled --work runs/rule   # -> bench/results/loss_rule_compiled_h200.json
 
+The corpus of the measured rules is one a 200-step run sees once, built from files on the machine by
+``bench/source_corpus.py`` (BENCHMARKS.md's loss-rule note has the three commands).
+
 Runs are independent processes: ``--parallel N`` trains N at once on one GPU (memory permitting;
 bf16 results do not depend on it). A run whose losses are already in ``--work`` is not trained again,
 so a rule too long for one sitting continues in the next call, and ``--arms-only A B`` trains only
