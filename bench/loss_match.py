@@ -30,14 +30,14 @@ A side too long for one sitting (the 1.1B preset's own batch over 200 steps is ~
 an H200) trains alone with ``--side plain|optimised``, and ``--pair`` compares two such files of the
 same settings; two plain files make the control:
 
-    python bench/loss_match.py ... --side plain --out plain.json      # one device call
-    python bench/loss_match.py ... --side optimised --out fast.json   # the next
+    python bench/loss_match.py ... --side plain --out plain.json      # one job
+    python bench/loss_match.py ... --side optimised --out fast.json   # the next job
     python bench/loss_match.py --pair plain.json fast.json --tol 0.02 --out lm.json
 
 ``--stop-after N`` stops a side after N of its ``--steps`` (SIGTERM: the run saves and exits), so its
 learning rate follows the whole run's schedule: the first N steps of a long match in less time.
 ``--time-limit S`` stops a side the same way after S seconds, so a run cut by a wall-clock limit (a
-job's, or a lent machine's) still writes the steps it made. ``--pair`` of a stopped side and a whole
+job's, or a reserved node's) still writes the steps it made. ``--pair`` of a stopped side and a whole
 one compares the steps both have.
 """
 
