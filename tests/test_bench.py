@@ -48,7 +48,7 @@ def bench_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     prepared = run_cli("data", "prepare", "--config", "tiny", "--out", str(data), timeout=300)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     match = [str(BENCH / "loss_match.py"), "--data", str(data), "--plugin", "ddp", "--set", "schedule.warmup_steps=1"]
-    side = [*match, "--steps", "400", "--side"]
+    side = [*match, "--steps", "20000", "--side"]  # more steps than any stopped side can make
     jobs = {
         "plain": [*side, "plain", "--stop-after", "3", "--out", str(root / "plain.json")],
         "optimised": [*side, "optimised", "--stop-after", "3", "--out", str(root / "optimised.json")],
@@ -57,7 +57,7 @@ def bench_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
                        "--cli-set", "logging.log_every=2", "--cli-set", "checkpoint.every=2", "--profile", "1",
                        "--out", str(root / "tt.json")],
         "checkpoint": [str(BENCH / "checkpoint_save.py"), "tiny", "--plugin", "ddp", "--steps", "1", "--dir",
-                       str(root / "ckpt"), "--out", str(root / "cs.json")],
+                       str(root), "--out", str(root / "cs.json")],
         # eager on both sides: the one call's three runs differ only in what --seed, --optimised-set
         # and --control-set give each
         "one_call": [*match, "--steps", "1", "--tol", "10", "--set", "model.compile=false", "--set",
@@ -68,7 +68,7 @@ def bench_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with ThreadPoolExecutor(2) as pool:
         running = {name: pool.submit(_run, argv, root) for name, argv in jobs.items()}
         # a wall-clock limit past the plain side's whole run (start, 3 steps, save, exit): the
-        # stopped run has its first steps, and far fewer than 400
+        # stopped run has its first steps, and far fewer than its 20000
         limit = round(1.5 * running["plain"].result()["seconds"])
         running["cut"] = pool.submit(_run, [*side, "plain", "--time-limit", str(limit), "--out",
                                             str(root / "cut.json")], root)
@@ -138,15 +138,15 @@ def test_loss_match_trains_each_side_alone_and_pairs_them(bench_runs: dict) -> N
     plain = _ok(bench_runs["plain"])
     _ok(bench_runs["optimised"])
     root = bench_runs["root"]
-    assert "plain stopped after step 3 of 400 (SIGTERM)" in plain["err"]
+    assert "plain stopped after step 3 of 20000 (SIGTERM)" in plain["err"]
     side = json.loads((root / "plain.json").read_text())
-    assert side["stopped_after"] == 3 and len(side["losses"]["plain"]) == 3 and side["key"]["steps"] == 400
+    assert side["stopped_after"] == 3 and len(side["losses"]["plain"]) == 3 and side["key"]["steps"] == 20000
     data_id = side["key"]["data"]
     assert len(data_id) == 16 and int(data_id, 16) >= 0  # the corpus's content is part of what must match
     result = _pair(root, "plain.json", "optimised.json", "lm.json")
     assert result["ok"] and result["value"] < 1e-3 and len(result["losses"]["plain"]) == 3
     assert result["losses"]["plain"][-1] < result["losses"]["plain"][0]  # it trained
-    assert result["name"] == "loss match tiny ddp x1, first 3 of 400 steps: optimised vs plain"
+    assert result["name"] == "loss match tiny ddp x1, first 3 of 20000 steps: optimised vs plain"
     assert len(result["commands"]) == 2
 
 
@@ -156,10 +156,10 @@ def test_loss_match_stops_a_side_at_its_time_limit_and_pairs_it_with_a_whole_one
     cut = _ok(bench_runs["cut"])
     root, limit = bench_runs["root"], bench_runs["limit"]
     made = json.loads((root / "cut.json").read_text())["stopped_after"]
-    assert 1 <= made < 400 and f"plain stopped at the time limit ({limit} s), after step {made} of 400" in cut["err"]
+    assert 1 <= made < 20000 and f"plain stopped at the time limit ({limit} s), after step {made} of 20000" in cut["err"]
     result = _pair(root, "cut.json", "plain.json", "control.json")  # two real runs of one schedule
     steps = min(made, 3)
-    assert result["name"] == f"loss match tiny ddp x1, first {steps} of 400 steps: plain vs plain (control)"
+    assert result["name"] == f"loss match tiny ddp x1, first {steps} of 20000 steps: plain vs plain (control)"
     assert result["value"] == 0 and len(result["losses"]["control"]) == steps  # eager, fp32 on the CPU: equal
 
 
