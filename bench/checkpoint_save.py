@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import childproc  # bench/childproc.py: this script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -70,7 +72,8 @@ def main() -> None:
                     help="any other config override, e.g. model.hidden_size=1024 (repeatable)")
     ap.add_argument("--steps", type=int, default=3, help="training steps run while the background write goes on")
     ap.add_argument("--dir", default=None, help="where the checkpoints go (default: a temporary directory)")
-    ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--out", default=None, help="results file (default: bench/results/checkpoint_save_CARD.json, "
+                    "or checkpoint_save_SIZE_CARD.json for a preset other than tiny)")
     args = ap.parse_args()
 
     import torch
@@ -128,8 +131,10 @@ def main() -> None:
     if engine.rank == 0:
         text = json.dumps(result, indent=2)
         print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
+        size = "" if args.preset == "tiny" else f"_{childproc.preset_size(args.preset)}"
+        out = Path(args.out or childproc.result_path(f"checkpoint_save{size}", result["card"]))
+        out.write_text(text + "\n")
+        print(f"wrote {out}", file=sys.stderr)
     dist.destroy_process_group()
 
 

@@ -1,5 +1,6 @@
-"""One way for the benches to run a measured command: ``childproc.run(argv)`` starts it as a child process and
-returns its wall time, exit status, output, peak RSS and CPU time.
+"""What the benches share: ``childproc.run(argv)`` starts a measured command as a child process and
+returns its wall time, exit status, output, peak RSS and CPU time; ``result_path`` names the one
+current results file of a benchmark on a card.
 
 Peak RSS is the kernel's ``ru_maxrss`` for that child from ``wait4``: the largest resident set of the
 child and of the processes it waited for, so a CLI that runs its work in a subprocess is measured
@@ -14,8 +15,31 @@ import shlex
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 GIB = 2**30
+RESULTS = Path(__file__).resolve().parent / "results"
+# NCCL's NVLink SHARP (multicast) paths fail on some H200 hosts; the product leaves these to the
+# user's environment, so the benches that launch training set them unless already set.
+GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def card_slug(card: str) -> str:
+    """A card's name as results files spell it: ``NVIDIA H200`` -> ``h200``, ``cpu`` -> ``cpu``."""
+    name = card.lower().removeprefix("nvidia ").strip()
+    return "".join(c if c.isalnum() or c == "." else "_" for c in name)
+
+
+def preset_size(preset: str) -> str:
+    """The size part of a preset's name, as results files spell it: ``tinyllama-1.1b`` -> ``1.1b``."""
+    name = Path(preset).name.removesuffix(".yaml").removesuffix(".yml")  # a config file: its name
+    return name.rsplit("-", 1)[-1]
+
+
+def result_path(stem: str, card: str) -> Path:
+    """``bench/results/STEM_CARD.json``: where a benchmark writes unless ``--out`` says otherwise, so
+    each benchmark keeps one current file per card and its history lives in git."""
+    return RESULTS / f"{stem}_{card_slug(card)}.json"
 
 
 def run(argv: list[str], env: dict | None = None, check: bool = True) -> dict:

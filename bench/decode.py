@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+import childproc  # bench/childproc.py: this script's folder is on sys.path
+
 TEXT = "the quick brown fox jumps over the lazy dog and then the dog sleeps in the sun all day long. " * 8
 
 
@@ -163,7 +164,7 @@ def main() -> None:
                         help='compiler options as JSON (default: ominix.infer.generate.INDUCTOR)')
     parser.add_argument("--prefill-graphs", action="store_true",
                         help="the prompt runs as a CUDA graph of its padded length (the eager prefill is timed too)")
-    parser.add_argument("--out", type=Path, default=None, help="result JSON; default bench/results/decode_CARD.json")
+    parser.add_argument("--out", type=Path, default=None, help="result JSON; default bench/results/decode_CARD.json, e.g. decode_h200.json")
     args = parser.parse_args()
 
     from ominix.flops import device_name
@@ -212,7 +213,7 @@ def main() -> None:
         "transformers": __import__("transformers").__version__,
     }
     print(json.dumps(result, indent=1))
-    path = args.out or RESULTS / f"decode_{card.replace(' ', '_').lower()}.json"
+    path = args.out or childproc.result_path("decode", card)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)

@@ -6,9 +6,9 @@ of that child and what it waited for (``bench/childproc.py``). The bound the exp
 peak <= 0.5 x the checkpoint's weight bytes + 1 GiB. ``--baseline-pythonpath DIR`` runs the same export with another checkout's
 ``ominix`` (an older main) in the same call, for a same-run before/after.
 
-    python bench/export_memory.py --out bench/results/export_memory_cpu.json          # ~300M, fp32
+    python bench/export_memory.py                    # ~300M, fp32 -> bench/results/export_memory_cpu.json
     python bench/export_memory.py --preset llama2-7b --dtype bf16 --device cuda \\
-        --out $OUT/export_memory_7b.json                                             # GPU machine
+        --load bf16 --load-device cuda               # a GPU node -> export_memory_7b_CARD.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import childproc  # bench/childproc.py: this script's folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
-# about 322M parameters: the shape of the CPU measurement in the issue (a few hundred million)
+# about 322M parameters: a model of a few hundred million that a CPU host exports in a minute
 SMALL = {"model.hidden_size": 1024, "model.intermediate_size": 2816, "model.num_hidden_layers": 20,
          "model.num_attention_heads": 16, "model.num_key_value_heads": 16, "model.vocab_size": 32000,
          "model.max_position_embeddings": 2048}
@@ -103,7 +103,8 @@ def main() -> int:
     ap.add_argument("--load-device", default="cpu", help="where the loaded model lives (cuda on the GPU machine)")
     ap.add_argument("--baseline-pythonpath", help="also export with the ominix under this directory")
     ap.add_argument("--tmp", help="directory for the checkpoint and exports (default: a temporary one)")
-    ap.add_argument("--out", help="JSON results file")
+    ap.add_argument("--out", help="JSON results file (default: bench/results/export_memory_CARD.json, "
+                    "export_memory_SIZE_CARD.json for a preset)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -158,8 +159,10 @@ def main() -> int:
         "make_checkpoint_seconds": round(made_s, 1), "rows": rows,
     }
     print(json.dumps(result, indent=1))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    size = "" if args.preset == "small" else f"_{childproc.preset_size(args.preset)}"
+    out = Path(args.out or childproc.result_path(f"export_memory{size}", result["card"]))
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     return 0 if all(r.get("within_bound", True) for r in rows) else 1
 
 

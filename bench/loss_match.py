@@ -7,9 +7,11 @@ lm_head + cross-entropy), and compares the per-step training losses. bf16 runs d
 the check is on the curve: the mean per-step |difference| and the difference of the last 10 steps'
 mean loss must both be within ``--tol``; the largest single-step difference is reported too.
 
-    python bench/loss_match.py --data prepared/tiny --plugin gemini --steps 50 \\
-        --out bench/results/loss_match_tiny_gemini.json
-    python bench/loss_match.py --summarize bench/results/loss_match_tiny_gemini.json   # re-check saved losses
+    python bench/loss_match.py --data prepared/tiny --plugin gemini --steps 50   # -> loss_match_tiny_gemini_CARD.json
+    python bench/loss_match.py --summarize bench/results/loss_match_tiny_gemini_h200.json   # re-check saved losses
+
+A comparison is written to ``bench/results/loss_match_SIZE_PLUGIN_CARD.json`` unless ``--out`` names
+another file; a side trained alone (``--side``) is written only where ``--out`` says.
 
 Controls: ``--compile-backend aot_eager`` traces the optimised side's compiled code but runs it with
 eager kernels (tracing and hooks without fusion); ``--set model.compile=false --set model.loss_chunk=0
@@ -28,14 +30,14 @@ A side too long for one sitting (the 1.1B preset's own batch over 200 steps is ~
 an H200) trains alone with ``--side plain|optimised``, and ``--pair`` compares two such files of the
 same settings; two plain files make the control:
 
-    python bench/loss_match.py ... --side plain --out plain.json      # one device call
-    python bench/loss_match.py ... --side optimised --out fast.json   # the next
+    python bench/loss_match.py ... --side plain --out plain.json      # one job
+    python bench/loss_match.py ... --side optimised --out fast.json   # the next job
     python bench/loss_match.py --pair plain.json fast.json --tol 0.02 --out lm.json
 
 ``--stop-after N`` stops a side after N of its ``--steps`` (SIGTERM: the run saves and exits), so its
 learning rate follows the whole run's schedule: the first N steps of a long match in less time.
 ``--time-limit S`` stops a side the same way after S seconds, so a run cut by a wall-clock limit (a
-job's, or a lent machine's) still writes the steps it made. ``--pair`` of a stopped side and a whole
+job's, or a reserved node's) still writes the steps it made. ``--pair`` of a stopped side and a whole
 one compares the steps both have.
 """
 
@@ -52,9 +54,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# NCCL's NVLink SHARP (multicast) paths fail on the H200 hosts these runs were measured on; the
-# product leaves these to the user's environment, so the benchmark sets them (unless already set).
-GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+import childproc  # bench/childproc.py: this script's folder is on sys.path
 
 
 def _train(args, run_dir: Path, side: str) -> dict[int, float]:
@@ -67,7 +67,7 @@ def _train(args, run_dir: Path, side: str) -> dict[int, float]:
     cmd = [sys.executable, "-m", "ominix", "train", "launch", args.preset, "--data", args.data,
            "--run-dir", str(run_dir), "--plugin", args.plugin, "--nproc-per-node", str(args.nproc),
            "--max-steps", str(args.steps), *[x for s in sets for x in ("--set", s)]]
-    env = {**GPU_ENV, **os.environ}
+    env = {**childproc.GPU_ENV, **os.environ}
     if optimised and args.compile_backend:  # every torch.compile of the run's processes takes it
         site = run_dir.parent / "site-optimised"
         site.mkdir(exist_ok=True)
@@ -195,9 +195,13 @@ def _compared(key: dict, what: str, plain: list[float], other: list[float], othe
             "losses": {"plain": plain, other_name: other}}
 
 
-def _emit(result: dict, out: str | None) -> None:
-    """Print ``result`` without its loss curves; write it whole to ``out``."""
+def _emit(result: dict, out: str | None, key: dict | None = None) -> None:
+    """Print ``result`` without its loss curves; write it whole to ``out``, or, for a comparison of
+    the runs ``key`` describes, to its stable name under bench/results/."""
     print(json.dumps({k: v for k, v in result.items() if k != "losses"}, indent=1))
+    if not out and key:
+        out = childproc.result_path(f"loss_match_{childproc.preset_size(key['preset'])}_{key['plugin']}",
+                                    result.get("card") or "cpu")
     if out:
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
 
@@ -251,17 +255,21 @@ def main() -> int:
     ap.add_argument("--side", choices=["plain", "optimised"], help="train this side alone and write it for --pair")
     ap.add_argument("--pair", nargs=2, metavar=("PLAIN", "OTHER"), help="compare two --side files of the same "
                     "settings: a plain one, then an optimised one (or a second plain one: the control)")
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="results file (default: bench/results/loss_match_SIZE_PLUGIN_CARD.json; "
+                    "a --side file only where this says)")
     args = ap.parse_args()
 
     if args.pair:
-        result = pair(*(json.loads(Path(f).read_text()) for f in args.pair), args.tol)
-        _emit(result, args.out)
+        sides = [json.loads(Path(f).read_text()) for f in args.pair]
+        result = pair(*sides, args.tol)
+        _emit(result, args.out, sides[0]["key"])
         return 0 if result["ok"] else 1
 
     if args.combine:
-        result = combine([json.loads(Path(f).read_text()) for f in args.combine], args.tol)
-        _emit(result, args.out)
+        seeds = [json.loads(Path(f).read_text()) for f in args.combine]
+        result = combine(seeds, args.tol)
+        key = dict(zip(("preset", "plugin"), seeds[0]["name"].split()[2:4]))  # "loss match PRESET PLUGIN x1, ..."
+        _emit(result, args.out, key)
         return 0 if result["ok"] else 1
     if args.summarize:
         result = json.loads(Path(args.summarize).read_text())
@@ -298,7 +306,7 @@ def main() -> int:
                if k in ("value", "last10_mean_loss_diff", "max_abs_diff", "ok")},
             "settings": args.control_sets or "the plain run again"}
         result["losses"]["control"] = [control[s] for s in steps]
-    _emit(result, args.out)
+    _emit(result, args.out, _key(args))
     return 0 if result["ok"] else 1
 
 

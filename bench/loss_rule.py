@@ -9,7 +9,10 @@ spread (min, max, standard deviation) is reported, so a pass within the spread r
     python bench/loss_rule.py --preset tinyllama-1.1b --data DIR --plugin gemini --steps 200 \\
         --set schedule.global_batch_size=8 --seeds 7 42 1234 --tol 0.02 \\
         --arm eager=model.compile=false --arm compiled=model.compile=true \\
-        --baseline eager --candidate compiled --work runs/rule --out bench/results/loss_rule_compile_h200.json
+        --baseline eager --candidate compiled --work runs/rule   # -> bench/results/loss_rule_compiled_h200.json
+
+The corpus of the measured rules is one a 200-step run sees once, built from files on the machine by
+``bench/source_corpus.py`` (BENCHMARKS.md's loss-rule note has the three commands).
 
 Runs are independent processes: ``--parallel N`` trains N at once on one GPU (memory permitting;
 bf16 results do not depend on it). A run whose losses are already in ``--work`` is not trained again,
@@ -32,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-GPU_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+import childproc  # bench/childproc.py: this script's folder is on sys.path
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -55,7 +58,7 @@ def train(args, arm: str, sets: list[str], seed: int) -> dict:
            "--max-steps", str(args.steps), *[x for s in every for x in ("--set", s)]]
     start = time.monotonic()
     with open(Path(args.work) / f"{arm}_seed{seed}.log", "w") as log:
-        code = subprocess.run(cmd, env={**GPU_ENV, **os.environ}, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, env={**childproc.GPU_ENV, **os.environ}, stdout=log, stderr=subprocess.STDOUT).returncode
     losses = _losses(run_dir)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the end-of-run save: GBs a run at 1.1B
     if code or len(losses) != args.steps:
@@ -128,7 +131,7 @@ def main() -> int:
     ap.add_argument("--arms-only", nargs="+", help="train only these arms (the rule needs both)")
     ap.add_argument("--summarize", action="store_true", help="compute the rule from --work, train nothing")
     ap.add_argument("--work", required=True, help="run directories and per-run results")
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="results file (default: bench/results/loss_rule_CANDIDATE_CARD.json)")
     args = ap.parse_args()
     arms = {name: sets.split(",") for name, _, sets in (a.partition("=") for a in args.arm)}
     Path(args.work).mkdir(parents=True, exist_ok=True)
@@ -146,8 +149,9 @@ def main() -> int:
     results = {a: [train(args, a, arms[a], s) for s in args.seeds] for a in compared}
     out = rule(args, results)
     text = json.dumps(out, indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    path = Path(args.out or childproc.result_path(f"loss_rule_{args.candidate}", out["card"]))
+    path.write_text(text + "\n")
+    print(f"wrote {path}", file=sys.stderr)
     print(text)
     return 0
 

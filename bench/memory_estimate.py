@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import childproc  # bench/childproc.py: this script's folder is on sys.path
+
 # The shapes measured on one H200: the 1.1B preset through two plugins, the 7B preset as shipped
 # (micro 16, full checkpointing, eager) and compiled at micro 8.
 DEFAULT_CASES = (
@@ -84,7 +86,7 @@ def main() -> int:
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.10,
                     help="the pass rule: |estimate - peak| / peak at most this, for every case")
-    ap.add_argument("--out", help="JSON results file")
+    ap.add_argument("--out", help="JSON results file (default: bench/results/memory_estimate_CARD.json)")
     args = ap.parse_args()
     cases = [parse_case(c) for c in args.cases or DEFAULT_CASES]
     rows = []
@@ -97,8 +99,9 @@ def main() -> int:
               "device": _device(), "date": time.strftime("%Y-%m-%d"), "cases": rows,
               "max_abs_error": max((abs(e) for e in errors), default=None),
               "ok": len(errors) == len(rows) and all(abs(e) <= args.tolerance for e in errors)}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out or childproc.result_path("memory_estimate", result["device"]))
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
     print(json.dumps({k: result[k] for k in ("max_abs_error", "ok")}))
     return 0 if result["ok"] else 1
 

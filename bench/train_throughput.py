@@ -5,7 +5,8 @@ Both sides go through ``ominix.train.engine.build_engine``: the same ColossalAI 
 OminiX's decoder for transformers' LlamaForCausalLM (4.51.3) of the same shape - what ColossalAI's
 ``examples/language/llama`` benchmark trains. Random tokens, ``--warmup`` untimed then ``--steps``
 timed steps each. Prints tokens/s (total and per GPU), TFLOP/s per GPU, MFU and peak memory, and
-saves the figures to ``bench/results/`` (``--out``).
+saves the figures to ``bench/results/train_throughput_SIZE_PLUGIN[_NgpuS]_CARD.json`` (``--out`` to
+override).
 
 ``--cli DATA`` adds a third row: the real ``ominix train launch`` of the same shape on prepared data
 (its own process tree; logging every step, no evaluation, one checkpoint at the end), its tokens/s
@@ -19,10 +20,10 @@ process), one after the other: the host memory of the first engine (a 7B model's
 under Gemini or zero2_cpu lives there) is gone before the second is built.
 
     python bench/train_throughput.py tinyllama-1.1b --plugin gemini \\
-        --micro-batch 4 --set model.compile=true --out bench/results/train_1.1b_gemini_1gpu.json
+        --micro-batch 4                 # -> bench/results/train_throughput_1.1b_gemini_h200.json
     python bench/train_throughput.py llama2-7b --nproc-per-node 4 --plugin gemini --micro-batch 16
     python bench/train_throughput.py tinyllama-1.1b --micro-batch 4 --global-batch 32 --no-baseline \
-        --cli data/c4096 --out bench/results/train_1.1b_cli_vs_bench.json
+        --cli data/c4096 --out bench/results/train_throughput_1.1b_gemini_cli_h200.json
     python bench/train_throughput.py tiny --plugin ddp --steps 2      # CPU smoke run
 
 ``--profile N`` runs N more steps on every side after the timed ones under ``torch.profiler``
@@ -41,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import childproc  # bench/childproc.py: this script's folder is on sys.path
 from pathlib import Path
 
 
@@ -138,13 +141,18 @@ def parse_args() -> argparse.Namespace:
                     help="profile N more steps after the timed ones, on every side (the CLI through "
                          "logging.profile_steps): traces and summaries in --profile-dir")
     ap.add_argument("--profile-dir", help="where the profiles go (default: beside --out, else ./profile)")
-    ap.add_argument("--out", help="JSON results file")
+    ap.add_argument("--out", help="JSON results file (default: bench/results/train_throughput_SIZE_PLUGIN_CARD.json)")
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)  # a child: measure this side
     ap.add_argument("--side-out", help=argparse.SUPPRESS)  # where the child writes its row
     return ap.parse_args()
 
 
 SIDES = {"ominix": "ominix", "baseline": "baseline: transformers LlamaForCausalLM"}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to 3 places; None where either side has no figure (not run, or failed)."""
+    return round(a / b, 3) if a and b else None
 
 
 def measure_side(args: argparse.Namespace) -> int:
@@ -183,7 +191,7 @@ def measure_side(args: argparse.Namespace) -> int:
         print(json.dumps(row), flush=True)
         accum = f" x accum {args.global_batch // micro}" if args.global_batch and args.global_batch > micro else ""
         meta = {"name": f"train throughput {cfg.model.name} seq {cfg.data.seq_len} micro {micro}{accum} "
-                        f"{cfg.parallel.plugin} x{world}", "card": device_name(), "gpus": world}
+                        f"{cfg.parallel.plugin} x{world}", "card": device_name(), "plugin": cfg.parallel.plugin, "gpus": world}
         with open(args.side_out, "w") as f:
             json.dump({"row": row, "meta": meta}, f)
     dist.destroy_process_group()
@@ -276,7 +284,6 @@ def main() -> int:
     ours = rows[0]
     base = rows[1] if not args.no_baseline else {"tokens_per_s": None, "mfu": None}
     cli = rows[-1] if args.cli else None
-    ratio = lambda a, b: round(a / b, 3) if a and b else None  # noqa: E731
     result = {
         **meta, "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["bench/train_throughput.py", *sys.argv[1:]]),
@@ -288,9 +295,12 @@ def main() -> int:
         "rows": rows, "processes": "one per side, one after the other",
     }
     print(json.dumps(result, indent=1))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    gpus = f"_{meta['gpus']}gpu" if meta["gpus"] > 1 else ""
+    out = args.out or childproc.result_path(
+        f"train_throughput_{childproc.preset_size(args.preset)}_{meta['plugin']}{gpus}", meta["card"])
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
