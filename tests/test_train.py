@@ -144,12 +144,15 @@ def test_schedule_warms_up_then_decays_to_min_lr() -> None:
 
 
 def test_prune_keeps_last_k_every_nth_and_latest(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
     from ominix.checkpoint import prune, step_name
 
-    for step in (10, 20, 30, 40, 50):  # complete checkpoints: a state and a weights file each
+    for step in (10, 20, 30, 40, 50):  # complete checkpoints: a state and a whole weights file each
         (tmp_path / step_name(step) / "model").mkdir(parents=True)
         (tmp_path / step_name(step) / "state.json").write_text("{}")
-        (tmp_path / step_name(step) / "model" / "model.safetensors").write_bytes(b"w")
+        save_file({"w": torch.zeros(2)}, tmp_path / step_name(step) / "model" / "model.safetensors")
     (tmp_path / "latest").write_text("step_00000050\n")
     prune(tmp_path, keep_last=2, keep_every=20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000020", "step_00000040", "step_00000050"]
