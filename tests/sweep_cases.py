@@ -248,11 +248,18 @@ def relative_data(rel: str) -> Callable[[Path], None]:
     before launches recorded it absolute)."""
     import yaml
 
+    from ominix.hashing import sha256_file
+
     def change(root: Path) -> None:
         for config in [root / "config.yaml", *root.glob("checkpoints/step_*/config.yaml")]:
             doc = yaml.safe_load(config.read_text())
             doc["data"]["path"] = rel
             config.write_text(yaml.safe_dump(doc))
+            record = config.parent / "integrity.json"  # the checkpoint recorded the config it wrote
+            if record.is_file():
+                entries = json.loads(record.read_text())
+                entries["files"]["config.yaml"] = {"size": config.stat().st_size, "sha256": sha256_file(config)}
+                record.write_text(json.dumps(entries))
     return change
 
 
