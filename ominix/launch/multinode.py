@@ -159,12 +159,14 @@ class _Node:
                 fh.write(chunk)
                 fh.flush()
                 *lines, pending = (pending + chunk).split(b"\n")
+                text = []
                 for line in lines:
                     if line.startswith(GUARD_PID.encode()):
                         self.guard_pid = int(line.split()[-1])
+                    else:
+                        text.append(line.decode(errors="replace"))
                 with show_lock:
-                    show_lines([line.decode(errors="replace") for line in lines
-                                if not line.startswith(GUARD_PID.encode())])
+                    show_lines(text)
             with show_lock:
                 show_lines([pending.decode(errors="replace")] if pending else [])
                 if console is not None:
