@@ -218,6 +218,38 @@ def test_profile_summary_counts_overlapping_gpu_work_once() -> None:
     assert s["host_phase_s"]["backward"] == 0
 
 
+def test_profile_summary_splits_gpu_time_by_kind_and_the_phase_that_launched_it() -> None:
+    """Each kernel or copy counts under the host phase its launch fell in (matched by correlation id,
+    whatever thread launched it: autograd's own for backward) and under its kind by name."""
+    from ominix.train.step_profiler import kind_of, summarize
+
+    def launch(ts: int, corr: int, tid: int = 1) -> dict:
+        return {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": ts, "dur": 5, "tid": tid,
+                "args": {"correlation": corr}}
+
+    def gpu(name: str, ts: int, dur: int, corr: int, cat: str = "kernel") -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"correlation": corr}}
+
+    events = [
+        {"ph": "X", "cat": "user_annotation", "name": "forward", "ts": 0, "dur": 100, "tid": 1},
+        {"ph": "X", "cat": "user_annotation", "name": "backward", "ts": 100, "dur": 200, "tid": 1},
+        {"ph": "X", "cat": "user_annotation", "name": "optimizer", "ts": 400, "dur": 50, "tid": 1},
+        launch(10, 1), launch(20, 2), launch(150, 3, tid=7), launch(160, 4, tid=7), launch(410, 5),
+        launch(350, 6),  # between phases
+        gpu("sm90_xmma_gemm_bf16bf16_bf16f32", 30, 40_000, 1),
+        gpu("pytorch_flash::flash_fwd_kernel", 70, 20_000, 2),
+        gpu("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", 200, 80_000, 3),
+        gpu("triton_poi_fused_add_mul_0", 300, 10_000, 4),
+        gpu("multi_tensor_apply_kernel", 420, 30_000, 5),
+        gpu("Memcpy HtoD (Pageable -> Device)", 360, 5_000, 6, cat="gpu_memcpy"),
+    ]
+    table = summarize({"traceEvents": events}, wall_s=1.0)["gpu_s_by_phase_and_kind"]
+    assert table == {"forward": {"attention": 0.02, "matmul": 0.04}, "backward": {"matmul": 0.08, "other": 0.01},
+                     "optimizer": {"optimizer": 0.03}, "unphased": {"copy": 0.005}}
+    assert kind_of({"cat": "kernel", "name": "ncclDevKernel_AllGather_RING_LL"}) == "collective"
+    assert kind_of({"cat": "kernel", "name": "triton_tem_fused_mm_3"}) == "matmul"
+
+
 def test_throughput_is_the_window_steps_over_their_time_without_evaluations_and_saves() -> None:
     from ominix.train.metrics import Throughput
 

@@ -4,25 +4,78 @@ The window runs under ``torch.profiler`` with the loop's phases named (``data``,
 ``backward``, ``optimizer``, ``log``), and leaves two files in RUN_DIR/profile/:
 
     steps_FIRST-LAST.trace.json.gz   Chrome trace (chrome://tracing, Perfetto, TensorBoard's profiler)
-    steps_FIRST-LAST.json            the summary: wall time, how much of it the GPU was busy, and
-                                     the host's time in each phase
+    steps_FIRST-LAST.json            the summary: wall time, how much of it the GPU was busy, the
+                                     host's time in each phase, and the GPU's time by kind of work
+                                     (matmul, attention, optimizer, copy, collective, other) in
+                                     each phase of the host that launched it
 
 "GPU busy" is the union of kernel and copy intervals over the window's wall time: where it is far
 below 100%, the GPU waited for the host (syncs, data, Python), and the phases say where the host was.
-Outside the window the phases cost nothing (no profiler, no annotation).
+Outside the window the phases cost nothing (no profiler, no annotation). Under full activation
+recompute the backward phase runs each layer's forward again, so its matmul and attention time holds
+the recompute: about as much as the forward phase's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import bisect
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 PHASES = ("data", "forward", "backward", "optimizer", "log")
+# a GPU event's kind from its name (first match wins); copies and memsets by their category
+KINDS = (
+    ("attention", re.compile(r"flash|fmha|attention|attn", re.I)),
+    ("optimizer", re.compile(r"adam|multi_tensor", re.I)),
+    ("collective", re.compile(r"nccl|all_?reduce|all_?gather|reduce_?scatter", re.I)),
+    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|wgmma|scaled_mm|matmul|splitk|triton_tem", re.I)),
+)
+
+
+def kind_of(event: dict[str, Any]) -> str:
+    """What a GPU event does: attention, optimizer, collective, matmul, copy or other."""
+    if event.get("cat") != "kernel":
+        return "copy"
+    name = event.get("name", "")
+    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
+
+
+def _launch_phase(events: list[dict[str, Any]]) -> dict[int, str]:
+    """The host phase each launch (by correlation id) was made in: the phase annotation its time
+    falls in. Time, not thread: backward's kernels are launched by autograd's own thread while the
+    loop's thread is inside ``backward``."""
+    spans = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
+                   if e.get("cat") == "user_annotation" and e.get("name") in PHASES)
+    starts = [span[0] for span in spans]
+    found: dict[int, str] = {}
+    for e in events:
+        corr = (e.get("args") or {}).get("correlation")
+        if e.get("cat") not in ("cuda_runtime", "cuda_driver") or corr is None:
+            continue
+        i = bisect.bisect_right(starts, e["ts"]) - 1  # the last phase to begin before it (phases do not nest)
+        if i >= 0 and e["ts"] <= spans[i][1]:
+            found[corr] = spans[i][2]
+    return found
+
+
+def gpu_time_by_kind(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Seconds of GPU time per phase (``unphased``: launched outside every phase) and kind, each
+    event counted in full (streams that overlap add up)."""
+    phase_of = _launch_phase(events)
+    table: dict[str, dict[str, float]] = {}
+    for e in events:
+        if e.get("cat") not in GPU_CATEGORIES:
+            continue
+        phase = phase_of.get((e.get("args") or {}).get("correlation"), "unphased")
+        row = table.setdefault(phase, {})
+        row[kind_of(e)] = row.get(kind_of(e), 0.0) + e["dur"] / 1e6
+    return {p: {k: round(v, 4) for k, v in sorted(row.items())} for p, row in table.items()}
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -49,7 +102,8 @@ def summarize(trace: dict[str, Any], wall_s: float) -> dict[str, Any]:
     return {"wall_s": round(wall_s, 4), "gpu_busy_s": round(busy, 4) if gpu else None,
             "gpu_busy_fraction": round(busy / wall_s, 4) if measured else None,
             "gpu_kernels": sum(e.get("cat") == "kernel" for e in events),
-            "host_phase_s": {k: round(v, 4) for k, v in phases.items()}}
+            "host_phase_s": {k: round(v, 4) for k, v in phases.items()},
+            "gpu_s_by_phase_and_kind": gpu_time_by_kind(events)}
 
 
 class StepProfiler:
@@ -115,6 +169,11 @@ class StepProfiler:
         (self.out_dir / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
         host = ", ".join(f"{k} {v:.3f}" for k, v in summary["host_phase_s"].items())
         busy = summary["gpu_busy_fraction"]
+        kinds: dict[str, float] = {}
+        for row in summary["gpu_s_by_phase_and_kind"].values():
+            for kind, seconds in row.items():
+                kinds[kind] = kinds.get(kind, 0.0) + seconds
+        gpu = ", ".join(f"{k} {v:.3f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
         return (f"profiled steps {self.first}-{self.last}: {wall:.3f} s"
                 + (f", GPU busy {busy:.1%}" if busy is not None else "")
-                + f"; host s: {host}; trace {trace_file}")
+                + f"; host s: {host}" + (f"; GPU s: {gpu}" if gpu else "") + f"; trace {trace_file}")
